@@ -1,0 +1,244 @@
+//! Core engine benchmarks (SPEC §8): no I/O. Throughput is in conversions (or clicks).
+//!
+//! `cargo bench --bench engine`
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use chrono::{Duration, TimeZone, Utc};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use rust_decimal::Decimal;
+use touchline::engine::attribution::{AttributionModel, Touch};
+use touchline::engine::commission::{self, Earning, Share};
+use touchline::engine::dedup;
+use touchline::engine::journey;
+use touchline::engine::settle::{self, Credit};
+use touchline::events::{ClickEvent, ClickStatus, ConversionEvent, ConversionKind};
+use touchline::registry::{Partner, PartnerStatus, Program};
+use uuid::Uuid;
+
+fn d(s: &str) -> Decimal {
+    Decimal::from_str(s).unwrap()
+}
+
+fn program(model: AttributionModel) -> Program {
+    let mut p: Program = serde_json::from_value(serde_json::json!({
+        "name": "Bench", "currency": "USD", "secret": "0123456789abcdef-secret",
+        "fallback_url": "https://shop.example/",
+        "fx": {"USD": "1", "EUR": "1.0837"},
+        "commission": {
+            "tiers": {"bronze": "0.15", "silver": "0.20", "gold": "0.25", "platinum": "0.30"},
+            "default_tier": "bronze", "lead_bounty": "5.00", "signup_bounty": "50.00",
+            "recurring": {"rate": "0.10", "months": 12},
+            "volume_bonuses": [{"min_conversions": 50, "bonus": "0.05"}, {"min_conversions": 100, "bonus": "0.10"}],
+            "overrides": ["0.10", "0.05", "0.02"]
+        }
+    }))
+    .unwrap();
+    p.id = "bench".into();
+    p.attribution = model;
+    p.validate().unwrap();
+    p
+}
+
+fn directory() -> HashMap<String, Arc<Partner>> {
+    let mk = |id: &str, tier: &str, parent: Option<&str>| {
+        (
+            id.to_string(),
+            Arc::new(Partner {
+                id: id.into(),
+                program_id: "bench".into(),
+                name: None,
+                tier: Some(tier.into()),
+                parent_id: parent.map(str::to_string),
+                status: PartnerStatus::Active,
+            }),
+        )
+    };
+    HashMap::from([
+        mk("root", "platinum", None),
+        mk("mid", "gold", Some("root")),
+        mk("p1", "silver", Some("mid")),
+        mk("p2", "bronze", None),
+        mk("p3", "gold", Some("root")),
+    ])
+}
+
+fn journey4() -> Vec<Touch> {
+    let conv = Utc.with_ymd_and_hms(2026, 11, 20, 12, 0, 0).unwrap();
+    ["p1", "p2", "p3", "p1"]
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Touch {
+            click_id: Uuid::from_u128(i as u128 + 1),
+            partner_id: p.to_string(),
+            ts: conv - Duration::hours(10 * (4 - i as i64)),
+        })
+        .collect()
+}
+
+fn conversion() -> ConversionEvent {
+    ConversionEvent {
+        v: 1,
+        conversion_id: Uuid::from_u128(99),
+        program_id: "bench".into(),
+        order_id: "INV-1".into(),
+        kind: ConversionKind::Sale,
+        amount: d("129.99"),
+        currency: "EUR".into(),
+        occurred_at: Utc.with_ymd_and_hms(2026, 11, 20, 12, 0, 0).unwrap(),
+        received_at: Utc.with_ymd_and_hms(2026, 11, 20, 12, 0, 1).unwrap(),
+        click_id: Some(Uuid::from_u128(4)),
+        visitor_id: None,
+        referral_code: None,
+        customer_id: Some("c-1".into()),
+        original_order_id: None,
+    }
+}
+
+fn models() -> Vec<AttributionModel> {
+    vec![
+        AttributionModel::FirstTouch,
+        AttributionModel::LastTouch,
+        AttributionModel::Linear,
+        AttributionModel::TimeDecay {
+            half_life_days: d("7"),
+        },
+        AttributionModel::PositionBased {
+            first: d("0.4"),
+            last: d("0.4"),
+        },
+    ]
+}
+
+fn bench_models(c: &mut Criterion) {
+    let touches = journey4();
+    let mut g = c.benchmark_group("attribution_4_touches");
+    g.throughput(Throughput::Elements(1));
+    for m in models() {
+        g.bench_function(m.name(), |b| {
+            b.iter(|| black_box(m.weights(black_box(&touches))))
+        });
+    }
+    g.finish();
+}
+
+fn bench_commission(c: &mut Criterion) {
+    let plan = program(AttributionModel::LastTouch).commission;
+    let shares = vec![
+        Share {
+            partner_id: "p1".into(),
+            weight: d("0.5"),
+            tier_rate: d("0.20"),
+            volume_bonus: d("0.05"),
+            ancestors: vec![Some("mid".into()), Some("root".into())],
+        },
+        Share {
+            partner_id: "p2".into(),
+            weight: d("0.25"),
+            tier_rate: d("0.15"),
+            volume_bonus: d("0"),
+            ancestors: vec![],
+        },
+        Share {
+            partner_id: "p3".into(),
+            weight: d("0.25"),
+            tier_rate: d("0.25"),
+            volume_bonus: d("0"),
+            ancestors: vec![Some("root".into())],
+        },
+    ];
+    let mut g = c.benchmark_group("commission");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("sale_3_partners_with_overrides", |b| {
+        b.iter(|| {
+            black_box(commission::earn(
+                &plan,
+                Earning::Sale,
+                black_box(d("140.870163")),
+                &shares,
+                2,
+            ))
+        })
+    });
+    g.finish();
+}
+
+fn bench_decision(c: &mut Criterion) {
+    let dir = directory();
+    let conv = conversion();
+    let clicks = journey4();
+    let mut g = c.benchmark_group("full_decision");
+    g.throughput(Throughput::Elements(1));
+    for m in [
+        AttributionModel::LastTouch,
+        AttributionModel::TimeDecay {
+            half_life_days: d("7"),
+        },
+    ] {
+        let p = program(m.clone());
+        g.bench_function(format!("sale_4_touch_journey_{}", m.name()), |b| {
+            b.iter(|| {
+                // Everything the pipeline decides for one conversion, without I/O:
+                // dedup key, journey selection, weights, plan and joint rounding.
+                let key =
+                    dedup::conversion_key(&conv.program_id, conv.kind.as_str(), &conv.order_id);
+                let touches = journey::select(
+                    clicks.clone(),
+                    conv.occurred_at,
+                    p.lookback_days,
+                    p.max_touches,
+                    |id| settle::is_active(&dir, id),
+                );
+                let decision = settle::settle(&p, &conv, Credit::Journey(touches), &dir, |_, _| 60);
+                black_box((key, decision))
+            })
+        });
+    }
+    g.finish();
+}
+
+fn bench_click_dedup(c: &mut Criterion) {
+    let click = ClickEvent {
+        v: 1,
+        click_id: Uuid::from_u128(1),
+        ts: Utc::now(),
+        program_id: "bench".into(),
+        partner_id: "p1".into(),
+        link_code: "abcdefgh".into(),
+        campaign: None,
+        visitor_id: Uuid::from_u128(2),
+        ip_hash: "0123456789abcdef0123456789abcdef".into(),
+        user_agent: "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/126.0 Safari/537.36"
+            .into(),
+        referer: None,
+        utm_source: None,
+        utm_medium: None,
+        utm_campaign: None,
+        utm_term: None,
+        utm_content: None,
+        is_bot: false,
+        status: ClickStatus::Ok,
+    };
+    let previous = [click.ts - Duration::seconds(7200)];
+    let mut g = c.benchmark_group("click_dedup");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("fingerprint_and_decide", |b| {
+        b.iter(|| {
+            let fp = dedup::click_fingerprint(black_box(&click));
+            black_box((fp, dedup::decide_click(click.ts, previous, 3600)))
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_models,
+    bench_commission,
+    bench_decision,
+    bench_click_dedup
+);
+criterion_main!(benches);

@@ -1,0 +1,451 @@
+//! Attribution models (SPEC §5.4): pure functions from a journey's touches to decimal
+//! weights that add up to exactly 1.
+//!
+//! Weights are quantized to [`WEIGHT_SCALE`] decimal places by largest remainder, so the
+//! weights stored in ClickHouse (`Decimal(18,12)`) are the very numbers the commission
+//! was computed from, and they still add up to exactly 1.
+
+use chrono::{DateTime, Utc};
+use rust_decimal::{Decimal, MathematicalOps};
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Decimal places of every attribution weight.
+pub const WEIGHT_SCALE: u32 = 12;
+
+/// One touchpoint of a journey: a unique click of an active partner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Touch {
+    pub click_id: Uuid,
+    pub partner_id: String,
+    pub ts: DateTime<Utc>,
+}
+
+/// An attribution model with its parameters, as configured per program.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(tag = "model", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AttributionModel {
+    FirstTouch,
+    /// The default model.
+    #[default]
+    LastTouch,
+    Linear,
+    TimeDecay {
+        #[serde(default = "default_half_life")]
+        half_life_days: Decimal,
+    },
+    PositionBased {
+        #[serde(default = "default_edge_share")]
+        first: Decimal,
+        #[serde(default = "default_edge_share")]
+        last: Decimal,
+    },
+}
+
+fn default_half_life() -> Decimal {
+    Decimal::from(7)
+}
+
+fn default_edge_share() -> Decimal {
+    Decimal::new(4, 1)
+}
+
+/// Weights of the touches, in the touches' order; empty for an empty journey.
+pub type Weights = Vec<Decimal>;
+
+impl AttributionModel {
+    /// The model's name as stored in `attributions.model`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            AttributionModel::FirstTouch => "first_touch",
+            AttributionModel::LastTouch => "last_touch",
+            AttributionModel::Linear => "linear",
+            AttributionModel::TimeDecay { .. } => "time_decay",
+            AttributionModel::PositionBased { .. } => "position_based",
+        }
+    }
+
+    /// Checks the parameters; the message names the offending one.
+    pub fn validate(&self) -> Result<(), (&'static str, &'static str)> {
+        match self {
+            AttributionModel::TimeDecay { half_life_days }
+                if *half_life_days <= Decimal::ZERO || *half_life_days > Decimal::from(3650) =>
+            {
+                return Err(("half_life_days", "must be greater than 0 and at most 3650"));
+            }
+            AttributionModel::PositionBased { first, last } => {
+                if first.is_sign_negative() || last.is_sign_negative() {
+                    return Err(("first", "shares must not be negative"));
+                }
+                if *first + *last > Decimal::ONE {
+                    return Err(("last", "first + last must be at most 1"));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Weights of `touches` (ordered by `(ts, click_id)`) for a conversion at `conv_at`.
+    /// They add up to exactly 1 unless `touches` is empty.
+    pub fn weights(&self, touches: &[Touch]) -> Weights {
+        let n = touches.len();
+        if n == 0 {
+            return Vec::new();
+        }
+        if n == 1 {
+            return vec![Decimal::ONE];
+        }
+        match self {
+            AttributionModel::FirstTouch => one_hot(n, 0),
+            AttributionModel::LastTouch => one_hot(n, n - 1),
+            AttributionModel::Linear => {
+                let each = Decimal::ONE / Decimal::from(n as u64);
+                quantize(&vec![each; n])
+            }
+            AttributionModel::TimeDecay { half_life_days } => {
+                quantize(&time_decay_raw(touches, *half_life_days))
+            }
+            AttributionModel::PositionBased { first, last } => {
+                if n == 2 {
+                    let half = Decimal::new(5, 1);
+                    return vec![half, half];
+                }
+                let middle_total = Decimal::ONE - *first - *last;
+                let middle = middle_total / Decimal::from((n - 2) as u64);
+                let mut raw = vec![middle; n];
+                raw[0] = *first;
+                raw[n - 1] = *last;
+                quantize(&raw)
+            }
+        }
+    }
+}
+
+fn one_hot(n: usize, at: usize) -> Weights {
+    let mut w = vec![Decimal::ZERO; n];
+    w[at] = Decimal::ONE;
+    w
+}
+
+/// Normalized time-decay shares 2^(−age/half_life). Ages are taken from the newest
+/// touch rather than the conversion: the common factor 2^(−(t_conv − t_newest)/h)
+/// cancels in the normalization, and no share underflows to zero on long journeys.
+fn time_decay_raw(touches: &[Touch], half_life_days: Decimal) -> Vec<Decimal> {
+    let half_life_ms = half_life_days * Decimal::from(86_400_000u64);
+    let newest = touches
+        .iter()
+        .map(|t| t.ts)
+        .max()
+        .expect("non-empty journey");
+    let raw: Vec<Decimal> = touches
+        .iter()
+        .map(|t| {
+            let age_ms = Decimal::from((newest - t.ts).num_milliseconds().max(0));
+            exp2_neg(age_ms / half_life_ms)
+        })
+        .collect();
+    let total: Decimal = raw.iter().copied().sum();
+    raw.into_iter().map(|r| r / total).collect()
+}
+
+/// ln 2 to the 28 digits `Decimal` holds.
+const LN_2: Decimal = Decimal::from_parts(2_860_148_159, 2_180_329_217, 375_755_839, false, 28);
+
+/// 2^(−x) for x ≥ 0, accurate far beyond [`WEIGHT_SCALE`] places.
+fn exp2_neg(x: Decimal) -> Decimal {
+    // Whole halvings are exact divisions; only the fraction in [0, 1) goes through the
+    // exponential series, where it converges fast. Past 96 halvings a share is below
+    // anything a weight can hold.
+    let whole = x.trunc();
+    if whole > Decimal::from(96) {
+        return Decimal::ZERO;
+    }
+    let frac = x - whole;
+    let mut v = if frac.is_zero() {
+        Decimal::ONE
+    } else {
+        (-(frac * LN_2)).exp()
+    };
+    let mut halvings = whole.mantissa() / 10i128.pow(whole.scale());
+    while halvings > 0 {
+        let step = halvings.min(62);
+        v /= Decimal::from(1u64 << step);
+        halvings -= step;
+    }
+    v
+}
+
+/// Rounds raw shares (which add up to 1 up to the last digit of `Decimal`) to
+/// [`WEIGHT_SCALE`] places so that the result adds up to exactly 1: truncate each, then
+/// hand the remaining units to the largest remainders, earlier touches first on ties.
+pub fn quantize(raw: &[Decimal]) -> Weights {
+    let unit = Decimal::new(1, WEIGHT_SCALE);
+    let mut out: Vec<Decimal> = raw
+        .iter()
+        .map(|r| r.trunc_with_scale(WEIGHT_SCALE))
+        .collect();
+    let assigned: Decimal = out.iter().copied().sum();
+    let mut missing = ((Decimal::ONE - assigned) / unit).round();
+    if missing <= Decimal::ZERO {
+        return out;
+    }
+    let mut order: Vec<usize> = (0..raw.len()).collect();
+    // Stable sort keeps earlier touches first among equal remainders.
+    order.sort_by(|&a, &b| (raw[b] - out[b]).cmp(&(raw[a] - out[a])));
+    let mut i = 0;
+    while missing > Decimal::ZERO {
+        out[order[i % order.len()]] += unit;
+        missing -= Decimal::ONE;
+        i += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{Duration, TimeZone};
+    use std::str::FromStr;
+
+    fn d(s: &str) -> Decimal {
+        Decimal::from_str(s).unwrap()
+    }
+
+    fn t0() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 1, 12, 0, 0).unwrap()
+    }
+
+    fn touches(days_before_conv: &[i64]) -> Vec<Touch> {
+        days_before_conv
+            .iter()
+            .enumerate()
+            .map(|(i, days)| Touch {
+                click_id: Uuid::from_u128(i as u128 + 1),
+                partner_id: format!("p{i}"),
+                ts: t0() - Duration::days(*days),
+            })
+            .collect()
+    }
+
+    fn sum(w: &[Decimal]) -> Decimal {
+        w.iter().copied().sum()
+    }
+
+    #[test]
+    fn single_touch_gets_everything_in_every_model() {
+        for m in all_models() {
+            assert_eq!(
+                m.weights(&touches(&[3])),
+                vec![Decimal::ONE],
+                "{}",
+                m.name()
+            );
+        }
+    }
+
+    #[test]
+    fn empty_journey_has_no_weights() {
+        for m in all_models() {
+            assert!(m.weights(&[]).is_empty());
+        }
+    }
+
+    #[test]
+    fn first_and_last_touch() {
+        let j = touches(&[9, 5, 1]);
+        assert_eq!(
+            AttributionModel::FirstTouch.weights(&j),
+            vec![d("1"), d("0"), d("0")]
+        );
+        assert_eq!(
+            AttributionModel::LastTouch.weights(&j),
+            vec![d("0"), d("0"), d("1")]
+        );
+    }
+
+    #[test]
+    fn linear_thirds_add_up_exactly() {
+        // 1/3 = 0.333333333333 (12 places); three of them leave 1e-12 for the
+        // earliest touch among the equal remainders.
+        let w = AttributionModel::Linear.weights(&touches(&[3, 2, 1]));
+        assert_eq!(
+            w,
+            vec![
+                d("0.333333333334"),
+                d("0.333333333333"),
+                d("0.333333333333")
+            ]
+        );
+        assert_eq!(sum(&w), Decimal::ONE);
+        let w = AttributionModel::Linear.weights(&touches(&[2, 1]));
+        assert_eq!(w, vec![d("0.5"), d("0.5")]);
+    }
+
+    #[test]
+    fn time_decay_halves_per_half_life() {
+        // Ages 14, 7 and 0 days with a 7-day half life: shares 1/4, 1/2, 1 → 1/7, 2/7, 4/7.
+        let m = AttributionModel::TimeDecay {
+            half_life_days: d("7"),
+        };
+        let w = m.weights(&touches(&[14, 7, 0]));
+        assert_eq!(sum(&w), Decimal::ONE);
+        assert_eq!(w[0], d("0.142857142857"));
+        assert_eq!(w[1], d("0.285714285714"));
+        assert_eq!(w[2], d("0.571428571429"));
+        // Equal timestamps share equally.
+        let w = m.weights(&touches(&[2, 2]));
+        assert_eq!(w, vec![d("0.5"), d("0.5")]);
+    }
+
+    #[test]
+    fn time_decay_fractional_half_lives() {
+        // Ages 1 and 0 days, half life 2 days: shares 2^-0.5 and 1.
+        // 2^-0.5 / (1 + 2^-0.5) = 0.414213562373095...
+        let m = AttributionModel::TimeDecay {
+            half_life_days: d("2"),
+        };
+        let w = m.weights(&touches(&[1, 0]));
+        assert_eq!(w, vec![d("0.414213562373"), d("0.585786437627")]);
+    }
+
+    #[test]
+    fn ln2_constant() {
+        assert_eq!(LN_2.to_string(), "0.6931471805599453094172321215");
+        assert_eq!(exp2_neg(Decimal::from(3)), d("0.125"));
+        assert_eq!(exp2_neg(Decimal::from(200)), Decimal::ZERO);
+    }
+
+    #[test]
+    fn position_based() {
+        let m = AttributionModel::PositionBased {
+            first: d("0.4"),
+            last: d("0.4"),
+        };
+        assert_eq!(m.weights(&touches(&[2, 1])), vec![d("0.5"), d("0.5")]);
+        assert_eq!(
+            m.weights(&touches(&[3, 2, 1])),
+            vec![d("0.4"), d("0.2"), d("0.4")]
+        );
+        let w = m.weights(&touches(&[5, 4, 3, 2, 1]));
+        assert_eq!(
+            w,
+            vec![
+                d("0.4"),
+                d("0.066666666667"),
+                d("0.066666666667"),
+                d("0.066666666666"),
+                d("0.4")
+            ]
+        );
+        assert_eq!(sum(&w), Decimal::ONE);
+        let custom = AttributionModel::PositionBased {
+            first: d("0.3"),
+            last: d("0.5"),
+        };
+        assert_eq!(
+            custom.weights(&touches(&[4, 3, 2, 1])),
+            vec![d("0.3"), d("0.1"), d("0.1"), d("0.5")]
+        );
+    }
+
+    #[test]
+    fn many_touches_add_up() {
+        let days: Vec<i64> = (0..32).rev().collect();
+        for m in all_models() {
+            let w = m.weights(&touches(&days));
+            assert_eq!(w.len(), 32);
+            assert_eq!(sum(&w), Decimal::ONE, "{}", m.name());
+            assert!(w.iter().all(|x| !x.is_sign_negative()));
+        }
+    }
+
+    #[test]
+    fn parameters_are_validated() {
+        assert!(AttributionModel::TimeDecay {
+            half_life_days: d("0")
+        }
+        .validate()
+        .is_err());
+        assert!(AttributionModel::PositionBased {
+            first: d("0.6"),
+            last: d("0.5")
+        }
+        .validate()
+        .is_err());
+        assert!(AttributionModel::PositionBased {
+            first: d("0.5"),
+            last: d("0.5")
+        }
+        .validate()
+        .is_ok());
+    }
+
+    #[test]
+    fn serde_shape_matches_the_api() {
+        let m: AttributionModel =
+            serde_json::from_str(r#"{"model":"time_decay","half_life_days":"7"}"#).unwrap();
+        assert_eq!(
+            m,
+            AttributionModel::TimeDecay {
+                half_life_days: d("7")
+            }
+        );
+        let m: AttributionModel = serde_json::from_str(r#"{"model":"position_based"}"#).unwrap();
+        assert_eq!(
+            m,
+            AttributionModel::PositionBased {
+                first: d("0.4"),
+                last: d("0.4")
+            }
+        );
+        assert!(serde_json::from_str::<AttributionModel>(r#"{"model":"u_shaped"}"#).is_err());
+    }
+
+    pub(crate) fn all_models() -> Vec<AttributionModel> {
+        vec![
+            AttributionModel::FirstTouch,
+            AttributionModel::LastTouch,
+            AttributionModel::Linear,
+            AttributionModel::TimeDecay {
+                half_life_days: Decimal::from(7),
+            },
+            AttributionModel::PositionBased {
+                first: d("0.4"),
+                last: d("0.4"),
+            },
+        ]
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn weights_add_up_to_one(
+                ages in proptest::collection::vec(0i64..(90 * 86_400_000), 1..64),
+                half_life_ms in 1i64..(30 * 86_400_000),
+            ) {
+                let mut sorted = ages.clone();
+                sorted.sort_unstable_by(|a, b| b.cmp(a));
+                let j: Vec<Touch> = sorted.iter().enumerate().map(|(i, age)| Touch {
+                    click_id: Uuid::from_u128(i as u128),
+                    partner_id: "p".into(),
+                    ts: t0() - Duration::milliseconds(*age),
+                }).collect();
+                let mut models = all_models();
+                models.push(AttributionModel::TimeDecay {
+                    half_life_days: Decimal::from(half_life_ms) / Decimal::from(86_400_000),
+                });
+                for m in models {
+                    let w = m.weights(&j);
+                    prop_assert_eq!(w.len(), j.len());
+                    prop_assert_eq!(sum(&w), Decimal::ONE);
+                    prop_assert!(w.iter().all(|x| !x.is_sign_negative() && x.scale() <= WEIGHT_SCALE));
+                }
+            }
+        }
+    }
+}

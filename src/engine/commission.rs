@@ -1,0 +1,626 @@
+//! The commission plan (SPEC §5.5): what a partner earns for a conversion, what its
+//! parents earn on top, and what a refund takes back.
+
+use std::collections::BTreeMap;
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use super::rounding::{round_jointly, Roundable};
+
+/// Most override levels a plan may have.
+pub const MAX_OVERRIDE_LEVELS: usize = 5;
+
+/// A program's commission plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommissionPlan {
+    /// Rate of a sale's settlement amount, by partner tier.
+    pub tiers: BTreeMap<String, Decimal>,
+    /// Tier of partners without one.
+    pub default_tier: String,
+    /// Paid per attributed lead, split by weight.
+    #[serde(default)]
+    pub lead_bounty: Decimal,
+    /// Paid per attributed signup, split by weight.
+    #[serde(default)]
+    pub signup_bounty: Decimal,
+    #[serde(default)]
+    pub recurring: RecurringPlan,
+    /// Bonus on the tier rate by the previous calendar month's attributed conversions.
+    #[serde(default)]
+    pub volume_bonuses: Vec<VolumeBonus>,
+    /// Override rates paid to the parent, grandparent, … of a partner on its direct rows.
+    #[serde(default)]
+    pub overrides: Vec<Decimal>,
+}
+
+/// Commission on recurring payments.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecurringPlan {
+    #[serde(default)]
+    pub rate: Decimal,
+    /// Months after the first sale during which recurring payments earn; `None`: lifetime.
+    #[serde(default)]
+    pub months: Option<u32>,
+}
+
+/// One step of the volume bonus ladder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeBonus {
+    pub min_conversions: u64,
+    pub bonus: Decimal,
+}
+
+impl Default for CommissionPlan {
+    /// A plan that tracks but pays nothing.
+    fn default() -> Self {
+        CommissionPlan {
+            tiers: BTreeMap::from([("standard".to_string(), Decimal::ZERO)]),
+            default_tier: "standard".into(),
+            lead_bounty: Decimal::ZERO,
+            signup_bounty: Decimal::ZERO,
+            recurring: RecurringPlan::default(),
+            volume_bonuses: Vec::new(),
+            overrides: Vec::new(),
+        }
+    }
+}
+
+impl CommissionPlan {
+    /// Checks the plan; the error names the offending field (under `commission.`).
+    pub fn validate(&self) -> Result<(), (String, &'static str)> {
+        let rate_ok = |r: &Decimal| !r.is_sign_negative() && *r <= Decimal::ONE;
+        if self.tiers.is_empty() {
+            return Err(("tiers".into(), "must name at least one tier"));
+        }
+        for (name, rate) in &self.tiers {
+            if name.is_empty() || name.len() > 64 {
+                return Err(("tiers".into(), "tier names must be 1 to 64 characters"));
+            }
+            if !rate_ok(rate) {
+                return Err((format!("tiers.{name}"), "must be a rate from 0 to 1"));
+            }
+        }
+        if !self.tiers.contains_key(&self.default_tier) {
+            return Err(("default_tier".into(), "must be one of the tiers"));
+        }
+        for (field, v) in [
+            ("lead_bounty", self.lead_bounty),
+            ("signup_bounty", self.signup_bounty),
+        ] {
+            if v.is_sign_negative() || v.scale() > crate::money::AMOUNT_SCALE {
+                return Err((
+                    field.into(),
+                    "must be a non-negative amount with at most 4 decimals",
+                ));
+            }
+        }
+        if !rate_ok(&self.recurring.rate) {
+            return Err(("recurring.rate".into(), "must be a rate from 0 to 1"));
+        }
+        if self.recurring.months == Some(0) {
+            return Err((
+                "recurring.months".into(),
+                "must be at least 1, or null for lifetime",
+            ));
+        }
+        let mut last_min = None;
+        for (i, b) in self.volume_bonuses.iter().enumerate() {
+            if b.bonus.is_sign_negative() || b.bonus > Decimal::ONE {
+                return Err((format!("volume_bonuses[{i}].bonus"), "must be from 0 to 1"));
+            }
+            if last_min.is_some_and(|m| b.min_conversions <= m) {
+                return Err((
+                    format!("volume_bonuses[{i}].min_conversions"),
+                    "must increase from one step to the next",
+                ));
+            }
+            last_min = Some(b.min_conversions);
+        }
+        if self.overrides.len() > MAX_OVERRIDE_LEVELS {
+            return Err(("overrides".into(), "at most 5 levels"));
+        }
+        for (i, r) in self.overrides.iter().enumerate() {
+            if !rate_ok(r) {
+                return Err((format!("overrides[{i}]"), "must be a rate from 0 to 1"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The tier rate of a partner's tier (the default tier's when it has none or an
+    /// unknown one).
+    pub fn tier_rate(&self, tier: Option<&str>) -> Decimal {
+        tier.and_then(|t| self.tiers.get(t))
+            .or_else(|| self.tiers.get(&self.default_tier))
+            .copied()
+            .unwrap_or(Decimal::ZERO)
+    }
+
+    /// The highest bonus whose threshold the previous month's count reaches.
+    pub fn volume_bonus(&self, previous_month_conversions: u64) -> Decimal {
+        self.volume_bonuses
+            .iter()
+            .filter(|b| b.min_conversions <= previous_month_conversions)
+            .map(|b| b.bonus)
+            .max()
+            .unwrap_or(Decimal::ZERO)
+    }
+}
+
+/// The kind of a ledger row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LedgerKind {
+    Direct,
+    Override,
+    Reversal,
+}
+
+impl LedgerKind {
+    /// The name stored in `commissions.kind`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LedgerKind::Direct => "direct",
+            LedgerKind::Override => "override",
+            LedgerKind::Reversal => "reversal",
+        }
+    }
+}
+
+/// One commission row of a conversion, before and after rounding.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LedgerRow {
+    pub partner_id: String,
+    /// 0 for direct rows, 1.. for overrides (parent, grandparent, …); a reversal keeps
+    /// the level of the row it reverses.
+    pub level: u8,
+    pub kind: LedgerKind,
+    pub base_amount: Decimal,
+    pub rate: Decimal,
+    /// Exact amount before rounding (`base_amount × rate`, capped for reversals).
+    pub exact: Decimal,
+    /// Amount rounded to the currency's minor unit, jointly with the conversion's rows.
+    pub amount: Decimal,
+}
+
+impl Roundable for LedgerRow {
+    fn exact(&self) -> Decimal {
+        self.exact
+    }
+    fn level(&self) -> u8 {
+        self.level
+    }
+    fn partner(&self) -> &str {
+        &self.partner_id
+    }
+    fn set_rounded(&mut self, amount: Decimal) {
+        self.amount = amount;
+    }
+}
+
+/// A partner's share of a conversion with what the plan needs to know of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Share {
+    pub partner_id: String,
+    /// Sum of the weights of the partner's touches.
+    pub weight: Decimal,
+    /// The partner's tier rate.
+    pub tier_rate: Decimal,
+    /// The partner's volume bonus (sales only).
+    pub volume_bonus: Decimal,
+    /// Active ancestors by level: `ancestors[0]` is the parent. `None` where the
+    /// ancestor at that level is not active (it earns nothing, deeper levels still do).
+    pub ancestors: Vec<Option<String>>,
+}
+
+/// What a conversion earns, for the kinds that earn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Earning {
+    /// `A · w · tier_rate · (1 + bonus)`.
+    Sale,
+    /// `bounty · w`.
+    Bounty(Decimal),
+    /// `A · w · recurring.rate`.
+    Recurring,
+}
+
+/// Direct and override rows of an earning conversion with settlement amount `amount`,
+/// rounded jointly to `minor_units`. Rows are ordered direct rows by partner, each
+/// followed by its overrides by level.
+pub fn earn(
+    plan: &CommissionPlan,
+    earning: Earning,
+    amount: Decimal,
+    shares: &[Share],
+    minor_units: u32,
+) -> Vec<LedgerRow> {
+    let mut rows = Vec::with_capacity(shares.len() * (1 + plan.overrides.len()));
+    for share in shares.iter().filter(|s| s.weight > Decimal::ZERO) {
+        let (base, rate) = match earning {
+            Earning::Sale => (
+                amount * share.weight,
+                share.tier_rate * (Decimal::ONE + share.volume_bonus),
+            ),
+            Earning::Bounty(bounty) => (bounty, share.weight),
+            Earning::Recurring => (amount * share.weight, plan.recurring.rate),
+        };
+        let direct = base * rate;
+        rows.push(LedgerRow {
+            partner_id: share.partner_id.clone(),
+            level: 0,
+            kind: LedgerKind::Direct,
+            base_amount: base,
+            rate,
+            exact: direct,
+            amount: Decimal::ZERO,
+        });
+        for (i, (ancestor, rate)) in share.ancestors.iter().zip(&plan.overrides).enumerate() {
+            let Some(ancestor) = ancestor else { continue };
+            rows.push(LedgerRow {
+                partner_id: ancestor.clone(),
+                level: (i + 1) as u8,
+                kind: LedgerKind::Override,
+                base_amount: direct,
+                rate: *rate,
+                exact: direct * *rate,
+                amount: Decimal::ZERO,
+            });
+        }
+    }
+    round_jointly(&mut rows, minor_units);
+    rows
+}
+
+/// A row an order earned, with what earlier refunds already took back of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EarnedRow {
+    pub partner_id: String,
+    pub level: u8,
+    /// The rounded amount the row earned.
+    pub amount: Decimal,
+    /// Sum of the (negative) reversals already booked against it.
+    pub reversed: Decimal,
+}
+
+/// Reversal rows for a refund of `refunded` against an order whose settlement amount was
+/// `original_amount`: each earned row loses its amount × R/O, capped at what is left of
+/// it, rounded jointly. Each reversal comes with the index of the earned row it reverses
+/// (one partner may hold several rows of one order); the caller books it there.
+pub fn reverse(
+    earned: &[EarnedRow],
+    refunded: Decimal,
+    original_amount: Decimal,
+    minor_units: u32,
+) -> Vec<(usize, LedgerRow)> {
+    // A zero-amount order (a lead, a signup) earned bounties: any refund of it takes
+    // them back in full.
+    let ratio = if original_amount.is_zero() {
+        Decimal::ONE
+    } else {
+        (refunded / original_amount).min(Decimal::ONE)
+    };
+    let (index, mut rows): (Vec<usize>, Vec<LedgerRow>) = earned
+        .iter()
+        .enumerate()
+        .filter_map(|(i, row)| {
+            let left = row.amount + row.reversed;
+            if left <= Decimal::ZERO {
+                return None;
+            }
+            let exact = (row.amount * ratio).min(left);
+            Some((
+                i,
+                LedgerRow {
+                    partner_id: row.partner_id.clone(),
+                    level: row.level,
+                    kind: LedgerKind::Reversal,
+                    base_amount: row.amount,
+                    rate: -ratio,
+                    exact: -exact,
+                    amount: Decimal::ZERO,
+                },
+            ))
+        })
+        .unzip();
+    round_jointly(&mut rows, minor_units);
+    index
+        .into_iter()
+        .zip(rows)
+        .filter(|(_, r)| !r.amount.is_zero() || !r.exact.is_zero())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    fn d(s: &str) -> Decimal {
+        Decimal::from_str(s).unwrap()
+    }
+
+    pub(crate) fn plan() -> CommissionPlan {
+        serde_json::from_str(
+            r#"{ "tiers": {"bronze": "0.15", "silver": "0.20", "gold": "0.25", "platinum": "0.30"},
+                 "default_tier": "bronze",
+                 "lead_bounty": "5.00", "signup_bounty": "50.00",
+                 "recurring": {"rate": "0.10", "months": 12},
+                 "volume_bonuses": [{"min_conversions": 50, "bonus": "0.05"},
+                                    {"min_conversions": 100, "bonus": "0.10"}],
+                 "overrides": ["0.10", "0.05", "0.02"] }"#,
+        )
+        .unwrap()
+    }
+
+    fn share(p: &str, w: &str, tier: &str, bonus: &str, ancestors: &[&str]) -> Share {
+        Share {
+            partner_id: p.into(),
+            weight: d(w),
+            tier_rate: plan().tier_rate(Some(tier)),
+            volume_bonus: d(bonus),
+            ancestors: ancestors.iter().map(|a| Some(a.to_string())).collect(),
+        }
+    }
+
+    fn amounts(rows: &[LedgerRow]) -> Vec<(String, u8, Decimal)> {
+        rows.iter()
+            .map(|r| (r.partner_id.clone(), r.level, r.amount))
+            .collect()
+    }
+
+    /// Books reversals on the rows they reverse and returns them without their index.
+    fn book(earned: &mut [EarnedRow], reversals: Vec<(usize, LedgerRow)>) -> Vec<LedgerRow> {
+        reversals
+            .into_iter()
+            .map(|(i, r)| {
+                earned[i].reversed += r.amount;
+                r
+            })
+            .collect()
+    }
+
+    #[test]
+    fn plan_parses_and_validates() {
+        let p = plan();
+        assert!(p.validate().is_ok());
+        assert_eq!(p.tier_rate(Some("gold")), d("0.25"));
+        assert_eq!(p.tier_rate(None), d("0.15"));
+        assert_eq!(p.tier_rate(Some("unknown")), d("0.15"));
+        assert_eq!(p.volume_bonus(49), d("0"));
+        assert_eq!(p.volume_bonus(50), d("0.05"));
+        assert_eq!(p.volume_bonus(100), d("0.10"));
+        let mut bad = p.clone();
+        bad.default_tier = "diamond".into();
+        assert_eq!(bad.validate().unwrap_err().0, "default_tier");
+        let mut bad = p.clone();
+        bad.overrides.push(d("1.5"));
+        assert_eq!(bad.validate().unwrap_err().0, "overrides[3]");
+    }
+
+    #[test]
+    fn sale_with_full_override_chain() {
+        // A = 129.99, one gold partner with a 5% volume bonus:
+        // direct = 129.99 × 0.25 × 1.05 = 34.122375
+        // parent 10% = 3.4122375, grandparent 5% = 1.70611875, great-grandparent 2% = 0.6824475
+        // exact sum = 39.92317875 → 39.92; truncated 34.12 + 3.41 + 1.70 + 0.68 = 39.91;
+        // remainders 0.002375, 0.0022375, 0.00611875, 0.0024475: the cent goes to level 2.
+        let rows = earn(
+            &plan(),
+            Earning::Sale,
+            d("129.99"),
+            &[share("p", "1", "gold", "0.05", &["a", "b", "c"])],
+            2,
+        );
+        assert_eq!(
+            amounts(&rows),
+            vec![
+                ("p".into(), 0, d("34.12")),
+                ("a".into(), 1, d("3.41")),
+                ("b".into(), 2, d("1.71")),
+                ("c".into(), 3, d("0.68")),
+            ]
+        );
+        assert_eq!(rows.iter().map(|r| r.amount).sum::<Decimal>(), d("39.92"));
+        assert_eq!(rows[0].rate, d("0.2625"));
+        assert_eq!(rows[1].base_amount, d("34.122375"));
+    }
+
+    #[test]
+    fn short_override_chains_and_inactive_ancestors() {
+        let mut s = share("p", "1", "bronze", "0", &["a"]);
+        let rows = earn(&plan(), Earning::Sale, d("100"), &[s.clone()], 2);
+        // 15.00 direct, 1.50 to the only parent.
+        assert_eq!(
+            amounts(&rows),
+            vec![("p".into(), 0, d("15.00")), ("a".into(), 1, d("1.50"))]
+        );
+        // A paused parent earns nothing; the active grandparent still earns level 2.
+        s.ancestors = vec![None, Some("g".into())];
+        let rows = earn(&plan(), Earning::Sale, d("100"), &[s], 2);
+        assert_eq!(
+            amounts(&rows),
+            vec![("p".into(), 0, d("15.00")), ("g".into(), 2, d("0.75"))]
+        );
+    }
+
+    #[test]
+    fn linear_split_between_two_partners() {
+        // 3 touches: p1 has two (2/3), p2 one (1/3). A = 10.00, both bronze (15%).
+        // p1: 10 × 0.666666666667 × 0.15 = 1.00000000000050 → 1.00
+        // p2: 10 × 0.333333333333 × 0.15 = 0.49999999999950 → 0.49, +1 cent → 0.50
+        let rows = earn(
+            &plan(),
+            Earning::Sale,
+            d("10.00"),
+            &[
+                share("p1", "0.666666666667", "bronze", "0", &[]),
+                share("p2", "0.333333333333", "bronze", "0", &[]),
+            ],
+            2,
+        );
+        assert_eq!(
+            amounts(&rows),
+            vec![("p1".into(), 0, d("1.00")), ("p2".into(), 0, d("0.50"))]
+        );
+    }
+
+    #[test]
+    fn bounties_and_recurring() {
+        let rows = earn(
+            &plan(),
+            Earning::Bounty(d("5.00")),
+            d("0"),
+            &[share("p", "1", "gold", "0", &["a"])],
+            2,
+        );
+        assert_eq!(
+            amounts(&rows),
+            vec![("p".into(), 0, d("5.00")), ("a".into(), 1, d("0.50"))]
+        );
+        let rows = earn(
+            &plan(),
+            Earning::Recurring,
+            d("49.99"),
+            &[share("p", "1", "gold", "0.10", &[])],
+            2,
+        );
+        // 49.99 × 0.10 = 4.999 → 5.00 (no volume bonus on recurring)
+        assert_eq!(amounts(&rows), vec![("p".into(), 0, d("5.00"))]);
+    }
+
+    #[test]
+    fn zero_amount_sale_earns_zero_rows() {
+        let rows = earn(
+            &plan(),
+            Earning::Sale,
+            d("0"),
+            &[share("p", "1", "gold", "0", &["a"])],
+            2,
+        );
+        assert_eq!(
+            amounts(&rows),
+            vec![("p".into(), 0, d("0.00")), ("a".into(), 1, d("0.00"))]
+        );
+    }
+
+    #[test]
+    fn yen_sale() {
+        // ¥12,999 × 0.15 = 1949.85; override 194.985 → exact 2144.835 → ¥2145
+        // truncated 1949 + 194 = 2143; two yen to the remainders .985 (a) and .85 (p).
+        let rows = earn(
+            &plan(),
+            Earning::Sale,
+            d("12999"),
+            &[share("p", "1", "bronze", "0", &["a"])],
+            0,
+        );
+        assert_eq!(
+            amounts(&rows),
+            vec![("p".into(), 0, d("1950")), ("a".into(), 1, d("195"))]
+        );
+    }
+
+    fn earned(rows: &[LedgerRow]) -> Vec<EarnedRow> {
+        rows.iter()
+            .map(|r| EarnedRow {
+                partner_id: r.partner_id.clone(),
+                level: r.level,
+                amount: r.amount,
+                reversed: Decimal::ZERO,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn partial_then_second_partial_then_excess_refund() {
+        // Order of 100.00 earned 15.00 direct and 1.50 override.
+        let rows = earn(
+            &plan(),
+            Earning::Sale,
+            d("100"),
+            &[share("p", "1", "bronze", "0", &["a"])],
+            2,
+        );
+        let mut book = earned(&rows);
+
+        // Refund 30.00 of 100.00: 30% of each row.
+        let rev = reverse(&book, d("30"), d("100"), 2);
+        let rev = self::book(&mut book, rev);
+        assert_eq!(
+            amounts(&rev),
+            vec![("p".into(), 0, d("-4.50")), ("a".into(), 1, d("-0.45"))]
+        );
+        // Refund 33.33: 33.33% → -4.9995 and -0.49995, sum -5.49945 → -5.50;
+        // truncated -4.99 + -0.49 = -5.48, two cents more to the largest remainders.
+        let rev = reverse(&book, d("33.33"), d("100"), 2);
+        let rev = self::book(&mut book, rev);
+        assert_eq!(
+            amounts(&rev),
+            vec![("p".into(), 0, d("-5.00")), ("a".into(), 1, d("-0.50"))]
+        );
+        // A refund of the whole order now takes only what is left: 5.50 and 0.55.
+        let rev = reverse(&book, d("100"), d("100"), 2);
+        let rev = self::book(&mut book, rev);
+        assert_eq!(
+            amounts(&rev),
+            vec![("p".into(), 0, d("-5.50")), ("a".into(), 1, d("-0.55"))]
+        );
+        // Nothing is left to reverse.
+        assert!(reverse(&book, d("1"), d("100"), 2).is_empty());
+        for b in &book {
+            assert_eq!(b.amount + b.reversed, Decimal::ZERO);
+        }
+    }
+
+    #[test]
+    fn refund_of_a_lead_takes_the_bounty_back() {
+        let rows = earn(
+            &plan(),
+            Earning::Bounty(d("5.00")),
+            d("0"),
+            &[share("p", "1", "gold", "0", &[])],
+            2,
+        );
+        let mut e = earned(&rows);
+        let rev = reverse(&e, d("0"), d("0"), 2);
+        let rev = book(&mut e, rev);
+        assert_eq!(amounts(&rev), vec![("p".into(), 0, d("-5.00"))]);
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn reversals_never_exceed_earnings(
+                amount_cents in 0i64..100_000_000,
+                refunds in proptest::collection::vec(0i64..100_000_000, 1..6),
+                weight_millis in 1i64..1000,
+            ) {
+                let amount = Decimal::new(amount_cents, 2);
+                let w = Decimal::new(weight_millis, 3);
+                let rows = earn(&plan(), Earning::Sale, amount, &[
+                    share("p", &w.to_string(), "gold", "0.05", &["a", "b", "c"]),
+                    share("q", &(Decimal::ONE - w).to_string(), "bronze", "0", &["a"]),
+                ], 2);
+                let exact: Decimal = rows.iter().map(|r| r.exact).sum();
+                let total: Decimal = rows.iter().map(|r| r.amount).sum();
+                prop_assert_eq!(total, exact.round_dp_with_strategy(2, rust_decimal::RoundingStrategy::MidpointNearestEven));
+                let mut book = earned(&rows);
+                for r in refunds {
+                    let rev = reverse(&book, Decimal::new(r, 2), amount, 2);
+                    super::book(&mut book, rev);
+                    for b in &book {
+                        prop_assert!(b.reversed <= Decimal::ZERO);
+                        prop_assert!(b.amount + b.reversed >= Decimal::ZERO, "reversed more than earned: {:?}", b);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,678 @@
+//! The full decision for one conversion (SPEC §5.3–§5.5): attribution rows and ledger
+//! rows from the credit the caller resolved (journey, referral, first sale, original
+//! order), the program's rules and the registry's view of the partners.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Datelike, Months, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::attribution::Touch;
+use super::commission::{self, EarnedRow, Earning, LedgerRow, Share};
+use crate::events::{ConversionEvent, ConversionKind};
+use crate::money;
+use crate::registry::model::{Partner, PartnerStatus, Program};
+
+/// The registry as the engine sees it at settlement time.
+pub trait Directory {
+    fn partner(&self, id: &str) -> Option<Arc<Partner>>;
+}
+
+impl<S: std::hash::BuildHasher> Directory for std::collections::HashMap<String, Arc<Partner>, S> {
+    fn partner(&self, id: &str) -> Option<Arc<Partner>> {
+        self.get(id).cloned()
+    }
+}
+
+/// Is the partner known and active right now?
+pub fn is_active(directory: &impl Directory, partner_id: &str) -> bool {
+    directory
+        .partner(partner_id)
+        .is_some_and(|p| p.status == PartnerStatus::Active)
+}
+
+/// What became of a conversion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConversionStatus {
+    Attributed,
+    Unattributed,
+    Duplicate,
+}
+
+impl ConversionStatus {
+    /// The name stored in `conversions.status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConversionStatus::Attributed => "attributed",
+            ConversionStatus::Unattributed => "unattributed",
+            ConversionStatus::Duplicate => "duplicate",
+        }
+    }
+}
+
+/// A customer's first attributed sale: who recurring payments credit, and with what
+/// weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FirstSale {
+    pub conversion_id: Uuid,
+    #[serde(with = "crate::events::rfc3339_millis")]
+    pub occurred_at: DateTime<Utc>,
+    pub model: String,
+    /// Partner shares, by partner id.
+    pub shares: Vec<(String, Decimal)>,
+}
+
+/// What an order earned, for its refunds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrderRecord {
+    pub conversion_id: Uuid,
+    /// Settlement amount (program currency, exact).
+    pub settled_amount: Decimal,
+    pub rows: Vec<EarnedRow>,
+}
+
+impl OrderRecord {
+    /// Books a refund's reversal rows on the rows they reverse.
+    pub fn book(&mut self, refund: &Decision) {
+        for (i, row) in refund.reverses.iter().zip(&refund.rows) {
+            if let Some(earned) = self.rows.get_mut(*i) {
+                earned.reversed += row.amount;
+            }
+        }
+    }
+}
+
+/// Who a conversion credits, as resolved from state by the caller.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Credit<'a> {
+    /// Nothing to credit: unattributed.
+    None,
+    /// The journey's touchpoints, already selected ([`super::journey::select`]).
+    Journey(Vec<Touch>),
+    /// No touchpoint, but the referral code names a link of this partner.
+    Referral(String),
+    /// A recurring payment of a customer with this first sale.
+    Recurring(&'a FirstSale),
+    /// A refund of this order.
+    Refund(&'a OrderRecord),
+}
+
+/// One row of `attributions`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttributionLine {
+    pub partner_id: String,
+    /// The touch's click; `None` for a referral-code touch or an inherited share.
+    pub click_id: Option<Uuid>,
+    /// 1-based position in the journey.
+    pub position: u16,
+    pub weight: Decimal,
+    /// Settlement amount × weight (program currency, exact).
+    pub credited_amount: Decimal,
+}
+
+/// The outcome of settling one conversion.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    pub status: ConversionStatus,
+    /// amount × fx\[currency\], in the program currency (exact).
+    pub settled_amount: Decimal,
+    /// Settlement currency: the program's.
+    pub currency: String,
+    /// The attribution model that produced the weights; empty when none did.
+    pub model: String,
+    pub touches: u16,
+    pub attributions: Vec<AttributionLine>,
+    pub rows: Vec<LedgerRow>,
+    /// For a refund: the index in the order's earned rows that each of `rows` reverses.
+    pub reverses: Vec<usize>,
+}
+
+impl Decision {
+    /// A decision that credits nobody.
+    pub fn uncredited(status: ConversionStatus, settled_amount: Decimal, currency: &str) -> Self {
+        Decision {
+            status,
+            settled_amount,
+            currency: currency.to_string(),
+            model: String::new(),
+            touches: 0,
+            attributions: Vec::new(),
+            rows: Vec::new(),
+            reverses: Vec::new(),
+        }
+    }
+
+    /// Each credited partner's share (sum of its weights), by partner id.
+    pub fn shares(&self) -> Vec<(String, Decimal)> {
+        let mut by_partner: BTreeMap<&str, Decimal> = BTreeMap::new();
+        for a in &self.attributions {
+            *by_partner.entry(&a.partner_id).or_default() += a.weight;
+        }
+        by_partner
+            .into_iter()
+            .filter(|(_, w)| *w > Decimal::ZERO)
+            .map(|(p, w)| (p.to_string(), w))
+            .collect()
+    }
+
+    /// The ledger rows as what the order earned, for later refunds.
+    pub fn earned_rows(&self) -> Vec<EarnedRow> {
+        self.rows
+            .iter()
+            .map(|r| EarnedRow {
+                partner_id: r.partner_id.clone(),
+                level: r.level,
+                amount: r.amount,
+                reversed: Decimal::ZERO,
+            })
+            .collect()
+    }
+}
+
+/// `yyyymm` of the UTC calendar month before `t`'s.
+pub fn previous_month(t: DateTime<Utc>) -> u32 {
+    let (y, m) = (t.year(), t.month());
+    let (y, m) = if m == 1 { (y - 1, 12) } else { (y, m - 1) };
+    (y as u32) * 100 + m
+}
+
+/// `yyyymm` of `t`'s UTC calendar month.
+pub fn month_of(t: DateTime<Utc>) -> u32 {
+    (t.year() as u32) * 100 + t.month()
+}
+
+/// Settles `conv` under `program`. `volume(partner, yyyymm)` answers how many
+/// conversions were attributed to the partner in that month.
+pub fn settle(
+    program: &Program,
+    conv: &ConversionEvent,
+    credit: Credit<'_>,
+    directory: &impl Directory,
+    volume: impl Fn(&str, u32) -> u64,
+) -> Decision {
+    let minor = money::minor_units(&program.currency);
+    let Some(rate) = program.fx.get(&conv.currency) else {
+        // The FX table lost the currency after intake: nothing can be settled.
+        return Decision::uncredited(
+            ConversionStatus::Unattributed,
+            Decimal::ZERO,
+            &program.currency,
+        );
+    };
+    let settled = conv.amount * *rate;
+    let plan = &program.commission;
+
+    // Weighted lines per touch (or inherited share), and the model that made them.
+    let (model, lines): (String, Vec<AttributionLine>) = match credit {
+        Credit::None => {
+            return Decision::uncredited(ConversionStatus::Unattributed, settled, &program.currency)
+        }
+        Credit::Refund(order) => {
+            let mut d =
+                Decision::uncredited(ConversionStatus::Attributed, settled, &program.currency);
+            (d.reverses, d.rows) =
+                commission::reverse(&order.rows, settled, order.settled_amount, minor)
+                    .into_iter()
+                    .unzip();
+            return d;
+        }
+        Credit::Journey(touches) => {
+            let weights = program.attribution.weights(&touches);
+            let lines = touches
+                .into_iter()
+                .zip(weights)
+                .enumerate()
+                .map(|(i, (t, w))| AttributionLine {
+                    partner_id: t.partner_id,
+                    click_id: Some(t.click_id),
+                    position: (i + 1) as u16,
+                    weight: w,
+                    credited_amount: settled * w,
+                })
+                .collect();
+            (program.attribution.name().to_string(), lines)
+        }
+        Credit::Referral(partner_id) => (
+            "referral_code".to_string(),
+            vec![AttributionLine {
+                partner_id,
+                click_id: None,
+                position: 1,
+                weight: Decimal::ONE,
+                credited_amount: settled,
+            }],
+        ),
+        Credit::Recurring(first) => {
+            let in_term = match plan.recurring.months {
+                None => true,
+                Some(m) => first
+                    .occurred_at
+                    .checked_add_months(Months::new(m))
+                    .is_some_and(|end| conv.occurred_at < end),
+            };
+            if !in_term || conv.occurred_at < first.occurred_at {
+                return Decision::uncredited(
+                    ConversionStatus::Unattributed,
+                    settled,
+                    &program.currency,
+                );
+            }
+            let lines = first
+                .shares
+                .iter()
+                .enumerate()
+                .map(|(i, (p, w))| AttributionLine {
+                    partner_id: p.clone(),
+                    click_id: None,
+                    position: (i + 1) as u16,
+                    weight: *w,
+                    credited_amount: settled * *w,
+                })
+                .collect();
+            (first.model.clone(), lines)
+        }
+    };
+
+    let earning = match conv.kind {
+        ConversionKind::Sale => Earning::Sale,
+        ConversionKind::Lead => Earning::Bounty(plan.lead_bounty),
+        ConversionKind::Signup => Earning::Bounty(plan.signup_bounty),
+        ConversionKind::Recurring => Earning::Recurring,
+        // Refunds were settled above.
+        ConversionKind::Refund => Earning::Recurring,
+    };
+    let bonus_month = previous_month(conv.occurred_at);
+    let mut decision = Decision {
+        status: ConversionStatus::Attributed,
+        settled_amount: settled,
+        currency: program.currency.clone(),
+        model,
+        touches: lines.len() as u16,
+        attributions: lines,
+        rows: Vec::new(),
+        reverses: Vec::new(),
+    };
+    let shares: Vec<Share> = decision
+        .shares()
+        .into_iter()
+        .map(|(partner_id, weight)| {
+            let partner = directory.partner(&partner_id);
+            let tier_rate = plan.tier_rate(partner.as_ref().and_then(|p| p.tier.as_deref()));
+            let volume_bonus = if earning == Earning::Sale {
+                plan.volume_bonus(volume(&partner_id, bonus_month))
+            } else {
+                Decimal::ZERO
+            };
+            let ancestors = ancestors(directory, partner.as_deref(), plan.overrides.len());
+            Share {
+                partner_id,
+                weight,
+                tier_rate,
+                volume_bonus,
+                ancestors,
+            }
+        })
+        .collect();
+    decision.rows = commission::earn(plan, earning, settled, &shares, minor);
+    decision
+}
+
+/// The partner's ancestors up to `levels`: `Some(id)` when active, `None` when not (it
+/// earns nothing, but its own parent keeps its level). Stops at the top of the chain;
+/// the registry refuses cycles, and `levels` bounds the walk regardless.
+fn ancestors(
+    directory: &impl Directory,
+    partner: Option<&Partner>,
+    levels: usize,
+) -> Vec<Option<String>> {
+    let mut out = Vec::with_capacity(levels);
+    let mut next = partner.and_then(|p| p.parent_id.clone());
+    while out.len() < levels {
+        let Some(id) = next else { break };
+        match directory.partner(&id) {
+            Some(p) => {
+                out.push((p.status == PartnerStatus::Active).then(|| id.clone()));
+                next = p.parent_id.clone();
+            }
+            None => break,
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::AttributionModel;
+    use chrono::{Duration, TimeZone};
+    use std::collections::HashMap;
+    use std::str::FromStr;
+
+    fn d(s: &str) -> Decimal {
+        Decimal::from_str(s).unwrap()
+    }
+
+    fn program(model: AttributionModel) -> Program {
+        let mut p: Program = serde_json::from_value(serde_json::json!({
+            "name": "Acme", "currency": "USD", "secret": "0123456789abcdef-secret",
+            "fallback_url": "https://acme.example/",
+            "fx": {"USD": "1", "EUR": "1.0837", "JPY": "0.006571"},
+            "commission": {
+                "tiers": {"bronze": "0.15", "silver": "0.20", "gold": "0.25"},
+                "default_tier": "bronze", "lead_bounty": "5.00", "signup_bounty": "50.00",
+                "recurring": {"rate": "0.10", "months": 12},
+                "volume_bonuses": [{"min_conversions": 2, "bonus": "0.05"}],
+                "overrides": ["0.10", "0.05", "0.02"]
+            }
+        }))
+        .unwrap();
+        p.id = "acme".into();
+        p.attribution = model;
+        p.validate().unwrap();
+        p
+    }
+
+    fn partner(
+        id: &str,
+        tier: &str,
+        parent: Option<&str>,
+        status: PartnerStatus,
+    ) -> (String, Arc<Partner>) {
+        (
+            id.to_string(),
+            Arc::new(Partner {
+                id: id.into(),
+                program_id: "acme".into(),
+                name: None,
+                tier: Some(tier.into()),
+                parent_id: parent.map(str::to_string),
+                status,
+            }),
+        )
+    }
+
+    fn directory() -> HashMap<String, Arc<Partner>> {
+        HashMap::from([
+            partner("root", "gold", None, PartnerStatus::Active),
+            partner("mid", "silver", Some("root"), PartnerStatus::Active),
+            partner("leaf", "gold", Some("mid"), PartnerStatus::Active),
+            partner("solo", "bronze", None, PartnerStatus::Active),
+        ])
+    }
+
+    fn at() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 20, 10, 15, 0).unwrap()
+    }
+
+    fn conv(kind: ConversionKind, amount: &str, currency: &str) -> ConversionEvent {
+        ConversionEvent {
+            v: 1,
+            conversion_id: Uuid::from_u128(42),
+            program_id: "acme".into(),
+            order_id: "INV-1".into(),
+            kind,
+            amount: d(amount),
+            currency: currency.into(),
+            occurred_at: at(),
+            received_at: at(),
+            click_id: None,
+            visitor_id: None,
+            referral_code: None,
+            customer_id: Some("c-1".into()),
+            original_order_id: None,
+        }
+    }
+
+    fn touch(id: u128, partner: &str, days_before: i64) -> Touch {
+        Touch {
+            click_id: Uuid::from_u128(id),
+            partner_id: partner.into(),
+            ts: at() - Duration::days(days_before),
+        }
+    }
+
+    fn rows(dec: &Decision) -> Vec<(String, u8, &'static str, Decimal)> {
+        dec.rows
+            .iter()
+            .map(|r| (r.partner_id.clone(), r.level, r.kind.as_str(), r.amount))
+            .collect()
+    }
+
+    #[test]
+    fn eur_sale_last_touch_with_volume_bonus_and_overrides() {
+        // A = 129.99 EUR × 1.0837 = 140.870163 USD. Last touch: leaf (gold 0.25) with a
+        // 5% bonus (3 conversions last month ≥ 2): direct = 140.870163 × 0.2625
+        // = 36.9784177875; mid 10% = 3.69784177875; root 5% = 1.848920889375.
+        // Exact sum 42.525180455625 → 42.53; truncated 36.97 + 3.69 + 1.84 = 42.50;
+        // three cents to the remainders .0084177875 (0), .00784177875 (1), .008920889375 (2).
+        let p = program(AttributionModel::LastTouch);
+        let dec = settle(
+            &p,
+            &conv(ConversionKind::Sale, "129.99", "EUR"),
+            Credit::Journey(vec![touch(1, "solo", 3), touch(2, "leaf", 1)]),
+            &directory(),
+            |partner, month| {
+                if partner == "leaf" && month == 202610 {
+                    3
+                } else {
+                    0
+                }
+            },
+        );
+        assert_eq!(dec.status, ConversionStatus::Attributed);
+        assert_eq!(dec.settled_amount, d("140.870163"));
+        assert_eq!(dec.model, "last_touch");
+        assert_eq!(dec.touches, 2);
+        assert_eq!(dec.attributions[0].weight, d("0"));
+        assert_eq!(dec.attributions[1].credited_amount, d("140.870163"));
+        assert_eq!(
+            rows(&dec),
+            vec![
+                ("leaf".into(), 0, "direct", d("36.98")),
+                ("mid".into(), 1, "override", d("3.70")),
+                ("root".into(), 2, "override", d("1.85")),
+            ]
+        );
+        // solo has weight 0: no row.
+        assert_eq!(dec.shares(), vec![("leaf".to_string(), d("1"))]);
+    }
+
+    #[test]
+    fn jpy_sale_into_usd_program() {
+        // ¥12,999 × 0.006571 = 85.416429 USD; bronze 15% = 12.81246435 → 12.81.
+        let p = program(AttributionModel::LastTouch);
+        let dec = settle(
+            &p,
+            &conv(ConversionKind::Sale, "12999", "JPY"),
+            Credit::Journey(vec![touch(1, "solo", 1)]),
+            &directory(),
+            |_, _| 0,
+        );
+        assert_eq!(rows(&dec), vec![("solo".into(), 0, "direct", d("12.81"))]);
+    }
+
+    #[test]
+    fn lead_bounty_split_linear_between_partners() {
+        // Linear over solo, leaf, solo: solo 2/3, leaf 1/3 of the 5.00 bounty.
+        // solo 0.666666666667 × 5 = 3.333333333335, leaf 0.333333333333 × 5 = 1.666666666665
+        // leaf's parents: mid 10% = 0.1666666666665, root 5% = 0.08333333333325
+        // exact sum 5.24999999999975 → 5.25; truncated 3.33 + 1.66 + 0.16 + 0.08 = 5.23;
+        // two cents to leaf (.006666) and mid (.006666...) - largest remainders.
+        let p = program(AttributionModel::Linear);
+        let dec = settle(
+            &p,
+            &conv(ConversionKind::Lead, "0", "USD"),
+            Credit::Journey(vec![
+                touch(1, "solo", 3),
+                touch(2, "leaf", 2),
+                touch(3, "solo", 1),
+            ]),
+            &directory(),
+            |_, _| 99,
+        );
+        assert_eq!(
+            rows(&dec),
+            vec![
+                ("leaf".into(), 0, "direct", d("1.67")),
+                ("mid".into(), 1, "override", d("0.17")),
+                ("root".into(), 2, "override", d("0.08")),
+                ("solo".into(), 0, "direct", d("3.33")),
+            ]
+        );
+        assert_eq!(
+            dec.rows.iter().map(|r| r.amount).sum::<Decimal>(),
+            d("5.25")
+        );
+    }
+
+    #[test]
+    fn referral_code_credit_is_one_synthetic_touch() {
+        let p = program(AttributionModel::Linear);
+        let dec = settle(
+            &p,
+            &conv(ConversionKind::Signup, "0", "USD"),
+            Credit::Referral("solo".into()),
+            &directory(),
+            |_, _| 0,
+        );
+        assert_eq!(dec.model, "referral_code");
+        assert_eq!(dec.attributions.len(), 1);
+        assert_eq!(dec.attributions[0].click_id, None);
+        assert_eq!(rows(&dec), vec![("solo".into(), 0, "direct", d("50.00"))]);
+    }
+
+    #[test]
+    fn recurring_within_and_past_the_month_limit() {
+        let p = program(AttributionModel::LastTouch);
+        let first = FirstSale {
+            conversion_id: Uuid::from_u128(7),
+            occurred_at: Utc.with_ymd_and_hms(2025, 11, 20, 10, 15, 1).unwrap(),
+            model: "last_touch".into(),
+            shares: vec![("leaf".into(), d("1"))],
+        };
+        // 11 months 30 days later: still within 12 months. 49.99 × 0.10 = 4.999;
+        // mid 0.4999, root 0.24995 → exact 5.74885 → 5.75; truncated 4.99 + 0.49 + 0.24.
+        let dec = settle(
+            &p,
+            &conv(ConversionKind::Recurring, "49.99", "USD"),
+            Credit::Recurring(&first),
+            &directory(),
+            |_, _| 500,
+        );
+        assert_eq!(
+            rows(&dec),
+            vec![
+                ("leaf".into(), 0, "direct", d("5.00")),
+                ("mid".into(), 1, "override", d("0.50")),
+                ("root".into(), 2, "override", d("0.25")),
+            ]
+        );
+        // Exactly 12 months after the first sale: past the limit.
+        let mut late = first.clone();
+        late.occurred_at = Utc.with_ymd_and_hms(2025, 11, 20, 10, 15, 0).unwrap();
+        let dec = settle(
+            &p,
+            &conv(ConversionKind::Recurring, "49.99", "USD"),
+            Credit::Recurring(&late),
+            &directory(),
+            |_, _| 0,
+        );
+        assert_eq!(dec.status, ConversionStatus::Unattributed);
+        assert!(dec.rows.is_empty());
+    }
+
+    #[test]
+    fn paused_ancestor_earns_nothing_and_unknown_currency_settles_nothing() {
+        let p = program(AttributionModel::LastTouch);
+        let mut dir = directory();
+        dir.insert(
+            "mid".into(),
+            partner("mid", "silver", Some("root"), PartnerStatus::Paused).1,
+        );
+        let dec = settle(
+            &p,
+            &conv(ConversionKind::Sale, "100", "USD"),
+            Credit::Journey(vec![touch(1, "leaf", 1)]),
+            &dir,
+            |_, _| 0,
+        );
+        assert_eq!(
+            rows(&dec),
+            vec![
+                ("leaf".into(), 0, "direct", d("25.00")),
+                ("root".into(), 2, "override", d("1.25"))
+            ]
+        );
+        let dec = settle(
+            &p,
+            &conv(ConversionKind::Sale, "100", "GBP"),
+            Credit::Journey(vec![touch(1, "leaf", 1)]),
+            &dir,
+            |_, _| 0,
+        );
+        assert_eq!(dec.status, ConversionStatus::Unattributed);
+    }
+
+    #[test]
+    fn refund_reverses_the_order_in_proportion() {
+        let p = program(AttributionModel::LastTouch);
+        let sale = settle(
+            &p,
+            &conv(ConversionKind::Sale, "200", "USD"),
+            Credit::Journey(vec![touch(1, "leaf", 1)]),
+            &directory(),
+            |_, _| 0,
+        );
+        // 50.00 direct, 5.00 and 2.50 overrides.
+        let order = OrderRecord {
+            conversion_id: Uuid::from_u128(42),
+            settled_amount: sale.settled_amount,
+            rows: sale.earned_rows(),
+        };
+        let mut refund = conv(ConversionKind::Refund, "50", "USD");
+        refund.original_order_id = Some("INV-1".into());
+        // 50 of 200 = 25% of each row: -12.5, -1.25, -0.625; exact sum -14.375 rounds
+        // half-even to -14.38; truncated -14.37, so the cent goes to root's -0.625.
+        let dec = settle(&p, &refund, Credit::Refund(&order), &directory(), |_, _| 0);
+        assert_eq!(
+            rows(&dec),
+            vec![
+                ("leaf".into(), 0, "reversal", d("-12.50")),
+                ("mid".into(), 1, "reversal", d("-1.25")),
+                ("root".into(), 2, "reversal", d("-0.63")),
+            ]
+        );
+        assert_eq!(
+            dec.rows.iter().map(|r| r.amount).sum::<Decimal>(),
+            d("-14.38")
+        );
+        // Booked, a second refund of the rest takes exactly what is left.
+        let mut order = order;
+        order.book(&dec);
+        refund.amount = d("150");
+        let rest = settle(&p, &refund, Credit::Refund(&order), &directory(), |_, _| 0);
+        order.book(&rest);
+        assert_eq!(
+            rest.rows.iter().map(|r| r.amount).sum::<Decimal>(),
+            d("-43.12")
+        );
+        assert!(order
+            .rows
+            .iter()
+            .all(|r| r.amount + r.reversed == Decimal::ZERO));
+    }
+
+    #[test]
+    fn months() {
+        assert_eq!(previous_month(at()), 202610);
+        assert_eq!(
+            previous_month(Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()),
+            202512
+        );
+        assert_eq!(month_of(at()), 202611);
+    }
+}
