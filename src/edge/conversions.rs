@@ -1,0 +1,373 @@
+//! `POST /api/v1/conversions` (SPEC §3.2): signed intake of merchant conversions.
+//!
+//! Order of checks: size (413) → JSON shape (400) → program (400) → signature (401) →
+//! fields (400) → publish (202 once acknowledged, 503 when the broker is away). Nothing
+//! is published unless every item of an array is valid.
+
+use chrono::{DateTime, Utc};
+use hyper::body::Incoming;
+use hyper::{Request, StatusCode};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use super::Edge;
+use crate::events::{to_millis, ConversionEvent, ConversionKind, EVENT_VERSION};
+use crate::http::{self, ApiError, HttpResponse, MAX_BODY_BYTES};
+use crate::metrics as m;
+use crate::money::{self, AmountError};
+use crate::registry::Program;
+use crate::signature::{self, SignatureError};
+
+/// Most conversions in one request.
+pub const MAX_BATCH: usize = 1000;
+
+const FIELDS: &[&str] = &[
+    "program_id",
+    "order_id",
+    "kind",
+    "amount",
+    "currency",
+    "occurred_at",
+    "click_id",
+    "visitor_id",
+    "referral_code",
+    "customer_id",
+    "original_order_id",
+];
+
+fn reject(reason: &'static str, e: ApiError) -> HttpResponse {
+    metrics::counter!(m::EDGE_CONVERSIONS_REJECTED_TOTAL, "reason" => reason).increment(1);
+    e.into_response()
+}
+
+impl Edge {
+    pub(crate) async fn conversions(&self, req: Request<Incoming>) -> HttpResponse {
+        let sig_header = req
+            .headers()
+            .get(signature::HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = match http::read_body(req, MAX_BODY_BYTES).await {
+            Ok(b) => b,
+            Err(e) => return reject("too_large", e),
+        };
+        let (items, is_batch): (Vec<Map<String, Value>>, bool) =
+            match serde_json::from_slice::<Value>(&body) {
+                Ok(Value::Object(o)) => (vec![o], false),
+                Ok(Value::Array(a)) => {
+                    if a.is_empty() {
+                        return reject("malformed", ApiError::malformed("empty array"));
+                    }
+                    if a.len() > MAX_BATCH {
+                        return reject(
+                            "too_large",
+                            ApiError::too_large(format!(
+                                "at most {MAX_BATCH} conversions per request"
+                            )),
+                        );
+                    }
+                    let mut objects = Vec::with_capacity(a.len());
+                    for (i, v) in a.into_iter().enumerate() {
+                        match v {
+                            Value::Object(o) => objects.push(o),
+                            _ => {
+                                return reject(
+                                    "malformed",
+                                    ApiError::malformed("expected an object").in_item(i),
+                                )
+                            }
+                        }
+                    }
+                    (objects, true)
+                }
+                Ok(_) => {
+                    return reject(
+                        "malformed",
+                        ApiError::malformed("expected a JSON object or array"),
+                    )
+                }
+                Err(e) => {
+                    return reject(
+                        "malformed",
+                        ApiError::malformed(format!("invalid JSON: {e}")),
+                    )
+                }
+            };
+        let at = |e: ApiError, i: usize| if is_batch { e.in_item(i) } else { e };
+
+        // One program per request: its secret signs the whole body.
+        let mut program_id: Option<&str> = None;
+        for (i, item) in items.iter().enumerate() {
+            let id = match item.get("program_id") {
+                Some(Value::String(s)) => s.as_str(),
+                Some(_) => {
+                    return reject(
+                        "invalid",
+                        at(ApiError::invalid("program_id", "must be a string"), i),
+                    )
+                }
+                None => {
+                    return reject(
+                        "invalid",
+                        at(ApiError::invalid("program_id", "is required"), i),
+                    )
+                }
+            };
+            match program_id {
+                None => program_id = Some(id),
+                Some(p) if p != id => {
+                    return reject(
+                        "invalid",
+                        at(
+                            ApiError::invalid(
+                                "program_id",
+                                "all conversions of a request must share one program",
+                            ),
+                            i,
+                        ),
+                    )
+                }
+                Some(_) => {}
+            }
+        }
+        let program_id = program_id.expect("at least one item");
+        let Some(program) = self.registry.program(program_id) else {
+            return reject(
+                "unknown_program",
+                at(ApiError::invalid("program_id", "unknown program"), 0),
+            );
+        };
+
+        let now = Utc::now();
+        if let Err(e) = signature::verify(
+            &program.secret,
+            sig_header.as_deref(),
+            &body,
+            now.timestamp(),
+            self.config.edge.signature_tolerance_secs,
+        ) {
+            let reason = match e {
+                SignatureError::Stale => "stale_signature",
+                _ => "bad_signature",
+            };
+            return reject(reason, ApiError::unauthorized(e.to_string()));
+        }
+
+        let received_at = to_millis(now);
+        let mut events = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            match parse_conversion(item, &program, received_at) {
+                Ok(e) => events.push(e),
+                Err(e) => return reject("invalid", at(e, i)),
+            }
+        }
+        let mut batch = Vec::with_capacity(events.len());
+        for e in &events {
+            match serde_json::to_vec(e) {
+                Ok(payload) => batch.push((e.partition_key(), payload)),
+                Err(err) => {
+                    return reject(
+                        "internal",
+                        ApiError::internal(format!("cannot encode event: {err}")),
+                    )
+                }
+            }
+        }
+        match self.bus.publish_conversions(&batch).await {
+            Ok(()) => {
+                for e in &events {
+                    metrics::counter!(m::EDGE_CONVERSIONS_ACCEPTED_TOTAL, "kind" => e.kind.as_str()).increment(1);
+                }
+                http::json(
+                    StatusCode::ACCEPTED,
+                    &serde_json::json!({ "accepted": events.len() }),
+                )
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "conversions not acknowledged");
+                reject(
+                    "unavailable",
+                    ApiError::unavailable(format!("{e}; retry later"), 5),
+                )
+            }
+        }
+    }
+}
+
+fn opt_string(
+    item: &Map<String, Value>,
+    field: &'static str,
+    max: usize,
+) -> Result<Option<String>, ApiError> {
+    match item.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) if s.len() > max => Err(ApiError::invalid(
+            field,
+            format!("must be at most {max} characters"),
+        )),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(ApiError::invalid(field, "must be a string or null")),
+    }
+}
+
+fn opt_uuid(item: &Map<String, Value>, field: &'static str) -> Result<Option<Uuid>, ApiError> {
+    opt_string(item, field, 64)?
+        .map(|s| Uuid::parse_str(&s).map_err(|_| ApiError::invalid(field, "must be a UUID")))
+        .transpose()
+}
+
+/// Validates one conversion object into an event; the error names the field.
+pub fn parse_conversion(
+    item: &Map<String, Value>,
+    program: &Program,
+    received_at: DateTime<Utc>,
+) -> Result<ConversionEvent, ApiError> {
+    if let Some(unknown) = item.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(ApiError::invalid(unknown.clone(), "unknown field"));
+    }
+    let order_id = opt_string(item, "order_id", 256)?
+        .ok_or_else(|| ApiError::invalid("order_id", "is required"))?;
+    let kind_str =
+        opt_string(item, "kind", 16)?.ok_or_else(|| ApiError::invalid("kind", "is required"))?;
+    let kind = ConversionKind::parse(&kind_str).ok_or_else(|| {
+        ApiError::invalid(
+            "kind",
+            "must be one of sale, lead, signup, recurring, refund",
+        )
+    })?;
+    let amount = match item.get("amount") {
+        Some(Value::String(s)) => money::parse_amount(s).map_err(|e| {
+            let msg = match e {
+                AmountError::NotDecimal => {
+                    "must be a decimal string such as \"129.99\"".to_string()
+                }
+                other => other.to_string(),
+            };
+            ApiError::invalid("amount", msg)
+        })?,
+        // Leads and signups often carry no amount.
+        None | Some(Value::Null)
+            if matches!(kind, ConversionKind::Lead | ConversionKind::Signup) =>
+        {
+            rust_decimal::Decimal::ZERO
+        }
+        None | Some(Value::Null) => return Err(ApiError::invalid("amount", "is required")),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "amount",
+                "must be a decimal string such as \"129.99\" (numbers lose precision)",
+            ))
+        }
+    };
+    let currency = opt_string(item, "currency", 3)?.unwrap_or_else(|| program.currency.clone());
+    if !program.fx.contains_key(&currency) {
+        return Err(ApiError::invalid(
+            "currency",
+            "is not in the program's FX table",
+        ));
+    }
+    let occurred_at = match opt_string(item, "occurred_at", 64)? {
+        None => received_at,
+        Some(s) => DateTime::parse_from_rfc3339(&s)
+            .map(|t| to_millis(t.with_timezone(&Utc)))
+            .map_err(|_| ApiError::invalid("occurred_at", "must be an RFC 3339 timestamp"))?,
+    };
+    let click_id = opt_uuid(item, "click_id")?;
+    let visitor_id = opt_uuid(item, "visitor_id")?;
+    let referral_code = opt_string(item, "referral_code", 64)?;
+    let customer_id = opt_string(item, "customer_id", 256)?;
+    let original_order_id = opt_string(item, "original_order_id", 256)?;
+    match kind {
+        ConversionKind::Recurring if customer_id.is_none() => {
+            return Err(ApiError::invalid(
+                "customer_id",
+                "is required for recurring payments",
+            ))
+        }
+        ConversionKind::Refund if original_order_id.is_none() => {
+            return Err(ApiError::invalid(
+                "original_order_id",
+                "is required for refunds",
+            ))
+        }
+        _ => {}
+    }
+    Ok(ConversionEvent {
+        v: EVENT_VERSION,
+        conversion_id: Uuid::now_v7(),
+        program_id: program.id.clone(),
+        order_id,
+        kind,
+        amount,
+        currency,
+        occurred_at,
+        received_at,
+        click_id,
+        visitor_id,
+        referral_code,
+        customer_id,
+        original_order_id,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn program() -> Program {
+        let mut p: Program =
+            serde_json::from_value(crate::registry::model::tests_support::program_json()).unwrap();
+        p.id = "acme".into();
+        p.validate().unwrap();
+        p
+    }
+
+    fn parse(v: Value) -> Result<ConversionEvent, ApiError> {
+        let Value::Object(o) = v else { panic!() };
+        parse_conversion(&o, &program(), Utc::now())
+    }
+
+    fn field_of(v: Value) -> String {
+        parse(v).unwrap_err().field.unwrap()
+    }
+
+    #[test]
+    fn valid_sale() {
+        let e = parse(
+            json!({"program_id": "acme", "order_id": "INV-1", "kind": "sale", "amount": "129.99",
+            "currency": "EUR", "occurred_at": "2026-11-20T10:15:00Z",
+            "click_id": "0193a3b2-7c4e-7000-8000-000000000001", "visitor_id": null,
+            "referral_code": null, "customer_id": "c-42", "original_order_id": null}),
+        )
+        .unwrap();
+        assert_eq!(e.amount.to_string(), "129.99");
+        assert_eq!(e.kind, ConversionKind::Sale);
+        assert_eq!(e.conversion_id.get_version_num(), 7);
+    }
+
+    #[test]
+    fn field_errors() {
+        let base = json!({"program_id": "acme", "order_id": "1", "kind": "sale", "amount": "1.00", "currency": "USD"});
+        let with = |k: &str, v: Value| {
+            let mut b = base.clone();
+            b[k] = v;
+            b
+        };
+        assert_eq!(field_of(with("amount", json!("-1"))), "amount");
+        assert_eq!(field_of(with("amount", json!("1.00001"))), "amount");
+        assert_eq!(field_of(with("amount", json!(1.5))), "amount");
+        assert_eq!(field_of(with("currency", json!("GBP"))), "currency");
+        assert_eq!(field_of(with("kind", json!("purchase"))), "kind");
+        assert_eq!(field_of(with("order_id", json!(5))), "order_id");
+        assert_eq!(field_of(with("click_id", json!("nope"))), "click_id");
+        assert_eq!(
+            field_of(with("occurred_at", json!("yesterday"))),
+            "occurred_at"
+        );
+        assert_eq!(field_of(with("surprise", json!(1))), "surprise");
+        assert_eq!(field_of(with("kind", json!("recurring"))), "customer_id");
+        assert_eq!(field_of(with("kind", json!("refund"))), "original_order_id");
+    }
+}

@@ -1,0 +1,19 @@
+//! touchline: a stream processor for referral and affiliate tracking.
+//!
+//! The data's path, one module per stage: [`edge`] (HTTP redirects and intake) →
+//! [`bus`] (Kafka or in-process) → [`pipeline`] (dedup, journeys, attribution,
+//! commission, using the pure [`engine`]) → [`sink`] (ClickHouse or JSONEachRow files).
+//! [`registry`] holds programs, partners and links; [`config`] and [`metrics`] serve all.
+
+pub mod app;
+pub mod bus;
+pub mod config;
+pub mod edge;
+pub mod engine;
+pub mod events;
+pub mod http;
+pub mod metrics;
+pub mod money;
+pub mod registry;
+pub mod shutdown;
+pub mod signature;

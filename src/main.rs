@@ -1,0 +1,90 @@
+//! The `touchline` binary.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use touchline::config::{Config, LogFormat};
+
+#[derive(Parser)]
+#[command(
+    name = "touchline",
+    version,
+    about = "Referral tracking, attribution and exact partner commissions"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The HTTP edge alone.
+    Edge {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+fn init_logs(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn load(path: Option<&PathBuf>) -> Result<Config, ExitCode> {
+    Config::from_env(path.map(PathBuf::as_path)).map_err(|e| {
+        eprintln!("touchline: {e}");
+        ExitCode::from(2)
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let config_path = match &cli.command {
+        Command::Edge { config } => Some(config.clone()),
+    };
+    let config = match load(config_path.as_ref()) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    init_logs(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("touchline: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let (trigger, shutdown) = touchline::shutdown::channel();
+        touchline::shutdown::on_signals(trigger);
+        match cli.command {
+            Command::Edge { .. } => touchline::app::run_edge(config, shutdown).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "fatal");
+            eprintln!("touchline: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

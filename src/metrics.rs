@@ -1,0 +1,248 @@
+//! Metric names, declared once with their help text, and the Prometheus recorder.
+//! Labels are bounded: route templates, kinds, statuses, topics and partitions — never
+//! raw paths or ids.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// HTTP requests by `route` (template), `method` and `status`.
+pub const HTTP_REQUESTS_TOTAL: &str = "touchline_http_requests_total";
+/// HTTP request latency by `route`.
+pub const HTTP_REQUEST_DURATION_SECONDS: &str = "touchline_http_request_duration_seconds";
+/// Redirects answered, by click `status` (ok, paused, banned) and `bot` (true, false).
+pub const EDGE_CLICKS_TOTAL: &str = "touchline_edge_clicks_total";
+/// Click events dropped because the buffer in front of the broker was full.
+pub const EDGE_CLICK_BUFFER_OVERFLOW_TOTAL: &str = "touchline_edge_click_buffer_overflow_total";
+/// Click events the broker finally refused (not retryable).
+pub const EDGE_CLICK_DELIVERY_ERRORS_TOTAL: &str = "touchline_edge_click_delivery_errors_total";
+/// Click events delivered to the broker.
+pub const EDGE_CLICKS_DELIVERED_TOTAL: &str = "touchline_edge_clicks_delivered_total";
+/// Click events waiting for the broker.
+pub const EDGE_CLICK_BUFFERED: &str = "touchline_edge_click_buffered";
+/// Conversions accepted (acknowledged by the broker), by `kind`.
+pub const EDGE_CONVERSIONS_ACCEPTED_TOTAL: &str = "touchline_edge_conversions_accepted_total";
+/// Conversion requests refused, by `reason`.
+pub const EDGE_CONVERSIONS_REJECTED_TOTAL: &str = "touchline_edge_conversions_rejected_total";
+/// Registry changes applied from the change log.
+pub const REGISTRY_CHANGES_TOTAL: &str = "touchline_registry_changes_applied_total";
+/// Failed registry refreshes.
+pub const REGISTRY_REFRESH_ERRORS_TOTAL: &str = "touchline_registry_refresh_errors_total";
+/// Messages consumed by the pipeline, by `topic` and `result` (ok, dlq).
+pub const PIPELINE_MESSAGES_TOTAL: &str = "touchline_pipeline_messages_total";
+/// Click dedup verdicts, by `result` (unique, duplicate, bot, inactive).
+pub const PIPELINE_CLICK_DEDUP_TOTAL: &str = "touchline_pipeline_click_dedup_total";
+/// Conversions settled, by `kind` and `status`.
+pub const PIPELINE_CONVERSIONS_TOTAL: &str = "touchline_pipeline_conversions_total";
+/// Attributed conversions by attribution `model`.
+pub const PIPELINE_ATTRIBUTIONS_TOTAL: &str = "touchline_pipeline_attributions_total";
+/// Commission booked, in minor units of `currency`, by ledger `kind`; money as integers.
+pub const PIPELINE_COMMISSION_MINOR_UNITS_TOTAL: &str =
+    "touchline_pipeline_commission_minor_units_total";
+/// Conversions waiting for a late click, sale or order.
+pub const PIPELINE_PENDING: &str = "touchline_pipeline_pending_conversions";
+/// Messages per processed batch.
+pub const PIPELINE_BATCH_MESSAGES: &str = "touchline_pipeline_batch_messages";
+/// Consumer lag in messages, by `topic` and `partition`.
+pub const PIPELINE_CONSUMER_LAG: &str = "touchline_pipeline_consumer_lag_messages";
+/// Offset commits.
+pub const PIPELINE_COMMITS_TOTAL: &str = "touchline_pipeline_commits_total";
+/// Retries of a failing dependency, by `dependency` (clickhouse, redis, kafka).
+pub const PIPELINE_RETRIES_TOTAL: &str = "touchline_pipeline_retries_total";
+/// Rows written by the sink, by `table`.
+pub const SINK_ROWS_TOTAL: &str = "touchline_sink_rows_total";
+/// Duration of one sink write, by `table`.
+pub const SINK_INSERT_DURATION_SECONDS: &str = "touchline_sink_insert_duration_seconds";
+
+/// Every metric with its kind and help text, for `describe_*` and the README.
+pub const ALL: &[(&str, &str, &str)] = &[
+    (
+        HTTP_REQUESTS_TOTAL,
+        "counter",
+        "HTTP requests by route template, method and status.",
+    ),
+    (
+        HTTP_REQUEST_DURATION_SECONDS,
+        "histogram",
+        "HTTP request latency by route template.",
+    ),
+    (
+        EDGE_CLICKS_TOTAL,
+        "counter",
+        "Redirects answered, by click status and bot flag.",
+    ),
+    (
+        EDGE_CLICK_BUFFER_OVERFLOW_TOTAL,
+        "counter",
+        "Click events dropped because the broker buffer was full.",
+    ),
+    (
+        EDGE_CLICK_DELIVERY_ERRORS_TOTAL,
+        "counter",
+        "Click events the broker refused for good.",
+    ),
+    (
+        EDGE_CLICKS_DELIVERED_TOTAL,
+        "counter",
+        "Click events acknowledged by the broker.",
+    ),
+    (
+        EDGE_CLICK_BUFFERED,
+        "gauge",
+        "Click events waiting for the broker.",
+    ),
+    (
+        EDGE_CONVERSIONS_ACCEPTED_TOTAL,
+        "counter",
+        "Conversions acknowledged by the broker, by kind.",
+    ),
+    (
+        EDGE_CONVERSIONS_REJECTED_TOTAL,
+        "counter",
+        "Conversion requests refused, by reason.",
+    ),
+    (
+        REGISTRY_CHANGES_TOTAL,
+        "counter",
+        "Registry changes applied from the change log.",
+    ),
+    (
+        REGISTRY_REFRESH_ERRORS_TOTAL,
+        "counter",
+        "Failed registry refreshes.",
+    ),
+    (
+        PIPELINE_MESSAGES_TOTAL,
+        "counter",
+        "Messages consumed, by topic and result.",
+    ),
+    (
+        PIPELINE_CLICK_DEDUP_TOTAL,
+        "counter",
+        "Click dedup verdicts.",
+    ),
+    (
+        PIPELINE_CONVERSIONS_TOTAL,
+        "counter",
+        "Conversions settled, by kind and status.",
+    ),
+    (
+        PIPELINE_ATTRIBUTIONS_TOTAL,
+        "counter",
+        "Attributed conversions by attribution model.",
+    ),
+    (
+        PIPELINE_COMMISSION_MINOR_UNITS_TOTAL,
+        "counter",
+        "Commission booked in minor units, by currency and ledger kind.",
+    ),
+    (
+        PIPELINE_PENDING,
+        "gauge",
+        "Conversions waiting for a late click, sale or order.",
+    ),
+    (
+        PIPELINE_BATCH_MESSAGES,
+        "histogram",
+        "Messages per processed batch.",
+    ),
+    (
+        PIPELINE_CONSUMER_LAG,
+        "gauge",
+        "Consumer lag in messages, by topic and partition.",
+    ),
+    (
+        PIPELINE_COMMITS_TOTAL,
+        "counter",
+        "Offset commits after durable writes.",
+    ),
+    (
+        PIPELINE_RETRIES_TOTAL,
+        "counter",
+        "Retries of a failing dependency.",
+    ),
+    (SINK_ROWS_TOTAL, "counter", "Rows written, by table."),
+    (
+        SINK_INSERT_DURATION_SECONDS,
+        "histogram",
+        "Duration of one sink write, by table.",
+    ),
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder once and returns its handle. Later
+/// calls (tests starting several servers in one process) share the same recorder.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let latency = [
+                0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1,
+                0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ];
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full(HTTP_REQUEST_DURATION_SECONDS.into()),
+                    &latency,
+                )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(SINK_INSERT_DURATION_SECONDS.into()),
+                        &latency,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(PIPELINE_BATCH_MESSAGES.into()),
+                        &[1.0, 10.0, 100.0, 500.0, 1000.0, 5000.0, 10000.0, 50000.0],
+                    )
+                })
+                .expect("bucket lists are non-empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (an embedding application);
+            // then our handle renders nothing, which is better than failing to start.
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed");
+            }
+            for (name, kind, help) in ALL {
+                match *kind {
+                    "counter" => metrics::describe_counter!(*name, *help),
+                    "gauge" => metrics::describe_gauge!(*name, *help),
+                    _ => metrics::describe_histogram!(*name, *help),
+                }
+            }
+            handle
+        })
+        .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_prometheus_conventions() {
+        for (name, kind, help) in ALL {
+            assert!(name.starts_with("touchline_"), "{name}");
+            assert!(
+                name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{name}"
+            );
+            if *kind == "counter" {
+                assert!(name.ends_with("_total"), "{name}");
+            } else {
+                assert!(!name.ends_with("_total"), "{name}");
+            }
+            assert!(!help.is_empty());
+        }
+    }
+
+    #[test]
+    fn readme_lists_every_metric() {
+        let readme = include_str!("../README.md");
+        for (name, _, _) in ALL {
+            assert!(readme.contains(name), "README does not list {name}");
+        }
+    }
+}

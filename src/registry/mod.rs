@@ -1,0 +1,511 @@
+//! The registry: programs, partners and links (SPEC §3.3), durable in a
+//! [`RegistryStore`] and cached in memory in every process, which follows the store's
+//! change log so that a change is visible everywhere within `registry.refresh_ms`.
+
+pub mod model;
+pub mod redis_store;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+
+use crate::engine::settle::Directory;
+use crate::shutdown::Shutdown;
+pub use model::{Invalid, Link, LinkStatus, Partner, PartnerStatus, Program};
+pub use store::{Changes, Entity, MemoryStore, RegistryStore, StoreError};
+
+/// Why a registry write was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A link with its destination split once, so that a redirect only merges queries.
+#[derive(Debug)]
+pub struct LinkEntry {
+    pub link: Link,
+    /// `scheme://authority/path` of the destination.
+    pub base: String,
+    /// The destination's own query parameters, in order.
+    pub query: Vec<(String, String)>,
+    /// The destination's fragment, without `#`.
+    pub fragment: Option<String>,
+}
+
+impl LinkEntry {
+    fn new(link: Link) -> Self {
+        let (rest, fragment) = match link.destination.split_once('#') {
+            Some((r, f)) => (r.to_string(), Some(f.to_string())),
+            None => (link.destination.clone(), None),
+        };
+        let (base, query) = match rest.split_once('?') {
+            Some((b, q)) => (
+                b.to_string(),
+                form_urlencoded::parse(q.as_bytes()).into_owned().collect(),
+            ),
+            None => (rest, Vec::new()),
+        };
+        LinkEntry {
+            link,
+            base,
+            query,
+            fragment,
+        }
+    }
+}
+
+/// Fields a `PATCH /api/v1/partners/{id}` may change.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartnerPatch {
+    #[serde(default)]
+    pub status: Option<PartnerStatus>,
+    #[serde(default, with = "double_option")]
+    pub tier: Option<Option<String>>,
+    #[serde(default, with = "double_option")]
+    pub parent_id: Option<Option<String>>,
+    #[serde(default, with = "double_option")]
+    pub name: Option<Option<String>>,
+}
+
+/// Fields a `PATCH /api/v1/links/{code}` may change.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkPatch {
+    #[serde(default)]
+    pub status: Option<LinkStatus>,
+}
+
+/// `null` (clear) and absent (keep) are different in a PATCH.
+mod double_option {
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: Deserialize<'de>,
+    {
+        Option::<T>::deserialize(d).map(Some)
+    }
+}
+
+/// The in-memory view of the registry, kept in step with the store.
+pub struct Registry {
+    store: Arc<dyn RegistryStore>,
+    programs: DashMap<String, Arc<Program>>,
+    partners: DashMap<String, Arc<Partner>>,
+    links: DashMap<String, Arc<LinkEntry>>,
+    cursor: tokio::sync::Mutex<String>,
+    /// Serializes this process's writes, so that its own cycle checks see each other.
+    writes: tokio::sync::Mutex<()>,
+}
+
+impl Registry {
+    /// Loads the whole registry from `store`.
+    pub async fn open(store: Arc<dyn RegistryStore>) -> Result<Arc<Self>, StoreError> {
+        let registry = Arc::new(Registry {
+            store,
+            programs: DashMap::new(),
+            partners: DashMap::new(),
+            links: DashMap::new(),
+            cursor: tokio::sync::Mutex::new(String::new()),
+            writes: tokio::sync::Mutex::new(()),
+        });
+        registry.reload().await?;
+        Ok(registry)
+    }
+
+    /// The underlying store (for readiness checks).
+    pub fn store(&self) -> &Arc<dyn RegistryStore> {
+        &self.store
+    }
+
+    async fn reload(&self) -> Result<(), StoreError> {
+        let mut cursor = self.cursor.lock().await;
+        let (entities, next) = self.store.load().await?;
+        self.programs.clear();
+        self.partners.clear();
+        self.links.clear();
+        for e in entities {
+            self.apply(e);
+        }
+        *cursor = next;
+        Ok(())
+    }
+
+    /// Pulls the changes since the last refresh.
+    pub async fn refresh(&self) -> Result<(), StoreError> {
+        let changes = {
+            let cursor = self.cursor.lock().await;
+            self.store.changes(&cursor).await?
+        };
+        match changes {
+            Changes::Reload => self.reload().await,
+            Changes::Entries(entities, next) => {
+                let mut cursor = self.cursor.lock().await;
+                let n = entities.len();
+                for e in entities {
+                    self.apply(e);
+                }
+                *cursor = next;
+                if n > 0 {
+                    metrics::counter!(crate::metrics::REGISTRY_CHANGES_TOTAL).increment(n as u64);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Follows the store until shutdown.
+    pub fn spawn_follower(self: &Arc<Self>, every: Duration, mut shutdown: Shutdown) {
+        let registry = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.wait() => break,
+                    _ = tick.tick() => {
+                        if let Err(e) = registry.refresh().await {
+                            metrics::counter!(crate::metrics::REGISTRY_REFRESH_ERRORS_TOTAL).increment(1);
+                            tracing::warn!(error = %e, "registry refresh failed");
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    fn apply(&self, entity: Entity) {
+        match entity {
+            Entity::Program(p) => {
+                self.programs.insert(p.id.clone(), Arc::new(p));
+            }
+            Entity::Partner(p) => {
+                self.partners.insert(p.id.clone(), Arc::new(p));
+            }
+            Entity::Link(l) => {
+                self.links
+                    .insert(l.code.clone(), Arc::new(LinkEntry::new(l)));
+            }
+        }
+    }
+
+    pub fn program(&self, id: &str) -> Option<Arc<Program>> {
+        self.programs.get(id).map(|e| Arc::clone(e.value()))
+    }
+
+    pub fn partner(&self, id: &str) -> Option<Arc<Partner>> {
+        self.partners.get(id).map(|e| Arc::clone(e.value()))
+    }
+
+    pub fn link(&self, code: &str) -> Option<Arc<LinkEntry>> {
+        self.links.get(code).map(|e| Arc::clone(e.value()))
+    }
+
+    /// Number of programs, partners and links cached.
+    pub fn sizes(&self) -> (usize, usize, usize) {
+        (self.programs.len(), self.partners.len(), self.links.len())
+    }
+
+    async fn put(&self, entity: Entity) -> Result<(), RegistryError> {
+        self.store.put(&entity).await?;
+        // Read-your-writes in this process without waiting for the follower.
+        self.apply(entity);
+        Ok(())
+    }
+
+    /// Creates or replaces a program; `true` when it is new.
+    pub async fn put_program(&self, id: &str, mut program: Program) -> Result<bool, RegistryError> {
+        program.id = id.to_string();
+        program.validate()?;
+        let _w = self.writes.lock().await;
+        self.refresh().await?;
+        let created = self.program(id).is_none();
+        self.put(Entity::Program(program)).await?;
+        Ok(created)
+    }
+
+    /// Creates or replaces a partner; `true` when it is new.
+    pub async fn put_partner(&self, id: &str, mut partner: Partner) -> Result<bool, RegistryError> {
+        partner.id = id.to_string();
+        partner.validate()?;
+        let _w = self.writes.lock().await;
+        self.refresh().await?;
+        if let Some(existing) = self.partner(id) {
+            if existing.program_id != partner.program_id {
+                return Err(
+                    Invalid::new("program_id", "a partner cannot move to another program").into(),
+                );
+            }
+        }
+        self.check_partner(&partner)?;
+        let created = self.partner(id).is_none();
+        self.put(Entity::Partner(partner)).await?;
+        Ok(created)
+    }
+
+    /// Changes a partner's status, tier, parent or name.
+    pub async fn patch_partner(
+        &self,
+        id: &str,
+        patch: PartnerPatch,
+    ) -> Result<Arc<Partner>, RegistryError> {
+        let _w = self.writes.lock().await;
+        self.refresh().await?;
+        let mut partner = (*self.partner(id).ok_or(RegistryError::NotFound("partner"))?).clone();
+        if let Some(s) = patch.status {
+            partner.status = s;
+        }
+        if let Some(t) = patch.tier {
+            partner.tier = t;
+        }
+        if let Some(p) = patch.parent_id {
+            partner.parent_id = p;
+        }
+        if let Some(n) = patch.name {
+            partner.name = n;
+        }
+        partner.validate()?;
+        self.check_partner(&partner)?;
+        self.put(Entity::Partner(partner)).await?;
+        Ok(self.partner(id).expect("just written"))
+    }
+
+    fn check_partner(&self, partner: &Partner) -> Result<(), RegistryError> {
+        let program = self
+            .program(&partner.program_id)
+            .ok_or_else(|| Invalid::new("program_id", "no such program"))?;
+        if let Some(tier) = &partner.tier {
+            if !program.commission.tiers.contains_key(tier) {
+                return Err(
+                    Invalid::new("tier", "is not a tier of the program's commission plan").into(),
+                );
+            }
+        }
+        if let Some(parent_id) = &partner.parent_id {
+            let parent = self
+                .partner(parent_id)
+                .ok_or_else(|| Invalid::new("parent_id", "no such partner"))?;
+            if parent.program_id != partner.program_id {
+                return Err(Invalid::new(
+                    "parent_id",
+                    "the parent must belong to the same program",
+                )
+                .into());
+            }
+            // Walk up from the parent: meeting this partner again would close a cycle.
+            let mut next = Some(parent_id.clone());
+            let mut steps = 0;
+            while let Some(id) = next {
+                if id == partner.id {
+                    return Err(RegistryError::Conflict(format!(
+                        "parent_id {parent_id} would make a cycle of parents"
+                    )));
+                }
+                steps += 1;
+                if steps > self.partners.len() + 1 {
+                    return Err(RegistryError::Conflict(
+                        "the parent chain already has a cycle".into(),
+                    ));
+                }
+                next = self.partner(&id).and_then(|p| p.parent_id.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates a link, generating a code when none is given.
+    pub async fn create_link(&self, mut link: Link) -> Result<Arc<LinkEntry>, RegistryError> {
+        let generated = link.code.is_empty();
+        if generated {
+            link.code = generate_code();
+        }
+        link.validate()?;
+        self.refresh().await?;
+        let program = self
+            .program(&link.program_id)
+            .ok_or_else(|| Invalid::new("program_id", "no such program"))?;
+        let partner = self
+            .partner(&link.partner_id)
+            .ok_or_else(|| Invalid::new("partner_id", "no such partner"))?;
+        if partner.program_id != program.id {
+            return Err(
+                Invalid::new("partner_id", "the partner belongs to another program").into(),
+            );
+        }
+        // A generated code can collide (62^8 codes); try a few fresh ones.
+        for _ in 0..5 {
+            if self.store.insert_link(&link).await? {
+                let code = link.code.clone();
+                self.apply(Entity::Link(link));
+                return Ok(self.link(&code).expect("just written"));
+            }
+            if !generated {
+                return Err(RegistryError::Conflict(format!(
+                    "link code {} is taken",
+                    link.code
+                )));
+            }
+            link.code = generate_code();
+        }
+        Err(RegistryError::Conflict(
+            "could not find a free link code".into(),
+        ))
+    }
+
+    /// Changes a link's status.
+    pub async fn patch_link(
+        &self,
+        code: &str,
+        patch: LinkPatch,
+    ) -> Result<Arc<LinkEntry>, RegistryError> {
+        let _w = self.writes.lock().await;
+        self.refresh().await?;
+        let mut link = self
+            .link(code)
+            .ok_or(RegistryError::NotFound("link"))?
+            .link
+            .clone();
+        if let Some(s) = patch.status {
+            link.status = s;
+        }
+        self.put(Entity::Link(link)).await?;
+        Ok(self.link(code).expect("just written"))
+    }
+}
+
+impl Directory for Registry {
+    fn partner(&self, id: &str) -> Option<Arc<Partner>> {
+        Registry::partner(self, id)
+    }
+}
+
+/// Eight random base62 characters from a v4 UUID's randomness.
+fn generate_code() -> String {
+    const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut n = uuid::Uuid::new_v4().as_u128();
+    (0..8)
+        .map(|_| {
+            let c = ALPHABET[(n % 62) as usize] as char;
+            n /= 62;
+            c
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn registry() -> Arc<Registry> {
+        Registry::open(Arc::new(MemoryStore::new())).await.unwrap()
+    }
+
+    fn program() -> Program {
+        serde_json::from_value(model::tests_support::program_json()).unwrap()
+    }
+
+    fn partner(program: &str, parent: Option<&str>) -> Partner {
+        Partner {
+            id: String::new(),
+            program_id: program.into(),
+            name: None,
+            tier: None,
+            parent_id: parent.map(str::to_string),
+            status: PartnerStatus::Active,
+        }
+    }
+
+    #[tokio::test]
+    async fn parent_cycles_are_refused() {
+        let r = registry().await;
+        r.put_program("acme", program()).await.unwrap();
+        r.put_partner("a", partner("acme", None)).await.unwrap();
+        r.put_partner("b", partner("acme", Some("a")))
+            .await
+            .unwrap();
+        r.put_partner("c", partner("acme", Some("b")))
+            .await
+            .unwrap();
+        let err = r
+            .put_partner("a", partner("acme", Some("c")))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RegistryError::Conflict(_)), "{err}");
+        let err = r
+            .patch_partner(
+                "a",
+                PartnerPatch {
+                    parent_id: Some(Some("b".into())),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RegistryError::Conflict(_)), "{err}");
+        // Unknown parent and self-parent are field errors.
+        let err = r
+            .put_partner("d", partner("acme", Some("zz")))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RegistryError::Invalid(ref i) if i.field == "parent_id"));
+        let err = r
+            .put_partner("d", partner("acme", Some("d")))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RegistryError::Invalid(ref i) if i.field == "parent_id"));
+    }
+
+    #[tokio::test]
+    async fn links_get_codes_and_codes_are_unique() {
+        let r = registry().await;
+        r.put_program("acme", program()).await.unwrap();
+        r.put_partner("a", partner("acme", None)).await.unwrap();
+        let link = Link {
+            code: String::new(),
+            program_id: "acme".into(),
+            partner_id: "a".into(),
+            destination: "https://shop.example/p?ref=1#top".into(),
+            campaign: None,
+            utm_source: Some("partner".into()),
+            utm_medium: None,
+            utm_campaign: None,
+            utm_term: None,
+            utm_content: None,
+            status: LinkStatus::Active,
+        };
+        let made = r.create_link(link.clone()).await.unwrap();
+        assert_eq!(made.link.code.len(), 8);
+        assert_eq!(made.base, "https://shop.example/p");
+        assert_eq!(made.query, vec![("ref".to_string(), "1".to_string())]);
+        assert_eq!(made.fragment.as_deref(), Some("top"));
+        let mut fixed = link.clone();
+        fixed.code = "spring-sale".into();
+        r.create_link(fixed.clone()).await.unwrap();
+        assert!(matches!(
+            r.create_link(fixed).await,
+            Err(RegistryError::Conflict(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_second_cache_follows_the_store() {
+        let store: Arc<dyn RegistryStore> = Arc::new(MemoryStore::new());
+        let writer = Registry::open(Arc::clone(&store)).await.unwrap();
+        let reader = Registry::open(store).await.unwrap();
+        writer.put_program("acme", program()).await.unwrap();
+        assert!(reader.program("acme").is_none());
+        reader.refresh().await.unwrap();
+        assert_eq!(reader.program("acme").unwrap().name, "Acme partners");
+    }
+}

@@ -1,0 +1,365 @@
+//! Registry entities: programs, partners and links, with their validation.
+
+use std::collections::BTreeMap;
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{AttributionModel, CommissionPlan};
+use crate::money;
+
+/// A field-level validation failure: `field` is the JSON path in the request body.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct Invalid {
+    pub field: String,
+    pub message: String,
+}
+
+impl Invalid {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Invalid {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Ids of programs and partners: 1–64 of `[A-Za-z0-9_.-]`.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+}
+
+/// Link codes: 3–64 of `[A-Za-z0-9_-]`.
+pub fn valid_code(code: &str) -> bool {
+    (3..=64).contains(&code.len())
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b))
+}
+
+/// An absolute http(s) URL with a host, the only kind of redirect target there is.
+pub fn valid_http_url(s: &str) -> bool {
+    let Ok(uri) = s.parse::<hyper::Uri>() else {
+        return false;
+    };
+    matches!(uri.scheme_str(), Some("http") | Some("https"))
+        && uri.host().is_some_and(|h| !h.is_empty())
+        && s.len() <= 2048
+        && !s.bytes().any(|b| b.is_ascii_control() || b == b' ')
+}
+
+/// A partner program: who pays, in what currency, under which rules.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Program {
+    #[serde(default)]
+    pub id: String,
+    pub name: String,
+    /// Settlement currency (ISO 4217).
+    pub currency: String,
+    /// Shared secret of the conversion signature.
+    pub secret: String,
+    /// Where paused links and partners redirect.
+    pub fallback_url: String,
+    #[serde(default = "default_lookback")]
+    pub lookback_days: u32,
+    #[serde(default)]
+    pub attribution: AttributionModel,
+    #[serde(default = "default_dedup_window")]
+    pub click_dedup_window_secs: u64,
+    #[serde(default = "default_max_touches")]
+    pub max_touches: u32,
+    /// Program-currency units per unit of each accepted currency.
+    #[serde(default)]
+    pub fx: BTreeMap<String, Decimal>,
+    #[serde(default)]
+    pub commission: CommissionPlan,
+}
+
+fn default_lookback() -> u32 {
+    30
+}
+fn default_dedup_window() -> u64 {
+    3600
+}
+fn default_max_touches() -> u32 {
+    32
+}
+
+impl Program {
+    /// Validates and normalizes (the program's own currency is always accepted at 1).
+    pub fn validate(&mut self) -> Result<(), Invalid> {
+        if !valid_id(&self.id) {
+            return Err(Invalid::new("id", "must be 1-64 of A-Z a-z 0-9 _ . -"));
+        }
+        if self.name.trim().is_empty() || self.name.len() > 200 {
+            return Err(Invalid::new("name", "must be 1-200 characters"));
+        }
+        if !money::is_known_currency(&self.currency) {
+            return Err(Invalid::new(
+                "currency",
+                "must be an ISO 4217 currency code",
+            ));
+        }
+        if self.secret.len() < 16 || self.secret.len() > 256 {
+            return Err(Invalid::new("secret", "must be 16-256 characters"));
+        }
+        if !valid_http_url(&self.fallback_url) {
+            return Err(Invalid::new(
+                "fallback_url",
+                "must be an absolute http(s) URL",
+            ));
+        }
+        if !(1..=90).contains(&self.lookback_days) {
+            return Err(Invalid::new("lookback_days", "must be 1-90"));
+        }
+        if let Err((param, message)) = self.attribution.validate() {
+            return Err(Invalid::new(format!("attribution.{param}"), message));
+        }
+        if self.click_dedup_window_secs > 30 * 86_400 {
+            return Err(Invalid::new(
+                "click_dedup_window_secs",
+                "must be at most 30 days",
+            ));
+        }
+        if !(1..=256).contains(&self.max_touches) {
+            return Err(Invalid::new("max_touches", "must be 1-256"));
+        }
+        match self.fx.get(&self.currency) {
+            None => {
+                self.fx.insert(self.currency.clone(), Decimal::ONE);
+            }
+            Some(rate) if *rate != Decimal::ONE => {
+                return Err(Invalid::new(
+                    format!("fx.{}", self.currency),
+                    "the program currency's own rate must be 1",
+                ));
+            }
+            Some(_) => {}
+        }
+        for (code, rate) in &self.fx {
+            if !money::is_known_currency(code) {
+                return Err(Invalid::new(
+                    format!("fx.{code}"),
+                    "is not an ISO 4217 currency code",
+                ));
+            }
+            if *rate <= Decimal::ZERO {
+                return Err(Invalid::new(format!("fx.{code}"), "must be greater than 0"));
+            }
+        }
+        if let Err((field, message)) = self.commission.validate() {
+            return Err(Invalid::new(format!("commission.{field}"), message));
+        }
+        Ok(())
+    }
+
+    /// The lookback window in seconds, which is also the visitor cookie's lifetime.
+    pub fn lookback_secs(&self) -> u64 {
+        u64::from(self.lookback_days) * 86_400
+    }
+}
+
+/// A partner's standing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PartnerStatus {
+    #[default]
+    Active,
+    Paused,
+    Banned,
+}
+
+/// A partner (affiliate) of one program.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Partner {
+    #[serde(default)]
+    pub id: String,
+    pub program_id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    /// A tier of the program's plan; `None`: the plan's default tier.
+    #[serde(default)]
+    pub tier: Option<String>,
+    /// The partner that earns overrides on this one's commissions.
+    #[serde(default)]
+    pub parent_id: Option<String>,
+    #[serde(default)]
+    pub status: PartnerStatus,
+}
+
+impl Partner {
+    /// Checks what can be checked without the rest of the registry.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if !valid_id(&self.id) {
+            return Err(Invalid::new("id", "must be 1-64 of A-Z a-z 0-9 _ . -"));
+        }
+        if self.program_id.is_empty() {
+            return Err(Invalid::new("program_id", "is required"));
+        }
+        if self.parent_id.as_deref() == Some(self.id.as_str()) {
+            return Err(Invalid::new(
+                "parent_id",
+                "a partner cannot be its own parent",
+            ));
+        }
+        if self.name.as_ref().is_some_and(|n| n.len() > 200) {
+            return Err(Invalid::new("name", "must be at most 200 characters"));
+        }
+        Ok(())
+    }
+}
+
+/// A link's standing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkStatus {
+    #[default]
+    Active,
+    Paused,
+}
+
+/// A referral link `/r/{code}` of one partner.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Link {
+    #[serde(default)]
+    pub code: String,
+    pub program_id: String,
+    pub partner_id: String,
+    /// The registered http(s) destination.
+    pub destination: String,
+    #[serde(default)]
+    pub campaign: Option<String>,
+    /// Defaults filled in where the visit's query string has no such parameter.
+    #[serde(default)]
+    pub utm_source: Option<String>,
+    #[serde(default)]
+    pub utm_medium: Option<String>,
+    #[serde(default)]
+    pub utm_campaign: Option<String>,
+    #[serde(default)]
+    pub utm_term: Option<String>,
+    #[serde(default)]
+    pub utm_content: Option<String>,
+    #[serde(default)]
+    pub status: LinkStatus,
+}
+
+impl Link {
+    /// Checks what can be checked without the rest of the registry.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if !valid_code(&self.code) {
+            return Err(Invalid::new("code", "must be 3-64 of A-Z a-z 0-9 _ -"));
+        }
+        if !valid_http_url(&self.destination) {
+            return Err(Invalid::new(
+                "destination",
+                "must be an absolute http(s) URL",
+            ));
+        }
+        for (field, v) in self.utm_defaults() {
+            if v.is_some_and(|v| v.len() > 256) {
+                return Err(Invalid::new(field, "must be at most 256 characters"));
+            }
+        }
+        if self.campaign.as_ref().is_some_and(|c| c.len() > 256) {
+            return Err(Invalid::new("campaign", "must be at most 256 characters"));
+        }
+        Ok(())
+    }
+
+    /// The link's default UTM parameters by name.
+    pub fn utm_defaults(&self) -> [(&'static str, Option<&str>); 5] {
+        [
+            ("utm_source", self.utm_source.as_deref()),
+            ("utm_medium", self.utm_medium.as_deref()),
+            ("utm_campaign", self.utm_campaign.as_deref()),
+            ("utm_term", self.utm_term.as_deref()),
+            ("utm_content", self.utm_content.as_deref()),
+        ]
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests_support {
+    /// The program of SPEC §3.3, as the admin API receives it.
+    pub fn program_json() -> serde_json::Value {
+        serde_json::json!({
+            "name": "Acme partners", "currency": "USD", "secret": "0123456789abcdef-secret",
+            "fallback_url": "https://acme.example/", "lookback_days": 30,
+            "attribution": {"model": "time_decay", "half_life_days": "7"},
+            "click_dedup_window_secs": 3600, "max_touches": 32,
+            "fx": {"USD": "1", "EUR": "1.0837", "JPY": "0.006571"},
+            "commission": {"tiers": {"bronze": "0.15"}, "default_tier": "bronze"}
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tests_support::program_json;
+    use super::*;
+
+    #[test]
+    fn program_from_spec_example_validates() {
+        let mut p: Program = serde_json::from_value(program_json()).unwrap();
+        p.id = "acme".into();
+        p.validate().unwrap();
+        assert_eq!(p.lookback_secs(), 30 * 86_400);
+    }
+
+    #[test]
+    fn program_errors_name_the_field() {
+        let cases = [
+            ("lookback_days", serde_json::json!(91), "lookback_days"),
+            ("currency", serde_json::json!("XXX"), "currency"),
+            (
+                "fallback_url",
+                serde_json::json!("javascript:alert(1)"),
+                "fallback_url",
+            ),
+            ("fx", serde_json::json!({"USD": "1", "EUR": "0"}), "fx.EUR"),
+            ("fx", serde_json::json!({"USD": "2"}), "fx.USD"),
+            (
+                "attribution",
+                serde_json::json!({"model": "position_based", "first": "0.7", "last": "0.7"}),
+                "attribution.last",
+            ),
+        ];
+        for (key, value, field) in cases {
+            let mut json = program_json();
+            json[key] = value;
+            let mut p: Program = serde_json::from_value(json).unwrap();
+            p.id = "acme".into();
+            assert_eq!(p.validate().unwrap_err().field, field, "{key}");
+        }
+    }
+
+    #[test]
+    fn own_currency_is_added_to_fx() {
+        let mut json = program_json();
+        json["fx"] = serde_json::json!({"EUR": "1.08"});
+        let mut p: Program = serde_json::from_value(json).unwrap();
+        p.id = "acme".into();
+        p.validate().unwrap();
+        assert_eq!(p.fx["USD"], Decimal::ONE);
+    }
+
+    #[test]
+    fn urls() {
+        assert!(valid_http_url("https://shop.example/p?x=1#f"));
+        assert!(valid_http_url("http://127.0.0.1:3000/"));
+        assert!(!valid_http_url("ftp://shop.example/"));
+        assert!(!valid_http_url("//shop.example/"));
+        assert!(!valid_http_url("/relative"));
+        assert!(!valid_http_url("https:///nohost"));
+        assert!(!valid_http_url("https://a.example/ x"));
+    }
+}

@@ -1,0 +1,317 @@
+//! Shared helpers of the integration tests. They talk to the real local stack
+//! (`scripts/stack.sh up`) and fail, never skip, when a service is missing. Each test
+//! gets fresh topics, a fresh Redis key prefix and its own ClickHouse database.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::Message;
+use serde_json::Value;
+use tokio::net::TcpListener;
+use touchline::config::Config;
+use touchline::shutdown::{self, Trigger};
+
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+pub const SECRET: &str = "0123456789abcdef-test-secret";
+
+/// A configuration for the local stack with everything unique to this test.
+pub fn config(extra: &[(&str, &str)]) -> Config {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let short = &id[..12];
+    let mut vars: Vec<(String, String)> = vec![
+        ("TOUCHLINE__EDGE__LISTEN".into(), "127.0.0.1:0".into()),
+        ("TOUCHLINE__ADMIN__TOKEN".into(), ADMIN_TOKEN.into()),
+        ("TOUCHLINE__KAFKA__PARTITIONS".into(), "2".into()),
+        (
+            "TOUCHLINE__KAFKA__TOPICS__CLICKS".into(),
+            format!("t{short}.clicks"),
+        ),
+        (
+            "TOUCHLINE__KAFKA__TOPICS__CONVERSIONS".into(),
+            format!("t{short}.conversions"),
+        ),
+        (
+            "TOUCHLINE__KAFKA__TOPICS__DLQ".into(),
+            format!("t{short}.dlq"),
+        ),
+        ("TOUCHLINE__REDIS__PREFIX".into(), format!("t{short}")),
+        (
+            "TOUCHLINE__CLICKHOUSE__DATABASE".into(),
+            format!("t{short}"),
+        ),
+        ("TOUCHLINE__PIPELINE__GROUP_ID".into(), format!("g{short}")),
+        (
+            "TOUCHLINE__PIPELINE__ADMIN_LISTEN".into(),
+            "127.0.0.1:0".into(),
+        ),
+    ];
+    for (k, v) in extra {
+        vars.push((k.to_string(), v.to_string()));
+    }
+    let local = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/local.toml");
+    Config::load(Some(&local), vars).expect("test configuration is valid")
+}
+
+/// The environment variables that reproduce `config` for a child process.
+pub fn env_for(config: &Config) -> Vec<(String, String)> {
+    let t = &config.kafka.topics;
+    vec![
+        ("TOUCHLINE__ADMIN__TOKEN".into(), config.admin.token.clone()),
+        (
+            "TOUCHLINE__KAFKA__BROKERS".into(),
+            config.kafka.brokers.clone(),
+        ),
+        ("TOUCHLINE__KAFKA__TOPICS__CLICKS".into(), t.clicks.clone()),
+        (
+            "TOUCHLINE__KAFKA__TOPICS__CONVERSIONS".into(),
+            t.conversions.clone(),
+        ),
+        ("TOUCHLINE__KAFKA__TOPICS__DLQ".into(), t.dlq.clone()),
+        (
+            "TOUCHLINE__REDIS__PREFIX".into(),
+            config.redis.prefix.clone(),
+        ),
+        (
+            "TOUCHLINE__CLICKHOUSE__DATABASE".into(),
+            config.clickhouse.database.clone(),
+        ),
+        (
+            "TOUCHLINE__PIPELINE__GROUP_ID".into(),
+            config.pipeline.group_id.clone(),
+        ),
+        ("TOUCHLINE__LOG__LEVEL".into(), "warn".into()),
+    ]
+}
+
+/// Creates the test's topics; panics with a clear message when no broker answers.
+pub async fn create_topics(config: &Config) {
+    let t = &config.kafka.topics;
+    touchline::bus::kafka::create_topics(&config.kafka, &[&t.clicks, &t.conversions, &t.dlq])
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "kafka broker at {} is required (scripts/stack.sh up): {e}",
+                config.kafka.brokers
+            )
+        });
+}
+
+/// A running edge on an ephemeral port.
+pub struct RunningEdge {
+    pub addr: SocketAddr,
+    pub trigger: Trigger,
+    pub task: tokio::task::JoinHandle<()>,
+    pub bus: Arc<touchline::bus::kafka::KafkaBus>,
+    pub registry: Arc<touchline::registry::Registry>,
+}
+
+impl RunningEdge {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Stops accepting, flushes buffered clicks, waits for the task.
+    pub async fn stop(self) {
+        self.trigger.fire();
+        let _ = tokio::time::timeout(Duration::from_secs(15), self.task).await;
+    }
+}
+
+/// Starts an edge on the real stack with `config` (topics must exist).
+pub async fn start_edge(config: &Config) -> RunningEdge {
+    let (trigger, shutdown) = shutdown::channel();
+    let store = touchline::app::registry_store(config)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "redis at {} is required (scripts/stack.sh up): {e:#}",
+                config.redis.url
+            )
+        });
+    let registry = touchline::app::registry(config, store, shutdown.clone())
+        .await
+        .unwrap();
+    let bus = touchline::app::kafka_bus(config).await.unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = touchline::edge::spawn(
+        config.clone(),
+        Arc::clone(&registry),
+        bus.clone(),
+        listener,
+        shutdown,
+    );
+    RunningEdge {
+        addr,
+        trigger,
+        task,
+        bus,
+        registry,
+    }
+}
+
+/// A response, read whole.
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: hyper::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+/// Sends a request with the given headers and body.
+pub async fn send(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Resp {
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(body.into())).unwrap();
+    let resp = touchline::http::client()
+        .request(req)
+        .await
+        .expect("edge answers");
+    let (parts, body) = resp.into_parts();
+    Resp {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.unwrap().to_bytes(),
+    }
+}
+
+/// An admin call with the test token.
+pub async fn admin(method: Method, url: &str, body: Value) -> Resp {
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let body = if body.is_null() {
+        Vec::new()
+    } else {
+        serde_json::to_vec(&body).unwrap()
+    };
+    send(
+        method,
+        url,
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        body,
+    )
+    .await
+}
+
+/// The program of SPEC §3.3.
+pub fn program_json() -> Value {
+    serde_json::json!({
+        "name": "Acme partners", "currency": "USD", "secret": SECRET,
+        "fallback_url": "https://acme.example/", "lookback_days": 30,
+        "attribution": {"model": "last_touch"},
+        "click_dedup_window_secs": 3600, "max_touches": 32,
+        "fx": {"USD": "1", "EUR": "1.0837", "JPY": "0.006571"},
+        "commission": {
+            "tiers": {"bronze": "0.15", "silver": "0.20", "gold": "0.25", "platinum": "0.30"},
+            "default_tier": "bronze", "lead_bounty": "5.00", "signup_bounty": "50.00",
+            "recurring": {"rate": "0.10", "months": 12},
+            "volume_bonuses": [{"min_conversions": 50, "bonus": "0.05"}, {"min_conversions": 100, "bonus": "0.10"}],
+            "overrides": ["0.10", "0.05", "0.02"]
+        }
+    })
+}
+
+/// Creates program `acme`, partner `alice` (gold) and link `alice-spring`.
+pub async fn seed(edge_url: &str) {
+    let r = admin(
+        Method::PUT,
+        &format!("{edge_url}/api/v1/programs/acme"),
+        program_json(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let r = admin(
+        Method::PUT,
+        &format!("{edge_url}/api/v1/partners/alice"),
+        serde_json::json!({"program_id": "acme", "tier": "gold"}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let r = admin(
+        Method::POST,
+        &format!("{edge_url}/api/v1/links"),
+        serde_json::json!({"program_id": "acme", "partner_id": "alice", "code": "alice-spring",
+            "destination": "https://shop.example/spring?lang=en", "campaign": "spring",
+            "utm_source": "alice", "utm_medium": "affiliate"}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+}
+
+/// Signs and posts a conversions body.
+pub async fn post_conversions(edge_url: &str, body: &str) -> Resp {
+    let sig = touchline::signature::sign(SECRET, chrono::Utc::now().timestamp(), body.as_bytes());
+    send(
+        Method::POST,
+        &format!("{edge_url}/api/v1/conversions"),
+        &[
+            ("x-touchline-signature", &sig),
+            ("content-type", "application/json"),
+        ],
+        body.to_string(),
+    )
+    .await
+}
+
+/// Reads `topic` from the beginning until `n` messages or `timeout`.
+pub async fn read_topic(
+    brokers: &str,
+    topic: &str,
+    n: usize,
+    timeout: Duration,
+) -> Vec<(Option<Vec<u8>>, Value)> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("reader-{}", uuid::Uuid::new_v4()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    while out.len() < n {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, consumer.recv()).await {
+            Err(_) => break,
+            Ok(Err(e)) => panic!("consumer error: {e}"),
+            Ok(Ok(m)) => {
+                let v: Value =
+                    serde_json::from_slice(m.payload().unwrap_or_default()).expect("JSON event");
+                out.push((m.key().map(<[u8]>::to_vec), v));
+            }
+        }
+    }
+    out
+}
