@@ -94,3 +94,216 @@ pub async fn run_edge(config: Config, shutdown: Shutdown) -> anyhow::Result<()> 
 pub fn memory_bus(config: &Config) -> Arc<MemoryBus> {
     MemoryBus::new(config.edge.buffer_events)
 }
+
+/// The pipeline state store the configuration names.
+pub async fn state_store(
+    config: &Config,
+) -> anyhow::Result<Arc<dyn crate::pipeline::state::StateStore>> {
+    Ok(match config.store.kind {
+        StoreKind::Memory => Arc::new(crate::pipeline::state::MemoryState::new()),
+        StoreKind::Redis => Arc::new(crate::pipeline::state::RedisState::new(
+            redis_connection(&config.redis.url).await?,
+            &config.redis.prefix,
+        )),
+    })
+}
+
+/// The sink the configuration names, checked at start-up.
+pub async fn sink(config: &Config) -> anyhow::Result<Arc<dyn crate::sink::Sink>> {
+    use crate::config::SinkKind;
+    Ok(match config.sink.kind {
+        SinkKind::File => Arc::new(
+            crate::sink::file::FileSink::open(&config.sink.data_dir).with_context(|| {
+                format!(
+                    "cannot open sink.data_dir {}",
+                    config.sink.data_dir.display()
+                )
+            })?,
+        ),
+        SinkKind::Clickhouse => {
+            let ch = &config.clickhouse;
+            crate::sink::clickhouse::wait_ready(ch, Duration::from_secs(10))
+                .await
+                .with_context(|| format!("clickhouse at {} did not answer", ch.url))?;
+            let sink = crate::sink::clickhouse::ClickHouseSink::new(ch);
+            crate::sink::clickhouse::check_tables(ch)
+                .await
+                .with_context(|| {
+                    format!(
+                        "database {} is not ready; run `touchline migrate`",
+                        ch.database
+                    )
+                })?;
+            Arc::new(sink)
+        }
+    })
+}
+
+/// Serves the pipeline's /healthz, /readyz and /metrics.
+async fn pipeline_admin(
+    config: &Config,
+    state: Arc<dyn crate::pipeline::state::StateStore>,
+    sink: Arc<dyn crate::sink::Sink>,
+    shutdown: Shutdown,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = TcpListener::bind(config.pipeline.admin_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on pipeline.admin_listen {}",
+                config.pipeline.admin_listen
+            )
+        })?;
+    tracing::info!(listen = %config.pipeline.admin_listen, "pipeline admin listening");
+    let admin = Arc::new(crate::pipeline::admin::PipelineAdmin {
+        state,
+        sink,
+        metrics: crate::metrics::install(),
+    });
+    Ok(tokio::spawn(crate::http::serve(
+        listener,
+        admin,
+        shutdown,
+        Duration::from_secs(2),
+    )))
+}
+
+/// Runs the consumer pipeline alone until `shutdown`.
+pub async fn run_pipeline(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
+    if config.bus.kind != BusKind::Kafka {
+        anyhow::bail!("`touchline pipeline` needs bus.kind = \"kafka\"; use `touchline serve` for the embedded bus");
+    }
+    let bus = kafka_bus(&config).await?;
+    let store = registry_store(&config).await?;
+    let registry = registry(&config, store, shutdown.clone()).await?;
+    let state = state_store(&config).await?;
+    let sink = sink(&config).await?;
+    let admin = pipeline_admin(
+        &config,
+        Arc::clone(&state),
+        Arc::clone(&sink),
+        shutdown.clone(),
+    )
+    .await?;
+    let source = kafka::KafkaSource::new(&config.kafka, &config.pipeline.group_id)?;
+    tracing::info!(group = %config.pipeline.group_id, "pipeline consuming");
+    let pipeline =
+        crate::pipeline::Pipeline::new(config.pipeline.clone(), registry, state, sink, bus);
+    pipeline.run(Box::new(source), shutdown).await?;
+    let _ = admin.await;
+    Ok(())
+}
+
+/// Creates or upgrades the ClickHouse schema and the Kafka topics; idempotent.
+pub async fn run_migrate(config: Config) -> anyhow::Result<()> {
+    if config.sink.kind == crate::config::SinkKind::Clickhouse {
+        let ch = &config.clickhouse;
+        crate::sink::clickhouse::wait_ready(ch, Duration::from_secs(10))
+            .await
+            .with_context(|| format!("clickhouse at {} did not answer", ch.url))?;
+        crate::sink::clickhouse::migrate(ch)
+            .await
+            .context("schema migration failed")?;
+        println!("clickhouse: database {} is up to date", ch.database);
+    }
+    if config.bus.kind == BusKind::Kafka {
+        let t = &config.kafka.topics;
+        kafka::create_topics(&config.kafka, &[&t.clicks, &t.conversions, &t.dlq])
+            .await
+            .context("topic creation failed")?;
+        println!(
+            "kafka: topics {}, {}, {} exist ({} partitions for new ones)",
+            t.clicks, t.conversions, t.dlq, config.kafka.partitions
+        );
+    }
+    Ok(())
+}
+
+/// Where a running `serve` listens.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeAddrs {
+    pub edge: std::net::SocketAddr,
+    pub admin: std::net::SocketAddr,
+}
+
+/// Edge and pipeline in one process until `shutdown`; `ready` learns the addresses once
+/// both listen. On the embedded bus, stopping drains it: every accepted event is written.
+pub async fn run_serve(
+    config: Config,
+    shutdown: Shutdown,
+    ready: Option<tokio::sync::oneshot::Sender<ServeAddrs>>,
+) -> anyhow::Result<()> {
+    let store = registry_store(&config).await?;
+    let registry = registry(&config, store, shutdown.clone()).await?;
+    let state = state_store(&config).await?;
+    let sink = sink(&config).await?;
+    let (bus, source, draining): (Arc<dyn EventBus>, Box<dyn crate::bus::EventSource>, bool) =
+        match config.bus.kind {
+            BusKind::Memory => {
+                let bus = memory_bus(&config);
+                let source = bus.source();
+                (bus, Box::new(source), true)
+            }
+            BusKind::Kafka => {
+                let bus = kafka_bus(&config).await?;
+                (
+                    bus,
+                    Box::new(kafka::KafkaSource::new(
+                        &config.kafka,
+                        &config.pipeline.group_id,
+                    )?),
+                    false,
+                )
+            }
+        };
+    let edge_listener = TcpListener::bind(config.edge.listen)
+        .await
+        .with_context(|| format!("cannot listen on edge.listen {}", config.edge.listen))?;
+    let edge_addr = edge_listener.local_addr()?;
+    // The pipeline stops after the edge, so that it sees every event the edge accepted.
+    let (pipeline_trigger, pipeline_shutdown) = crate::shutdown::channel();
+    let admin_listener = TcpListener::bind(config.pipeline.admin_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on pipeline.admin_listen {}",
+                config.pipeline.admin_listen
+            )
+        })?;
+    let admin_addr = admin_listener.local_addr()?;
+    let admin = Arc::new(crate::pipeline::admin::PipelineAdmin {
+        state: Arc::clone(&state),
+        sink: Arc::clone(&sink),
+        metrics: crate::metrics::install(),
+    });
+    let admin_task = tokio::spawn(crate::http::serve(
+        admin_listener,
+        admin,
+        pipeline_shutdown.clone(),
+        Duration::from_secs(2),
+    ));
+    let mut pipeline = crate::pipeline::Pipeline::new(
+        config.pipeline.clone(),
+        Arc::clone(&registry),
+        state,
+        sink,
+        Arc::clone(&bus),
+    );
+    if draining {
+        pipeline = pipeline.draining();
+    }
+    let pipeline_task = tokio::spawn(pipeline.run(source, pipeline_shutdown));
+    tracing::info!(edge = %edge_addr, admin = %admin_addr, "serving");
+    let edge_task = crate::edge::spawn(config, registry, bus, edge_listener, shutdown);
+    if let Some(tx) = ready {
+        let _ = tx.send(ServeAddrs {
+            edge: edge_addr,
+            admin: admin_addr,
+        });
+    }
+    edge_task.await?;
+    pipeline_trigger.fire();
+    pipeline_task.await??;
+    let _ = admin_task.await;
+    Ok(())
+}

@@ -14,6 +14,8 @@ pub mod events;
 pub mod http;
 pub mod metrics;
 pub mod money;
+pub mod pipeline;
 pub mod registry;
 pub mod shutdown;
 pub mod signature;
+pub mod sink;

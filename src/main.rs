@@ -19,8 +19,23 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Edge and pipeline in one process (the embedded default without --config).
+    Serve {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// The HTTP edge alone.
     Edge {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// The consumer pipeline alone; start several with one group to scale out.
+    Pipeline {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Create or upgrade the ClickHouse database and the Kafka topics (idempotent).
+    Migrate {
         #[arg(long)]
         config: PathBuf,
     },
@@ -55,7 +70,10 @@ fn main() -> ExitCode {
         }
     };
     let config_path = match &cli.command {
-        Command::Edge { config } => Some(config.clone()),
+        Command::Serve { config } => config.clone(),
+        Command::Edge { config } | Command::Pipeline { config } | Command::Migrate { config } => {
+            Some(config.clone())
+        }
     };
     let config = match load(config_path.as_ref()) {
         Ok(c) => c,
@@ -76,7 +94,10 @@ fn main() -> ExitCode {
         let (trigger, shutdown) = touchline::shutdown::channel();
         touchline::shutdown::on_signals(trigger);
         match cli.command {
+            Command::Serve { .. } => touchline::app::run_serve(config, shutdown, None).await,
             Command::Edge { .. } => touchline::app::run_edge(config, shutdown).await,
+            Command::Pipeline { .. } => touchline::app::run_pipeline(config, shutdown).await,
+            Command::Migrate { .. } => touchline::app::run_migrate(config).await,
         }
     });
     match result {

@@ -64,6 +64,9 @@ pub struct FirstSale {
     pub model: String,
     /// Partner shares, by partner id.
     pub shares: Vec<(String, Decimal)>,
+    /// Each share's campaign (that of the partner's heaviest touch), for reporting.
+    #[serde(default)]
+    pub campaigns: Vec<String>,
 }
 
 /// What an order earned, for its refunds.
@@ -553,6 +556,7 @@ mod tests {
             occurred_at: Utc.with_ymd_and_hms(2025, 11, 20, 10, 15, 1).unwrap(),
             model: "last_touch".into(),
             shares: vec![("leaf".into(), d("1"))],
+            campaigns: vec![String::new()],
         };
         // 11 months 30 days later: still within 12 months. 49.99 × 0.10 = 4.999;
         // mid 0.4999, root 0.24995 → exact 5.74885 → 5.75; truncated 4.99 + 0.49 + 0.24.

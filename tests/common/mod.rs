@@ -315,3 +315,135 @@ pub async fn read_topic(
     }
     out
 }
+
+/// Creates this test's ClickHouse database and Kafka topics (`touchline migrate`).
+pub async fn migrate(config: &Config) {
+    touchline::app::run_migrate(config.clone())
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "clickhouse at {} and kafka are required (scripts/stack.sh up): {e:#}",
+                config.clickhouse.url
+            )
+        });
+}
+
+/// Runs a query against the test's database, returning TSV rows.
+pub async fn ch_query(config: &Config, sql: &str) -> Vec<Vec<String>> {
+    let url = format!(
+        "{}/?database={}",
+        config.clickhouse.url, config.clickhouse.database
+    );
+    let r = send(
+        Method::POST,
+        &url,
+        &[],
+        format!("{sql} FORMAT TabSeparated"),
+    )
+    .await;
+    let text = String::from_utf8(r.body.to_vec()).unwrap();
+    assert_eq!(r.status, StatusCode::OK, "clickhouse refused {sql}: {text}");
+    text.lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| l.split('\t').map(str::to_string).collect())
+        .collect()
+}
+
+/// Runs every query of schemas/queries/ for `program` over a wide period.
+pub async fn query_pack(config: &Config, program: &str) -> Vec<(String, Vec<Vec<String>>)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/queries");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let mut out = Vec::new();
+    for f in files {
+        let sql = std::fs::read_to_string(&f).unwrap();
+        let sql = sql
+            .replace("{db}", &config.clickhouse.database)
+            .replace("{program_id}", &format!("'{program}'"))
+            .replace("{from}", "'2000-01-01'")
+            .replace("{to}", "'2100-01-01'");
+        let body: String = sql
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("--"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        out.push((
+            f.file_name().unwrap().to_string_lossy().to_string(),
+            ch_query(config, &body).await,
+        ));
+    }
+    out
+}
+
+/// Polls `sql` (a single count) until it reaches `n` or `timeout` passes.
+pub async fn wait_count(config: &Config, sql: &str, n: u64, timeout: Duration) -> u64 {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let got: u64 = ch_query(config, sql).await[0][0].parse().unwrap();
+        if got >= n || tokio::time::Instant::now() >= deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A pipeline running in this process.
+pub struct RunningPipeline {
+    pub trigger: Trigger,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningPipeline {
+    pub async fn stop(self) {
+        self.trigger.fire();
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("pipeline stops in time")
+            .expect("pipeline task")
+            .expect("pipeline ends cleanly");
+    }
+}
+
+/// Starts `touchline pipeline` in this process.
+pub fn start_pipeline(config: &Config) -> RunningPipeline {
+    let (trigger, shutdown) = shutdown::channel();
+    let task = tokio::spawn(touchline::app::run_pipeline(config.clone(), shutdown));
+    RunningPipeline { trigger, task }
+}
+
+/// Starts `touchline pipeline` as its own process (to be killed).
+pub fn spawn_pipeline_process(config: &Config, extra: &[(&str, &str)]) -> std::process::Child {
+    let local = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/local.toml");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_touchline"));
+    cmd.args(["pipeline", "--config"])
+        .arg(&local)
+        .envs(env_for(config))
+        .env("TOUCHLINE__PIPELINE__ADMIN_LISTEN", "127.0.0.1:0")
+        .env(
+            "TOUCHLINE__PIPELINE__LATE_GRACE_SECS",
+            config.pipeline.late_grace_secs.to_string(),
+        )
+        .env(
+            "TOUCHLINE__PIPELINE__FLUSH_INTERVAL_MS",
+            config.pipeline.flush_interval_ms.to_string(),
+        )
+        .env(
+            "TOUCHLINE__PIPELINE__BATCH_ROWS",
+            config.pipeline.batch_rows.to_string(),
+        )
+        .env(
+            "TOUCHLINE__PIPELINE__POLL_BATCH",
+            config.pipeline.poll_batch.to_string(),
+        )
+        .env("TOUCHLINE__CLICKHOUSE__URL", &config.clickhouse.url)
+        .env("TOUCHLINE__REDIS__URL", &config.redis.url)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("pipeline process starts")
+}

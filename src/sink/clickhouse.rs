@@ -1,0 +1,189 @@
+//! The ClickHouse sink and `touchline migrate`'s schema step.
+//!
+//! Rows go over HTTP as RowBinary with validation off: ClickHouse 18.16 has no
+//! `RowBinaryWithNamesAndTypes`. Each table of a batch is one INSERT.
+
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use clickhouse::Client;
+use serde::Serialize;
+
+use super::{Batch, Sink, SinkError};
+use crate::config::ClickHouseConfig;
+use crate::metrics as m;
+
+/// DDL files, applied in order by `migrate`.
+pub const SCHEMA: &[(&str, &str)] = &[
+    (
+        "001_tables.sql",
+        include_str!("../../schemas/clickhouse/001_tables.sql"),
+    ),
+    (
+        "002_partner_stats_daily.sql",
+        include_str!("../../schemas/clickhouse/002_partner_stats_daily.sql"),
+    ),
+];
+
+/// Server error codes that a retry can cure (memory pressure, too many parts or
+/// queries, timeouts, network).
+const RETRYABLE_CODES: &[u32] = &[159, 160, 164, 202, 209, 210, 241, 242, 252, 319, 425, 999];
+
+/// Writes rows to ClickHouse.
+pub struct ClickHouseSink {
+    client: Client,
+}
+
+/// A client for `cfg` (database selected).
+pub fn client(cfg: &ClickHouseConfig) -> Client {
+    let mut c = Client::default()
+        .with_url(&cfg.url)
+        .with_user(&cfg.user)
+        .with_database(&cfg.database)
+        .with_validation(false);
+    if !cfg.password.is_empty() {
+        c = c.with_password(&cfg.password);
+    }
+    c
+}
+
+fn classify(e: clickhouse::error::Error) -> SinkError {
+    use clickhouse::error::Error as E;
+    let text = e.to_string();
+    match e {
+        E::Network(_) | E::TimedOut => SinkError::Transient(text),
+        E::BadResponse(ref msg) => {
+            let code = msg
+                .split("Code: ")
+                .nth(1)
+                .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|n| n.parse::<u32>().ok());
+            match code {
+                Some(c) if !RETRYABLE_CODES.contains(&c) => SinkError::Fatal(text),
+                // No code: a proxy or a restarting server answered.
+                _ => SinkError::Transient(text),
+            }
+        }
+        _ => SinkError::Fatal(text),
+    }
+}
+
+impl ClickHouseSink {
+    pub fn new(cfg: &ClickHouseConfig) -> Self {
+        ClickHouseSink {
+            client: client(cfg),
+        }
+    }
+
+    async fn insert<T>(&self, table: &'static str, rows: &[T]) -> Result<(), SinkError>
+    where
+        T: clickhouse::Row + Serialize + Send + Sync + 'static,
+        for<'a> T: clickhouse::RowWrite<Value<'a> = T>,
+    {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let mut insert = self.client.insert::<T>(table).await.map_err(classify)?;
+        for row in rows {
+            insert.write(row).await.map_err(classify)?;
+        }
+        insert.end().await.map_err(classify)?;
+        metrics::histogram!(m::SINK_INSERT_DURATION_SECONDS, "table" => table)
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!(m::SINK_ROWS_TOTAL, "table" => table).increment(rows.len() as u64);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Sink for ClickHouseSink {
+    async fn write(&self, batch: &Batch) -> Result<(), SinkError> {
+        self.insert("clicks", &batch.clicks).await?;
+        self.insert("conversions", &batch.conversions).await?;
+        self.insert("attributions", &batch.attributions).await?;
+        self.insert("commissions", &batch.commissions).await
+    }
+
+    async fn ping(&self) -> Result<(), SinkError> {
+        self.client
+            .query("SELECT 1")
+            .execute()
+            .await
+            .map_err(classify)
+    }
+}
+
+/// Statements of the schema for database `db`, comments dropped.
+pub fn statements(db: &str) -> Vec<String> {
+    SCHEMA
+        .iter()
+        .flat_map(|(_, sql)| {
+            let without_comments: String = sql
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("--"))
+                .collect::<Vec<_>>()
+                .join("\n");
+            without_comments
+                .split(';')
+                .map(|s| s.trim().replace("{db}", db))
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Creates or upgrades the database; idempotent.
+pub async fn migrate(cfg: &ClickHouseConfig) -> Result<(), SinkError> {
+    // No database selected: the first statement creates it.
+    let mut c = Client::default().with_url(&cfg.url).with_user(&cfg.user);
+    if !cfg.password.is_empty() {
+        c = c.with_password(&cfg.password);
+    }
+    for stmt in statements(&cfg.database) {
+        c.query(&stmt).execute().await.map_err(classify)?;
+    }
+    Ok(())
+}
+
+/// Checks that every table exists, so that a missing migration is named at start-up.
+pub async fn check_tables(cfg: &ClickHouseConfig) -> Result<(), SinkError> {
+    let c = client(cfg);
+    for table in super::TABLES {
+        c.query(&format!("SELECT 1 FROM {table} LIMIT 0"))
+            .execute()
+            .await
+            .map_err(classify)?;
+    }
+    Ok(())
+}
+
+/// Waits until ClickHouse answers `SELECT 1`, up to `timeout`.
+pub async fn wait_ready(cfg: &ClickHouseConfig, timeout: Duration) -> Result<(), SinkError> {
+    let c = Client::default().with_url(&cfg.url).with_user(&cfg.user);
+    let deadline = Instant::now() + timeout;
+    loop {
+        match c.query("SELECT 1").execute().await {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => return Err(classify(e)),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_split_and_substitute() {
+        let s = statements("tl_test");
+        assert_eq!(s.len(), 6);
+        assert!(s[0].starts_with("CREATE DATABASE IF NOT EXISTS tl_test"));
+        assert!(s.iter().all(|x| !x.contains("{db}")));
+        assert!(s
+            .last()
+            .unwrap()
+            .contains("CREATE VIEW IF NOT EXISTS tl_test.partner_stats_daily"));
+    }
+}

@@ -1,0 +1,65 @@
+//! Where the pipeline's rows go: ClickHouse in the full stack, `JSONEachRow` files in the
+//! embedded default, behind one trait.
+
+pub mod clickhouse;
+pub mod file;
+pub mod rows;
+
+use async_trait::async_trait;
+
+pub use rows::{AttributionRow, ClickRow, CommissionRow, ConversionRow};
+
+/// The tables the pipeline writes, in the order it writes them.
+pub const TABLES: [&str; 4] = ["clicks", "conversions", "attributions", "commissions"];
+
+/// Rows of one processing round, written together before offsets are committed.
+#[derive(Debug, Default, Clone)]
+pub struct Batch {
+    pub clicks: Vec<ClickRow>,
+    pub conversions: Vec<ConversionRow>,
+    pub attributions: Vec<AttributionRow>,
+    pub commissions: Vec<CommissionRow>,
+}
+
+impl Batch {
+    /// Rows in all tables.
+    pub fn len(&self) -> usize {
+        self.clicks.len()
+            + self.conversions.len()
+            + self.attributions.len()
+            + self.commissions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Moves `other`'s rows into this batch.
+    pub fn append(&mut self, other: &mut Batch) {
+        self.clicks.append(&mut other.clicks);
+        self.conversions.append(&mut other.conversions);
+        self.attributions.append(&mut other.attributions);
+        self.commissions.append(&mut other.commissions);
+    }
+}
+
+/// A sink failure.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// Worth retrying: the server is unreachable, overloaded or timed out.
+    #[error("sink unavailable: {0}")]
+    Transient(String),
+    /// Retrying cannot help (schema mismatch, bad data): the pipeline stops.
+    #[error("sink refused the rows: {0}")]
+    Fatal(String),
+}
+
+/// Durable storage for the pipeline's rows.
+#[async_trait]
+pub trait Sink: Send + Sync + 'static {
+    /// Writes every row of `batch` durably; only then may offsets be committed.
+    /// Writing the same rows again must not change what queries return.
+    async fn write(&self, batch: &Batch) -> Result<(), SinkError>;
+    /// Is the sink reachable?
+    async fn ping(&self) -> Result<(), SinkError>;
+}

@@ -1,0 +1,344 @@
+//! One row type per ClickHouse table. Each serializes two ways from one definition:
+//! RowBinary for the `clickhouse` crate (its serializer is not human-readable) and
+//! `JSONEachRow` for the embedded file sink (serde_json is), in the forms ClickHouse
+//! 18.16 parses: `DateTime` as `YYYY-MM-DD hh:mm:ss`, decimals as bare numbers.
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::engine::commission::LedgerRow;
+use crate::engine::settle::{AttributionLine, Decision};
+use crate::events::{ClickEvent, ConversionEvent};
+
+/// Namespace of commission ids: uuid v5 of (conversion id, row index) in it.
+const COMMISSION_NS: Uuid = Uuid::from_u128(0x6f1c_2a8e_5d4b_4c1a_9e2f_7b3d_8a6c_1e90);
+
+/// Serde adapters choosing the representation by `is_human_readable`.
+pub mod ser {
+    use super::*;
+    use serde::Serializer;
+
+    /// `DateTime`: u32 seconds, or `"YYYY-MM-DD hh:mm:ss"` (UTC).
+    pub mod datetime {
+        use super::*;
+        pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+            if s.is_human_readable() {
+                s.collect_str(&t.format("%Y-%m-%d %H:%M:%S"))
+            } else {
+                s.serialize_u32(u32::try_from(t.timestamp()).unwrap_or(0))
+            }
+        }
+    }
+
+    fn decimal<S: Serializer>(d: &Decimal, scale: u32, s: S) -> Result<S::Ok, S::Error> {
+        let mut r =
+            d.round_dp_with_strategy(scale, rust_decimal::RoundingStrategy::MidpointNearestEven);
+        if s.is_human_readable() {
+            r.rescale(scale);
+            let raw = serde_json::value::RawValue::from_string(r.to_string())
+                .map_err(serde::ser::Error::custom)?;
+            raw.serialize(s)
+        } else {
+            r.rescale(scale);
+            let v = i64::try_from(r.mantissa()).map_err(|_| {
+                serde::ser::Error::custom(format!("{d} does not fit Decimal(18,{scale})"))
+            })?;
+            s.serialize_i64(v)
+        }
+    }
+
+    /// `Decimal(18,4)`: i64 scaled by 10^4, or a bare JSON number.
+    pub mod decimal4 {
+        use super::*;
+        pub fn serialize<S: Serializer>(d: &Decimal, s: S) -> Result<S::Ok, S::Error> {
+            decimal(d, 4, s)
+        }
+    }
+
+    /// `Decimal(18,12)`: i64 scaled by 10^12, or a bare JSON number.
+    pub mod decimal12 {
+        use super::*;
+        pub fn serialize<S: Serializer>(d: &Decimal, s: S) -> Result<S::Ok, S::Error> {
+            decimal(d, 12, s)
+        }
+    }
+
+    /// `UUID`: ClickHouse's binary layout, or the usual string.
+    pub mod uuid {
+        use super::*;
+        pub fn serialize<S: Serializer>(u: &Uuid, s: S) -> Result<S::Ok, S::Error> {
+            if s.is_human_readable() {
+                s.collect_str(u)
+            } else {
+                clickhouse::serde::uuid::serialize(u, s)
+            }
+        }
+
+        /// `Nullable(UUID)`.
+        pub mod option {
+            use super::*;
+            pub fn serialize<S: Serializer>(u: &Option<Uuid>, s: S) -> Result<S::Ok, S::Error> {
+                if s.is_human_readable() {
+                    match u {
+                        Some(u) => s.collect_str(u),
+                        None => s.serialize_none(),
+                    }
+                } else {
+                    clickhouse::serde::uuid::option::serialize(u, s)
+                }
+            }
+        }
+    }
+}
+
+/// A row of `clicks`.
+#[derive(Debug, Clone, PartialEq, Serialize, clickhouse::Row)]
+pub struct ClickRow {
+    #[serde(with = "ser::uuid")]
+    pub click_id: Uuid,
+    #[serde(with = "ser::datetime")]
+    pub ts: DateTime<Utc>,
+    pub program_id: String,
+    pub partner_id: String,
+    pub link_code: String,
+    pub campaign: Option<String>,
+    #[serde(with = "ser::uuid")]
+    pub visitor_id: Uuid,
+    pub ip_hash: String,
+    pub user_agent: String,
+    pub referer: Option<String>,
+    pub utm_source: Option<String>,
+    pub utm_medium: Option<String>,
+    pub utm_campaign: Option<String>,
+    pub utm_term: Option<String>,
+    pub utm_content: Option<String>,
+    pub is_bot: u8,
+    pub status: &'static str,
+    pub is_unique: u8,
+}
+
+impl ClickRow {
+    pub fn new(e: ClickEvent, is_unique: bool) -> Self {
+        ClickRow {
+            click_id: e.click_id,
+            ts: e.ts,
+            program_id: e.program_id,
+            partner_id: e.partner_id,
+            link_code: e.link_code,
+            campaign: e.campaign,
+            visitor_id: e.visitor_id,
+            ip_hash: e.ip_hash,
+            user_agent: e.user_agent,
+            referer: e.referer,
+            utm_source: e.utm_source,
+            utm_medium: e.utm_medium,
+            utm_campaign: e.utm_campaign,
+            utm_term: e.utm_term,
+            utm_content: e.utm_content,
+            is_bot: u8::from(e.is_bot),
+            status: e.status.as_str(),
+            is_unique: u8::from(is_unique),
+        }
+    }
+}
+
+/// A row of `conversions`.
+#[derive(Debug, Clone, PartialEq, Serialize, clickhouse::Row)]
+pub struct ConversionRow {
+    #[serde(with = "ser::uuid")]
+    pub conversion_id: Uuid,
+    pub program_id: String,
+    pub order_id: String,
+    pub kind: &'static str,
+    #[serde(with = "ser::decimal4")]
+    pub amount: Decimal,
+    pub currency: String,
+    #[serde(with = "ser::datetime")]
+    pub occurred_at: DateTime<Utc>,
+    #[serde(with = "ser::datetime")]
+    pub received_at: DateTime<Utc>,
+    #[serde(with = "ser::uuid::option")]
+    pub click_id: Option<Uuid>,
+    #[serde(with = "ser::uuid::option")]
+    pub visitor_id: Option<Uuid>,
+    pub referral_code: Option<String>,
+    pub customer_id: Option<String>,
+    pub original_order_id: Option<String>,
+    pub status: &'static str,
+    #[serde(with = "ser::decimal4")]
+    pub settled_amount: Decimal,
+    pub settlement_currency: String,
+    pub model: String,
+    pub touches: u16,
+}
+
+/// A row of `attributions`.
+#[derive(Debug, Clone, PartialEq, Serialize, clickhouse::Row)]
+pub struct AttributionRow {
+    #[serde(with = "ser::uuid")]
+    pub conversion_id: Uuid,
+    pub program_id: String,
+    pub partner_id: String,
+    #[serde(with = "ser::uuid::option")]
+    pub click_id: Option<Uuid>,
+    pub campaign: String,
+    pub position: u16,
+    pub touches: u16,
+    pub model: String,
+    #[serde(with = "ser::decimal12")]
+    pub weight: Decimal,
+    #[serde(with = "ser::decimal4")]
+    pub credited_amount: Decimal,
+    pub kind: &'static str,
+    #[serde(with = "ser::datetime")]
+    pub occurred_at: DateTime<Utc>,
+}
+
+/// A row of `commissions`, the ledger.
+#[derive(Debug, Clone, PartialEq, Serialize, clickhouse::Row)]
+pub struct CommissionRow {
+    #[serde(with = "ser::uuid")]
+    pub commission_id: Uuid,
+    #[serde(with = "ser::uuid")]
+    pub conversion_id: Uuid,
+    pub program_id: String,
+    pub partner_id: String,
+    pub level: u8,
+    pub kind: &'static str,
+    #[serde(with = "ser::decimal4")]
+    pub base_amount: Decimal,
+    #[serde(with = "ser::decimal12")]
+    pub rate: Decimal,
+    #[serde(with = "ser::decimal4")]
+    pub amount: Decimal,
+    pub currency: String,
+    pub status: &'static str,
+    #[serde(with = "ser::datetime")]
+    pub created_at: DateTime<Utc>,
+    #[serde(with = "ser::datetime")]
+    pub occurred_at: DateTime<Utc>,
+}
+
+/// The deterministic id of a conversion's `index`-th ledger row.
+pub fn commission_id(conversion_id: Uuid, index: usize) -> Uuid {
+    let mut name = [0u8; 24];
+    name[..16].copy_from_slice(conversion_id.as_bytes());
+    name[16..].copy_from_slice(&(index as u64).to_be_bytes());
+    Uuid::new_v5(&COMMISSION_NS, &name)
+}
+
+/// The rows a settled conversion produces. `campaign_of(click_id)` names the campaign
+/// of an attributed touch.
+pub fn conversion_rows(
+    e: &ConversionEvent,
+    d: &Decision,
+    campaigns: &[String],
+) -> (ConversionRow, Vec<AttributionRow>, Vec<CommissionRow>) {
+    let conversion = ConversionRow {
+        conversion_id: e.conversion_id,
+        program_id: e.program_id.clone(),
+        order_id: e.order_id.clone(),
+        kind: e.kind.as_str(),
+        amount: e.amount,
+        currency: e.currency.clone(),
+        occurred_at: e.occurred_at,
+        received_at: e.received_at,
+        click_id: e.click_id,
+        visitor_id: e.visitor_id,
+        referral_code: e.referral_code.clone(),
+        customer_id: e.customer_id.clone(),
+        original_order_id: e.original_order_id.clone(),
+        status: d.status.as_str(),
+        settled_amount: d.settled_amount,
+        settlement_currency: d.currency.clone(),
+        model: d.model.clone(),
+        touches: d.touches,
+    };
+    let attributions = d
+        .attributions
+        .iter()
+        .enumerate()
+        .map(|(i, a): (usize, &AttributionLine)| AttributionRow {
+            conversion_id: e.conversion_id,
+            program_id: e.program_id.clone(),
+            partner_id: a.partner_id.clone(),
+            click_id: a.click_id,
+            campaign: campaigns.get(i).cloned().unwrap_or_default(),
+            position: a.position,
+            touches: d.touches,
+            model: d.model.clone(),
+            weight: a.weight,
+            credited_amount: a.credited_amount,
+            kind: e.kind.as_str(),
+            occurred_at: e.occurred_at,
+        })
+        .collect();
+    let commissions = d
+        .rows
+        .iter()
+        .enumerate()
+        .map(|(i, r): (usize, &LedgerRow)| CommissionRow {
+            commission_id: commission_id(e.conversion_id, i),
+            conversion_id: e.conversion_id,
+            program_id: e.program_id.clone(),
+            partner_id: r.partner_id.clone(),
+            level: r.level,
+            kind: r.kind.as_str(),
+            base_amount: r.base_amount,
+            rate: r.rate,
+            amount: r.amount,
+            currency: d.currency.clone(),
+            status: "booked",
+            created_at: e.received_at,
+            occurred_at: e.occurred_at,
+        })
+        .collect();
+    (conversion, attributions, commissions)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    #[test]
+    fn json_each_row_forms_that_clickhouse_18_parses() {
+        let row = CommissionRow {
+            commission_id: Uuid::from_u128(1),
+            conversion_id: Uuid::from_u128(2),
+            program_id: "acme".into(),
+            partner_id: "p".into(),
+            level: 1,
+            kind: "override",
+            base_amount: Decimal::from_str("34.122375").unwrap(),
+            rate: Decimal::from_str("0.1").unwrap(),
+            amount: Decimal::from_str("3.41").unwrap(),
+            currency: "USD".into(),
+            status: "booked",
+            created_at: chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 11, 20, 10, 15, 0).unwrap(),
+            occurred_at: chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 11, 20, 10, 15, 0).unwrap(),
+        };
+        let json = serde_json::to_string(&row).unwrap();
+        assert!(json.contains(r#""base_amount":34.1224"#), "{json}");
+        assert!(json.contains(r#""rate":0.100000000000"#), "{json}");
+        assert!(json.contains(r#""amount":3.4100"#), "{json}");
+        assert!(
+            json.contains(r#""created_at":"2026-11-20 10:15:00""#),
+            "{json}"
+        );
+        assert!(
+            json.contains(r#""commission_id":"00000000-0000-0000-0000-000000000001""#),
+            "{json}"
+        );
+    }
+
+    #[test]
+    fn commission_ids_are_deterministic_and_distinct() {
+        let c = Uuid::now_v7();
+        assert_eq!(commission_id(c, 0), commission_id(c, 0));
+        assert_ne!(commission_id(c, 0), commission_id(c, 1));
+        assert_ne!(commission_id(c, 0), commission_id(Uuid::now_v7(), 0));
+    }
+}
