@@ -185,7 +185,11 @@ pub async fn run_pipeline(config: Config, shutdown: Shutdown) -> anyhow::Result<
         shutdown.clone(),
     )
     .await?;
-    let source = kafka::KafkaSource::new(&config.kafka, &config.pipeline.group_id)?;
+    let source = kafka::KafkaSource::new(
+        &config.kafka,
+        &config.pipeline.group_id,
+        &config.pipeline.instance_id,
+    )?;
     tracing::info!(group = %config.pipeline.group_id, "pipeline consuming");
     let pipeline =
         crate::pipeline::Pipeline::new(config.pipeline.clone(), registry, state, sink, bus);
@@ -251,6 +255,7 @@ pub async fn run_serve(
                     Box::new(kafka::KafkaSource::new(
                         &config.kafka,
                         &config.pipeline.group_id,
+                        &config.pipeline.instance_id,
                     )?),
                     false,
                 )

@@ -171,6 +171,7 @@ pub struct SinkConfig {
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
     pub group_id: String,
+    pub instance_id: String,
     pub admin_listen: SocketAddr,
     pub late_grace_secs: u64,
     pub max_pending: usize,

@@ -326,13 +326,18 @@ pub struct KafkaSource {
 }
 
 impl KafkaSource {
-    /// Joins `group_id` and subscribes to the click and conversion topics.
-    pub fn new(cfg: &KafkaConfig, group_id: &str) -> Result<Self, BusError> {
+    /// Joins `group_id` (as static member `instance_id` unless empty) and subscribes to
+    /// the click and conversion topics.
+    pub fn new(cfg: &KafkaConfig, group_id: &str, instance_id: &str) -> Result<Self, BusError> {
         let state = Arc::new(ConsumerState {
             generation: AtomicU64::new(0),
             lag: Mutex::new(Vec::new()),
         });
-        let consumer: StreamConsumer<ConsumerCtx> = base_config(cfg)
+        let mut config = base_config(cfg);
+        if !instance_id.is_empty() {
+            config.set("group.instance.id", instance_id);
+        }
+        let consumer: StreamConsumer<ConsumerCtx> = config
             .set("group.id", group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")

@@ -25,6 +25,11 @@ pub const SECRET: &str = "0123456789abcdef-test-secret";
 
 /// A configuration for the local stack with everything unique to this test.
 pub fn config(extra: &[(&str, &str)]) -> Config {
+    // Warnings of in-process components show with a failing test's output.
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+        .try_init();
     let id = uuid::Uuid::new_v4().simple().to_string();
     let short = &id[..12];
     let mut vars: Vec<(String, String)> = vec![
@@ -414,6 +419,20 @@ pub fn start_pipeline(config: &Config) -> RunningPipeline {
     RunningPipeline { trigger, task }
 }
 
+/// Where a child process logs: a file under `$TOUCHLINE_TEST_LOGS` when set (to debug a
+/// failing test), nowhere otherwise.
+pub fn child_log(name: &str) -> std::process::Stdio {
+    match std::env::var_os("TOUCHLINE_TEST_LOGS") {
+        Some(dir) => {
+            let path = Path::new(&dir).join(format!("{name}-{}.log", uuid::Uuid::new_v4()));
+            std::fs::File::create(path)
+                .map(std::process::Stdio::from)
+                .unwrap_or_else(|_| std::process::Stdio::null())
+        }
+        None => std::process::Stdio::null(),
+    }
+}
+
 /// Starts `touchline pipeline` as its own process (to be killed).
 pub fn spawn_pipeline_process(config: &Config, extra: &[(&str, &str)]) -> std::process::Child {
     let local = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/local.toml");
@@ -440,10 +459,363 @@ pub fn spawn_pipeline_process(config: &Config, extra: &[(&str, &str)]) -> std::p
         )
         .env("TOUCHLINE__CLICKHOUSE__URL", &config.clickhouse.url)
         .env("TOUCHLINE__REDIS__URL", &config.redis.url)
+        .env(
+            "TOUCHLINE__LOG__LEVEL",
+            std::env::var("TOUCHLINE_TEST_LOG_LEVEL").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
+        .stderr(child_log("pipeline"));
     for (k, v) in extra {
         cmd.env(k, v);
     }
     cmd.spawn().expect("pipeline process starts")
+}
+
+/// A small deterministic random number generator (64-bit LCG), so that generated
+/// streams are the same in every run.
+pub struct Lcg(pub u64);
+
+impl Lcg {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Writes the registry of the generated stream into the store `config` names.
+pub async fn seed_registry_direct(config: &Config, partners: usize) {
+    use touchline::registry::{Link, LinkStatus, Partner, PartnerStatus, Program, Registry};
+    let store = touchline::app::registry_store(config)
+        .await
+        .expect("redis is required (scripts/stack.sh up)");
+    let registry = Registry::open(store).await.unwrap();
+    let mut program: Program = serde_json::from_value(program_json()).unwrap();
+    program.attribution =
+        serde_json::from_value(serde_json::json!({"model": "time_decay", "half_life_days": "7"}))
+            .unwrap();
+    registry.put_program("acme", program).await.unwrap();
+    let tiers = ["bronze", "silver", "gold", "platinum"];
+    for i in 0..partners {
+        // Every fourth partner is a parent of the next three: override chains.
+        let parent = if i % 4 == 0 {
+            None
+        } else {
+            Some(format!("p{}", i - i % 4))
+        };
+        let partner = Partner {
+            id: String::new(),
+            program_id: "acme".into(),
+            name: None,
+            tier: Some(tiers[i % 4].to_string()),
+            parent_id: parent,
+            status: PartnerStatus::Active,
+        };
+        registry
+            .put_partner(&format!("p{i}"), partner)
+            .await
+            .unwrap();
+        let link = Link {
+            code: format!("link-p{i}"),
+            program_id: "acme".into(),
+            partner_id: format!("p{i}"),
+            destination: "https://shop.example/".into(),
+            campaign: Some(format!("c{}", i % 3)),
+            utm_source: None,
+            utm_medium: None,
+            utm_campaign: None,
+            utm_term: None,
+            utm_content: None,
+            status: LinkStatus::Active,
+        };
+        registry.create_link(link).await.unwrap();
+    }
+}
+
+/// Sizes of a generated stream.
+pub struct Stream {
+    pub clicks: u64,
+    pub conversions: u64,
+}
+
+/// Produces a deterministic stream of clicks and conversions of every kind onto the
+/// topics of `config`, keyed as the edge keys them.
+pub async fn produce_stream(
+    config: &Config,
+    seed: u64,
+    visitors: usize,
+    partners: usize,
+) -> Stream {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use touchline::events::{ClickEvent, ClickStatus, ConversionEvent, ConversionKind};
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &config.kafka.brokers)
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    let mut rng = Lcg(seed);
+    let base = chrono::Utc::now() - chrono::Duration::hours(3);
+    let base = touchline::events::to_millis(base);
+    let mut clicks = Vec::new();
+    let mut visitor_clicks: Vec<Vec<uuid::Uuid>> = vec![Vec::new(); visitors];
+    let mut n = 0u128;
+    for (v, own_clicks) in visitor_clicks.iter_mut().enumerate() {
+        let visitor = uuid::Uuid::from_u128(0xA000_0000 + v as u128);
+        for _ in 0..(1 + rng.below(6)) {
+            n += 1;
+            let p = rng.below(partners as u64);
+            let click_id = uuid::Uuid::from_u128(0xC000_0000_0000 + n);
+            let bot = rng.below(20) == 0;
+            clicks.push(ClickEvent {
+                v: 1,
+                click_id,
+                ts: base + chrono::Duration::milliseconds((n as i64) * 1000),
+                program_id: "acme".into(),
+                partner_id: format!("p{p}"),
+                link_code: format!("link-p{p}"),
+                campaign: Some(format!("c{}", p % 3)),
+                visitor_id: visitor,
+                ip_hash: format!("{:032x}", v),
+                user_agent: "Mozilla/5.0 generated".into(),
+                referer: None,
+                utm_source: None,
+                utm_medium: None,
+                utm_campaign: None,
+                utm_term: None,
+                utm_content: None,
+                is_bot: bot,
+                status: ClickStatus::Ok,
+            });
+            own_clicks.push(click_id);
+        }
+    }
+    let at = base + chrono::Duration::hours(2);
+    let mut conversions = Vec::new();
+    let mut m = 0u128;
+    let mut conv = |kind: ConversionKind,
+                    order: String,
+                    amount: &str,
+                    currency: &str,
+                    click: Option<uuid::Uuid>,
+                    visitor: Option<uuid::Uuid>,
+                    code: Option<String>,
+                    customer: Option<String>,
+                    original: Option<String>,
+                    offset_s: i64| {
+        m += 1;
+        ConversionEvent {
+            v: 1,
+            conversion_id: uuid::Uuid::from_u128(0xE000_0000_0000 + m),
+            program_id: "acme".into(),
+            order_id: order,
+            kind,
+            amount: amount.parse().unwrap(),
+            currency: currency.into(),
+            occurred_at: at + chrono::Duration::seconds(offset_s),
+            received_at: at + chrono::Duration::seconds(offset_s),
+            click_id: click,
+            visitor_id: visitor,
+            referral_code: code,
+            customer_id: customer,
+            original_order_id: original,
+        }
+    };
+    for (v, own_clicks) in visitor_clicks.iter().enumerate() {
+        let visitor = uuid::Uuid::from_u128(0xA000_0000 + v as u128);
+        let cents = 100 + rng.below(50_000);
+        let amount = format!("{}.{:02}", cents / 100, cents % 100);
+        let currency = ["USD", "EUR", "JPY"][rng.below(3) as usize];
+        let amount = if currency == "JPY" {
+            format!("{}", cents)
+        } else {
+            amount
+        };
+        match rng.below(5) {
+            0 | 1 => {
+                // The visitor's latest click: once it is marked, so are all the visitor's
+                // earlier clicks (one partition, in order), so the journey is the same
+                // whatever the interleaving of the two topics.
+                let click = *own_clicks.last().unwrap();
+                let order = format!("S-{v}");
+                let customer = format!("cust-{v}");
+                conversions.push(conv(
+                    ConversionKind::Sale,
+                    order.clone(),
+                    &amount,
+                    currency,
+                    Some(click),
+                    None,
+                    None,
+                    Some(customer.clone()),
+                    None,
+                    0,
+                ));
+                if rng.below(4) == 0 {
+                    // A merchant retry of the same order: a duplicate.
+                    conversions.push(conv(
+                        ConversionKind::Sale,
+                        order.clone(),
+                        &amount,
+                        currency,
+                        Some(click),
+                        None,
+                        None,
+                        Some(customer.clone()),
+                        None,
+                        0,
+                    ));
+                }
+                if rng.below(2) == 0 {
+                    conversions.push(conv(
+                        ConversionKind::Recurring,
+                        format!("R-{v}"),
+                        "19.99",
+                        "USD",
+                        None,
+                        None,
+                        None,
+                        Some(customer),
+                        None,
+                        60,
+                    ));
+                }
+                if rng.below(3) == 0 {
+                    conversions.push(conv(
+                        ConversionKind::Refund,
+                        format!("RF-{v}"),
+                        "10",
+                        currency,
+                        None,
+                        None,
+                        None,
+                        None,
+                        Some(order.clone()),
+                        120,
+                    ));
+                    conversions.push(conv(
+                        ConversionKind::Refund,
+                        format!("RF2-{v}"),
+                        &amount,
+                        currency,
+                        None,
+                        None,
+                        None,
+                        None,
+                        Some(order),
+                        180,
+                    ));
+                }
+            }
+            2 => {
+                let click = *own_clicks.last().unwrap();
+                conversions.push(conv(
+                    ConversionKind::Lead,
+                    format!("L-{v}"),
+                    "0",
+                    "USD",
+                    Some(click),
+                    Some(visitor),
+                    None,
+                    None,
+                    None,
+                    0,
+                ))
+            }
+            3 => {
+                let p = rng.below(partners as u64);
+                conversions.push(conv(
+                    ConversionKind::Signup,
+                    format!("G-{v}"),
+                    "0",
+                    "USD",
+                    None,
+                    None,
+                    Some(format!("link-p{p}")),
+                    None,
+                    None,
+                    0,
+                ))
+            }
+            _ => conversions.push(conv(
+                ConversionKind::Signup,
+                format!("U-{v}"),
+                "0",
+                "USD",
+                None,
+                None,
+                None,
+                None,
+                None,
+                0,
+            )),
+        }
+    }
+    let mut deliveries = Vec::new();
+    for c in &clicks {
+        let payload = serde_json::to_vec(c).unwrap();
+        let key = c.visitor_id.to_string();
+        deliveries.push(
+            producer
+                .send_result(
+                    FutureRecord::to(&config.kafka.topics.clicks)
+                        .key(&key)
+                        .payload(&payload),
+                )
+                .unwrap(),
+        );
+    }
+    for c in &conversions {
+        let payload = serde_json::to_vec(c).unwrap();
+        let key = c.partition_key();
+        deliveries.push(
+            producer
+                .send_result(
+                    FutureRecord::to(&config.kafka.topics.conversions)
+                        .key(&key)
+                        .payload(&payload),
+                )
+                .unwrap(),
+        );
+    }
+    for d in deliveries {
+        d.await.unwrap().expect("broker acknowledged");
+    }
+    Stream {
+        clicks: clicks.len() as u64,
+        conversions: conversions.len() as u64,
+    }
+}
+
+/// Everything a dashboard or a payout could read: the query pack and every table's
+/// deduplicated content.
+pub async fn snapshot(config: &Config) -> Vec<(String, Vec<Vec<String>>)> {
+    let mut out = query_pack(config, "acme").await;
+    for (table, order) in [
+        ("clicks", "click_id"),
+        ("conversions", "conversion_id"),
+        ("attributions", "conversion_id, position"),
+        ("commissions", "commission_id"),
+        ("partner_stats_daily", "day, partner_id"),
+    ] {
+        // A view has no FINAL of its own: it reads the tables with FINAL.
+        let final_ = if table == "partner_stats_daily" {
+            ""
+        } else {
+            "FINAL"
+        };
+        out.push((
+            table.to_string(),
+            ch_query(
+                config,
+                &format!("SELECT * FROM {table} {final_} ORDER BY {order}"),
+            )
+            .await,
+        ));
+    }
+    out
 }

@@ -1,0 +1,140 @@
+//! Exactly once (SPEC §5.6) and scale-out: the same stream processed by one
+//! uninterrupted pipeline, by a pipeline killed with SIGKILL several times mid-stream,
+//! and by two pipelines in one group with a rebalance mid-stream, must leave ClickHouse
+//! answering every query identically.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use touchline::config::Config;
+
+const VISITORS: usize = 400;
+const PARTNERS: usize = 12;
+
+/// Two configurations on the same topics: state, database and group of their own.
+async fn setup(seed: u64) -> (Config, Config, Stream) {
+    let small = [
+        ("TOUCHLINE__PIPELINE__LATE_GRACE_SECS", "30"),
+        ("TOUCHLINE__PIPELINE__POLL_BATCH", "100"),
+        ("TOUCHLINE__PIPELINE__BATCH_ROWS", "200"),
+        ("TOUCHLINE__PIPELINE__FLUSH_INTERVAL_MS", "100"),
+    ];
+    let reference = config(&small);
+    let mut other = config(&small);
+    other.kafka.topics = reference.kafka.topics.clone();
+    migrate(&reference).await;
+    migrate(&other).await;
+    seed_registry_direct(&reference, PARTNERS).await;
+    seed_registry_direct(&other, PARTNERS).await;
+    let stream = produce_stream(&reference, seed, VISITORS, PARTNERS).await;
+    (reference, other, stream)
+}
+
+async fn run_reference(config: &Config, stream: &Stream) {
+    let mut p = spawn_pipeline_process(config, &[]);
+    wait_done(config, stream).await;
+    p.kill().unwrap();
+    p.wait().unwrap();
+}
+
+async fn wait_done(config: &Config, stream: &Stream) {
+    let got = wait_count(
+        config,
+        "SELECT count() FROM conversions FINAL",
+        stream.conversions,
+        Duration::from_secs(120),
+    )
+    .await;
+    assert_eq!(got, stream.conversions, "every conversion settled");
+    let got = wait_count(
+        config,
+        "SELECT count() FROM clicks FINAL",
+        stream.clicks,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(got, stream.clicks, "every click written");
+    // Let the last write land everywhere (attributions and commissions follow conversions
+    // in the same batch write).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+fn assert_same(a: &[(String, Vec<Vec<String>>)], b: &[(String, Vec<Vec<String>>)]) {
+    assert_eq!(a.len(), b.len());
+    for ((name, rows_a), (_, rows_b)) in a.iter().zip(b) {
+        assert!(
+            !rows_a.is_empty(),
+            "{name} is empty: the comparison would prove nothing"
+        );
+        assert_eq!(rows_a.len(), rows_b.len(), "{name}: row counts differ");
+        for (i, (ra, rb)) in rows_a.iter().zip(rows_b).enumerate() {
+            assert_eq!(ra, rb, "{name}: row {i} differs");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_dash_nine_mid_stream_changes_nothing() {
+    let (reference, crashing, stream) = setup(7).await;
+    run_reference(&reference, &stream).await;
+    let expected = snapshot(&reference).await;
+
+    let mut rng = Lcg(42);
+    let mut kills = 0;
+    let mut partial_seen = false;
+    // The restarted process is the same static group member as the one killed.
+    let instance = [("TOUCHLINE__PIPELINE__INSTANCE_ID", "pipeline-a")];
+    let rows = "SELECT (SELECT count() FROM clicks) + (SELECT count() FROM conversions) + (SELECT count() FROM commissions)";
+    for _ in 0..4 {
+        let before: u64 = ch_query(&crashing, rows).await[0][0].parse().unwrap();
+        let mut child = spawn_pipeline_process(&crashing, &instance);
+        // Kill at a random moment once this process has written something.
+        wait_count(&crashing, rows, before + 1, Duration::from_secs(60)).await;
+        tokio::time::sleep(Duration::from_millis(rng.below(150))).await;
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        kills += 1;
+        let done: u64 = ch_query(&crashing, "SELECT count() FROM conversions FINAL").await[0][0]
+            .parse()
+            .unwrap();
+        partial_seen |= done > 0 && done < stream.conversions;
+    }
+    assert_eq!(kills, 4);
+    assert!(
+        partial_seen,
+        "a kill must land mid-stream, with some but not all conversions written"
+    );
+    let mut child = spawn_pipeline_process(&crashing, &instance);
+    wait_done(&crashing, &stream).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    assert_same(&expected, &snapshot(&crashing).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_with_a_rebalance_mid_stream_match_one() {
+    let (reference, scaled, stream) = setup(11).await;
+    run_reference(&reference, &stream).await;
+    let expected = snapshot(&reference).await;
+
+    let mut first = spawn_pipeline_process(&scaled, &[]);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // A second member joins: the group rebalances mid-stream.
+    let mut second = spawn_pipeline_process(&scaled, &[]);
+    wait_done(&scaled, &stream).await;
+    for child in [&mut first, &mut second] {
+        // SIGTERM: both stop cleanly.
+        std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+    }
+    for child in [&mut first, &mut second] {
+        let status = child.wait().unwrap();
+        assert!(status.success(), "{status:?}");
+    }
+    assert_same(&expected, &snapshot(&scaled).await);
+}
