@@ -5,62 +5,11 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
 use hyper::{Method, StatusCode};
 use touchline::bus::EventBus;
-
-fn tansu_binary() -> String {
-    let home = std::env::var("HOME").unwrap_or_default();
-    for candidate in ["tansu".to_string(), format!("{home}/.cargo/bin/tansu")] {
-        if std::process::Command::new(&candidate)
-            .arg("--version")
-            .output()
-            .is_ok()
-        {
-            return candidate;
-        }
-    }
-    panic!("tansu is required (scripts/stack.sh up installs it)");
-}
-
-fn start_tansu(dir: &Path, port: u16) -> std::process::Child {
-    let url = format!("tcp://127.0.0.1:{port}");
-    std::process::Command::new(tansu_binary())
-        .current_dir(dir)
-        .args([
-            "broker",
-            "--storage-engine",
-            "sqlite://tansu.db",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("tansu starts")
-}
-
-async fn wait_port(port: u16, up: bool) {
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-            == up
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!(
-        "port {port} did not become {}",
-        if up { "open" } else { "closed" }
-    );
-}
 
 fn click_id_of(location: &str) -> String {
     let query = location.split_once('?').map(|(_, q)| q).unwrap_or("");

@@ -8,76 +8,10 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use touchline::config::Config;
-
-const VISITORS: usize = 400;
-const PARTNERS: usize = 12;
-
-/// Two configurations on the same topics: state, database and group of their own.
-async fn setup(seed: u64) -> (Config, Config, Stream) {
-    let small = [
-        ("TOUCHLINE__PIPELINE__LATE_GRACE_SECS", "30"),
-        ("TOUCHLINE__PIPELINE__POLL_BATCH", "100"),
-        ("TOUCHLINE__PIPELINE__BATCH_ROWS", "200"),
-        ("TOUCHLINE__PIPELINE__FLUSH_INTERVAL_MS", "100"),
-    ];
-    let reference = config(&small);
-    let mut other = config(&small);
-    other.kafka.topics = reference.kafka.topics.clone();
-    migrate(&reference).await;
-    migrate(&other).await;
-    seed_registry_direct(&reference, PARTNERS).await;
-    seed_registry_direct(&other, PARTNERS).await;
-    let stream = produce_stream(&reference, seed, VISITORS, PARTNERS).await;
-    (reference, other, stream)
-}
-
-async fn run_reference(config: &Config, stream: &Stream) {
-    let mut p = spawn_pipeline_process(config, &[]);
-    wait_done(config, stream).await;
-    p.kill().unwrap();
-    p.wait().unwrap();
-}
-
-async fn wait_done(config: &Config, stream: &Stream) {
-    let got = wait_count(
-        config,
-        "SELECT count() FROM conversions FINAL",
-        stream.conversions,
-        Duration::from_secs(120),
-    )
-    .await;
-    assert_eq!(got, stream.conversions, "every conversion settled");
-    let got = wait_count(
-        config,
-        "SELECT count() FROM clicks FINAL",
-        stream.clicks,
-        Duration::from_secs(60),
-    )
-    .await;
-    assert_eq!(got, stream.clicks, "every click written");
-    // Let the last write land everywhere (attributions and commissions follow conversions
-    // in the same batch write).
-    tokio::time::sleep(Duration::from_millis(500)).await;
-}
-
-fn assert_same(a: &[(String, Vec<Vec<String>>)], b: &[(String, Vec<Vec<String>>)]) {
-    assert_eq!(a.len(), b.len());
-    for ((name, rows_a), (_, rows_b)) in a.iter().zip(b) {
-        assert!(
-            !rows_a.is_empty(),
-            "{name} is empty: the comparison would prove nothing"
-        );
-        assert_eq!(rows_a.len(), rows_b.len(), "{name}: row counts differ");
-        for (i, (ra, rb)) in rows_a.iter().zip(rows_b).enumerate() {
-            assert_eq!(ra, rb, "{name}: row {i} differs");
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_dash_nine_mid_stream_changes_nothing() {
-    let (reference, crashing, stream) = setup(7).await;
+    let (reference, crashing, stream) = setup_pair(7, &[]).await;
     run_reference(&reference, &stream).await;
     let expected = snapshot(&reference).await;
 
@@ -116,7 +50,7 @@ async fn kill_dash_nine_mid_stream_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_with_a_rebalance_mid_stream_match_one() {
-    let (reference, scaled, stream) = setup(11).await;
+    let (reference, scaled, stream) = setup_pair(11, &[]).await;
     run_reference(&reference, &stream).await;
     let expected = snapshot(&reference).await;
 

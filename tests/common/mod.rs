@@ -819,3 +819,197 @@ pub async fn snapshot(config: &Config) -> Vec<(String, Vec<Vec<String>>)> {
     }
     out
 }
+
+// ---------------------------------------------------------------------------------------
+// Comparing a disturbed run with an undisturbed one.
+
+/// Two configurations on the same topics (a reference and one to disturb), each with
+/// its own state, database and group, and a deterministic stream on the topics.
+pub const VISITORS: usize = 400;
+pub const PARTNERS: usize = 12;
+
+pub async fn setup_pair(seed: u64, extra: &[(&str, &str)]) -> (Config, Config, Stream) {
+    let mut small = vec![
+        ("TOUCHLINE__PIPELINE__LATE_GRACE_SECS", "30"),
+        ("TOUCHLINE__PIPELINE__POLL_BATCH", "100"),
+        ("TOUCHLINE__PIPELINE__BATCH_ROWS", "200"),
+        ("TOUCHLINE__PIPELINE__FLUSH_INTERVAL_MS", "100"),
+    ];
+    small.extend_from_slice(extra);
+    let reference = config(&small);
+    let mut other = config(&small);
+    other.kafka.topics = reference.kafka.topics.clone();
+    migrate(&reference).await;
+    migrate(&other).await;
+    seed_registry_direct(&reference, PARTNERS).await;
+    seed_registry_direct(&other, PARTNERS).await;
+    let stream = produce_stream(&reference, seed, VISITORS, PARTNERS).await;
+    (reference, other, stream)
+}
+
+pub async fn run_reference(config: &Config, stream: &Stream) {
+    let mut p = spawn_pipeline_process(config, &[]);
+    wait_done(config, stream).await;
+    p.kill().unwrap();
+    p.wait().unwrap();
+}
+
+pub async fn wait_done(config: &Config, stream: &Stream) {
+    let got = wait_count(
+        config,
+        "SELECT count() FROM conversions FINAL",
+        stream.conversions,
+        Duration::from_secs(120),
+    )
+    .await;
+    assert_eq!(got, stream.conversions, "every conversion settled");
+    let got = wait_count(
+        config,
+        "SELECT count() FROM clicks FINAL",
+        stream.clicks,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(got, stream.clicks, "every click written");
+    // Let the last write land everywhere (attributions and commissions follow conversions
+    // in the same batch write).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+pub fn assert_same(a: &[(String, Vec<Vec<String>>)], b: &[(String, Vec<Vec<String>>)]) {
+    assert_eq!(a.len(), b.len());
+    for ((name, rows_a), (_, rows_b)) in a.iter().zip(b) {
+        assert!(
+            !rows_a.is_empty(),
+            "{name} is empty: the comparison would prove nothing"
+        );
+        assert_eq!(rows_a.len(), rows_b.len(), "{name}: row counts differ");
+        for (i, (ra, rb)) in rows_a.iter().zip(rows_b).enumerate() {
+            assert_eq!(ra, rb, "{name}: row {i} differs");
+        }
+    }
+}
+
+/// A TCP proxy that a test can switch off (dropping every connection and refusing new
+/// ones) and on again, to take a real service away from one component only.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    generation: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Proxy {
+    pub async fn start(target: &str) -> Proxy {
+        use std::sync::atomic::Ordering;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let target = target.to_string();
+        let (up2, gen2) = (Arc::clone(&up), Arc::clone(&generation));
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    continue;
+                };
+                if !up2.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let target = target.clone();
+                let gen = Arc::clone(&gen2);
+                let born = gen.load(Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    let copy = tokio::io::copy_bidirectional(&mut inbound, &mut outbound);
+                    let cut = async {
+                        while gen.load(Ordering::SeqCst) == born {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    };
+                    tokio::select! { _ = copy => {}, _ = cut => {} }
+                });
+            }
+        });
+        Proxy {
+            addr,
+            up,
+            generation,
+        }
+    }
+
+    /// Drops every open connection and refuses new ones until [`Proxy::restore`].
+    pub fn cut(&self) {
+        use std::sync::atomic::Ordering;
+        self.up.store(false, Ordering::SeqCst);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Path of the tansu binary (installed by scripts/stack.sh).
+pub fn tansu_binary() -> String {
+    let home = std::env::var("HOME").unwrap_or_default();
+    for candidate in ["tansu".to_string(), format!("{home}/.cargo/bin/tansu")] {
+        if std::process::Command::new(&candidate)
+            .arg("--version")
+            .output()
+            .is_ok()
+        {
+            return candidate;
+        }
+    }
+    panic!("tansu is required (scripts/stack.sh up installs it)");
+}
+
+/// A private Tansu with SQLite storage in `dir` (topics survive its restarts).
+pub fn start_tansu(dir: &Path, port: u16) -> std::process::Child {
+    let url = format!("tcp://127.0.0.1:{port}");
+    std::process::Command::new(tansu_binary())
+        .current_dir(dir)
+        .args([
+            "broker",
+            "--storage-engine",
+            "sqlite://tansu.db",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(child_log("tansu"))
+        .spawn()
+        .expect("tansu starts")
+}
+
+/// Waits until a port accepts (`up`) or refuses connections.
+pub async fn wait_port(port: u16, up: bool) {
+    for _ in 0..400 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+            == up
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "port {port} did not become {}",
+        if up { "open" } else { "closed" }
+    );
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -1,0 +1,110 @@
+//! Faults (SPEC §5.6): ClickHouse or Redis unreachable for a while, the broker
+//! restarted. The pipeline backs off, commits nothing it has not written, pauses rather
+//! than double-counting, resumes, and ends with exactly what an undisturbed run has.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use touchline::config::Config;
+
+/// Runs the disturbed configuration with `disturb` applied once rows flow, then the
+/// reference, and compares everything.
+async fn disturbed_run_matches(
+    disturbed: Config,
+    reference: Config,
+    stream: Stream,
+    retried: Option<&str>,
+    disturb: impl std::future::Future<Output = ()>,
+) {
+    // The test itself reads the database directly, never through a proxy.
+    let mut view = disturbed.clone();
+    view.clickhouse.url = reference.clickhouse.url.clone();
+    let pipeline = start_pipeline(&disturbed);
+    let rows = "SELECT (SELECT count() FROM clicks) + (SELECT count() FROM conversions)";
+    wait_count(&view, rows, 1, Duration::from_secs(60)).await;
+    let settled: u64 = ch_query(&view, "SELECT count() FROM conversions FINAL").await[0][0]
+        .parse()
+        .unwrap();
+    assert!(
+        settled < stream.conversions,
+        "the fault must come mid-stream"
+    );
+    disturb.await;
+    wait_done(&view, &stream).await;
+    pipeline.stop().await;
+    run_reference(&reference, &stream).await;
+    assert_same(&snapshot(&reference).await, &snapshot(&view).await);
+    if let Some(dependency) = retried {
+        let metrics = touchline::metrics::install().render();
+        let line = format!("touchline_pipeline_retries_total{{dependency=\"{dependency}\"}}");
+        assert!(
+            metrics.contains(&line),
+            "the pipeline should have retried {dependency}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clickhouse_unreachable_for_a_while() {
+    let proxy = Proxy::start("127.0.0.1:8123").await;
+    let url = format!("http://{}", proxy.addr);
+    let (reference, mut disturbed, stream) = setup_pair(21, &[]).await;
+    disturbed.clickhouse.url = url;
+    let p = &proxy;
+    disturbed_run_matches(
+        disturbed,
+        reference,
+        stream,
+        Some("clickhouse"),
+        async move {
+            p.cut();
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            p.restore();
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_unreachable_for_a_while() {
+    let proxy = Proxy::start("127.0.0.1:6379").await;
+    let (reference, mut disturbed, stream) = setup_pair(22, &[]).await;
+    disturbed.redis.url = format!("redis://{}/0", proxy.addr);
+    let p = &proxy;
+    disturbed_run_matches(disturbed, reference, stream, Some("redis"), async move {
+        p.cut();
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        p.restore();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart() {
+    let dir = std::env::temp_dir().join(format!("touchline-broker-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = free_port();
+    let mut broker = start_tansu(&dir, port);
+    wait_port(port, true).await;
+    let brokers = format!("127.0.0.1:{port}");
+    let (reference, disturbed, stream) =
+        setup_pair(23, &[("TOUCHLINE__KAFKA__BROKERS", &brokers)]).await;
+    let restarted = {
+        let dir = dir.clone();
+        let broker = &mut broker;
+        async move {
+            broker.kill().unwrap();
+            broker.wait().unwrap();
+            wait_port(port, false).await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            *broker = start_tansu(&dir, port);
+            wait_port(port, true).await;
+        }
+    };
+    disturbed_run_matches(disturbed, reference, stream, None, restarted).await;
+    broker.kill().unwrap();
+    let _ = broker.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
