@@ -299,6 +299,7 @@ pub async fn run_serve(
     }
     let pipeline_task = tokio::spawn(pipeline.run(source, pipeline_shutdown));
     tracing::info!(edge = %edge_addr, admin = %admin_addr, "serving");
+    let (sink_kind, data_dir) = (config.sink.kind, config.sink.data_dir.clone());
     let edge_task = crate::edge::spawn(config, registry, bus, edge_listener, shutdown);
     if let Some(tx) = ready {
         let _ = tx.send(ServeAddrs {
@@ -310,5 +311,14 @@ pub async fn run_serve(
     pipeline_trigger.fire();
     pipeline_task.await??;
     let _ = admin_task.await;
+    if sink_kind == crate::config::SinkKind::File {
+        // The file sink's stand-in for the ClickHouse view, recomputed from its tables.
+        crate::sink::file::write_partner_stats(&data_dir).with_context(|| {
+            format!(
+                "cannot write partner_stats_daily.jsonl in {}",
+                data_dir.display()
+            )
+        })?;
+    }
     Ok(())
 }

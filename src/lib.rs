@@ -8,6 +8,7 @@
 pub mod app;
 pub mod bus;
 pub mod config;
+pub mod demo;
 pub mod edge;
 pub mod engine;
 pub mod events;
@@ -16,6 +17,7 @@ pub mod metrics;
 pub mod money;
 pub mod pipeline;
 pub mod registry;
+pub mod rng;
 pub mod shutdown;
 pub mod signature;
 pub mod sink;

@@ -39,6 +39,21 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// The embedded default end to end: seed, traffic through the edge, summary.
+    Demo {
+        /// Visitors to simulate.
+        #[arg(long, default_value_t = 1500)]
+        visitors: usize,
+        /// Seed of the generated traffic.
+        #[arg(long, default_value_t = 2026)]
+        seed: u64,
+        /// Where the JSONEachRow files go.
+        #[arg(long, default_value = "./data")]
+        data_dir: PathBuf,
+        /// Visitors browsing at once.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+    },
 }
 
 fn init_logs(config: &Config) {
@@ -71,14 +86,21 @@ fn main() -> ExitCode {
     };
     let config_path = match &cli.command {
         Command::Serve { config } => config.clone(),
+        Command::Demo { .. } => None,
         Command::Edge { config } | Command::Pipeline { config } | Command::Migrate { config } => {
             Some(config.clone())
         }
     };
-    let config = match load(config_path.as_ref()) {
+    let mut config = match load(config_path.as_ref()) {
         Ok(c) => c,
         Err(code) => return code,
     };
+    if matches!(cli.command, Command::Demo { .. })
+        && std::env::var_os("TOUCHLINE__LOG__LEVEL").is_none()
+    {
+        // The demo talks to a person: its own output, warnings only.
+        config.log.level = "warn".into();
+    }
     init_logs(&config);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -98,6 +120,20 @@ fn main() -> ExitCode {
             Command::Edge { .. } => touchline::app::run_edge(config, shutdown).await,
             Command::Pipeline { .. } => touchline::app::run_pipeline(config, shutdown).await,
             Command::Migrate { .. } => touchline::app::run_migrate(config).await,
+            Command::Demo {
+                visitors,
+                seed,
+                data_dir,
+                concurrency,
+            } => {
+                touchline::demo::run(touchline::demo::DemoOptions {
+                    visitors,
+                    seed,
+                    data_dir,
+                    concurrency,
+                })
+                .await
+            }
         }
     });
     match result {

@@ -80,3 +80,191 @@ impl Sink for FileSink {
         Ok(())
     }
 }
+
+/// One row of `partner_stats_daily`, as the view in ClickHouse computes it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct PartnerDay {
+    pub day: String,
+    pub program_id: String,
+    pub partner_id: String,
+    pub clicks: u64,
+    pub unique_clicks: u64,
+    pub bot_clicks: u64,
+    pub conversions: u64,
+    #[serde(serialize_with = "json_number")]
+    pub revenue: rust_decimal::Decimal,
+    #[serde(serialize_with = "json_number")]
+    pub commission: rust_decimal::Decimal,
+}
+
+fn json_number<S: serde::Serializer>(d: &rust_decimal::Decimal, s: S) -> Result<S::Ok, S::Error> {
+    let mut r = *d;
+    r.rescale(4);
+    serde_json::value::RawValue::from_string(r.to_string())
+        .map_err(serde::ser::Error::custom)?
+        .serialize(s)
+}
+
+/// Reads decimals from their JSON text, never through a float.
+fn decimal_from_raw<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<rust_decimal::Decimal, D::Error> {
+    let raw: &serde_json::value::RawValue = serde::Deserialize::deserialize(d)?;
+    raw.get().parse().map_err(serde::de::Error::custom)
+}
+
+#[derive(serde::Deserialize)]
+struct ClickLine {
+    click_id: String,
+    ts: String,
+    program_id: String,
+    partner_id: String,
+    is_bot: u8,
+    is_unique: u8,
+}
+
+#[derive(serde::Deserialize)]
+struct AttributionLine {
+    conversion_id: String,
+    position: u16,
+    program_id: String,
+    partner_id: String,
+    #[serde(deserialize_with = "decimal_from_raw")]
+    weight: rust_decimal::Decimal,
+    #[serde(deserialize_with = "decimal_from_raw")]
+    credited_amount: rust_decimal::Decimal,
+    occurred_at: String,
+}
+
+#[derive(serde::Deserialize)]
+struct CommissionLine {
+    commission_id: String,
+    program_id: String,
+    partner_id: String,
+    #[serde(deserialize_with = "decimal_from_raw")]
+    amount: rust_decimal::Decimal,
+    occurred_at: String,
+}
+
+fn read_lines<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    mut each: impl FnMut(T),
+) -> std::io::Result<()> {
+    use std::io::BufRead;
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for line in std::io::BufReader::new(file).lines() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let row = serde_json::from_str(&line).map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{}: {e}", path.display()),
+            )
+        })?;
+        each(row);
+    }
+    Ok(())
+}
+
+/// `partner_stats_daily` computed from the table files under `dir`, rows deduplicated by
+/// their ids as `FINAL` does, sorted by day, program and partner.
+pub fn partner_stats(dir: &Path) -> std::io::Result<Vec<PartnerDay>> {
+    use std::collections::{BTreeMap, HashSet};
+    let mut days: BTreeMap<(String, String, String), PartnerDay> = BTreeMap::new();
+    let mut day_of = |ts: &str, program: &str, partner: &str| -> (String, String, String) {
+        let key = (
+            ts.get(..10).unwrap_or(ts).to_string(),
+            program.to_string(),
+            partner.to_string(),
+        );
+        days.entry(key.clone()).or_insert_with(|| PartnerDay {
+            day: key.0.clone(),
+            program_id: key.1.clone(),
+            partner_id: key.2.clone(),
+            ..PartnerDay::default()
+        });
+        key
+    };
+    let mut clicks: BTreeMap<String, ClickLine> = BTreeMap::new();
+    read_lines(&dir.join("clicks.jsonl"), |c: ClickLine| {
+        clicks.entry(c.click_id.clone()).or_insert(c);
+    })?;
+    let mut attributions: BTreeMap<(String, u16), AttributionLine> = BTreeMap::new();
+    read_lines(&dir.join("attributions.jsonl"), |a: AttributionLine| {
+        attributions
+            .entry((a.conversion_id.clone(), a.position))
+            .or_insert(a);
+    })?;
+    let mut commissions: BTreeMap<String, CommissionLine> = BTreeMap::new();
+    read_lines(&dir.join("commissions.jsonl"), |c: CommissionLine| {
+        commissions.entry(c.commission_id.clone()).or_insert(c);
+    })?;
+
+    let mut updates: Vec<((String, String, String), Update)> = Vec::new();
+    for c in clicks.values() {
+        updates.push((
+            day_of(&c.ts, &c.program_id, &c.partner_id),
+            Update::Click(c.is_unique, c.is_bot),
+        ));
+    }
+    let mut converted = HashSet::new();
+    for a in attributions
+        .values()
+        .filter(|a| a.weight > rust_decimal::Decimal::ZERO)
+    {
+        let key = day_of(&a.occurred_at, &a.program_id, &a.partner_id);
+        let first = converted.insert((key.clone(), a.conversion_id.clone()));
+        updates.push((key, Update::Credit(first, a.credited_amount)));
+    }
+    for c in commissions.values() {
+        updates.push((
+            day_of(&c.occurred_at, &c.program_id, &c.partner_id),
+            Update::Commission(c.amount),
+        ));
+    }
+    for (key, update) in updates {
+        let d = days.get_mut(&key).expect("day_of made the entry");
+        match update {
+            Update::Click(unique, bot) => {
+                d.clicks += 1;
+                d.unique_clicks += u64::from(unique);
+                d.bot_clicks += u64::from(bot);
+            }
+            Update::Credit(new_conversion, amount) => {
+                d.conversions += u64::from(new_conversion);
+                d.revenue += amount;
+            }
+            Update::Commission(amount) => d.commission += amount,
+        }
+    }
+    Ok(days.into_values().collect())
+}
+
+/// One contribution to a partner's day.
+enum Update {
+    Click(u8, u8),
+    Credit(bool, rust_decimal::Decimal),
+    Commission(rust_decimal::Decimal),
+}
+
+/// Writes `partner_stats_daily.jsonl` from the table files under `dir` (replacing it).
+pub fn write_partner_stats(dir: &Path) -> std::io::Result<Vec<PartnerDay>> {
+    let stats = partner_stats(dir)?;
+    let tmp = dir.join("partner_stats_daily.jsonl.tmp");
+    {
+        let mut w = BufWriter::new(File::create(&tmp)?);
+        for row in &stats {
+            serde_json::to_writer(&mut w, row).map_err(std::io::Error::other)?;
+            w.write_all(b"\n")?;
+        }
+        w.flush()?;
+    }
+    std::fs::rename(&tmp, dir.join("partner_stats_daily.jsonl"))?;
+    Ok(stats)
+}

@@ -471,22 +471,8 @@ pub fn spawn_pipeline_process(config: &Config, extra: &[(&str, &str)]) -> std::p
     cmd.spawn().expect("pipeline process starts")
 }
 
-/// A small deterministic random number generator (64-bit LCG), so that generated
-/// streams are the same in every run.
-pub struct Lcg(pub u64);
-
-impl Lcg {
-    pub fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        self.0 >> 33
-    }
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+/// The library's deterministic generator, under the name the tests use.
+pub use touchline::rng::Rng as Lcg;
 
 /// Writes the registry of the generated stream into the store `config` names.
 pub async fn seed_registry_direct(config: &Config, partners: usize) {
@@ -558,7 +544,7 @@ pub async fn produce_stream(
         .set("linger.ms", "5")
         .create()
         .unwrap();
-    let mut rng = Lcg(seed);
+    let mut rng = Lcg::new(seed);
     let base = chrono::Utc::now() - chrono::Duration::hours(3);
     let base = touchline::events::to_millis(base);
     let mut clicks = Vec::new();

@@ -1,0 +1,102 @@
+//! The embedded default (SPEC §1): `touchline demo` runs with nothing external, and the
+//! JSONEachRow files it writes load into ClickHouse as they are, where the
+//! `partner_stats_daily` view agrees with the file the demo computed.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::*;
+use hyper::Method;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_files_load_into_clickhouse_and_agree() {
+    let dir = std::env::temp_dir().join(format!("touchline-demo-{}", uuid::Uuid::new_v4()));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_touchline"))
+        .args(["demo", "--visitors", "200", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("commission USD"), "{stdout}");
+    assert!(stdout.contains("partner_stats_daily.jsonl"), "{stdout}");
+
+    let config = config(&[]);
+    migrate(&config).await;
+    for table in ["clicks", "conversions", "attributions", "commissions"] {
+        let body = std::fs::read(dir.join(format!("{table}.jsonl"))).unwrap();
+        assert!(!body.is_empty(), "{table}.jsonl is empty");
+        let url = format!(
+            "{}/?query=INSERT%20INTO%20{}.{table}%20FORMAT%20JSONEachRow",
+            config.clickhouse.url, config.clickhouse.database
+        );
+        let r = send(Method::POST, &url, &[], body).await;
+        assert_eq!(
+            r.status,
+            hyper::StatusCode::OK,
+            "{table}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    // Every kind and status the demo promises is there.
+    let kinds = ch_query(&config, "SELECT kind, status, count() FROM conversions FINAL GROUP BY kind, status ORDER BY kind, status").await;
+    let kinds: Vec<String> = kinds.iter().map(|r| format!("{} {}", r[0], r[1])).collect();
+    for expected in [
+        "sale attributed",
+        "sale duplicate",
+        "lead attributed",
+        "signup attributed",
+        "recurring attributed",
+        "refund attributed",
+    ] {
+        assert!(
+            kinds.iter().any(|k| k == expected),
+            "no {expected} in {kinds:?}"
+        );
+    }
+    let bots = ch_query(
+        &config,
+        "SELECT sum(is_bot), sum(is_unique), count() FROM clicks FINAL",
+    )
+    .await;
+    let (bots, unique, all): (u64, u64, u64) = (
+        bots[0][0].parse().unwrap(),
+        bots[0][1].parse().unwrap(),
+        bots[0][2].parse().unwrap(),
+    );
+    assert!(
+        bots > 0 && unique < all - bots,
+        "bots and duplicate clicks are in the traffic"
+    );
+
+    // ClickHouse's view over the loaded tables equals the demo's own file.
+    let view = ch_query(&config,
+        "SELECT toString(day), program_id, partner_id, clicks, unique_clicks, bot_clicks, conversions, revenue, commission \
+         FROM partner_stats_daily ORDER BY day, program_id, partner_id").await;
+    let file = std::fs::read_to_string(dir.join("partner_stats_daily.jsonl")).unwrap();
+    let mut from_file = Vec::new();
+    for line in file.lines() {
+        // Raw JSON text: decimals exactly as written, never through a float.
+        let v: BTreeMap<String, Box<serde_json::value::RawValue>> =
+            serde_json::from_str(line).unwrap();
+        let text = |k: &str| v[k].get().trim_matches('"').to_string();
+        from_file.push(vec![
+            text("day"),
+            text("program_id"),
+            text("partner_id"),
+            text("clicks"),
+            text("unique_clicks"),
+            text("bot_clicks"),
+            text("conversions"),
+            text("revenue"),
+            text("commission"),
+        ]);
+    }
+    assert_eq!(view, from_file);
+    let _ = std::fs::remove_dir_all(&dir);
+}
