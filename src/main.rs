@@ -54,6 +54,41 @@ enum Command {
         #[arg(long, default_value_t = 32)]
         concurrency: usize,
     },
+    /// Open-loop load: clicks and signed conversions at a fixed rate against an edge.
+    Loadgen {
+        /// Base URL of the edge, e.g. http://127.0.0.1:8080.
+        #[arg(long)]
+        target: String,
+        /// Requests per second.
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        /// Seconds to run.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Link code the clicks follow.
+        #[arg(long, default_value = "loadgen")]
+        code: String,
+        /// Percentage of requests that are signed sale conversions.
+        #[arg(long, default_value_t = 0)]
+        conversion_percent: u64,
+        /// Program of the conversions.
+        #[arg(long, default_value = "loadgen")]
+        program: String,
+        /// Signing secret of that program.
+        #[arg(long, default_value = "loadgen-signing-secret-0001")]
+        secret: String,
+        /// Most requests outstanding at once; beyond it requests are skipped and counted.
+        #[arg(long, default_value_t = 256)]
+        max_in_flight: usize,
+        /// Create program, partner and link first with this admin token.
+        #[arg(long)]
+        setup_admin_token: Option<String>,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn init_logs(config: &Config) {
@@ -86,7 +121,7 @@ fn main() -> ExitCode {
     };
     let config_path = match &cli.command {
         Command::Serve { config } => config.clone(),
-        Command::Demo { .. } => None,
+        Command::Demo { .. } | Command::Loadgen { .. } => None,
         Command::Edge { config } | Command::Pipeline { config } | Command::Migrate { config } => {
             Some(config.clone())
         }
@@ -100,6 +135,12 @@ fn main() -> ExitCode {
     {
         // The demo talks to a person: its own output, warnings only.
         config.log.level = "warn".into();
+    }
+    if let Command::Loadgen { duration, rate, .. } = &cli.command {
+        if !duration.is_finite() || *duration <= 0.0 || *rate == 0 {
+            eprintln!("touchline: --duration must be positive seconds and --rate at least 1");
+            return ExitCode::from(2);
+        }
     }
     init_logs(&config);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -133,6 +174,39 @@ fn main() -> ExitCode {
                     concurrency,
                 })
                 .await
+            }
+            Command::Loadgen {
+                target,
+                rate,
+                duration,
+                code,
+                conversion_percent,
+                program,
+                secret,
+                max_in_flight,
+                setup_admin_token,
+                seed,
+                json,
+            } => {
+                let report = touchline::loadgen::run(touchline::loadgen::LoadOptions {
+                    target: target.trim_end_matches('/').to_string(),
+                    rate,
+                    duration: std::time::Duration::from_secs_f64(duration),
+                    code,
+                    conversion_percent: conversion_percent.min(100),
+                    program,
+                    secret,
+                    max_in_flight,
+                    setup_token: setup_admin_token,
+                    seed,
+                })
+                .await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    print!("{}", report.text());
+                }
+                Ok(())
             }
         }
     });

@@ -15,7 +15,7 @@ async fn kill_dash_nine_mid_stream_changes_nothing() {
     run_reference(&reference, &stream).await;
     let expected = snapshot(&reference).await;
 
-    let mut rng = Lcg::new(42);
+    let mut rng = touchline::rng::Rng::new(42);
     let mut kills = 0;
     let mut partial_seen = false;
     // The restarted process is the same static group member as the one killed.

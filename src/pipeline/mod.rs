@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use futures_util::StreamExt;
 use rust_decimal::Decimal;
 use serde::Serialize;
 use uuid::Uuid;
@@ -44,6 +45,19 @@ pub enum PipelineError {
     Sink(#[from] SinkError),
     #[error("bus: {0}")]
     Bus(#[from] BusError),
+}
+
+/// Conversions settled at once, each partition key's in order. Higher hides more
+/// state-store latency; the store serializes what must be serialized.
+const SETTLE_CONCURRENCY: usize = 64;
+
+/// What settling one partition key's conversions came to.
+#[derive(Default)]
+struct GroupOutcome {
+    settled: Vec<(ConversionEvent, Box<Memo>)>,
+    waiting: Vec<Waiting>,
+    /// What is left after a state failure, to be retried.
+    failed: Option<(Vec<(Waiting, bool)>, StateError)>,
 }
 
 /// A conversion waiting for what it depends on.
@@ -240,35 +254,76 @@ impl Pipeline {
         queue.extend(conversions);
         let overflow = queue.len().saturating_sub(self.config.max_pending);
         let grace = Duration::from_secs(self.config.late_grace_secs);
+        let mut groups: Vec<Vec<(Waiting, bool)>> = Vec::new();
+        let mut index: HashMap<String, usize> = HashMap::new();
         for (i, w) in queue.into_iter().enumerate() {
             let force = i < overflow || w.since.elapsed() >= grace;
-            let mut backoff = Duration::from_millis(100);
-            loop {
-                match self.settle_one(&w.event, force).await {
-                    Ok(Settled::Done(memo)) => {
-                        self.emit(&w.event, &memo);
-                        break;
-                    }
-                    Ok(Settled::Wait) => {
-                        self.waiting.push(w);
-                        break;
-                    }
-                    Err(e) => {
-                        if shutdown.is_fired() {
-                            // Not settled: stays uncommitted, delivered again.
-                            self.waiting.push(w);
-                            break;
-                        }
-                        tracing::warn!(error = %e, "state store unavailable, pausing");
-                        metrics::counter!(m::PIPELINE_RETRIES_TOTAL, "dependency" => "redis")
-                            .increment(1);
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
-                    }
+            let key = w.event.partition_key();
+            let slot = *index.entry(key).or_insert_with(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            });
+            groups[slot].push((w, force));
+        }
+        let mut backoff = Duration::from_millis(100);
+        while !groups.is_empty() {
+            let outcomes: Vec<GroupOutcome> = futures_util::stream::iter(groups)
+                .map(|g| self.settle_group(g))
+                .buffer_unordered(SETTLE_CONCURRENCY)
+                .collect()
+                .await;
+            groups = Vec::new();
+            let mut failure = None;
+            for o in outcomes {
+                for (event, memo) in o.settled {
+                    self.emit(&event, &memo);
                 }
+                self.waiting.extend(o.waiting);
+                if let Some((rest, e)) = o.failed {
+                    groups.push(rest);
+                    failure = Some(e);
+                }
+            }
+            if let Some(e) = failure {
+                if shutdown.is_fired() {
+                    // Not settled: stays uncommitted, delivered again.
+                    self.waiting
+                        .extend(groups.into_iter().flatten().map(|(w, _)| w));
+                    break;
+                }
+                tracing::warn!(error = %e, "state store unavailable, pausing");
+                metrics::counter!(m::PIPELINE_RETRIES_TOTAL, "dependency" => "redis").increment(1);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
         metrics::gauge!(m::PIPELINE_PENDING).set(self.waiting.len() as f64);
+    }
+
+    /// Settles one partition key's conversions in order; stops at the first state failure
+    /// and hands back what is left. Once one waits, the rest of the key waits behind it:
+    /// what it waits for may appear meanwhile (settled by another key's group), and a
+    /// later conversion of the key must not overtake it (two refunds of one order).
+    async fn settle_group(&self, group: Vec<(Waiting, bool)>) -> GroupOutcome {
+        let mut out = GroupOutcome::default();
+        let mut items = group.into_iter();
+        while let Some((w, force)) = items.next() {
+            if !out.waiting.is_empty() {
+                out.waiting.push(w);
+                continue;
+            }
+            match self.settle_one(&w.event, force).await {
+                Ok(Settled::Done(memo)) => out.settled.push((w.event, memo)),
+                Ok(Settled::Wait) => out.waiting.push(w),
+                Err(e) => {
+                    let mut rest = vec![(w, force)];
+                    rest.extend(items);
+                    out.failed = Some((rest, e));
+                    break;
+                }
+            }
+        }
+        out
     }
 
     fn decode_click(&self, msg: &Delivered) -> Result<(ClickEvent, Arc<Program>), String> {

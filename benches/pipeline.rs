@@ -1,0 +1,206 @@
+//! Pipeline throughput end to end (SPEC §8): Tansu with memory storage → dedup,
+//! journeys, attribution, commission (Redis) → ClickHouse, against the raw
+//! consumer-group read rate of the same topics, measured in the same run.
+//!
+//! Needs Redis and ClickHouse (`scripts/stack.sh up`) and the tansu binary; starts its
+//! own Tansu with `memory://` storage on a free port.
+//!
+//! `cargo bench --bench pipeline -- [visitors]` (default 60000 visitors ≈ 280k events)
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use touchline::config::Config;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // `cargo test --all-targets` runs bench targets in test mode: this one needs services
+    // and minutes, so it only runs under `cargo bench`.
+    if !args.iter().any(|a| a == "--bench") {
+        println!("pipeline bench: run with `cargo bench --bench pipeline`");
+        return;
+    }
+    let visitors: usize = args.iter().find_map(|a| a.parse().ok()).unwrap_or(60_000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run(visitors));
+}
+
+async fn count(config: &Config, table: &str) -> u64 {
+    let url = format!(
+        "{}/?database={}",
+        config.clickhouse.url, config.clickhouse.database
+    );
+    let req = hyper::Request::post(url)
+        .body(http_body_util::Full::new(bytes::Bytes::from(format!(
+            "SELECT count() FROM {table} FORMAT TabSeparated"
+        ))))
+        .unwrap();
+    let resp = touchline::http::client()
+        .request(req)
+        .await
+        .expect("clickhouse answers");
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    String::from_utf8_lossy(&body).trim().parse().unwrap_or(0)
+}
+
+async fn run(visitors: usize) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let home = std::env::var("HOME").unwrap_or_default();
+    let tansu = ["tansu".to_string(), format!("{home}/.cargo/bin/tansu")]
+        .into_iter()
+        .find(|c| {
+            std::process::Command::new(c)
+                .arg("--version")
+                .output()
+                .is_ok()
+        })
+        .expect("tansu is required (scripts/stack.sh up)");
+    let mut broker = std::process::Command::new(tansu)
+        .args([
+            "broker",
+            "--storage-engine",
+            "memory://tansu/",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let id = &uuid::Uuid::new_v4().simple().to_string()[..10];
+    let vars: Vec<(String, String)> = vec![
+        (
+            "TOUCHLINE__KAFKA__BROKERS".into(),
+            format!("127.0.0.1:{port}"),
+        ),
+        ("TOUCHLINE__KAFKA__PARTITIONS".into(), "4".into()),
+        (
+            "TOUCHLINE__KAFKA__TOPICS__CLICKS".into(),
+            format!("b{id}.clicks"),
+        ),
+        (
+            "TOUCHLINE__KAFKA__TOPICS__CONVERSIONS".into(),
+            format!("b{id}.conversions"),
+        ),
+        ("TOUCHLINE__KAFKA__TOPICS__DLQ".into(), format!("b{id}.dlq")),
+        ("TOUCHLINE__REDIS__PREFIX".into(), format!("b{id}")),
+        ("TOUCHLINE__CLICKHOUSE__DATABASE".into(), format!("b{id}")),
+        ("TOUCHLINE__PIPELINE__GROUP_ID".into(), format!("b{id}")),
+        (
+            "TOUCHLINE__PIPELINE__ADMIN_LISTEN".into(),
+            "127.0.0.1:0".into(),
+        ),
+        ("TOUCHLINE__LOG__LEVEL".into(), "warn".into()),
+    ];
+    let local = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/local.toml");
+    let config = Config::load(Some(&local), vars).unwrap();
+    touchline::app::run_migrate(config.clone())
+        .await
+        .expect("clickhouse and the broker answer");
+    let store = touchline::app::registry_store(&config)
+        .await
+        .expect("redis answers");
+    let registry = touchline::registry::Registry::open(store).await.unwrap();
+    touchline::synthetic::seed_registry(&registry, 40)
+        .await
+        .unwrap();
+
+    let t = Instant::now();
+    let stream = touchline::synthetic::produce(&config.kafka, 2026, visitors, 40)
+        .await
+        .unwrap();
+    let total = stream.clicks + stream.conversions;
+    println!(
+        "produced {total} events ({} clicks, {} conversions) in {:.2}s: {:.0}/s",
+        stream.clicks,
+        stream.conversions,
+        t.elapsed().as_secs_f64(),
+        total as f64 / t.elapsed().as_secs_f64()
+    );
+
+    // Raw consumer-group read of the same topics.
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &config.kafka.brokers)
+        .set("group.id", format!("raw-{id}"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "50")
+        .create()
+        .unwrap();
+    consumer
+        .subscribe(&[
+            &config.kafka.topics.clicks,
+            &config.kafka.topics.conversions,
+        ])
+        .unwrap();
+    let mut read = 0u64;
+    let mut started = None;
+    while read < total {
+        match tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await {
+            Ok(Ok(_)) => {
+                started.get_or_insert_with(Instant::now);
+                read += 1;
+            }
+            Ok(Err(e)) => panic!("consume: {e}"),
+            Err(_) => panic!("raw read stalled at {read}/{total}"),
+        }
+    }
+    let raw_secs = started.unwrap().elapsed().as_secs_f64();
+    let raw_rate = total as f64 / raw_secs;
+    println!("raw consumer-group read: {total} messages in {raw_secs:.2}s: {raw_rate:.0} msg/s");
+    drop(consumer);
+
+    // The pipeline, end to end into ClickHouse.
+    let (trigger, shutdown) = touchline::shutdown::channel();
+    let started = Instant::now();
+    let task = tokio::spawn(touchline::app::run_pipeline(config.clone(), shutdown));
+    loop {
+        let clicks = count(&config, "clicks").await;
+        let conversions = count(&config, "conversions").await;
+        if clicks >= stream.clicks && conversions >= stream.conversions {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(900) {
+            panic!("pipeline stalled at {clicks} clicks, {conversions} conversions");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let rate = total as f64 / secs;
+    trigger.fire();
+    task.await.unwrap().unwrap();
+    println!("pipeline end to end: {total} events in {secs:.2}s: {rate:.0} events/s");
+    println!("ratio to the raw read: {:.2}", rate / raw_rate);
+    println!(
+        "rows: attributions {}, commissions {}",
+        count(&config, "attributions").await,
+        count(&config, "commissions").await
+    );
+    broker.kill().unwrap();
+    let _ = broker.wait();
+}

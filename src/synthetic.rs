@@ -1,0 +1,338 @@
+//! A deterministic synthetic stream: a registry of partners with parent chains, and
+//! clicks and conversions of every kind produced straight onto the topics. The
+//! exactly-once and fault tests compare runs over it; the pipeline benchmark measures
+//! throughput on it.
+
+use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use crate::config::KafkaConfig;
+use crate::events::{to_millis, ClickEvent, ClickStatus, ConversionEvent, ConversionKind};
+use crate::registry::{Link, LinkStatus, Partner, PartnerStatus, Program, Registry, RegistryError};
+use crate::rng::Rng;
+
+/// Writes program `acme`, `partners` partners (every fourth the parent of the next
+/// three) and one link per partner.
+pub async fn seed_registry(registry: &Registry, partners: usize) -> Result<(), RegistryError> {
+    let program: Program = serde_json::from_value(serde_json::json!({
+        "name": "Synthetic", "currency": "USD", "secret": "synthetic-signing-secret-0001",
+        "fallback_url": "https://shop.example/",
+        "attribution": {"model": "time_decay", "half_life_days": "7"},
+        "fx": {"USD": "1", "EUR": "1.0837", "JPY": "0.006571"},
+        "commission": {
+            "tiers": {"bronze": "0.15", "silver": "0.20", "gold": "0.25", "platinum": "0.30"},
+            "default_tier": "bronze", "lead_bounty": "5.00", "signup_bounty": "50.00",
+            "recurring": {"rate": "0.10", "months": 12},
+            "volume_bonuses": [{"min_conversions": 50, "bonus": "0.05"}, {"min_conversions": 100, "bonus": "0.10"}],
+            "overrides": ["0.10", "0.05", "0.02"]
+        }
+    }))
+    .expect("a valid program");
+    registry.put_program("acme", program).await?;
+    let tiers = ["bronze", "silver", "gold", "platinum"];
+    for i in 0..partners {
+        // Every fourth partner is a parent of the next three: override chains.
+        let parent = if i % 4 == 0 {
+            None
+        } else {
+            Some(format!("p{}", i - i % 4))
+        };
+        let partner = Partner {
+            id: String::new(),
+            program_id: "acme".into(),
+            name: None,
+            tier: Some(tiers[i % 4].to_string()),
+            parent_id: parent,
+            status: PartnerStatus::Active,
+        };
+        registry.put_partner(&format!("p{i}"), partner).await?;
+        let link = Link {
+            code: format!("link-p{i}"),
+            program_id: "acme".into(),
+            partner_id: format!("p{i}"),
+            destination: "https://shop.example/".into(),
+            campaign: Some(format!("c{}", i % 3)),
+            utm_source: None,
+            utm_medium: None,
+            utm_campaign: None,
+            utm_term: None,
+            utm_content: None,
+            status: LinkStatus::Active,
+        };
+        match registry.create_link(link).await {
+            Ok(_) | Err(RegistryError::Conflict(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Sizes of a generated stream.
+#[derive(Debug, Clone, Copy)]
+pub struct Stream {
+    pub clicks: u64,
+    pub conversions: u64,
+}
+
+/// Produces a deterministic stream of clicks and conversions of every kind (sales in
+/// three currencies, duplicates, recurring payments, partial and full refunds, leads,
+/// signups by referral code, unattributed signups) onto the topics of `kafka`, keyed as
+/// the edge keys them.
+pub async fn produce(
+    kafka: &KafkaConfig,
+    seed: u64,
+    visitors: usize,
+    partners: usize,
+) -> Result<Stream, KafkaError> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &kafka.brokers)
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?;
+    let mut rng = Rng::new(seed);
+    let base = to_millis(chrono::Utc::now() - chrono::Duration::hours(3));
+    let mut clicks = Vec::new();
+    let mut visitor_clicks: Vec<Vec<uuid::Uuid>> = vec![Vec::new(); visitors];
+    let mut n = 0u128;
+    for (v, own_clicks) in visitor_clicks.iter_mut().enumerate() {
+        let visitor = uuid::Uuid::from_u128(0xA000_0000 + v as u128);
+        for _ in 0..(1 + rng.below(6)) {
+            n += 1;
+            let p = rng.below(partners as u64);
+            let click_id = uuid::Uuid::from_u128(0xC000_0000_0000 + n);
+            let bot = rng.below(20) == 0;
+            clicks.push(ClickEvent {
+                v: 1,
+                click_id,
+                ts: base + chrono::Duration::milliseconds((n as i64) * 1000),
+                program_id: "acme".into(),
+                partner_id: format!("p{p}"),
+                link_code: format!("link-p{p}"),
+                campaign: Some(format!("c{}", p % 3)),
+                visitor_id: visitor,
+                ip_hash: format!("{:032x}", v),
+                user_agent: "Mozilla/5.0 generated".into(),
+                referer: None,
+                utm_source: None,
+                utm_medium: None,
+                utm_campaign: None,
+                utm_term: None,
+                utm_content: None,
+                is_bot: bot,
+                status: ClickStatus::Ok,
+            });
+            own_clicks.push(click_id);
+        }
+    }
+    let at = base + chrono::Duration::hours(2);
+    let mut conversions = Vec::new();
+    let mut m = 0u128;
+    let mut conv = |kind: ConversionKind,
+                    order: String,
+                    amount: &str,
+                    currency: &str,
+                    click: Option<uuid::Uuid>,
+                    visitor: Option<uuid::Uuid>,
+                    code: Option<String>,
+                    customer: Option<String>,
+                    original: Option<String>,
+                    offset_s: i64| {
+        m += 1;
+        ConversionEvent {
+            v: 1,
+            conversion_id: uuid::Uuid::from_u128(0xE000_0000_0000 + m),
+            program_id: "acme".into(),
+            order_id: order,
+            kind,
+            amount: amount.parse().unwrap(),
+            currency: currency.into(),
+            occurred_at: at + chrono::Duration::seconds(offset_s),
+            received_at: at + chrono::Duration::seconds(offset_s),
+            click_id: click,
+            visitor_id: visitor,
+            referral_code: code,
+            customer_id: customer,
+            original_order_id: original,
+        }
+    };
+    for (v, own_clicks) in visitor_clicks.iter().enumerate() {
+        let visitor = uuid::Uuid::from_u128(0xA000_0000 + v as u128);
+        let cents = 100 + rng.below(50_000);
+        let amount = format!("{}.{:02}", cents / 100, cents % 100);
+        let currency = ["USD", "EUR", "JPY"][rng.below(3) as usize];
+        let amount = if currency == "JPY" {
+            format!("{}", cents)
+        } else {
+            amount
+        };
+        match rng.below(5) {
+            0 | 1 => {
+                // The visitor's latest click: once it is marked, so are all the visitor's
+                // earlier clicks (one partition, in order), so the journey is the same
+                // whatever the interleaving of the two topics.
+                let click = *own_clicks.last().unwrap();
+                let order = format!("S-{v}");
+                let customer = format!("cust-{v}");
+                conversions.push(conv(
+                    ConversionKind::Sale,
+                    order.clone(),
+                    &amount,
+                    currency,
+                    Some(click),
+                    None,
+                    None,
+                    Some(customer.clone()),
+                    None,
+                    0,
+                ));
+                if rng.below(4) == 0 {
+                    // A merchant retry of the same order: a duplicate.
+                    conversions.push(conv(
+                        ConversionKind::Sale,
+                        order.clone(),
+                        &amount,
+                        currency,
+                        Some(click),
+                        None,
+                        None,
+                        Some(customer.clone()),
+                        None,
+                        0,
+                    ));
+                }
+                if rng.below(2) == 0 {
+                    conversions.push(conv(
+                        ConversionKind::Recurring,
+                        format!("R-{v}"),
+                        "19.99",
+                        "USD",
+                        None,
+                        None,
+                        None,
+                        Some(customer),
+                        None,
+                        60,
+                    ));
+                }
+                if rng.below(3) == 0 {
+                    conversions.push(conv(
+                        ConversionKind::Refund,
+                        format!("RF-{v}"),
+                        "10",
+                        currency,
+                        None,
+                        None,
+                        None,
+                        None,
+                        Some(order.clone()),
+                        120,
+                    ));
+                    conversions.push(conv(
+                        ConversionKind::Refund,
+                        format!("RF2-{v}"),
+                        &amount,
+                        currency,
+                        None,
+                        None,
+                        None,
+                        None,
+                        Some(order),
+                        180,
+                    ));
+                }
+            }
+            2 => {
+                let click = *own_clicks.last().unwrap();
+                conversions.push(conv(
+                    ConversionKind::Lead,
+                    format!("L-{v}"),
+                    "0",
+                    "USD",
+                    Some(click),
+                    Some(visitor),
+                    None,
+                    None,
+                    None,
+                    0,
+                ))
+            }
+            3 => {
+                let p = rng.below(partners as u64);
+                conversions.push(conv(
+                    ConversionKind::Signup,
+                    format!("G-{v}"),
+                    "0",
+                    "USD",
+                    None,
+                    None,
+                    Some(format!("link-p{p}")),
+                    None,
+                    None,
+                    0,
+                ))
+            }
+            _ => conversions.push(conv(
+                ConversionKind::Signup,
+                format!("U-{v}"),
+                "0",
+                "USD",
+                None,
+                None,
+                None,
+                None,
+                None,
+                0,
+            )),
+        }
+    }
+    // Clicks first, then conversions; every delivery awaited before returning.
+    let mut deliveries = Vec::with_capacity(clicks.len() + conversions.len());
+    let records = clicks
+        .iter()
+        .map(|c| {
+            (
+                &kafka.topics.clicks,
+                c.visitor_id.to_string(),
+                serde_json::to_vec(c),
+            )
+        })
+        .chain(conversions.iter().map(|c| {
+            (
+                &kafka.topics.conversions,
+                c.partition_key(),
+                serde_json::to_vec(c),
+            )
+        }));
+    for (topic, key, payload) in records {
+        let payload = payload.expect("events encode");
+        let mut record = FutureRecord::to(topic).key(&key).payload(&payload);
+        loop {
+            match producer.send_result(record) {
+                Ok(f) => {
+                    deliveries.push(f);
+                    break;
+                }
+                Err((
+                    KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                    r,
+                )) => {
+                    record = r;
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
+    }
+    for d in deliveries {
+        match d.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => return Err(e),
+            Err(_) => return Err(KafkaError::Canceled),
+        }
+    }
+    Ok(Stream {
+        clicks: clicks.len() as u64,
+        conversions: conversions.len() as u64,
+    })
+}

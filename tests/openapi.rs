@@ -1,0 +1,310 @@
+//! docs/openapi.json describes what the edge does (SPEC §7): every documented operation
+//! is exercised against a running edge on the real stack, every status it answers is
+//! documented for that operation, error bodies use the documented codes, and 2xx JSON
+//! bodies carry the documented required properties.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::*;
+use hyper::Method;
+use serde_json::{json, Value};
+
+fn spec() -> Value {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/openapi.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Follows a `$ref` within the document.
+fn resolve<'a>(spec: &'a Value, v: &'a Value) -> &'a Value {
+    match v.get("$ref").and_then(Value::as_str) {
+        Some(r) => r
+            .trim_start_matches("#/")
+            .split('/')
+            .fold(spec, |node, key| &node[key]),
+        None => v,
+    }
+}
+
+struct Probe {
+    template: &'static str,
+    method: Method,
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+fn probe(template: &'static str, method: Method, path: &str, auth: bool, body: Value) -> Probe {
+    let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
+    if auth {
+        headers.push(("authorization".into(), format!("Bearer {ADMIN_TOKEN}")));
+    }
+    let body = if body.is_null() {
+        Vec::new()
+    } else {
+        body.to_string().into_bytes()
+    };
+    Probe {
+        template,
+        method,
+        path: path.to_string(),
+        headers,
+        body,
+    }
+}
+
+fn signed(body: Value) -> Probe {
+    let raw = body.to_string();
+    let sig = touchline::signature::sign(SECRET, chrono::Utc::now().timestamp(), raw.as_bytes());
+    Probe {
+        template: "/api/v1/conversions",
+        method: Method::POST,
+        path: "/api/v1/conversions".into(),
+        headers: vec![
+            ("x-touchline-signature".into(), sig),
+            ("content-type".into(), "application/json".into()),
+        ],
+        body: raw.into_bytes(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_document_matches_the_running_edge() {
+    let spec = spec();
+    let config = config(&[]);
+    create_topics(&config).await;
+    let edge = start_edge(&config).await;
+    let program = program_json();
+    let probes = vec![
+        probe(
+            "/api/v1/programs/{id}",
+            Method::PUT,
+            "/api/v1/programs/acme",
+            true,
+            program.clone(),
+        ),
+        probe(
+            "/api/v1/programs/{id}",
+            Method::PUT,
+            "/api/v1/programs/acme",
+            true,
+            program.clone(),
+        ),
+        probe(
+            "/api/v1/programs/{id}",
+            Method::PUT,
+            "/api/v1/programs/bad",
+            true,
+            json!({"name": "x"}),
+        ),
+        probe(
+            "/api/v1/programs/{id}",
+            Method::PUT,
+            "/api/v1/programs/acme",
+            false,
+            program,
+        ),
+        probe(
+            "/api/v1/programs/{id}",
+            Method::GET,
+            "/api/v1/programs/acme",
+            true,
+            Value::Null,
+        ),
+        probe(
+            "/api/v1/programs/{id}",
+            Method::GET,
+            "/api/v1/programs/none",
+            true,
+            Value::Null,
+        ),
+        probe(
+            "/api/v1/partners/{id}",
+            Method::PUT,
+            "/api/v1/partners/alice",
+            true,
+            json!({"program_id": "acme", "tier": "gold"}),
+        ),
+        probe(
+            "/api/v1/partners/{id}",
+            Method::PUT,
+            "/api/v1/partners/bob",
+            true,
+            json!({"program_id": "acme", "parent_id": "alice"}),
+        ),
+        probe(
+            "/api/v1/partners/{id}",
+            Method::PUT,
+            "/api/v1/partners/alice",
+            true,
+            json!({"program_id": "acme", "parent_id": "bob"}),
+        ),
+        probe(
+            "/api/v1/partners/{id}",
+            Method::GET,
+            "/api/v1/partners/alice",
+            true,
+            Value::Null,
+        ),
+        probe(
+            "/api/v1/partners/{id}",
+            Method::GET,
+            "/api/v1/partners/none",
+            true,
+            Value::Null,
+        ),
+        probe(
+            "/api/v1/partners/{id}",
+            Method::PATCH,
+            "/api/v1/partners/bob",
+            true,
+            json!({"tier": "silver"}),
+        ),
+        probe(
+            "/api/v1/partners/{id}",
+            Method::PATCH,
+            "/api/v1/partners/none",
+            true,
+            json!({"tier": "silver"}),
+        ),
+        probe(
+            "/api/v1/links",
+            Method::POST,
+            "/api/v1/links",
+            true,
+            json!({"program_id": "acme", "partner_id": "alice", "code": "alice-spring", "destination": "https://shop.example/"}),
+        ),
+        probe(
+            "/api/v1/links",
+            Method::POST,
+            "/api/v1/links",
+            true,
+            json!({"program_id": "acme", "partner_id": "alice", "code": "alice-spring", "destination": "https://shop.example/"}),
+        ),
+        probe(
+            "/api/v1/links",
+            Method::POST,
+            "/api/v1/links",
+            true,
+            json!({"program_id": "acme"}),
+        ),
+        probe(
+            "/api/v1/links/{code}",
+            Method::GET,
+            "/api/v1/links/alice-spring",
+            true,
+            Value::Null,
+        ),
+        probe(
+            "/api/v1/links/{code}",
+            Method::GET,
+            "/api/v1/links/none",
+            true,
+            Value::Null,
+        ),
+        probe(
+            "/api/v1/links/{code}",
+            Method::PATCH,
+            "/api/v1/links/alice-spring",
+            true,
+            json!({"status": "active"}),
+        ),
+        probe(
+            "/r/{code}",
+            Method::GET,
+            "/r/alice-spring",
+            false,
+            Value::Null,
+        ),
+        probe("/r/{code}", Method::GET, "/r/none", false, Value::Null),
+        probe(
+            "/r/{code}",
+            Method::HEAD,
+            "/r/alice-spring",
+            false,
+            Value::Null,
+        ),
+        signed(json!({"program_id": "acme", "order_id": "O-1", "kind": "sale", "amount": "10.00"})),
+        signed(json!({"program_id": "acme", "order_id": "O-2", "kind": "sale", "amount": "-1"})),
+        probe(
+            "/api/v1/conversions",
+            Method::POST,
+            "/api/v1/conversions",
+            false,
+            json!({"program_id": "acme", "order_id": "O-3", "kind": "lead"}),
+        ),
+        probe("/healthz", Method::GET, "/healthz", false, Value::Null),
+        probe("/readyz", Method::GET, "/readyz", false, Value::Null),
+        probe("/metrics", Method::GET, "/metrics", false, Value::Null),
+    ];
+    let error_codes: BTreeSet<String> = spec["components"]["schemas"]["Error"]["properties"]
+        ["error"]["properties"]["code"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    let mut covered = BTreeSet::new();
+    for p in probes {
+        let method = p.method.as_str().to_ascii_lowercase();
+        let operation = &spec["paths"][p.template][&method];
+        assert!(
+            operation.is_object(),
+            "{} {} is not documented",
+            p.method,
+            p.template
+        );
+        let headers: Vec<(&str, &str)> = p
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let r = send(p.method.clone(), &edge.url(&p.path), &headers, p.body).await;
+        let status = r.status.as_u16().to_string();
+        let documented = &operation["responses"][&status];
+        assert!(
+            documented.is_object(),
+            "{} {} answered {status}, which is not documented",
+            p.method,
+            p.path
+        );
+        covered.insert((p.template, method.clone()));
+        let documented = resolve(&spec, documented);
+        let Some(schema) = documented["content"]["application/json"]["schema"].as_object() else {
+            continue;
+        };
+        let body: Value = serde_json::from_slice(&r.body)
+            .unwrap_or_else(|_| panic!("{} {}: JSON expected", p.method, p.path));
+        let schema = resolve(&spec, &Value::Object(schema.clone())).clone();
+        if let Some(required) = schema["required"].as_array() {
+            for key in required {
+                assert!(
+                    body.get(key.as_str().unwrap()).is_some(),
+                    "{} {} lacks {key}: {body}",
+                    p.method,
+                    p.path
+                );
+            }
+        }
+        if r.status.as_u16() >= 400 {
+            let code = body["error"]["code"].as_str().unwrap();
+            assert!(error_codes.contains(code), "undocumented error code {code}");
+        }
+    }
+    // Every documented operation was exercised.
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for method in item
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|k| *k != "parameters")
+        {
+            assert!(
+                covered.iter().any(|(t, m)| t == path && m == method),
+                "{method} {path} was not exercised"
+            );
+        }
+    }
+    edge.stop().await;
+}
