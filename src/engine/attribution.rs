@@ -129,53 +129,83 @@ fn one_hot(n: usize, at: usize) -> Weights {
     w
 }
 
+/// Fractional bits of the fixed-point arithmetic of time decay.
+const Q: u32 = 62;
+const ONE_Q: u128 = 1 << Q;
+
+/// `2^(−2^−i)` in Q62 for i = 1..=62: multiplying those of the set bits of a fraction f
+/// gives 2^(−f). Computed once with `Decimal` (28 digits), then kept as integers so that
+/// every weight is the same on every machine and every replay (float `exp` is not).
+fn halving_roots() -> &'static [u128; Q as usize] {
+    static TABLE: std::sync::OnceLock<[u128; Q as usize]> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut table = [0u128; Q as usize];
+        let scale = Decimal::from(1u64 << 31) * Decimal::from(1u64 << 31);
+        for (i, slot) in table.iter_mut().enumerate() {
+            // 2^(−2^−(i+1)) = exp(−ln2 / 2^(i+1))
+            let exponent = -(LN_2 / Decimal::from(2u64.pow(i as u32 + 1)));
+            let root = exponent.exp();
+            *slot = u128::try_from((root * scale).round().mantissa()).unwrap_or(ONE_Q);
+        }
+        table
+    })
+}
+
+/// `2^(−age_ms/half_life_ms)` in Q62.
+fn decay_q(age_ms: u64, half_life_ms: u64) -> u128 {
+    // x = age / half_life in Q62; ages below 2^40 ms (35 years) keep this in range.
+    let x = (u128::from(age_ms.min(1 << 40)) << Q) / u128::from(half_life_ms.max(1));
+    let whole = x >> Q;
+    if whole >= u128::from(Q) {
+        return 0;
+    }
+    let frac = x & (ONE_Q - 1);
+    let mut v = ONE_Q;
+    for (bit, root) in halving_roots().iter().enumerate() {
+        // Bit `bit` from the top of the fraction is worth 2^−(bit+1).
+        if frac & (1 << (Q - 1 - bit as u32)) != 0 {
+            v = (v * root) >> Q;
+        }
+    }
+    v >> whole
+}
+
 /// Normalized time-decay shares 2^(−age/half_life). Ages are taken from the newest
 /// touch rather than the conversion: the common factor 2^(−(t_conv − t_newest)/h)
 /// cancels in the normalization, and no share underflows to zero on long journeys.
 fn time_decay_raw(touches: &[Touch], half_life_days: Decimal) -> Vec<Decimal> {
-    let half_life_ms = half_life_days * Decimal::from(86_400_000u64);
+    // Half lives resolve to the millisecond, like timestamps.
+    let mut half_life_ms = (half_life_days * Decimal::from(86_400_000u64)).round();
+    half_life_ms.rescale(0);
+    let half_life_ms = u64::try_from(half_life_ms.mantissa()).unwrap_or(u64::MAX);
     let newest = touches
         .iter()
         .map(|t| t.ts)
         .max()
         .expect("non-empty journey");
-    let raw: Vec<Decimal> = touches
+    let shares: Vec<u128> = touches
         .iter()
         .map(|t| {
-            let age_ms = Decimal::from((newest - t.ts).num_milliseconds().max(0));
-            exp2_neg(age_ms / half_life_ms)
+            decay_q(
+                u64::try_from((newest - t.ts).num_milliseconds()).unwrap_or(0),
+                half_life_ms,
+            )
         })
         .collect();
-    let total: Decimal = raw.iter().copied().sum();
-    raw.into_iter().map(|r| r / total).collect()
+    let total: u128 = shares.iter().sum::<u128>().max(1);
+    shares
+        .into_iter()
+        .map(|v| {
+            // v / total with 18 decimal places: (v << Q) / total ≤ 2^62, × 10^18 < 2^123.
+            let w = (v << Q) / total;
+            let scaled = (w * 1_000_000_000_000_000_000) >> Q;
+            Decimal::from_i128_with_scale(scaled as i128, 18)
+        })
+        .collect()
 }
 
 /// ln 2 to the 28 digits `Decimal` holds.
 const LN_2: Decimal = Decimal::from_parts(2_860_148_159, 2_180_329_217, 375_755_839, false, 28);
-
-/// 2^(−x) for x ≥ 0, accurate far beyond [`WEIGHT_SCALE`] places.
-fn exp2_neg(x: Decimal) -> Decimal {
-    // Whole halvings are exact divisions; only the fraction in [0, 1) goes through the
-    // exponential series, where it converges fast. Past 96 halvings a share is below
-    // anything a weight can hold.
-    let whole = x.trunc();
-    if whole > Decimal::from(96) {
-        return Decimal::ZERO;
-    }
-    let frac = x - whole;
-    let mut v = if frac.is_zero() {
-        Decimal::ONE
-    } else {
-        (-(frac * LN_2)).exp()
-    };
-    let mut halvings = whole.mantissa() / 10i128.pow(whole.scale());
-    while halvings > 0 {
-        let step = halvings.min(62);
-        v /= Decimal::from(1u64 << step);
-        halvings -= step;
-    }
-    v
-}
 
 /// Rounds raw shares (which add up to 1 up to the last digit of `Decimal`) to
 /// [`WEIGHT_SCALE`] places so that the result adds up to exactly 1: truncate each, then
@@ -313,8 +343,12 @@ mod tests {
     #[test]
     fn ln2_constant() {
         assert_eq!(LN_2.to_string(), "0.6931471805599453094172321215");
-        assert_eq!(exp2_neg(Decimal::from(3)), d("0.125"));
-        assert_eq!(exp2_neg(Decimal::from(200)), Decimal::ZERO);
+        // Whole half lives are exact; half a half life is 1/sqrt(2) to ~1e-17.
+        assert_eq!(decay_q(3_000, 1_000), ONE_Q / 8);
+        assert_eq!(decay_q(200_000, 1_000), 0);
+        let root_half = decay_q(500, 1_000);
+        let expected = 3_260_954_456_333_195_553u128; // 2^62 / sqrt(2), rounded
+        assert!(root_half.abs_diff(expected) < 16, "{root_half}");
     }
 
     #[test]

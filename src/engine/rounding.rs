@@ -24,52 +24,47 @@ pub fn round_jointly<R: Roundable>(rows: &mut [R], minor_units: u32) {
     let target =
         exact_sum.round_dp_with_strategy(minor_units, RoundingStrategy::MidpointNearestEven);
 
-    let truncated: Vec<Decimal> = rows
+    // (row, truncated amount, remainder), in the order units are handed out.
+    let mut parts: Vec<(usize, Decimal, Decimal)> = rows
         .iter()
-        .map(|r| {
-            r.exact()
-                .round_dp_with_strategy(minor_units, RoundingStrategy::ToZero)
+        .enumerate()
+        .map(|(i, r)| {
+            let t = r
+                .exact()
+                .round_dp_with_strategy(minor_units, RoundingStrategy::ToZero);
+            (i, t, r.exact() - t)
         })
         .collect();
-    let remainders: Vec<Decimal> = rows
-        .iter()
-        .zip(&truncated)
-        .map(|(r, t)| r.exact() - *t)
-        .collect();
-    let assigned: Decimal = truncated.iter().copied().sum();
-    // Whole units still to hand out; negative when the rows are negative (reversals).
-    let missing = ((target - assigned) / unit).round();
-
-    let mut order: Vec<usize> = (0..rows.len()).collect();
-    let positive = missing > Decimal::ZERO;
-    order.sort_by(|&a, &b| {
-        // Largest remainder in the direction of the missing units first.
-        let by_remainder = if positive {
-            remainders[b].cmp(&remainders[a])
-        } else {
-            remainders[a].cmp(&remainders[b])
-        };
-        by_remainder
-            .then(rows[a].level().cmp(&rows[b].level()))
-            .then_with(|| rows[a].partner().cmp(rows[b].partner()))
-    });
-
-    let mut amounts = truncated;
-    let step = if positive { unit } else { -unit };
-    let mut left = missing.abs();
-    let mut i = 0;
-    // |missing| never exceeds the rows with a remainder (see module docs), so one pass
-    // suffices; the modulo only guards against a caller's inconsistent input.
-    while left > Decimal::ZERO {
-        amounts[order[i % order.len()]] += step;
-        left -= Decimal::ONE;
-        i += 1;
+    let mut missing = target - parts.iter().map(|p| p.1).sum::<Decimal>();
+    missing.rescale(minor_units);
+    // Whole minor units still to hand out; negative when the rows are (reversals).
+    let missing = missing.mantissa();
+    let positive = missing > 0;
+    if missing != 0 {
+        parts.sort_by(|a, b| {
+            // Largest remainder in the direction of the missing units first.
+            let by_remainder = if positive {
+                b.2.cmp(&a.2)
+            } else {
+                a.2.cmp(&b.2)
+            };
+            by_remainder
+                .then(rows[a.0].level().cmp(&rows[b.0].level()))
+                .then_with(|| rows[a.0].partner().cmp(rows[b.0].partner()))
+        });
+        let step = if positive { unit } else { -unit };
+        // |missing| never exceeds the rows with a remainder (see module docs), so one
+        // pass suffices; the modulo only guards against a caller's inconsistent input.
+        let n = parts.len();
+        for i in 0..missing.unsigned_abs() as usize {
+            parts[i % n].1 += step;
+        }
     }
-    for (row, amount) in rows.iter_mut().zip(amounts) {
+    for (i, amount, _) in parts {
         // A stable scale, so "12.5" is printed and stored as "12.50".
         let mut a = amount;
         a.rescale(minor_units);
-        row.set_rounded(a);
+        rows[i].set_rounded(a);
     }
 }
 

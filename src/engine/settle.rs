@@ -2,7 +2,6 @@
 //! rows from the credit the caller resolved (journey, referral, first sale, original
 //! order), the program's rules and the registry's view of the partners.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Datelike, Months, Utc};
@@ -151,15 +150,22 @@ impl Decision {
 
     /// Each credited partner's share (sum of its weights), by partner id.
     pub fn shares(&self) -> Vec<(String, Decimal)> {
-        let mut by_partner: BTreeMap<&str, Decimal> = BTreeMap::new();
-        for a in &self.attributions {
-            *by_partner.entry(&a.partner_id).or_default() += a.weight;
+        // Journeys are short: sorting a few references beats a map.
+        let mut lines: Vec<(&str, Decimal)> = self
+            .attributions
+            .iter()
+            .map(|a| (a.partner_id.as_str(), a.weight))
+            .collect();
+        lines.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let mut out: Vec<(String, Decimal)> = Vec::with_capacity(lines.len());
+        for (partner, weight) in lines {
+            match out.last_mut() {
+                Some((p, w)) if p == partner => *w += weight,
+                _ => out.push((partner.to_string(), weight)),
+            }
         }
-        by_partner
-            .into_iter()
-            .filter(|(_, w)| *w > Decimal::ZERO)
-            .map(|(p, w)| (p.to_string(), w))
-            .collect()
+        out.retain(|(_, w)| *w > Decimal::ZERO);
+        out
     }
 
     /// The ledger rows as what the order earned, for later refunds.
