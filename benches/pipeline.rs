@@ -23,6 +23,11 @@ fn main() {
         return;
     }
     let visitors: usize = args.iter().find_map(|a| a.parse().ok()).unwrap_or(60_000);
+    if let Ok(filter) = std::env::var("BENCH_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .init();
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -201,6 +206,19 @@ async fn run(visitors: usize) {
         count(&config, "attributions").await,
         count(&config, "commissions").await
     );
+    // Where the time went, from the pipeline's own metrics.
+    for line in touchline::metrics::install().render().lines() {
+        let wanted = [
+            "touchline_sink_insert_duration_seconds_sum",
+            "touchline_sink_insert_duration_seconds_count",
+            "touchline_pipeline_batch_messages_sum",
+            "touchline_pipeline_batch_messages_count",
+            "touchline_pipeline_retries_total",
+        ];
+        if wanted.iter().any(|w| line.starts_with(w)) {
+            println!("  {line}");
+        }
+    }
     broker.kill().unwrap();
     let _ = broker.wait();
 }

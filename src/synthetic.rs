@@ -105,7 +105,8 @@ pub async fn produce(
             clicks.push(ClickEvent {
                 v: 1,
                 click_id,
-                ts: base + chrono::Duration::milliseconds((n as i64) * 1000),
+                // 10 ms apart: even a million clicks precede the conversions, two hours later.
+                ts: base + chrono::Duration::milliseconds((n as i64) * 10),
                 program_id: "acme".into(),
                 partner_id: format!("p{p}"),
                 link_code: format!("link-p{p}"),

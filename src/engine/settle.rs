@@ -221,8 +221,13 @@ pub fn settle(
             return Decision::uncredited(ConversionStatus::Unattributed, settled, &program.currency)
         }
         Credit::Refund(order) => {
-            let mut d =
-                Decision::uncredited(ConversionStatus::Attributed, settled, &program.currency);
+            // An order that earned nothing has nothing to reverse: the refund credits nobody.
+            let status = if order.rows.is_empty() {
+                ConversionStatus::Unattributed
+            } else {
+                ConversionStatus::Attributed
+            };
+            let mut d = Decision::uncredited(status, settled, &program.currency);
             (d.reverses, d.rows) =
                 commission::reverse(&order.rows, settled, order.settled_amount, minor)
                     .into_iter()
@@ -674,6 +679,21 @@ mod tests {
             .rows
             .iter()
             .all(|r| r.amount + r.reversed == Decimal::ZERO));
+    }
+
+    #[test]
+    fn refund_of_an_order_that_earned_nothing_credits_nobody() {
+        let p = program(AttributionModel::LastTouch);
+        let order = OrderRecord {
+            conversion_id: Uuid::from_u128(1),
+            settled_amount: d("100"),
+            rows: vec![],
+        };
+        let mut refund = conv(ConversionKind::Refund, "50", "USD");
+        refund.original_order_id = Some("INV-1".into());
+        let dec = settle(&p, &refund, Credit::Refund(&order), &directory(), |_, _| 0);
+        assert_eq!(dec.status, ConversionStatus::Unattributed);
+        assert!(dec.rows.is_empty());
     }
 
     #[test]

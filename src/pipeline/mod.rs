@@ -49,7 +49,7 @@ pub enum PipelineError {
 
 /// Conversions settled at once, each partition key's in order. Higher hides more
 /// state-store latency; the store serializes what must be serialized.
-const SETTLE_CONCURRENCY: usize = 64;
+const SETTLE_CONCURRENCY: usize = 512;
 
 /// What settling one partition key's conversions came to.
 #[derive(Default)]
@@ -65,13 +65,19 @@ struct Waiting {
     event: ConversionEvent,
     at: (Topic, i32, i64),
     since: Instant,
+    /// The state keys of the click, first sale or order it waits for (any of them
+    /// ends the wait), once known.
+    needs: Vec<String>,
+    /// Settle now with what there is (the pending bound was reached).
+    forced: bool,
 }
 
 /// What settling a conversion came to.
 enum Settled {
     Done(Box<Memo>),
-    /// Its click, first sale or order is not there yet.
-    Wait,
+    /// Its click, first sale or order is not there yet: the keys, any of which ends
+    /// the wait.
+    Wait(Vec<String>),
 }
 
 /// The parts a pipeline runs on.
@@ -226,12 +232,15 @@ impl Pipeline {
                         event: c,
                         at: (msg.topic, msg.partition, msg.offset),
                         since: Instant::now(),
+                        needs: Vec::new(),
+                        forced: false,
                     }),
                     Err(reason) => self.dead_letter(&msg, &reason, shutdown).await,
                 },
                 Topic::Dlq => {}
             }
         }
+        let round = Instant::now();
         let mut backoff = Duration::from_millis(100);
         loop {
             match self.mark_clicks(&clicks).await {
@@ -248,22 +257,27 @@ impl Pipeline {
                 }
             }
         }
+        let clicks_done = round.elapsed();
         // Conversions waiting from earlier rounds go first: their dependencies may have
         // arrived with this batch.
         let mut queue = std::mem::take(&mut self.waiting);
         queue.extend(conversions);
+        // Past the pending bound, the oldest settle now with what there is.
         let overflow = queue.len().saturating_sub(self.config.max_pending);
         let grace = Duration::from_secs(self.config.late_grace_secs);
+        for w in queue.iter_mut().take(overflow) {
+            w.forced = true;
+        }
+        let ready = self.ready(&queue, grace).await;
         let mut groups: Vec<Vec<(Waiting, bool)>> = Vec::new();
         let mut index: HashMap<String, usize> = HashMap::new();
-        for (i, w) in queue.into_iter().enumerate() {
-            let force = i < overflow || w.since.elapsed() >= grace;
+        for (w, ready) in queue.into_iter().zip(ready) {
             let key = w.event.partition_key();
             let slot = *index.entry(key).or_insert_with(|| {
                 groups.push(Vec::new());
                 groups.len() - 1
             });
-            groups[slot].push((w, force));
+            groups[slot].push((w, ready));
         }
         let mut backoff = Duration::from_millis(100);
         while !groups.is_empty() {
@@ -298,6 +312,43 @@ impl Pipeline {
             }
         }
         metrics::gauge!(m::PIPELINE_PENDING).set(self.waiting.len() as f64);
+        tracing::debug!(
+            clicks = clicks.len(),
+            clicks_ms = clicks_done.as_millis() as u64,
+            conversions_ms = (round.elapsed() - clicks_done).as_millis() as u64,
+            waiting = self.waiting.len(),
+            "round processed"
+        );
+    }
+
+    /// Which conversions are worth settling now: new ones, those past their grace, and
+    /// those whose click, first sale or order has appeared, probed for all at once so
+    /// that thousands waiting cost one round trip a round, not three each.
+    async fn ready(&self, queue: &[Waiting], grace: Duration) -> Vec<bool> {
+        let mut ready: Vec<bool> = queue
+            .iter()
+            .map(|w| w.needs.is_empty() || w.forced || w.since.elapsed() >= grace)
+            .collect();
+        let probe: Vec<(usize, &String)> = queue
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !ready[*i])
+            .flat_map(|(i, w)| w.needs.iter().map(move |k| (i, k)))
+            .collect();
+        if probe.is_empty() {
+            return ready;
+        }
+        let keys: Vec<String> = probe.iter().map(|(_, k)| (*k).clone()).collect();
+        match self.state.exist(&keys).await {
+            Ok(found) => {
+                for ((i, _), exists) in probe.iter().zip(found) {
+                    ready[*i] |= exists;
+                }
+            }
+            // Unreachable now: they stay waiting and are probed again next round.
+            Err(e) => tracing::warn!(error = %e, "could not probe waiting conversions"),
+        }
+        ready
     }
 
     /// Settles one partition key's conversions in order; stops at the first state failure
@@ -307,16 +358,21 @@ impl Pipeline {
     async fn settle_group(&self, group: Vec<(Waiting, bool)>) -> GroupOutcome {
         let mut out = GroupOutcome::default();
         let mut items = group.into_iter();
-        while let Some((w, force)) = items.next() {
-            if !out.waiting.is_empty() {
+        while let Some((mut w, ready)) = items.next() {
+            if !out.waiting.is_empty() || !ready {
                 out.waiting.push(w);
                 continue;
             }
+            let force =
+                w.forced || w.since.elapsed() >= Duration::from_secs(self.config.late_grace_secs);
             match self.settle_one(&w.event, force).await {
                 Ok(Settled::Done(memo)) => out.settled.push((w.event, memo)),
-                Ok(Settled::Wait) => out.waiting.push(w),
+                Ok(Settled::Wait(needs)) => {
+                    w.needs = needs;
+                    out.waiting.push(w)
+                }
                 Err(e) => {
-                    let mut rest = vec![(w, force)];
+                    let mut rest = vec![(w, ready)];
                     rest.extend(items);
                     out.failed = Some((rest, e));
                     break;
@@ -468,8 +524,9 @@ impl Pipeline {
         }
         // A refund's CAS may lose to a concurrent refund of the same order: resolve again.
         for _ in 0..16 {
-            let Some((memo, effects)) = self.decide(&program, e, force).await? else {
-                return Ok(Settled::Wait);
+            let (memo, effects) = match self.decide(&program, e, force).await? {
+                Ok(decided) => decided,
+                Err(needs) => return Ok(Settled::Wait(needs)),
             };
             match self.state.commit(e.conversion_id, &memo, &effects).await? {
                 CommitOutcome::Committed => return Ok(Settled::Done(Box::new(memo))),
@@ -503,7 +560,7 @@ impl Pipeline {
         program: &Program,
         e: &ConversionEvent,
         force: bool,
-    ) -> Result<Option<(Memo, Vec<Effect>)>, StateError> {
+    ) -> Result<Result<(Memo, Vec<Effect>), Vec<String>>, StateError> {
         let keys = self.state.keys();
         let mut campaigns = Vec::new();
         let mut order_raw: Option<String> = None;
@@ -514,7 +571,7 @@ impl Pipeline {
                 let visitor = match e.click_id {
                     Some(click) => match self.state.click_visitor(click).await? {
                         Some(v) => Some(v),
-                        None if !force => return Ok(None),
+                        None if !force => return Ok(Err(vec![keys.click(click)])),
                         None => e.visitor_id,
                     },
                     None => e.visitor_id,
@@ -564,7 +621,19 @@ impl Pipeline {
                             .unwrap_or_default();
                         CreditKind::Recurring
                     }
-                    None if !force => return Ok(None),
+                    // A sale of this customer settled and credited nobody: nothing to wait for.
+                    None if !force
+                        && self
+                            .state
+                            .get(&keys.customer(&program.id, customer))
+                            .await?
+                            .is_none() =>
+                    {
+                        return Ok(Err(vec![
+                            keys.first_sale(&program.id, customer),
+                            keys.customer(&program.id, customer),
+                        ]))
+                    }
                     None => CreditKind::None,
                 }
             }
@@ -576,7 +645,7 @@ impl Pipeline {
                         order_raw = Some(raw);
                         CreditKind::Refund
                     }
-                    None if !force => return Ok(None),
+                    None if !force => return Ok(Err(vec![keys.order(&program.id, original)])),
                     None => CreditKind::None,
                 }
             }
@@ -615,7 +684,7 @@ impl Pipeline {
             campaigns,
         };
         let effects = self.effects(program, e, &memo, order.as_ref(), order_raw)?;
-        Ok(Some((memo, effects)))
+        Ok(Ok((memo, effects)))
     }
 
     fn select(
@@ -675,7 +744,35 @@ impl Pipeline {
         let keys = self.state.keys();
         let d = &memo.decision;
         let mut effects = Vec::new();
-        if d.status != ConversionStatus::Attributed {
+        if d.status == ConversionStatus::Duplicate {
+            return Ok(effects);
+        }
+        let attributed = d.status == ConversionStatus::Attributed;
+        // Every settled order is recorded, earning or not, so that its refunds never wait
+        // out the grace for an order that exists but earned nothing.
+        if e.kind != ConversionKind::Refund {
+            let record = OrderRecord {
+                conversion_id: e.conversion_id,
+                settled_amount: d.settled_amount,
+                rows: d.earned_rows(),
+            };
+            effects.push(Effect::SetIfAbsent {
+                key: keys.order(&program.id, &e.order_id),
+                value: to_json(&record)?,
+                ttl: Some(state::ORDER_TTL),
+            });
+        }
+        if let (ConversionKind::Sale, Some(customer), false) = (e.kind, &e.customer_id, attributed)
+        {
+            // Recurring payments of this customer need not wait for a sale: it came and
+            // credited nobody.
+            effects.push(Effect::SetIfAbsent {
+                key: keys.customer(&program.id, customer),
+                value: e.conversion_id.to_string(),
+                ttl: Some(state::ORDER_TTL),
+            });
+        }
+        if !attributed {
             return Ok(effects);
         }
         if e.kind.is_journey_kind() {
@@ -715,19 +812,9 @@ impl Pipeline {
                 });
             }
         }
-        if e.kind != ConversionKind::Refund && !d.rows.is_empty() {
-            let record = OrderRecord {
-                conversion_id: e.conversion_id,
-                settled_amount: d.settled_amount,
-                rows: d.earned_rows(),
-            };
-            effects.push(Effect::SetIfAbsent {
-                key: keys.order(&program.id, &e.order_id),
-                value: to_json(&record)?,
-                ttl: Some(state::ORDER_TTL),
-            });
-        }
-        if let (ConversionKind::Refund, Some(order), Some(raw)) = (e.kind, order, order_raw) {
+        if let (ConversionKind::Refund, Some(order), Some(raw), false) =
+            (e.kind, order, order_raw, d.rows.is_empty())
+        {
             let mut updated = order.clone();
             updated.book(d);
             effects.push(Effect::CompareAndSet {

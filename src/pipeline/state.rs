@@ -174,6 +174,10 @@ impl Keys {
     pub fn order(&self, program: &str, order_id: &str) -> String {
         format!("{}:o:{program}:{order_id}", self.prefix)
     }
+    /// Marks a customer whose sale settled without crediting anyone.
+    pub fn customer(&self, program: &str, customer: &str) -> String {
+        format!("{}:cs:{program}:{customer}", self.prefix)
+    }
 }
 
 /// Pipeline state.
@@ -204,6 +208,8 @@ pub trait StateStore: Send + Sync + 'static {
     async fn count(&self, key: &str) -> Result<u64, StateError>;
     /// A stored value.
     async fn get(&self, key: &str) -> Result<Option<String>, StateError>;
+    /// Which of `keys` exist, in one round trip.
+    async fn exist(&self, keys: &[String]) -> Result<Vec<bool>, StateError>;
     /// Stores the memo with its effects, atomically (see [`CommitOutcome`]).
     async fn commit(
         &self,
@@ -398,6 +404,11 @@ impl StateStore for MemoryState {
     async fn get(&self, key: &str) -> Result<Option<String>, StateError> {
         let mut inner = self.lock();
         Ok(inner.get(key).map(str::to_string))
+    }
+
+    async fn exist(&self, keys: &[String]) -> Result<Vec<bool>, StateError> {
+        let mut inner = self.lock();
+        Ok(keys.iter().map(|k| inner.get(k).is_some()).collect())
     }
 
     async fn commit(
@@ -685,6 +696,17 @@ impl StateStore for RedisState {
             .arg(key)
             .query_async(&mut self.conn.clone())
             .await?)
+    }
+
+    async fn exist(&self, keys: &[String]) -> Result<Vec<bool>, StateError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for k in keys {
+            pipe.exists(k);
+        }
+        Ok(pipe.query_async(&mut self.conn.clone()).await?)
     }
 
     async fn commit(

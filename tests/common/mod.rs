@@ -433,8 +433,34 @@ pub fn child_log(name: &str) -> std::process::Stdio {
     }
 }
 
+/// A child process that is killed when dropped, so that a failing test leaves no
+/// pipeline or broker running behind it.
+pub struct Proc(pub std::process::Child);
+
+impl std::ops::Deref for Proc {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Proc {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Starts `touchline pipeline` as its own process (to be killed).
-pub fn spawn_pipeline_process(config: &Config, extra: &[(&str, &str)]) -> std::process::Child {
+pub fn spawn_pipeline_process(config: &Config, extra: &[(&str, &str)]) -> Proc {
     let local = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/local.toml");
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_touchline"));
     cmd.args(["pipeline", "--config"])
@@ -468,7 +494,7 @@ pub fn spawn_pipeline_process(config: &Config, extra: &[(&str, &str)]) -> std::p
     for (k, v) in extra {
         cmd.env(k, v);
     }
-    cmd.spawn().expect("pipeline process starts")
+    Proc(cmd.spawn().expect("pipeline process starts"))
 }
 
 /// Writes the registry of the generated stream into the store `config` names.
@@ -674,7 +700,7 @@ pub fn tansu_binary() -> String {
 }
 
 /// A private Tansu with SQLite storage in `dir` (topics survive its restarts).
-pub fn start_tansu(dir: &Path, port: u16) -> std::process::Child {
+pub fn start_tansu(dir: &Path, port: u16) -> Proc {
     let url = format!("tcp://127.0.0.1:{port}");
     std::process::Command::new(tansu_binary())
         .current_dir(dir)
@@ -690,6 +716,7 @@ pub fn start_tansu(dir: &Path, port: u16) -> std::process::Child {
         .stdout(std::process::Stdio::null())
         .stderr(child_log("tansu"))
         .spawn()
+        .map(Proc)
         .expect("tansu starts")
 }
 
