@@ -28,13 +28,7 @@ fn program(model: AttributionModel) -> Program {
         "name": "Bench", "currency": "USD", "secret": "0123456789abcdef-secret",
         "fallback_url": "https://shop.example/",
         "fx": {"USD": "1", "EUR": "1.0837"},
-        "commission": {
-            "tiers": {"bronze": "0.15", "silver": "0.20", "gold": "0.25", "platinum": "0.30"},
-            "default_tier": "bronze", "lead_bounty": "5.00", "signup_bounty": "50.00",
-            "recurring": {"rate": "0.10", "months": 12},
-            "volume_bonuses": [{"min_conversions": 50, "bonus": "0.05"}, {"min_conversions": 100, "bonus": "0.10"}],
-            "overrides": ["0.10", "0.05", "0.02"]
-        }
+        "commission": touchline::engine::commission::example_plan()
     }))
     .unwrap();
     p.id = "bench".into();

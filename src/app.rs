@@ -139,33 +139,32 @@ pub async fn sink(config: &Config) -> anyhow::Result<Arc<dyn crate::sink::Sink>>
     })
 }
 
-/// Serves the pipeline's /healthz, /readyz and /metrics.
+/// Serves the pipeline's /healthz, /readyz and /metrics on `pipeline.admin_listen`;
+/// returns the task and the address it listens on.
 async fn pipeline_admin(
     config: &Config,
     state: Arc<dyn crate::pipeline::state::StateStore>,
     sink: Arc<dyn crate::sink::Sink>,
     shutdown: Shutdown,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let listener = TcpListener::bind(config.pipeline.admin_listen)
+) -> anyhow::Result<(tokio::task::JoinHandle<()>, std::net::SocketAddr)> {
+    let listen = config.pipeline.admin_listen;
+    let listener = TcpListener::bind(listen)
         .await
-        .with_context(|| {
-            format!(
-                "cannot listen on pipeline.admin_listen {}",
-                config.pipeline.admin_listen
-            )
-        })?;
-    tracing::info!(listen = %config.pipeline.admin_listen, "pipeline admin listening");
+        .with_context(|| format!("cannot listen on pipeline.admin_listen {listen}"))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(listen = %addr, "pipeline admin listening");
     let admin = Arc::new(crate::pipeline::admin::PipelineAdmin {
         state,
         sink,
         metrics: crate::metrics::install(),
     });
-    Ok(tokio::spawn(crate::http::serve(
+    let task = tokio::spawn(crate::http::serve(
         listener,
         admin,
         shutdown,
         Duration::from_secs(2),
-    )))
+    ));
+    Ok((task, addr))
 }
 
 /// Runs the consumer pipeline alone until `shutdown`.
@@ -178,7 +177,7 @@ pub async fn run_pipeline(config: Config, shutdown: Shutdown) -> anyhow::Result<
     let registry = registry(&config, store, shutdown.clone()).await?;
     let state = state_store(&config).await?;
     let sink = sink(&config).await?;
-    let admin = pipeline_admin(
+    let (admin, _) = pipeline_admin(
         &config,
         Arc::clone(&state),
         Arc::clone(&sink),
@@ -267,26 +266,13 @@ pub async fn run_serve(
     let edge_addr = edge_listener.local_addr()?;
     // The pipeline stops after the edge, so that it sees every event the edge accepted.
     let (pipeline_trigger, pipeline_shutdown) = crate::shutdown::channel();
-    let admin_listener = TcpListener::bind(config.pipeline.admin_listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on pipeline.admin_listen {}",
-                config.pipeline.admin_listen
-            )
-        })?;
-    let admin_addr = admin_listener.local_addr()?;
-    let admin = Arc::new(crate::pipeline::admin::PipelineAdmin {
-        state: Arc::clone(&state),
-        sink: Arc::clone(&sink),
-        metrics: crate::metrics::install(),
-    });
-    let admin_task = tokio::spawn(crate::http::serve(
-        admin_listener,
-        admin,
+    let (admin_task, admin_addr) = pipeline_admin(
+        &config,
+        Arc::clone(&state),
+        Arc::clone(&sink),
         pipeline_shutdown.clone(),
-        Duration::from_secs(2),
-    ));
+    )
+    .await?;
     let mut pipeline = crate::pipeline::Pipeline::new(
         config.pipeline.clone(),
         Arc::clone(&registry),

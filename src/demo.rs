@@ -198,13 +198,7 @@ async fn seed(http: &Http) -> anyhow::Result<()> {
             "attribution": {"model": "position_based", "first": "0.4", "last": "0.4"},
             "click_dedup_window_secs": 3600, "max_touches": 32,
             "fx": {"USD": "1", "EUR": "1.0837", "JPY": "0.006571"},
-            "commission": {
-                "tiers": {"bronze": "0.15", "silver": "0.20", "gold": "0.25", "platinum": "0.30"},
-                "default_tier": "bronze", "lead_bounty": "5.00", "signup_bounty": "50.00",
-                "recurring": {"rate": "0.10", "months": 12},
-                "volume_bonuses": [{"min_conversions": 50, "bonus": "0.05"}, {"min_conversions": 100, "bonus": "0.10"}],
-                "overrides": ["0.10", "0.05", "0.02"]
-            }
+            "commission": crate::engine::commission::example_plan()
         }),
     )
     .await?;

@@ -20,13 +20,7 @@ pub async fn seed_registry(registry: &Registry, partners: usize) -> Result<(), R
         "fallback_url": "https://shop.example/",
         "attribution": {"model": "time_decay", "half_life_days": "7"},
         "fx": {"USD": "1", "EUR": "1.0837", "JPY": "0.006571"},
-        "commission": {
-            "tiers": {"bronze": "0.15", "silver": "0.20", "gold": "0.25", "platinum": "0.30"},
-            "default_tier": "bronze", "lead_bounty": "5.00", "signup_bounty": "50.00",
-            "recurring": {"rate": "0.10", "months": 12},
-            "volume_bonuses": [{"min_conversions": 50, "bonus": "0.05"}, {"min_conversions": 100, "bonus": "0.10"}],
-            "overrides": ["0.10", "0.05", "0.02"]
-        }
+        "commission": crate::engine::commission::example_plan()
     }))
     .expect("a valid program");
     registry.put_program("acme", program).await?;

@@ -305,24 +305,7 @@ mod tests {
             utm_content: None,
             status: LinkStatus::Active,
         };
-        // Same split as the registry does.
-        let (rest, fragment) = match destination.split_once('#') {
-            Some((r, f)) => (r.to_string(), Some(f.to_string())),
-            None => (destination.to_string(), None),
-        };
-        let (base, query) = match rest.split_once('?') {
-            Some((b, q)) => (
-                b.to_string(),
-                form_urlencoded::parse(q.as_bytes()).into_owned().collect(),
-            ),
-            None => (rest, Vec::new()),
-        };
-        LinkEntry {
-            link,
-            base,
-            query,
-            fragment,
-        }
+        LinkEntry::new(link)
     }
 
     #[test]

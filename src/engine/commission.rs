@@ -8,6 +8,22 @@ use serde::{Deserialize, Serialize};
 
 use super::rounding::{round_jointly, Roundable};
 
+/// The commission plan of SPEC §5.5 as JSON, the plan the demo, the synthetic stream,
+/// the tests and the benches use.
+pub const EXAMPLE_PLAN_JSON: &str = r#"{
+  "tiers": {"bronze": "0.15", "silver": "0.20", "gold": "0.25", "platinum": "0.30"},
+  "default_tier": "bronze",
+  "lead_bounty": "5.00", "signup_bounty": "50.00",
+  "recurring": {"rate": "0.10", "months": 12},
+  "volume_bonuses": [{"min_conversions": 50, "bonus": "0.05"}, {"min_conversions": 100, "bonus": "0.10"}],
+  "overrides": ["0.10", "0.05", "0.02"]
+}"#;
+
+/// [`EXAMPLE_PLAN_JSON`] as a JSON value, to embed in a program.
+pub fn example_plan() -> serde_json::Value {
+    serde_json::from_str(EXAMPLE_PLAN_JSON).expect("the example plan is valid JSON")
+}
+
 /// Most override levels a plan may have.
 pub const MAX_OVERRIDE_LEVELS: usize = 5;
 
@@ -344,16 +360,7 @@ mod tests {
     }
 
     pub(crate) fn plan() -> CommissionPlan {
-        serde_json::from_str(
-            r#"{ "tiers": {"bronze": "0.15", "silver": "0.20", "gold": "0.25", "platinum": "0.30"},
-                 "default_tier": "bronze",
-                 "lead_bounty": "5.00", "signup_bounty": "50.00",
-                 "recurring": {"rate": "0.10", "months": 12},
-                 "volume_bonuses": [{"min_conversions": 50, "bonus": "0.05"},
-                                    {"min_conversions": 100, "bonus": "0.10"}],
-                 "overrides": ["0.10", "0.05", "0.02"] }"#,
-        )
-        .unwrap()
+        serde_json::from_str(EXAMPLE_PLAN_JSON).unwrap()
     }
 
     fn share(p: &str, w: &str, tier: &str, bonus: &str, ancestors: &[&str]) -> Share {

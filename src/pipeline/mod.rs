@@ -492,16 +492,7 @@ impl Pipeline {
         let Some(program) = self.registry.program(&e.program_id) else {
             // Deleted since decoding; nothing can be credited.
             let d = Decision::uncredited(ConversionStatus::Unattributed, Decimal::ZERO, "");
-            return self
-                .commit(
-                    e,
-                    Memo {
-                        decision: d,
-                        campaigns: vec![],
-                    },
-                    vec![],
-                )
-                .await;
+            return self.commit_plain(e, d).await;
         };
         let key = dedup::conversion_key(&e.program_id, e.kind.as_str(), &e.order_id);
         if !self.state.claim(&key, e.conversion_id).await? {
@@ -511,16 +502,7 @@ impl Pipeline {
                 .map(|r| e.amount * *r)
                 .unwrap_or_default();
             let d = Decision::uncredited(ConversionStatus::Duplicate, settled, &program.currency);
-            return self
-                .commit(
-                    e,
-                    Memo {
-                        decision: d,
-                        campaigns: vec![],
-                    },
-                    vec![],
-                )
-                .await;
+            return self.commit_plain(e, d).await;
         }
         // A refund's CAS may lose to a concurrent refund of the same order: resolve again.
         for _ in 0..16 {
@@ -540,21 +522,25 @@ impl Pipeline {
         )))
     }
 
-    async fn commit(
+    /// Stores a decision that credits nobody and changes no other state.
+    async fn commit_plain(
         &self,
         e: &ConversionEvent,
-        memo: Memo,
-        effects: Vec<Effect>,
+        decision: Decision,
     ) -> Result<Settled, StateError> {
+        let memo = Memo {
+            decision,
+            campaigns: Vec::new(),
+        };
         Ok(
-            match self.state.commit(e.conversion_id, &memo, &effects).await? {
+            match self.state.commit(e.conversion_id, &memo, &[]).await? {
                 CommitOutcome::AlreadySettled(m) => Settled::Done(Box::new(m)),
                 _ => Settled::Done(Box::new(memo)),
             },
         )
     }
 
-    /// Resolves the credit from state and settles; `None` when it must wait.
+    /// Resolves the credit from state and settles; the keys to wait for when it must.
     async fn decide(
         &self,
         program: &Program,

@@ -42,7 +42,8 @@ pub struct LinkEntry {
 }
 
 impl LinkEntry {
-    fn new(link: Link) -> Self {
+    /// Splits the link's destination once, for every redirect after.
+    pub fn new(link: Link) -> Self {
         let (rest, fragment) = match link.destination.split_once('#') {
             Some((r, f)) => (r.to_string(), Some(f.to_string())),
             None => (link.destination.clone(), None),
