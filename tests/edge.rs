@@ -554,3 +554,68 @@ async fn a_registry_change_reaches_a_second_edge_process_within_a_second() {
     assert!(status.success(), "{status:?}");
     edge.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_drives_an_edge_and_reports_json() {
+    let config = config(&[]);
+    create_topics(&config).await;
+    let edge = start_edge(&config).await;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_touchline"))
+        .args([
+            "loadgen",
+            "--target",
+            &edge.url(""),
+            "--rate",
+            "200",
+            "--duration",
+            "1",
+        ])
+        .args([
+            "--conversion-percent",
+            "20",
+            "--json",
+            "--setup-admin-token",
+            ADMIN_TOKEN,
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let sent = report["sent"].as_u64().unwrap();
+    assert!((190..=200).contains(&sent), "{report}");
+    assert_eq!(report["errors"], 0, "{report}");
+    let clicks = report["clicks"].as_u64().unwrap();
+    let conversions = report["conversions"].as_u64().unwrap();
+    assert_eq!(clicks + conversions, sent);
+    assert!(conversions > 10 && clicks > 100, "{report}");
+    // Every answer is a redirect or an accepted conversion.
+    assert_eq!(report["statuses"]["302"].as_u64(), Some(clicks), "{report}");
+    assert_eq!(
+        report["statuses"]["202"].as_u64(),
+        Some(conversions),
+        "{report}"
+    );
+    for p in ["p50", "p90", "p99", "p999", "max"] {
+        assert!(report["latency_ms"][p].as_f64().unwrap() > 0.0, "{report}");
+    }
+    // The clicks it sent are on the topic.
+    let events = read_topic(
+        &config.kafka.brokers,
+        &config.kafka.topics.clicks,
+        clicks as usize,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(events.len() as u64, clicks);
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_touchline"))
+        .args(["loadgen", "--target", &edge.url(""), "--rate", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2), "a zero rate is a bad argument");
+    edge.stop().await;
+}
