@@ -295,3 +295,89 @@ async fn every_row_to_the_cent() {
     assert_eq!(revenue.to_string(), "150.8602");
     assert_eq!(commission.to_string(), "51.2500");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_messages_go_to_the_dlq_and_the_pipeline_goes_on() {
+    use base64::Engine;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let config = config(&[("TOUCHLINE__PIPELINE__FLUSH_INTERVAL_MS", "100")]);
+    migrate(&config).await;
+    let edge = start_edge(&config).await;
+    let url = edge.url("");
+    let r = admin(
+        Method::PUT,
+        &format!("{url}/api/v1/programs/acme"),
+        program_json(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let producer: FutureProducer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", &config.kafka.brokers)
+        .create()
+        .unwrap();
+    let garbage: [(&str, &[u8]); 3] = [
+        (config.kafka.topics.clicks.as_str(), b"not json at all"),
+        (
+            config.kafka.topics.conversions.as_str(),
+            br#"{"v":1,"kind":"sale"}"#,
+        ),
+        (
+            config.kafka.topics.conversions.as_str(),
+            br#"{"v":2,"conversion_id":"x"}"#,
+        ),
+    ];
+    for (topic, payload) in garbage {
+        producer
+            .send(
+                FutureRecord::to(topic).key("k").payload(payload),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+    }
+    let pipeline = start_pipeline(&config);
+    // A valid conversion after the garbage is still settled.
+    post_ok(
+        &url,
+        json!({"program_id": "acme", "order_id": "AFTER", "kind": "signup"}),
+    )
+    .await;
+    assert_eq!(
+        wait_count(
+            &config,
+            "SELECT count() FROM conversions FINAL",
+            1,
+            Duration::from_secs(30)
+        )
+        .await,
+        1
+    );
+
+    let letters = read_topic(
+        &config.kafka.brokers,
+        &config.kafka.topics.dlq,
+        3,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(letters.len(), 3, "one dead letter per undecodable message");
+    let mut originals: Vec<Vec<u8>> = letters
+        .iter()
+        .map(|(_, l)| {
+            assert!(l["reason"].as_str().is_some_and(|r| !r.is_empty()), "{l}");
+            assert_eq!(l["v"], 1);
+            base64::engine::general_purpose::STANDARD
+                .decode(l["original_base64"].as_str().unwrap())
+                .unwrap()
+        })
+        .collect();
+    originals.sort();
+    let mut expected: Vec<Vec<u8>> = garbage.iter().map(|(_, p)| p.to_vec()).collect();
+    expected.sort();
+    assert_eq!(
+        originals, expected,
+        "the original bytes travel with the reason"
+    );
+    pipeline.stop().await;
+    edge.stop().await;
+}

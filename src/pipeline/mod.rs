@@ -96,6 +96,9 @@ pub struct Pipeline {
     /// On stop, consume what is left and settle what waits (the in-process bus keeps
     /// nothing across a restart, so there is nothing to come back for).
     drain_on_stop: bool,
+    /// Set when stopping left a taken message without its rows or dead letter: from then
+    /// on nothing is committed, and the restart replays (idempotently).
+    commit_blocked: bool,
 }
 
 /// A dead letter (schemas/events/dlq.schema.json).
@@ -130,6 +133,7 @@ impl Pipeline {
             last_write: Instant::now(),
             generation: 0,
             drain_on_stop: false,
+            commit_blocked: false,
         }
     }
 
@@ -225,7 +229,12 @@ impl Pipeline {
             match msg.topic {
                 Topic::Clicks => match self.decode_click(&msg) {
                     Ok(c) => clicks.push(c),
-                    Err(reason) => self.dead_letter(&msg, &reason, shutdown).await,
+                    Err(reason) => {
+                        if !self.dead_letter(&msg, &reason, shutdown).await {
+                            // Stopping before the letter was written: commit nothing more.
+                            self.commit_blocked = true;
+                        }
+                    }
                 },
                 Topic::Conversions => match self.decode_conversion(&msg) {
                     Ok(c) => conversions.push(Waiting {
@@ -235,7 +244,12 @@ impl Pipeline {
                         needs: Vec::new(),
                         forced: false,
                     }),
-                    Err(reason) => self.dead_letter(&msg, &reason, shutdown).await,
+                    Err(reason) => {
+                        if !self.dead_letter(&msg, &reason, shutdown).await {
+                            // Stopping before the letter was written: commit nothing more.
+                            self.commit_blocked = true;
+                        }
+                    }
                 },
                 Topic::Dlq => {}
             }
@@ -247,6 +261,9 @@ impl Pipeline {
                 Ok(()) => break,
                 Err(e) => {
                     if shutdown.is_fired() {
+                        // These clicks have no rows: commit nothing more, so that
+                        // they are delivered again after the restart.
+                        self.commit_blocked = true;
                         return;
                     }
                     tracing::warn!(error = %e, "state store unavailable, pausing");
@@ -410,7 +427,8 @@ impl Pipeline {
         Ok(e)
     }
 
-    async fn dead_letter(&self, msg: &Delivered, reason: &str, shutdown: &Shutdown) {
+    /// Publishes a dead letter; `false` when stopping before the broker took it.
+    async fn dead_letter(&self, msg: &Delivered, reason: &str, shutdown: &Shutdown) -> bool {
         use base64::Engine;
         tracing::warn!(
             topic = msg.topic.label(),
@@ -434,7 +452,7 @@ impl Pipeline {
         // The message's offset is committed with the batch: the letter must be written.
         while let Err(e) = self.dlq.publish_dlq(key.as_bytes(), &payload).await {
             if shutdown.is_fired() {
-                break;
+                return false;
             }
             tracing::warn!(error = %e, "dead-letter topic unavailable, retrying");
             metrics::counter!(m::PIPELINE_RETRIES_TOTAL, "dependency" => "kafka").increment(1);
@@ -442,6 +460,7 @@ impl Pipeline {
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
         metrics::counter!(m::PIPELINE_MESSAGES_TOTAL, "topic" => msg.topic.label(), "result" => "dlq").increment(1);
+        true
     }
 
     async fn mark_clicks(
@@ -882,7 +901,7 @@ impl Pipeline {
                 p.next_offset = p.next_offset.min(offset);
             }
         }
-        if positions.is_empty() {
+        if positions.is_empty() || self.commit_blocked {
             return Ok(());
         }
         match source.commit(&positions).await {
