@@ -5,6 +5,11 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 scripts/stack.sh up
+# promtool lints /metrics in the tests (SPEC §3.4); Debian's prometheus package has it.
+if ! command -v promtool >/dev/null 2>&1; then
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
+fi
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
 # Integration tests need the stack; they fail (never skip) when a service is missing.

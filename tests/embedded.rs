@@ -100,3 +100,65 @@ async fn demo_files_load_into_clickhouse_and_agree() {
     assert_eq!(view, from_file);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_answers_on_both_ports_and_its_metrics_lint_clean() {
+    let dir = std::env::temp_dir().join(format!("touchline-serve-{}", uuid::Uuid::new_v4()));
+    let mut config = touchline::config::Config::embedded();
+    config.edge.listen = "127.0.0.1:0".parse().unwrap();
+    config.pipeline.admin_listen = "127.0.0.1:0".parse().unwrap();
+    config.sink.data_dir = dir.clone();
+    let (trigger, shutdown) = touchline::shutdown::channel();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let serve = tokio::spawn(touchline::app::run_serve(config, shutdown, Some(tx)));
+    let addrs = rx.await.unwrap();
+    for (addr, path, status) in [
+        (addrs.edge, "/healthz", 200),
+        (addrs.edge, "/readyz", 200),
+        (addrs.admin, "/healthz", 200),
+        (addrs.admin, "/readyz", 200),
+        (addrs.admin, "/nope", 404),
+    ] {
+        let r = send(Method::GET, &format!("http://{addr}{path}"), &[], "").await;
+        assert_eq!(r.status.as_u16(), status, "{addr}{path}");
+    }
+    let r = send(
+        Method::GET,
+        &format!("http://{}/metrics", addrs.admin),
+        &[],
+        "",
+    )
+    .await;
+    let text = String::from_utf8(r.body.to_vec()).unwrap();
+    // Metrics appear once touched: the requests above are counted by route template.
+    assert!(
+        text.contains("# TYPE touchline_http_requests_total counter"),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"route="/healthz",method="GET",status="200""#),
+        "{text}"
+    );
+    let mut lint = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is required (scripts/test.sh installs it)");
+    std::io::Write::write_all(lint.stdin.as_mut().unwrap(), text.as_bytes()).unwrap();
+    assert!(lint.wait_with_output().unwrap().status.success());
+    trigger.fire();
+    serve.await.unwrap().unwrap();
+    // Stopping the file sink leaves every table's file, partner stats included.
+    for table in [
+        "clicks",
+        "conversions",
+        "attributions",
+        "commissions",
+        "partner_stats_daily",
+    ] {
+        assert!(dir.join(format!("{table}.jsonl")).exists(), "{table}.jsonl");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
