@@ -463,22 +463,7 @@ async fn ops_endpoints() {
         !text.contains("alice-spring"),
         "no raw paths or ids in labels"
     );
-    // SPEC §3.4: the page passes `promtool check metrics` (installed by scripts/test.sh).
-    let mut lint = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool is required (scripts/test.sh installs it)");
-    std::io::Write::write_all(lint.stdin.as_mut().unwrap(), text.as_bytes()).unwrap();
-    let out = lint.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_promtool_clean(&text);
     edge.stop().await;
 }
 

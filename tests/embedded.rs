@@ -139,15 +139,7 @@ async fn serve_answers_on_both_ports_and_its_metrics_lint_clean() {
         text.contains(r#"route="/healthz",method="GET",status="200""#),
         "{text}"
     );
-    let mut lint = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool is required (scripts/test.sh installs it)");
-    std::io::Write::write_all(lint.stdin.as_mut().unwrap(), text.as_bytes()).unwrap();
-    assert!(lint.wait_with_output().unwrap().status.success());
+    assert_promtool_clean(&text);
     trigger.fire();
     serve.await.unwrap().unwrap();
     // Stopping the file sink leaves every table's file, partner stats included.

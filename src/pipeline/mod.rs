@@ -256,9 +256,9 @@ impl Pipeline {
         }
         let round = Instant::now();
         let mut backoff = Duration::from_millis(100);
-        loop {
+        let unique = loop {
             match self.mark_clicks(&clicks).await {
-                Ok(()) => break,
+                Ok(unique) => break unique,
                 Err(e) => {
                     if shutdown.is_fired() {
                         // These clicks have no rows: commit nothing more, so that
@@ -273,6 +273,20 @@ impl Pipeline {
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
+        };
+        let clicks_marked = clicks.len();
+        // The events become their rows: moved, not cloned, once the state has them.
+        for ((c, _), u) in clicks.into_iter().zip(unique) {
+            let verdict = match dedup::precheck(&c) {
+                Some(v) => v,
+                None if u => dedup::ClickVerdict::Unique,
+                None => dedup::ClickVerdict::Duplicate,
+            };
+            metrics::counter!(m::PIPELINE_CLICK_DEDUP_TOTAL, "result" => verdict.as_str())
+                .increment(1);
+            metrics::counter!(m::PIPELINE_MESSAGES_TOTAL, "topic" => "clicks", "result" => "ok")
+                .increment(1);
+            self.rows.clicks.push(ClickRow::new(c, u));
         }
         let clicks_done = round.elapsed();
         // Conversions waiting from earlier rounds go first: their dependencies may have
@@ -330,7 +344,7 @@ impl Pipeline {
         }
         metrics::gauge!(m::PIPELINE_PENDING).set(self.waiting.len() as f64);
         tracing::debug!(
-            clicks = clicks.len(),
+            clicks = clicks_marked,
             clicks_ms = clicks_done.as_millis() as u64,
             conversions_ms = (round.elapsed() - clicks_done).as_millis() as u64,
             waiting = self.waiting.len(),
@@ -463,12 +477,13 @@ impl Pipeline {
         true
     }
 
+    /// Records the clicks in the state store; whether each is unique.
     async fn mark_clicks(
-        &mut self,
+        &self,
         clicks: &[(ClickEvent, Arc<Program>)],
-    ) -> Result<(), StateError> {
+    ) -> Result<Vec<bool>, StateError> {
         if clicks.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let marks: Vec<ClickMark> = clicks
             .iter()
@@ -486,20 +501,7 @@ impl Pipeline {
                 keep: Duration::from_secs(p.lookback_secs() + 86_400),
             })
             .collect();
-        let unique = self.state.record_clicks(&marks).await?;
-        for ((c, _), u) in clicks.iter().zip(unique) {
-            let verdict = match dedup::precheck(c) {
-                Some(v) => v,
-                None if u => dedup::ClickVerdict::Unique,
-                None => dedup::ClickVerdict::Duplicate,
-            };
-            metrics::counter!(m::PIPELINE_CLICK_DEDUP_TOTAL, "result" => verdict.as_str())
-                .increment(1);
-            metrics::counter!(m::PIPELINE_MESSAGES_TOTAL, "topic" => "clicks", "result" => "ok")
-                .increment(1);
-            self.rows.clicks.push(ClickRow::new(c.clone(), u));
-        }
-        Ok(())
+        self.state.record_clicks(&marks).await
     }
 
     /// Settles one conversion, or says it must wait. `force`: the grace is over, settle

@@ -740,3 +740,23 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// Asserts that a metrics page passes `promtool check metrics` (SPEC §3.4;
+/// scripts/test.sh installs promtool).
+pub fn assert_promtool_clean(text: &str) {
+    let mut lint = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is required (scripts/test.sh installs it)");
+    std::io::Write::write_all(lint.stdin.as_mut().unwrap(), text.as_bytes()).unwrap();
+    let out = lint.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
