@@ -89,6 +89,7 @@ fn conversion() -> ConversionEvent {
         referral_code: None,
         customer_id: Some("c-1".into()),
         original_order_id: None,
+        registry_version: 0,
     }
 }
 
@@ -221,6 +222,7 @@ fn bench_click_dedup(c: &mut Criterion) {
         utm_content: None,
         is_bot: false,
         status: ClickStatus::Ok,
+        registry_version: 0,
     };
     let previous = [click.ts - Duration::seconds(7200)];
     let mut g = c.benchmark_group("click_dedup");

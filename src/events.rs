@@ -55,6 +55,10 @@ pub struct ClickEvent {
     pub utm_content: Option<String>,
     pub is_bot: bool,
     pub status: ClickStatus,
+    /// The registry version the edge answered with (SPEC §5.3): the pipeline decides
+    /// this click with a registry at least this new. Absent in older events: 0.
+    #[serde(default)]
+    pub registry_version: u64,
 }
 
 /// The kind of a conversion a merchant reports.
@@ -123,6 +127,9 @@ pub struct ConversionEvent {
     pub referral_code: Option<String>,
     pub customer_id: Option<String>,
     pub original_order_id: Option<String>,
+    /// The registry version the edge accepted this conversion with (SPEC §5.3).
+    #[serde(default)]
+    pub registry_version: u64,
 }
 
 impl ConversionEvent {
@@ -173,7 +180,7 @@ mod tests {
 
     #[test]
     fn conversion_round_trips_with_decimal_string_and_millis() {
-        let json = r#"{"v":1,"conversion_id":"0193a3b2-7c4e-7000-8000-000000000001","program_id":"acme","order_id":"INV-1","kind":"sale","amount":"129.99","currency":"EUR","occurred_at":"2026-11-20T10:15:00.000Z","received_at":"2026-11-20T10:15:01.250Z","click_id":null,"visitor_id":null,"referral_code":null,"customer_id":"c-42","original_order_id":null}"#;
+        let json = r#"{"v":1,"conversion_id":"0193a3b2-7c4e-7000-8000-000000000001","program_id":"acme","order_id":"INV-1","kind":"sale","amount":"129.99","currency":"EUR","occurred_at":"2026-11-20T10:15:00.000Z","received_at":"2026-11-20T10:15:01.250Z","click_id":null,"visitor_id":null,"referral_code":null,"customer_id":"c-42","original_order_id":null,"registry_version":7}"#;
         let e: ConversionEvent = serde_json::from_str(json).unwrap();
         assert_eq!(e.amount, Decimal::from_str("129.99").unwrap());
         assert_eq!(e.kind, ConversionKind::Sale);
@@ -203,10 +210,10 @@ mod tests {
             "program_id": "acme", "partner_id": "p", "link_code": "abc", "campaign": null,
             "visitor_id": "0193a3b2-7c4e-4000-8000-000000000001", "ip_hash": "0123456789abcdef0123456789abcdef",
             "user_agent": "ua", "referer": null, "utm_source": null, "utm_medium": null, "utm_campaign": null,
-            "utm_term": null, "utm_content": null, "is_bot": false, "status": "ok"
+            "utm_term": null, "utm_content": null, "is_bot": false, "status": "ok", "registry_version": 3
         }))
         .unwrap();
-        let conv: ConversionEvent = serde_json::from_str(r#"{"v":1,"conversion_id":"0193a3b2-7c4e-7000-8000-000000000001","program_id":"acme","order_id":"INV-1","kind":"sale","amount":"129.99","currency":"EUR","occurred_at":"2026-11-20T10:15:00.000Z","received_at":"2026-11-20T10:15:01.250Z","click_id":null,"visitor_id":null,"referral_code":null,"customer_id":null,"original_order_id":null}"#).unwrap();
+        let conv: ConversionEvent = serde_json::from_str(r#"{"v":1,"conversion_id":"0193a3b2-7c4e-7000-8000-000000000001","program_id":"acme","order_id":"INV-1","kind":"sale","amount":"129.99","currency":"EUR","occurred_at":"2026-11-20T10:15:00.000Z","received_at":"2026-11-20T10:15:01.250Z","click_id":null,"visitor_id":null,"referral_code":null,"customer_id":null,"original_order_id":null,"registry_version":3}"#).unwrap();
         for (name, event) in [
             ("click.schema.json", serde_json::to_value(&click).unwrap()),
             (

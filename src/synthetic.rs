@@ -116,6 +116,7 @@ pub async fn produce(
                 utm_content: None,
                 is_bot: bot,
                 status: ClickStatus::Ok,
+                registry_version: 0,
             });
             own_clicks.push(click_id);
         }
@@ -149,6 +150,7 @@ pub async fn produce(
             referral_code: code,
             customer_id: customer,
             original_order_id: original,
+            registry_version: 0,
         }
     };
     for (v, own_clicks) in visitor_clicks.iter().enumerate() {

@@ -89,9 +89,12 @@ async fn redirect_yields_exactly_one_click_event_with_every_field() {
             "link_code": "alice-spring", "campaign": "spring", "visitor_id": visitor.to_string(),
             "ip_hash": expected_ip_hash, "user_agent": BROWSER_UA, "referer": "https://blog.example/post",
             "utm_source": "newsletter", "utm_medium": "affiliate", "utm_campaign": null,
-            "utm_term": null, "utm_content": null, "is_bot": false, "status": "ok"
+            "utm_term": null, "utm_content": null, "is_bot": false, "status": "ok",
+            // The registry the edge answered with: it wrote the link itself.
+            "registry_version": edge.registry.version()
         })
     );
+    assert!(edge.registry.version() > 0);
     edge.stop().await;
 }
 

@@ -154,10 +154,15 @@ impl Edge {
         }
 
         let received_at = to_millis(now);
+        // Read after the program: at least the version the events were checked with.
+        let registry_version = self.registry.version();
         let mut events = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
             match parse_conversion(item, &program, received_at) {
-                Ok(e) => events.push(e),
+                Ok(e) => events.push(ConversionEvent {
+                    registry_version,
+                    ..e
+                }),
                 Err(e) => return reject("invalid", at(e, i)),
             }
         }
@@ -308,6 +313,7 @@ pub fn parse_conversion(
         referral_code,
         customer_id,
         original_order_id,
+        registry_version: 0,
     })
 }
 

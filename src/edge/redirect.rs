@@ -245,6 +245,7 @@ impl Edge {
             utm_content: utm.content,
             is_bot: bot,
             status,
+            registry_version: self.registry.version(),
         };
         match serde_json::to_vec(&event) {
             Ok(payload) => {

@@ -438,6 +438,7 @@ mod tests {
             referral_code: None,
             customer_id: Some("c-1".into()),
             original_order_id: None,
+            registry_version: 0,
         }
     }
 

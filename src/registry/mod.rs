@@ -6,6 +6,7 @@ pub mod model;
 pub mod redis_store;
 pub mod store;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use dashmap::DashMap;
 use crate::engine::settle::Directory;
 use crate::shutdown::Shutdown;
 pub use model::{Invalid, Link, LinkStatus, Partner, PartnerStatus, Program};
-pub use store::{Changes, Entity, MemoryStore, RegistryStore, StoreError};
+pub use store::{version, Changes, Entity, MemoryStore, RegistryStore, StoreError};
 
 /// Why a registry write was refused.
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +107,11 @@ pub struct Registry {
     partners: DashMap<String, Arc<Partner>>,
     links: DashMap<String, Arc<LinkEntry>>,
     cursor: tokio::sync::Mutex<String>,
+    /// Version of the cursor: every change up to it is applied here.
+    applied: AtomicU64,
+    /// Newest version this process has seen: `applied`, or its own latest write, which
+    /// it applied at once (read-your-writes) ahead of the cursor. Events carry it.
+    seen: AtomicU64,
     /// Serializes this process's writes, so that its own cycle checks see each other.
     writes: tokio::sync::Mutex<()>,
 }
@@ -119,6 +125,8 @@ impl Registry {
             partners: DashMap::new(),
             links: DashMap::new(),
             cursor: tokio::sync::Mutex::new(String::new()),
+            applied: AtomicU64::new(0),
+            seen: AtomicU64::new(0),
             writes: tokio::sync::Mutex::new(()),
         });
         registry.reload().await?;
@@ -139,8 +147,49 @@ impl Registry {
         for e in entities {
             self.apply(e);
         }
+        self.advance(&next);
         *cursor = next;
         Ok(())
+    }
+
+    /// Records that every change up to `cursor` is applied.
+    fn advance(&self, cursor: &str) {
+        let v = version(cursor);
+        self.applied.fetch_max(v, Ordering::SeqCst);
+        self.seen.fetch_max(v, Ordering::SeqCst);
+    }
+
+    /// The newest registry version this process answers with: what the edge stamps on
+    /// its events (`registry_version`).
+    pub fn version(&self) -> u64 {
+        self.seen.load(Ordering::SeqCst)
+    }
+
+    /// The version up to which every change is applied here.
+    pub fn applied_version(&self) -> u64 {
+        self.applied.load(Ordering::SeqCst)
+    }
+
+    /// Pulls changes until every change up to `wanted` is applied; `false` when the
+    /// store does not get there within `patience` (it is unreachable, or the version
+    /// names a change this store never had).
+    pub async fn catch_up(&self, wanted: u64, patience: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + patience;
+        let mut pause = Duration::from_millis(5);
+        while self.applied_version() < wanted {
+            if let Err(e) = self.refresh().await {
+                tracing::warn!(error = %e, "registry refresh failed while catching up");
+            }
+            if self.applied_version() >= wanted {
+                break;
+            }
+            if tokio::time::Instant::now() + pause > deadline {
+                return false;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
+        }
+        true
     }
 
     /// Pulls the changes since the last refresh.
@@ -157,6 +206,7 @@ impl Registry {
                 for e in entities {
                     self.apply(e);
                 }
+                self.advance(&next);
                 *cursor = next;
                 if n > 0 {
                     metrics::counter!(crate::metrics::REGISTRY_CHANGES_TOTAL).increment(n as u64);
@@ -219,9 +269,10 @@ impl Registry {
     }
 
     async fn put(&self, entity: Entity) -> Result<(), RegistryError> {
-        self.store.put(&entity).await?;
+        let at = self.store.put(&entity).await?;
         // Read-your-writes in this process without waiting for the follower.
         self.apply(entity);
+        self.seen.fetch_max(version(&at), Ordering::SeqCst);
         Ok(())
     }
 
@@ -346,9 +397,10 @@ impl Registry {
         }
         // A generated code can collide (62^8 codes); try a few fresh ones.
         for _ in 0..5 {
-            if self.store.insert_link(&link).await? {
+            if let Some(at) = self.store.insert_link(&link).await? {
                 let code = link.code.clone();
                 self.apply(Entity::Link(link));
+                self.seen.fetch_max(version(&at), Ordering::SeqCst);
                 return Ok(self.link(&code).expect("just written"));
             }
             if !generated {

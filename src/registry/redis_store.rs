@@ -11,12 +11,11 @@ use super::store::{Changes, Entity, RegistryStore, StoreError};
 
 const PUT_SCRIPT: &str = r"
 if ARGV[3] == '1' then
-  if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+  if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return '' end
 else
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'e', ARGV[2])
-return 1
+return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'e', ARGV[2])
 ";
 
 /// Changes kept in the log; a follower further behind than this reloads everything.
@@ -45,9 +44,10 @@ impl RedisStore {
         Ok(store)
     }
 
-    async fn write(&self, entity: &Entity, only_new: bool) -> Result<bool, StoreError> {
+    /// The change's stream id; `None` when `only_new` and the entity exists.
+    async fn write(&self, entity: &Entity, only_new: bool) -> Result<Option<String>, StoreError> {
         let json = serde_json::to_string(entity).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let written: i64 = self
+        let id: String = self
             .put
             .key(&self.entities_key)
             .key(&self.log_key)
@@ -58,7 +58,7 @@ impl RedisStore {
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(unavailable)?;
-        Ok(written == 1)
+        Ok((!id.is_empty()).then_some(id))
     }
 
     async fn last_id(&self) -> Result<String, StoreError> {
@@ -158,11 +158,13 @@ impl RegistryStore for RedisStore {
         Ok(Changes::Entries(entities, next))
     }
 
-    async fn put(&self, entity: &Entity) -> Result<(), StoreError> {
-        self.write(entity, false).await.map(|_| ())
+    async fn put(&self, entity: &Entity) -> Result<String, StoreError> {
+        self.write(entity, false)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("the registry script wrote nothing".into()))
     }
 
-    async fn insert_link(&self, link: &Link) -> Result<bool, StoreError> {
+    async fn insert_link(&self, link: &Link) -> Result<Option<String>, StoreError> {
         self.write(&Entity::Link(link.clone()), true).await
     }
 

@@ -43,12 +43,29 @@ pub trait RegistryStore: Send + Sync + 'static {
     async fn load(&self) -> Result<(Vec<Entity>, String), StoreError>;
     /// Changes after `cursor`.
     async fn changes(&self, cursor: &str) -> Result<Changes, StoreError>;
-    /// Writes (creates or replaces) an entity and logs the change.
-    async fn put(&self, entity: &Entity) -> Result<(), StoreError>;
-    /// Creates a link unless its code is taken; `false` when it is.
-    async fn insert_link(&self, link: &Link) -> Result<bool, StoreError>;
+    /// Writes (creates or replaces) an entity and logs the change; the cursor of the
+    /// change (see [`version`]).
+    async fn put(&self, entity: &Entity) -> Result<String, StoreError>;
+    /// Creates a link unless its code is taken (`None`); the cursor of the change.
+    async fn insert_link(&self, link: &Link) -> Result<Option<String>, StoreError>;
     /// Is the store reachable?
     async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// The registry version a cursor stands for: the number events carry as
+/// `registry_version` (SPEC §5.3). Cursors of one store grow with every change, and so
+/// do their versions: the memory store's are change counts, Redis stream ids `ms-seq`
+/// become `ms · 1000 + seq` (registry writes are API calls: never a thousand in one
+/// millisecond), which stays below 2⁵³ for JSON readers that parse numbers as doubles.
+pub fn version(cursor: &str) -> u64 {
+    match cursor.split_once('-') {
+        None => cursor.parse().unwrap_or(0),
+        Some((ms, seq)) => {
+            let ms: u64 = ms.parse().unwrap_or(0);
+            let seq: u64 = seq.parse().unwrap_or(0);
+            ms.saturating_mul(1000).saturating_add(seq.min(999))
+        }
+    }
 }
 
 /// The embedded default's store: process memory.
@@ -107,26 +124,45 @@ impl RegistryStore for MemoryStore {
         ))
     }
 
-    async fn put(&self, entity: &Entity) -> Result<(), StoreError> {
+    async fn put(&self, entity: &Entity) -> Result<String, StoreError> {
         let mut inner = self.lock();
         inner.entities.insert(entity_key(entity), entity.clone());
         inner.log.push(entity.clone());
-        Ok(())
+        Ok(inner.log.len().to_string())
     }
 
-    async fn insert_link(&self, link: &Link) -> Result<bool, StoreError> {
+    async fn insert_link(&self, link: &Link) -> Result<Option<String>, StoreError> {
         let entity = Entity::Link(link.clone());
         let mut inner = self.lock();
         let key = entity_key(&entity);
         if inner.entities.contains_key(&key) {
-            return Ok(false);
+            return Ok(None);
         }
         inner.entities.insert(key, entity.clone());
         inner.log.push(entity);
-        Ok(true)
+        Ok(Some(inner.log.len().to_string()))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::version;
+
+    #[test]
+    fn versions_grow_with_cursors() {
+        assert_eq!(version("0"), 0);
+        assert_eq!(version("12"), 12);
+        assert_eq!(version("0-0"), 0);
+        assert!(version("1700000000000-1") > version("1700000000000-0"));
+        assert!(version("1700000000001-0") > version("1700000000000-999"));
+        assert!(version("1700000000001-0") > version("1700000000000-5000"));
+        assert!(
+            version("4102444800000-999") < 1 << 53,
+            "year 2100 stays exact in JSON"
+        );
     }
 }
