@@ -98,10 +98,10 @@ pub fn memory_bus(config: &Config) -> Arc<MemoryBus> {
 /// The pipeline state store the configuration names.
 pub async fn state_store(
     config: &Config,
-) -> anyhow::Result<Arc<dyn crate::pipeline::state::StateStore>> {
+) -> anyhow::Result<Arc<dyn crate::pipeline::store::StateStore>> {
     Ok(match config.store.kind {
-        StoreKind::Memory => Arc::new(crate::pipeline::state::MemoryState::new()),
-        StoreKind::Redis => Arc::new(crate::pipeline::state::RedisState::new(
+        StoreKind::Memory => Arc::new(crate::pipeline::store::MemoryState::new()),
+        StoreKind::Redis => Arc::new(crate::pipeline::store::RedisState::new(
             redis_connection(&config.redis.url).await?,
             &config.redis.prefix,
         )),
@@ -143,7 +143,7 @@ pub async fn sink(config: &Config) -> anyhow::Result<Arc<dyn crate::sink::Sink>>
 /// returns the task and the address it listens on.
 async fn pipeline_admin(
     config: &Config,
-    state: Arc<dyn crate::pipeline::state::StateStore>,
+    state: Arc<dyn crate::pipeline::store::StateStore>,
     sink: Arc<dyn crate::sink::Sink>,
     shutdown: Shutdown,
 ) -> anyhow::Result<(tokio::task::JoinHandle<()>, std::net::SocketAddr)> {
@@ -167,6 +167,19 @@ async fn pipeline_admin(
     Ok((task, addr))
 }
 
+/// The pipeline's consumer-group member.
+async fn kafka_source(config: &Config) -> anyhow::Result<kafka::KafkaSource> {
+    let partitions = kafka::partitions_of(&config.kafka, Duration::from_secs(10))
+        .await
+        .context("cannot read the topics' partitions")?;
+    Ok(kafka::KafkaSource::new(
+        &config.kafka,
+        &config.pipeline.group_id,
+        &config.pipeline.instance_id,
+        partitions,
+    )?)
+}
+
 /// Runs the consumer pipeline alone until `shutdown`.
 pub async fn run_pipeline(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     if config.bus.kind != BusKind::Kafka {
@@ -184,14 +197,12 @@ pub async fn run_pipeline(config: Config, shutdown: Shutdown) -> anyhow::Result<
         shutdown.clone(),
     )
     .await?;
-    let source = kafka::KafkaSource::new(
-        &config.kafka,
-        &config.pipeline.group_id,
-        &config.pipeline.instance_id,
-    )?;
+    let source = kafka_source(&config).await?;
     tracing::info!(group = %config.pipeline.group_id, "pipeline consuming");
+    let t = &config.kafka.topics;
     let pipeline =
-        crate::pipeline::Pipeline::new(config.pipeline.clone(), registry, state, sink, bus);
+        crate::pipeline::Pipeline::new(config.pipeline.clone(), registry, state, sink, bus)
+            .topics(&t.clicks, &t.conversions);
     pipeline.run(Box::new(source), shutdown).await?;
     let _ = admin.await;
     Ok(())
@@ -249,15 +260,7 @@ pub async fn run_serve(
             }
             BusKind::Kafka => {
                 let bus = kafka_bus(&config).await?;
-                (
-                    bus,
-                    Box::new(kafka::KafkaSource::new(
-                        &config.kafka,
-                        &config.pipeline.group_id,
-                        &config.pipeline.instance_id,
-                    )?),
-                    false,
-                )
+                (bus, Box::new(kafka_source(&config).await?), false)
             }
         };
     let edge_listener = TcpListener::bind(config.edge.listen)
@@ -282,6 +285,9 @@ pub async fn run_serve(
     );
     if draining {
         pipeline = pipeline.draining();
+    } else {
+        let t = &config.kafka.topics;
+        pipeline = pipeline.topics(&t.clicks, &t.conversions);
     }
     let pipeline_task = tokio::spawn(pipeline.run(source, pipeline_shutdown));
     tracing::info!(edge = %edge_addr, admin = %admin_addr, "serving");

@@ -174,6 +174,7 @@ pub struct PipelineConfig {
     pub instance_id: String,
     pub admin_listen: SocketAddr,
     pub late_grace_secs: u64,
+    pub max_wait_secs: u64,
     pub max_pending: usize,
     pub batch_rows: u64,
     pub flush_interval_ms: u64,
@@ -313,6 +314,14 @@ impl Config {
         }
         if self.pipeline.group_id.is_empty() {
             return Err(bad("pipeline.group_id", "must not be empty"));
+        }
+        if self.pipeline.late_grace_secs < 2 {
+            // Read positions are known to a second: a smaller grace could settle a
+            // conversion before a click that was already on its way.
+            return Err(bad("pipeline.late_grace_secs", "must be at least 2"));
+        }
+        if self.pipeline.max_wait_secs == 0 {
+            return Err(bad("pipeline.max_wait_secs", "must be at least 1"));
         }
         if self.pipeline.max_pending == 0 {
             return Err(bad("pipeline.max_pending", "must be at least 1"));

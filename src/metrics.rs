@@ -41,6 +41,10 @@ pub const PIPELINE_COMMISSION_MINOR_UNITS_TOTAL: &str =
     "touchline_pipeline_commission_minor_units_total";
 /// Conversions waiting for a late click, sale or order.
 pub const PIPELINE_PENDING: &str = "touchline_pipeline_pending_conversions";
+/// Conversions settled before the partitions' frontiers released them.
+pub const PIPELINE_FORCED_SETTLEMENTS_TOTAL: &str = "touchline_pipeline_forced_settlements_total";
+/// Candidate clicks waiting for the click partitions' frontiers.
+pub const PIPELINE_PENDING_CLICKS: &str = "touchline_pipeline_pending_clicks";
 /// Messages per processed batch.
 pub const PIPELINE_BATCH_MESSAGES: &str = "touchline_pipeline_batch_messages";
 /// Consumer lag in messages, by `topic` and `partition`.
@@ -139,7 +143,17 @@ pub const ALL: &[(&str, &str, &str)] = &[
     (
         PIPELINE_PENDING,
         "gauge",
-        "Conversions waiting for a late click, sale or order.",
+        "Conversions waiting for every partition's frontier to pass them.",
+    ),
+    (
+        PIPELINE_PENDING_CLICKS,
+        "gauge",
+        "Candidate clicks waiting for every click partition's frontier to pass them.",
+    ),
+    (
+        PIPELINE_FORCED_SETTLEMENTS_TOTAL,
+        "counter",
+        "Conversions settled before every partition released them (a partition stayed behind past pipeline.max_wait_secs, or pipeline.max_pending was reached).",
     ),
     (
         PIPELINE_BATCH_MESSAGES,

@@ -7,6 +7,8 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
+use chrono::Datelike;
+
 use crate::config::KafkaConfig;
 use crate::events::{to_millis, ClickEvent, ClickStatus, ConversionEvent, ConversionKind};
 use crate::registry::{Link, LinkStatus, Partner, PartnerStatus, Program, Registry, RegistryError};
@@ -69,15 +71,42 @@ pub struct Stream {
     pub conversions: u64,
 }
 
+/// The order events are published in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// Clicks in `(ts, click_id)` order, then conversions in intake order
+    /// `(received_at, conversion_id)`: as one edge would have published them.
+    Intake,
+    /// Both topics interleaved in a shuffled order (from this seed): conversions before
+    /// their clicks, refunds before their sales, last month's conversions after this
+    /// month's.
+    Shuffled(u64),
+}
+
 /// Produces a deterministic stream of clicks and conversions of every kind (sales in
 /// three currencies, duplicates, recurring payments, partial and full refunds, leads,
-/// signups by referral code, unattributed signups) onto the topics of `kafka`, keyed as
-/// the edge keys them.
+/// signups by referral code, unattributed signups, and last month's signups that earn
+/// one partner its volume bonus) onto the topics of `kafka`, keyed as the edge keys
+/// them, in intake order.
 pub async fn produce(
     kafka: &KafkaConfig,
     seed: u64,
     visitors: usize,
     partners: usize,
+) -> Result<Stream, KafkaError> {
+    let base = to_millis(chrono::Utc::now() - chrono::Duration::hours(3));
+    produce_in(kafka, seed, visitors, partners, base, Order::Intake).await
+}
+
+/// [`produce`], with the first click at `base` (conversions two hours later), in the
+/// given order: the same arguments give the same events.
+pub async fn produce_in(
+    kafka: &KafkaConfig,
+    seed: u64,
+    visitors: usize,
+    partners: usize,
+    base: chrono::DateTime<chrono::Utc>,
+    order: Order,
 ) -> Result<Stream, KafkaError> {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &kafka.brokers)
@@ -85,7 +114,7 @@ pub async fn produce(
         .set("queue.buffering.max.messages", "1000000")
         .create()?;
     let mut rng = Rng::new(seed);
-    let base = to_millis(chrono::Utc::now() - chrono::Duration::hours(3));
+    let base = to_millis(base);
     let mut clicks = Vec::new();
     let mut visitor_clicks: Vec<Vec<uuid::Uuid>> = vec![Vec::new(); visitors];
     let mut n = 0u128;
@@ -163,6 +192,8 @@ pub async fn produce(
         } else {
             amount
         };
+        // Received over two minutes, among last month's signups (below).
+        let at_s = rng.below(120) as i64;
         match rng.below(5) {
             0 | 1 => {
                 // The visitor's latest click: once it is marked, so are all the visitor's
@@ -181,7 +212,7 @@ pub async fn produce(
                     None,
                     Some(customer.clone()),
                     None,
-                    0,
+                    at_s,
                 ));
                 if rng.below(4) == 0 {
                     // A merchant retry of the same order: a duplicate.
@@ -195,7 +226,7 @@ pub async fn produce(
                         None,
                         Some(customer.clone()),
                         None,
-                        0,
+                        at_s,
                     ));
                 }
                 if rng.below(2) == 0 {
@@ -209,7 +240,7 @@ pub async fn produce(
                         None,
                         Some(customer),
                         None,
-                        60,
+                        at_s + 150,
                     ));
                 }
                 if rng.below(3) == 0 {
@@ -223,7 +254,7 @@ pub async fn produce(
                         None,
                         None,
                         Some(order.clone()),
-                        120,
+                        at_s + 200,
                     ));
                     conversions.push(conv(
                         ConversionKind::Refund,
@@ -235,7 +266,7 @@ pub async fn produce(
                         None,
                         None,
                         Some(order),
-                        180,
+                        at_s + 260,
                     ));
                 }
             }
@@ -251,7 +282,7 @@ pub async fn produce(
                     None,
                     None,
                     None,
-                    0,
+                    at_s,
                 ))
             }
             3 => {
@@ -266,7 +297,7 @@ pub async fn produce(
                     Some(format!("link-p{p}")),
                     None,
                     None,
-                    0,
+                    at_s,
                 ))
             }
             _ => conversions.push(conv(
@@ -279,13 +310,37 @@ pub async fn produce(
                 None,
                 None,
                 None,
-                0,
+                at_s,
             )),
         }
     }
-    // Clicks first, then conversions; every delivery awaited before returning.
-    let mut deliveries = Vec::with_capacity(clicks.len() + conversions.len());
-    let records = clicks
+    // Last month's signups by referral code, received among this month's sales: enough
+    // for p1's volume bonus (50), counted only for what is received after them.
+    let last_month =
+        chrono::TimeZone::with_ymd_and_hms(&chrono::Utc, at.year(), at.month(), 1, 12, 0, 0)
+            .single()
+            .expect("a valid date")
+            - chrono::Duration::days(10);
+    for i in 0..60 {
+        let mut signup = conv(
+            ConversionKind::Signup,
+            format!("LM-{i}"),
+            "0",
+            "USD",
+            None,
+            None,
+            Some("link-p1".into()),
+            None,
+            None,
+            // Received spread over the first minute of sales.
+            i,
+        );
+        signup.occurred_at = last_month + chrono::Duration::minutes(i);
+        conversions.push(signup);
+    }
+    clicks.sort_by_key(|c| (c.ts, c.click_id));
+    conversions.sort_by_key(|c| (c.received_at, c.conversion_id));
+    let mut records: Vec<(&String, String, serde_json::Result<Vec<u8>>)> = clicks
         .iter()
         .map(|c| {
             (
@@ -300,7 +355,19 @@ pub async fn produce(
                 c.partition_key(),
                 serde_json::to_vec(c),
             )
-        }));
+        }))
+        .collect();
+    if let Order::Shuffled(seed) = order {
+        // Fisher–Yates, reversed order first so that conversions lead.
+        records.reverse();
+        let mut rng = Rng::new(seed);
+        for i in (1..records.len()).rev() {
+            let j = rng.below(i as u64 + 1) as usize;
+            records.swap(i, j);
+        }
+    }
+    // Every delivery awaited before returning.
+    let mut deliveries = Vec::with_capacity(records.len());
     for (topic, key, payload) in records {
         let payload = payload.expect("events encode");
         let mut record = FutureRecord::to(topic).key(&key).payload(&payload);

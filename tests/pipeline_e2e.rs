@@ -300,7 +300,10 @@ async fn every_row_to_the_cent() {
 async fn undecodable_messages_go_to_the_dlq_and_the_pipeline_goes_on() {
     use base64::Engine;
     use rdkafka::producer::{FutureProducer, FutureRecord};
-    let config = config(&[("TOUCHLINE__PIPELINE__FLUSH_INTERVAL_MS", "100")]);
+    let config = config(&[
+        ("TOUCHLINE__PIPELINE__FLUSH_INTERVAL_MS", "100"),
+        ("TOUCHLINE__PIPELINE__LATE_GRACE_SECS", "2"),
+    ]);
     migrate(&config).await;
     let edge = start_edge(&config).await;
     let url = edge.url("");

@@ -251,6 +251,35 @@ pub async fn check_topics(
     .map_err(|e| BusError::Unavailable(e.to_string()))?
 }
 
+/// Every partition of the click and conversion topics, from the brokers' metadata.
+pub async fn partitions_of(
+    cfg: &KafkaConfig,
+    timeout: Duration,
+) -> Result<Vec<(Topic, i32)>, BusError> {
+    let client: BaseConsumer = base_config(cfg).create().map_err(fatal)?;
+    let wanted = [
+        (cfg.topics.clicks.clone(), Topic::Clicks),
+        (cfg.topics.conversions.clone(), Topic::Conversions),
+    ];
+    tokio::task::spawn_blocking(move || {
+        let md = client
+            .fetch_metadata(None, timeout)
+            .map_err(|e| BusError::Unavailable(format!("no metadata from the brokers: {e}")))?;
+        let mut out = Vec::new();
+        for (name, topic) in &wanted {
+            let t = md
+                .topics()
+                .iter()
+                .find(|t| t.name() == name)
+                .ok_or_else(|| BusError::Fatal(format!("topic {name} does not exist")))?;
+            out.extend(t.partitions().iter().map(|p| (*topic, p.id())));
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(|e| BusError::Unavailable(e.to_string()))?
+}
+
 /// Creates the topics that do not exist yet; idempotent.
 pub async fn create_topics(cfg: &KafkaConfig, topics: &[&str]) -> Result<(), BusError> {
     let admin: AdminClient<DefaultClientContext> = base_config(cfg).create().map_err(fatal)?;
@@ -279,7 +308,8 @@ pub async fn create_topics(cfg: &KafkaConfig, topics: &[&str]) -> Result<(), Bus
     Ok(())
 }
 
-/// Tracks rebalances and the lag librdkafka reports in its statistics.
+/// Tracks rebalances, and the lag and read positions librdkafka reports in its
+/// statistics.
 pub struct ConsumerState {
     generation: AtomicU64,
     lag: Mutex<Vec<(String, i32, i64)>>,
@@ -323,12 +353,90 @@ pub struct KafkaSource {
     state: Arc<ConsumerState>,
     names: HashMap<String, Topic>,
     topics: crate::config::TopicsConfig,
+    partitions: Vec<(Topic, i32)>,
+    /// Next offset after what this member was handed, per partition, in the
+    /// assignment generation `read_generation`.
+    read: HashMap<(Topic, i32), i64>,
+    read_generation: u64,
+    /// Ends of the owned partitions, kept fresh by a watcher thread.
+    ends: Arc<Mutex<HashMap<(Topic, i32), End>>>,
+    stop_watcher: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Where an owned partition ends, and where this group starts reading it.
+#[derive(Debug, Clone, Copy)]
+struct End {
+    high: i64,
+    start: i64,
+}
+
+/// How often the watcher asks the brokers where the owned partitions end.
+const END_POLL: Duration = Duration::from_millis(200);
+
+impl Drop for KafkaSource {
+    fn drop(&mut self) {
+        self.stop_watcher.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Asks the brokers, until stopped, where each owned partition ends (its high
+/// watermark, by ListOffsets) and where the group resumes it (its committed offset):
+/// what tells a partition read to its end. The fetch responses' own watermarks are not
+/// relied on: every broker must answer ListOffsets exactly.
+fn watch_ends(
+    consumer: Arc<StreamConsumer<ConsumerCtx>>,
+    names: HashMap<String, Topic>,
+    ends: Arc<Mutex<HashMap<(Topic, i32), End>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(END_POLL);
+        let Ok(assignment) = consumer.assignment() else {
+            continue;
+        };
+        let committed = consumer
+            .committed_offsets(assignment.clone(), Duration::from_secs(2))
+            .ok();
+        let mut fresh = HashMap::new();
+        for e in assignment.elements() {
+            let Some(topic) = names.get(e.topic()) else {
+                continue;
+            };
+            let Ok((low, high)) =
+                consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(2))
+            else {
+                continue;
+            };
+            let resumed = committed
+                .as_ref()
+                .and_then(|c| c.find_partition(e.topic(), e.partition()))
+                .and_then(|p| match p.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                })
+                .unwrap_or(low);
+            fresh.insert(
+                (*topic, e.partition()),
+                End {
+                    high,
+                    start: resumed.max(low),
+                },
+            );
+        }
+        *ends.lock().unwrap_or_else(|e| e.into_inner()) = fresh;
+    }
 }
 
 impl KafkaSource {
     /// Joins `group_id` (as static member `instance_id` unless empty) and subscribes to
-    /// the click and conversion topics.
-    pub fn new(cfg: &KafkaConfig, group_id: &str, instance_id: &str) -> Result<Self, BusError> {
+    /// the click and conversion topics, whose partitions are `partitions`
+    /// ([`partitions_of`]).
+    pub fn new(
+        cfg: &KafkaConfig,
+        group_id: &str,
+        instance_id: &str,
+        partitions: Vec<(Topic, i32)>,
+    ) -> Result<Self, BusError> {
         let state = Arc::new(ConsumerState {
             generation: AtomicU64::new(0),
             lag: Mutex::new(Vec::new()),
@@ -355,11 +463,31 @@ impl KafkaSource {
             (cfg.topics.clicks.clone(), Topic::Clicks),
             (cfg.topics.conversions.clone(), Topic::Conversions),
         ]);
+        let consumer = Arc::new(consumer);
+        let ends = Arc::new(Mutex::new(HashMap::new()));
+        let stop_watcher = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        {
+            let (consumer, names, ends, stop) = (
+                Arc::clone(&consumer),
+                names.clone(),
+                Arc::clone(&ends),
+                Arc::clone(&stop_watcher),
+            );
+            std::thread::Builder::new()
+                .name("touchline-ends".into())
+                .spawn(move || watch_ends(consumer, names, ends, stop))
+                .map_err(|e| BusError::Fatal(format!("cannot start the watcher thread: {e}")))?;
+        }
         Ok(KafkaSource {
-            consumer: Arc::new(consumer),
+            consumer,
             state,
             names,
             topics: cfg.topics.clone(),
+            partitions,
+            read: HashMap::new(),
+            read_generation: 0,
+            ends,
+            stop_watcher,
         })
     }
 
@@ -406,6 +534,16 @@ impl EventSource for KafkaSource {
                 None => break,
             }
         }
+        let generation = self.assignment_generation();
+        if generation != self.read_generation {
+            // A rebalance restarts partitions from their committed offsets.
+            self.read.clear();
+            self.read_generation = generation;
+        }
+        for d in &out {
+            let next = self.read.entry((d.topic, d.partition)).or_insert(0);
+            *next = (*next).max(d.offset + 1);
+        }
         Ok(out)
     }
 
@@ -437,6 +575,30 @@ impl EventSource for KafkaSource {
         let lag = self.state.lag.lock().unwrap_or_else(|e| e.into_inner());
         lag.iter()
             .filter_map(|(name, p, l)| self.names.get(name).map(|t| (*t, *p, *l)))
+            .collect()
+    }
+
+    fn partitions(&self) -> Vec<(Topic, i32)> {
+        self.partitions.clone()
+    }
+
+    fn owned(&self) -> Vec<((Topic, i32), bool)> {
+        let Ok(assignment) = self.consumer.assignment() else {
+            return Vec::new();
+        };
+        let ends = self.ends.lock().unwrap_or_else(|e| e.into_inner());
+        let same_generation = self.read_generation == self.assignment_generation();
+        assignment
+            .elements()
+            .iter()
+            .filter_map(|e| {
+                let part = (*self.names.get(e.topic())?, e.partition());
+                let at_end = ends.get(&part).is_some_and(|end| {
+                    let read = self.read.get(&part).copied().filter(|_| same_generation);
+                    read.unwrap_or(end.start).max(end.start) >= end.high
+                });
+                Some((part, at_end))
+            })
             .collect()
     }
 }

@@ -168,6 +168,20 @@ impl EventSource for MemorySource {
             ),
         ]
     }
+
+    fn partitions(&self) -> Vec<(Topic, i32)> {
+        vec![(Topic::Clicks, 0), (Topic::Conversions, 0)]
+    }
+
+    fn owned(&self) -> Vec<((Topic, i32), bool)> {
+        vec![
+            ((Topic::Clicks, 0), self.bus.clicks.lock().is_empty()),
+            (
+                (Topic::Conversions, 0),
+                self.bus.conversions.lock().is_empty(),
+            ),
+        ]
+    }
 }
 
 #[cfg(test)]

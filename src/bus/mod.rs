@@ -89,4 +89,10 @@ pub trait EventSource: Send + 'static {
     fn assignment_generation(&self) -> u64;
     /// Messages behind the end of each owned partition, for the lag metric.
     fn lag(&self) -> Vec<(Topic, i32, i64)>;
+    /// Every partition of the click and conversion topics, owned or not.
+    fn partitions(&self) -> Vec<(Topic, i32)>;
+    /// The partitions this member owns now, each with whether it has been read to its
+    /// end (as far as the bus knows; a stale answer must only ever be `false`, or
+    /// `true` for at most a second).
+    fn owned(&self) -> Vec<((Topic, i32), bool)>;
 }

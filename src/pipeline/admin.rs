@@ -8,7 +8,7 @@ use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use super::state::StateStore;
+use super::store::StateStore;
 use crate::http::{self, ApiError, Handler, HttpResponse};
 use crate::sink::Sink;
 

@@ -1,42 +1,50 @@
 //! The consumer pipeline (SPEC §5, §5.6): messages from the bus become rows in the sink.
 //!
-//! One round: take a batch of messages, mark clicks (one state round trip for the
-//! batch), settle conversions (memoized with their effects), and add the rows to the
-//! pending write. When the write is due (rows or time), the sink writes it durably and
-//! only then are offsets committed, never past a conversion still waiting for a late
-//! click, sale or order. A crash anywhere replays uncommitted messages, which find their
-//! decisions memoized and write identical rows, which the tables collapse.
+//! One round: take a batch of messages; catch the registry up to the versions they
+//! carry; record the clicks (visitor index, fingerprint candidates); then let the
+//! partitions' frontiers ([`schedule`]) release what may be decided: candidate clicks
+//! in `(ts, click_id)` order, then conversions in intake order, settled as one batch
+//! ([`resolve`]); publish this instance's frontiers. When the write is due (rows or
+//! time), the sink writes durably and only then are offsets committed, never past a
+//! click or conversion still waiting. A crash anywhere replays uncommitted messages,
+//! which find their decisions in the state ([`store`]) and write identical rows, which
+//! the tables collapse.
 
 pub mod admin;
-pub mod state;
+pub mod resolve;
+pub mod schedule;
+pub mod store;
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use chrono::Utc;
-use futures_util::StreamExt;
 use rust_decimal::Decimal;
 use serde::Serialize;
-use uuid::Uuid;
 
 use crate::bus::{BusError, Delivered, EventBus, EventSource, Position, Topic};
 use crate::config::PipelineConfig;
-use crate::engine::attribution::Touch;
 use crate::engine::dedup;
-use crate::engine::journey;
-use crate::engine::settle::{self, ConversionStatus, Credit, Decision, FirstSale, OrderRecord};
-use crate::events::{ClickEvent, ConversionEvent, ConversionKind};
+use crate::engine::settle::ConversionStatus;
+use crate::events::{ClickEvent, ConversionEvent};
 use crate::metrics as m;
 use crate::money;
-use crate::registry::{Program, Registry};
+use crate::registry::Registry;
 use crate::shutdown::Shutdown;
 use crate::sink::rows::{conversion_rows, ClickRow};
 use crate::sink::{Batch, Sink, SinkError};
-use state::{ClickMark, CommitOutcome, Effect, Memo, StateError, StateStore, StoredTouch};
+use resolve::{Memo, Outcome};
+use schedule::{Part, Pending, Progress, View};
+use store::{Candidate, ClickRecord, JourneyTouch, Mark, StateError, StateStore, StoredTouch};
 
 /// Longest pause between retries of a failing dependency.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Conversions resolved per state round trip, at most.
+const SETTLE_CHUNK: usize = 10_000;
 
 /// Why the pipeline stopped.
 #[derive(Debug, thiserror::Error)]
@@ -47,37 +55,18 @@ pub enum PipelineError {
     Bus(#[from] BusError),
 }
 
-/// Conversions settled at once, each partition key's in order. Higher hides more
-/// state-store latency; the store serializes what must be serialized.
-const SETTLE_CONCURRENCY: usize = 512;
-
-/// What settling one partition key's conversions came to.
-#[derive(Default)]
-struct GroupOutcome {
-    settled: Vec<(ConversionEvent, Box<Memo>)>,
-    waiting: Vec<Waiting>,
-    /// What is left after a state failure, to be retried.
-    failed: Option<(Vec<(Waiting, bool)>, StateError)>,
+/// A candidate click waiting to be decided.
+struct PendingClick {
+    event: ClickEvent,
+    candidate: Candidate,
+    keep: Duration,
 }
 
-/// A conversion waiting for what it depends on.
-struct Waiting {
+/// A conversion waiting to be settled.
+struct PendingConversion {
     event: ConversionEvent,
-    at: (Topic, i32, i64),
-    since: Instant,
-    /// The state keys of the click, first sale or order it waits for (any of them
-    /// ends the wait), once known.
-    needs: Vec<String>,
-    /// Settle now with what there is (the pending bound was reached).
-    forced: bool,
-}
-
-/// What settling a conversion came to.
-enum Settled {
-    Done(Box<Memo>),
-    /// Its click, first sale or order is not there yet: the keys, any of which ends
-    /// the wait.
-    Wait(Vec<String>),
+    partition: i32,
+    offset: i64,
 }
 
 /// The parts a pipeline runs on.
@@ -87,17 +76,27 @@ pub struct Pipeline {
     state: Arc<dyn StateStore>,
     sink: Arc<dyn Sink>,
     dlq: Arc<dyn EventBus>,
-    waiting: Vec<Waiting>,
+    /// Topic names as frontiers are published under (instances sharing state must
+    /// agree on them).
+    click_topic: String,
+    conversion_topic: String,
+    progress: HashMap<Part, Progress>,
+    clicks: Pending<PendingClick>,
+    conversions: Pending<PendingConversion>,
     /// Next offset per partition after the messages taken so far.
-    taken: BTreeMap<(Topic, i32), i64>,
+    taken: BTreeMap<Part, i64>,
     rows: Batch,
     last_write: Instant,
+    /// The wall clock when the pipeline started, and the monotonic instant then: "now"
+    /// is their sum with the time since, so that tests can run on tokio's paused clock.
+    started: (chrono::DateTime<Utc>, Instant),
     generation: u64,
-    /// On stop, consume what is left and settle what waits (the in-process bus keeps
+    /// On stop, consume what is left and settle everything (the in-process bus keeps
     /// nothing across a restart, so there is nothing to come back for).
     drain_on_stop: bool,
-    /// Set when stopping left a taken message without its rows or dead letter: from then
-    /// on nothing is committed, and the restart replays (idempotently).
+    /// Set when stopping left a taken message without its rows, dead letter or place
+    /// among the pending: from then on nothing is committed, and the restart replays
+    /// (idempotently).
     commit_blocked: bool,
 }
 
@@ -111,6 +110,29 @@ struct DeadLetter<'a> {
     reason: &'a str,
     original_base64: String,
     failed_at: String,
+}
+
+/// Retries a state operation until it succeeds; `None` when stopping first.
+async fn retry<T, F, Fut>(shutdown: &Shutdown, mut op: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, StateError>>,
+{
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match op().await {
+            Ok(v) => return Some(v),
+            Err(e) => {
+                if shutdown.is_fired() {
+                    return None;
+                }
+                tracing::warn!(error = %e, "state store unavailable, pausing");
+                metrics::counter!(m::PIPELINE_RETRIES_TOTAL, "dependency" => "redis").increment(1);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
 }
 
 impl Pipeline {
@@ -127,17 +149,29 @@ impl Pipeline {
             state,
             sink,
             dlq,
-            waiting: Vec::new(),
+            click_topic: Topic::Clicks.label().to_string(),
+            conversion_topic: Topic::Conversions.label().to_string(),
+            progress: HashMap::new(),
+            clicks: Pending::default(),
+            conversions: Pending::default(),
             taken: BTreeMap::new(),
             rows: Batch::default(),
             last_write: Instant::now(),
+            started: (Utc::now(), Instant::now()),
             generation: 0,
             drain_on_stop: false,
             commit_blocked: false,
         }
     }
 
-    /// Drains the source and settles waiting conversions when stopped (embedded bus).
+    /// Publishes frontiers under these topic names (the Kafka topics read).
+    pub fn topics(mut self, clicks: &str, conversions: &str) -> Self {
+        self.click_topic = clicks.to_string();
+        self.conversion_topic = conversions.to_string();
+        self
+    }
+
+    /// Drains the source and settles everything when stopped (embedded bus).
     pub fn draining(mut self) -> Self {
         self.drain_on_stop = true;
         self
@@ -151,7 +185,8 @@ impl Pipeline {
         mut shutdown: Shutdown,
     ) -> Result<(), PipelineError> {
         self.generation = source.assignment_generation();
-        let wait = Duration::from_millis(self.config.flush_interval_ms.min(100));
+        let idle = Duration::from_millis(self.config.flush_interval_ms.min(100));
+        let mut wait = idle;
         loop {
             if shutdown.is_fired() {
                 break;
@@ -172,18 +207,23 @@ impl Pipeline {
             };
             if source.assignment_generation() != self.generation {
                 // Partitions moved: what we took of partitions we may have lost will be
-                // delivered again to their new owner. Write what is settled (harmless
-                // either way: identical rows), forget positions and waiting conversions.
+                // delivered again to their new owner. Write what is decided (harmless
+                // either way: identical rows), forget positions and what waits.
                 self.write_and_commit(&mut *source, &shutdown).await?;
                 self.generation = source.assignment_generation();
                 self.taken.clear();
-                self.waiting.clear();
-                metrics::gauge!(m::PIPELINE_PENDING).set(0.0);
+                self.progress.clear();
+                self.clicks.clear();
+                self.conversions.clear();
             }
             if !messages.is_empty() {
                 metrics::histogram!(m::PIPELINE_BATCH_MESSAGES).record(messages.len() as f64);
             }
-            self.process(messages, &shutdown).await;
+            self.take(messages, &shutdown).await;
+            let (all, owned) = (source.partitions(), source.owned());
+            let more = self.advance(all, owned, false, &shutdown).await;
+            // With more already released, go on without waiting for messages.
+            wait = if more { Duration::ZERO } else { idle };
             for (topic, partition, lag) in source.lag() {
                 metrics::gauge!(m::PIPELINE_CONSUMER_LAG, "topic" => topic.label(), "partition" => partition.to_string())
                     .set(lag as f64);
@@ -195,8 +235,8 @@ impl Pipeline {
                 self.write_and_commit(&mut *source, &shutdown).await?;
             }
         }
-        // Stop: write and commit what is settled; waiting conversions stay uncommitted
-        // and are delivered again after the restart, unless the bus cannot do that.
+        // Stop: write and commit what is settled; what waits stays uncommitted and is
+        // delivered again after the restart, unless the bus cannot do that.
         let never = Shutdown::never();
         if self.drain_on_stop {
             loop {
@@ -206,18 +246,25 @@ impl Pipeline {
                 if messages.is_empty() {
                     break;
                 }
-                self.process(messages, &never).await;
+                self.take(messages, &never).await;
             }
-            self.config.late_grace_secs = 0;
-            self.process(Vec::new(), &never).await;
+            while self
+                .advance(source.partitions(), source.owned(), true, &never)
+                .await
+            {}
         }
         self.write_and_commit(&mut *source, &never).await?;
-        tracing::info!(waiting = self.waiting.len(), "pipeline stopped");
+        tracing::info!(
+            clicks = self.clicks.len(),
+            conversions = self.conversions.len(),
+            "pipeline stopped"
+        );
         Ok(())
     }
 
-    /// Processes one batch of messages, retrying the state store until it answers.
-    async fn process(&mut self, messages: Vec<Delivered>, shutdown: &Shutdown) {
+    /// Takes a batch of messages: decodes them, catches the registry up, records the
+    /// clicks and queues what must wait for the frontiers.
+    async fn take(&mut self, messages: Vec<Delivered>, shutdown: &Shutdown) {
         let mut clicks = Vec::new();
         let mut conversions = Vec::new();
         for msg in messages {
@@ -226,209 +273,364 @@ impl Pipeline {
                 .entry((msg.topic, msg.partition))
                 .or_insert(msg.offset + 1);
             *next = (*next).max(msg.offset + 1);
-            match msg.topic {
-                Topic::Clicks => match self.decode_click(&msg) {
-                    Ok(c) => clicks.push(c),
-                    Err(reason) => {
-                        if !self.dead_letter(&msg, &reason, shutdown).await {
-                            // Stopping before the letter was written: commit nothing more.
-                            self.commit_blocked = true;
-                        }
-                    }
-                },
-                Topic::Conversions => match self.decode_conversion(&msg) {
-                    Ok(c) => conversions.push(Waiting {
-                        event: c,
-                        at: (msg.topic, msg.partition, msg.offset),
-                        since: Instant::now(),
-                        needs: Vec::new(),
-                        forced: false,
-                    }),
-                    Err(reason) => {
-                        if !self.dead_letter(&msg, &reason, shutdown).await {
-                            // Stopping before the letter was written: commit nothing more.
-                            self.commit_blocked = true;
-                        }
-                    }
-                },
-                Topic::Dlq => {}
-            }
-        }
-        let round = Instant::now();
-        let mut backoff = Duration::from_millis(100);
-        let unique = loop {
-            match self.mark_clicks(&clicks).await {
-                Ok(unique) => break unique,
-                Err(e) => {
-                    if shutdown.is_fired() {
-                        // These clicks have no rows: commit nothing more, so that
-                        // they are delivered again after the restart.
-                        self.commit_blocked = true;
-                        return;
-                    }
-                    tracing::warn!(error = %e, "state store unavailable, pausing");
-                    metrics::counter!(m::PIPELINE_RETRIES_TOTAL, "dependency" => "redis")
-                        .increment(1);
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-            }
-        };
-        let clicks_marked = clicks.len();
-        // The events become their rows: moved, not cloned, once the state has them.
-        for ((c, _), u) in clicks.into_iter().zip(unique) {
-            let verdict = match dedup::precheck(&c) {
-                Some(v) => v,
-                None if u => dedup::ClickVerdict::Unique,
-                None => dedup::ClickVerdict::Duplicate,
+            let parsed = match msg.topic {
+                Topic::Clicks => serde_json::from_slice::<ClickEvent>(&msg.payload)
+                    .map(|c| clicks.push((c, msg.partition, msg.offset)))
+                    .map_err(|e| format!("undecodable click: {e}")),
+                Topic::Conversions => serde_json::from_slice::<ConversionEvent>(&msg.payload)
+                    .map(|c| conversions.push((c, msg.partition, msg.offset)))
+                    .map_err(|e| format!("undecodable conversion: {e}")),
+                Topic::Dlq => Ok(()),
             };
-            metrics::counter!(m::PIPELINE_CLICK_DEDUP_TOTAL, "result" => verdict.as_str())
-                .increment(1);
-            metrics::counter!(m::PIPELINE_MESSAGES_TOTAL, "topic" => "clicks", "result" => "ok")
-                .increment(1);
-            self.rows.clicks.push(ClickRow::new(c, u));
-        }
-        let clicks_done = round.elapsed();
-        // Conversions waiting from earlier rounds go first: their dependencies may have
-        // arrived with this batch.
-        let mut queue = std::mem::take(&mut self.waiting);
-        queue.extend(conversions);
-        // Past the pending bound, the oldest settle now with what there is.
-        let overflow = queue.len().saturating_sub(self.config.max_pending);
-        let grace = Duration::from_secs(self.config.late_grace_secs);
-        for w in queue.iter_mut().take(overflow) {
-            w.forced = true;
-        }
-        let ready = self.ready(&queue, grace).await;
-        let mut groups: Vec<Vec<(Waiting, bool)>> = Vec::new();
-        let mut index: HashMap<String, usize> = HashMap::new();
-        for (w, ready) in queue.into_iter().zip(ready) {
-            let key = w.event.partition_key();
-            let slot = *index.entry(key).or_insert_with(|| {
-                groups.push(Vec::new());
-                groups.len() - 1
-            });
-            groups[slot].push((w, ready));
-        }
-        let mut backoff = Duration::from_millis(100);
-        while !groups.is_empty() {
-            let outcomes: Vec<GroupOutcome> = futures_util::stream::iter(groups)
-                .map(|g| self.settle_group(g))
-                .buffer_unordered(SETTLE_CONCURRENCY)
-                .collect()
+            if let Err(reason) = parsed {
+                self.dead_letter(
+                    &msg.topic,
+                    msg.partition,
+                    msg.offset,
+                    &msg.payload,
+                    &reason,
+                    shutdown,
+                )
                 .await;
-            groups = Vec::new();
-            let mut failure = None;
-            for o in outcomes {
-                for (event, memo) in o.settled {
-                    self.emit(&event, &memo);
-                }
-                self.waiting.extend(o.waiting);
-                if let Some((rest, e)) = o.failed {
-                    groups.push(rest);
-                    failure = Some(e);
-                }
-            }
-            if let Some(e) = failure {
-                if shutdown.is_fired() {
-                    // Not settled: stays uncommitted, delivered again.
-                    self.waiting
-                        .extend(groups.into_iter().flatten().map(|(w, _)| w));
-                    break;
-                }
-                tracing::warn!(error = %e, "state store unavailable, pausing");
-                metrics::counter!(m::PIPELINE_RETRIES_TOTAL, "dependency" => "redis").increment(1);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
-        metrics::gauge!(m::PIPELINE_PENDING).set(self.waiting.len() as f64);
-        tracing::debug!(
-            clicks = clicks_marked,
-            clicks_ms = clicks_done.as_millis() as u64,
-            conversions_ms = (round.elapsed() - clicks_done).as_millis() as u64,
-            waiting = self.waiting.len(),
-            "round processed"
-        );
-    }
-
-    /// Which conversions are worth settling now: new ones, those past their grace, and
-    /// those whose click, first sale or order has appeared, probed for all at once so
-    /// that thousands waiting cost one round trip a round, not three each.
-    async fn ready(&self, queue: &[Waiting], grace: Duration) -> Vec<bool> {
-        let mut ready: Vec<bool> = queue
+        // Decide with a registry at least as new as the one the edge used (SPEC §5.3).
+        let wanted = clicks
             .iter()
-            .map(|w| w.needs.is_empty() || w.forced || w.since.elapsed() >= grace)
-            .collect();
-        let probe: Vec<(usize, &String)> = queue
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !ready[*i])
-            .flat_map(|(i, w)| w.needs.iter().map(move |k| (i, k)))
-            .collect();
-        if probe.is_empty() {
-            return ready;
-        }
-        let keys: Vec<String> = probe.iter().map(|(_, k)| (*k).clone()).collect();
-        match self.state.exist(&keys).await {
-            Ok(found) => {
-                for ((i, _), exists) in probe.iter().zip(found) {
-                    ready[*i] |= exists;
-                }
+            .map(|(c, ..)| c.registry_version)
+            .chain(conversions.iter().map(|(c, ..)| c.registry_version))
+            .max()
+            .unwrap_or(0);
+        let patience = Duration::from_secs(self.config.max_wait_secs);
+        let started = Instant::now();
+        while wanted > self.registry.applied_version()
+            && !self.registry.catch_up(wanted, Duration::from_secs(1)).await
+        {
+            if shutdown.is_fired() {
+                // These messages have no rows: they come back after the restart.
+                self.commit_blocked = true;
+                return;
             }
-            // Unreachable now: they stay waiting and are probed again next round.
-            Err(e) => tracing::warn!(error = %e, "could not probe waiting conversions"),
-        }
-        ready
-    }
-
-    /// Settles one partition key's conversions in order; stops at the first state failure
-    /// and hands back what is left. Once one waits, the rest of the key waits behind it:
-    /// what it waits for may appear meanwhile (settled by another key's group), and a
-    /// later conversion of the key must not overtake it (two refunds of one order).
-    async fn settle_group(&self, group: Vec<(Waiting, bool)>) -> GroupOutcome {
-        let mut out = GroupOutcome::default();
-        let mut items = group.into_iter();
-        while let Some((mut w, ready)) = items.next() {
-            if !out.waiting.is_empty() || !ready {
-                out.waiting.push(w);
+            if started.elapsed() < patience {
                 continue;
             }
-            let force =
-                w.forced || w.since.elapsed() >= Duration::from_secs(self.config.late_grace_secs);
-            match self.settle_one(&w.event, force).await {
-                Ok(Settled::Done(memo)) => out.settled.push((w.event, memo)),
-                Ok(Settled::Wait(needs)) => {
-                    w.needs = needs;
-                    out.waiting.push(w)
-                }
-                Err(e) => {
-                    let mut rest = vec![(w, ready)];
-                    rest.extend(items);
-                    out.failed = Some((rest, e));
-                    break;
+            if self.registry.store().ping().await.is_ok() {
+                // The store answers but never had that version (events from another
+                // registry?): decide with what there is; unknown programs dead-letter.
+                tracing::warn!(
+                    wanted,
+                    applied = self.registry.applied_version(),
+                    "registry did not reach the events' version; deciding with what it has"
+                );
+                break;
+            }
+            tracing::warn!("registry store unavailable, pausing");
+            metrics::counter!(m::PIPELINE_RETRIES_TOTAL, "dependency" => "redis").increment(1);
+        }
+
+        let mut records = Vec::with_capacity(clicks.len());
+        let mut decided_now = Vec::new();
+        let mut candidates = Vec::new();
+        for (c, partition, offset) in clicks {
+            if let Err(reason) = self.check_click(&c) {
+                let payload = serde_json::to_vec(&c).unwrap_or_default();
+                self.dead_letter(
+                    &Topic::Clicks,
+                    partition,
+                    offset,
+                    &payload,
+                    &reason,
+                    shutdown,
+                )
+                .await;
+                continue;
+            }
+            let Some(program) = self.registry.program(&c.program_id) else {
+                continue;
+            };
+            self.saw((Topic::Clicks, partition), c.ts.timestamp_millis());
+            // Journeys reach back `lookback_days`; a day more covers late conversions.
+            let keep = Duration::from_secs(program.lookback_secs() + 86_400);
+            let candidate = dedup::precheck(&c).is_none().then(|| Candidate {
+                fingerprint: dedup::click_fingerprint(&c),
+                mark: Mark::new(c.ts, c.click_id),
+                window_ms: program.click_dedup_window_secs.saturating_mul(1000),
+            });
+            records.push(ClickRecord {
+                click_id: c.click_id,
+                visitor_id: c.visitor_id,
+                keep,
+                candidate: candidate.clone(),
+            });
+            match candidate {
+                Some(candidate) => candidates.push((
+                    (Topic::Clicks, partition),
+                    offset,
+                    PendingClick {
+                        event: c,
+                        candidate,
+                        keep,
+                    },
+                )),
+                None => decided_now.push(c),
+            }
+        }
+        let state = Arc::clone(&self.state);
+        if retry(shutdown, || state.record_clicks(&records))
+            .await
+            .is_none()
+        {
+            // Stopping with these clicks unrecorded: they come back after the restart.
+            self.commit_blocked = true;
+            return;
+        }
+        for c in decided_now {
+            let verdict = dedup::precheck(&c).unwrap_or(dedup::ClickVerdict::Duplicate);
+            self.emit_click(c, verdict);
+        }
+        for (part, offset, p) in candidates {
+            self.clicks.insert(p.candidate.mark, part, offset, p);
+        }
+
+        for (c, partition, offset) in conversions {
+            if let Err(reason) = self.check_conversion(&c) {
+                let payload = serde_json::to_vec(&c).unwrap_or_default();
+                self.dead_letter(
+                    &Topic::Conversions,
+                    partition,
+                    offset,
+                    &payload,
+                    &reason,
+                    shutdown,
+                )
+                .await;
+                continue;
+            }
+            self.saw(
+                (Topic::Conversions, partition),
+                c.received_at.timestamp_millis(),
+            );
+            let mark = Mark::new(c.received_at, c.conversion_id);
+            self.conversions.insert(
+                mark,
+                (Topic::Conversions, partition),
+                offset,
+                PendingConversion {
+                    event: c,
+                    partition,
+                    offset,
+                },
+            );
+        }
+    }
+
+    /// Notes an event time read on a partition.
+    fn saw(&mut self, part: Part, ms: i64) {
+        let p = self.progress.entry(part).or_default();
+        p.latest_ms = Some(p.latest_ms.map_or(ms, |l| l.max(ms)));
+    }
+
+    /// The wall-clock time now, advanced by the monotonic clock since the start.
+    fn now(&self) -> chrono::DateTime<Utc> {
+        let (wall, at) = self.started;
+        wall + chrono::Duration::from_std(at.elapsed()).unwrap_or_default()
+    }
+
+    /// The bounds of this moment (see [`schedule`]).
+    fn bounds(
+        &self,
+        all: &[Part],
+        owned: &[(Part, bool)],
+        published: &HashMap<String, Mark>,
+        drain: bool,
+    ) -> schedule::Bounds {
+        let now_ms = self.now().timestamp_millis();
+        let grace_ms =
+            i64::try_from(self.config.late_grace_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+        let mine: HashMap<Part, (Mark, Option<Mark>, Option<Mark>)> = owned
+            .iter()
+            .map(|&(part, at_end)| {
+                let progress = Progress {
+                    at_end,
+                    ..self.progress.get(&part).copied().unwrap_or_default()
+                };
+                (
+                    part,
+                    (
+                        progress.read_frontier(now_ms, grace_ms),
+                        self.clicks.first_of(part),
+                        self.conversions.first_of(part),
+                    ),
+                )
+            })
+            .collect();
+        let mut bounds = View {
+            all,
+            names: (&self.click_topic, &self.conversion_topic),
+            owned: &mine,
+            published,
+        }
+        .bounds();
+        if drain {
+            bounds.decide_below = Mark::MAX;
+            bounds.settle_below = Mark::MAX;
+        }
+        bounds
+    }
+
+    /// Decides the clicks and settles the conversions the frontiers release, then
+    /// publishes this instance's frontiers. `drain`: release everything.
+    async fn advance(
+        &mut self,
+        all: Vec<Part>,
+        owned: Vec<(Part, bool)>,
+        drain: bool,
+        shutdown: &Shutdown,
+    ) -> bool {
+        let state = Arc::clone(&self.state);
+        let Some(published) = retry(shutdown, || state.frontiers()).await else {
+            return false;
+        };
+        let max_wait = Duration::from_secs(
+            self.config
+                .late_grace_secs
+                .saturating_add(self.config.max_wait_secs),
+        );
+
+        // Candidate clicks, in mark order.
+        let bounds = self.bounds(&all, &owned, &published, drain);
+        // At most a poll's worth at once: rows, memory and round trips stay bounded, and
+        // writes and commits keep coming during a long backlog.
+        let limit = self.config.poll_batch;
+        let released = self.clicks.release(
+            bounds.decide_below,
+            max_wait,
+            self.config.max_pending,
+            limit,
+        );
+        let mut more = released.items.len() == limit;
+        if !released.items.is_empty() {
+            let candidates: Vec<Candidate> = released
+                .items
+                .iter()
+                .map(|(_, p)| p.candidate.clone())
+                .collect();
+            let Some(verdicts) = retry(shutdown, || state.decide_clicks(&candidates)).await else {
+                self.commit_blocked = true;
+                return false;
+            };
+            let touches: Vec<JourneyTouch> = released
+                .items
+                .iter()
+                .zip(&verdicts)
+                .filter(|(_, unique)| **unique)
+                .map(|((_, p), _)| JourneyTouch {
+                    program_id: p.event.program_id.clone(),
+                    visitor_id: p.event.visitor_id,
+                    touch: StoredTouch {
+                        click_id: p.event.click_id,
+                        partner_id: p.event.partner_id.clone(),
+                        campaign: p.event.campaign.clone().unwrap_or_default(),
+                        ts: p.event.ts,
+                    },
+                    keep: p.keep,
+                })
+                .collect();
+            if retry(shutdown, || state.add_touches(&touches))
+                .await
+                .is_none()
+            {
+                self.commit_blocked = true;
+                return false;
+            }
+            for ((_, p), unique) in released.items.into_iter().zip(verdicts) {
+                let verdict = if unique {
+                    dedup::ClickVerdict::Unique
+                } else {
+                    dedup::ClickVerdict::Duplicate
+                };
+                self.emit_click(p.event, verdict);
+            }
+        }
+
+        // Conversions, in intake order.
+        let bounds = self.bounds(&all, &owned, &published, drain);
+        let released = self.conversions.release(
+            bounds.settle_below,
+            max_wait,
+            self.config.max_pending,
+            limit,
+        );
+        more |= released.items.len() == limit;
+        if released.forced > 0 && !drain {
+            metrics::counter!(m::PIPELINE_FORCED_SETTLEMENTS_TOTAL)
+                .increment(released.forced as u64);
+            tracing::warn!(
+                forced = released.forced,
+                "settled conversions before every partition released them"
+            );
+        }
+        let mut items = released.items;
+        while !items.is_empty() {
+            let rest = items.split_off(items.len().min(SETTLE_CHUNK));
+            let chunk = std::mem::replace(&mut items, rest);
+            let batch: Vec<(Mark, ConversionEvent)> = chunk
+                .iter()
+                .map(|(mark, p)| (*mark, p.event.clone()))
+                .collect();
+            let registry = Arc::clone(&self.registry);
+            let Some(outcomes) = retry(shutdown, || {
+                resolve::settle_batch(&registry, &*state, &batch)
+            })
+            .await
+            else {
+                self.commit_blocked = true;
+                return false;
+            };
+            for ((_, p), outcome) in chunk.into_iter().zip(outcomes) {
+                match outcome {
+                    Outcome::Settled(memo) => self.emit_conversion(&p.event, &memo),
+                    Outcome::Corrupt(reason) => {
+                        let payload = serde_json::to_vec(&p.event).unwrap_or_default();
+                        self.dead_letter(
+                            &Topic::Conversions,
+                            p.partition,
+                            p.offset,
+                            &payload,
+                            &reason,
+                            shutdown,
+                        )
+                        .await;
+                    }
                 }
             }
         }
-        out
+        metrics::gauge!(m::PIPELINE_PENDING).set(self.conversions.len() as f64);
+        metrics::gauge!(m::PIPELINE_PENDING_CLICKS).set(self.clicks.len() as f64);
+
+        // What this instance now vouches for.
+        let bounds = self.bounds(&all, &owned, &published, false);
+        if retry(shutdown, || state.publish(&bounds.publish))
+            .await
+            .is_none()
+        {
+            // Unpublished frontiers only hold others back a little longer.
+            tracing::warn!("stopping before the frontiers were published");
+        }
+        more
     }
 
-    fn decode_click(&self, msg: &Delivered) -> Result<(ClickEvent, Arc<Program>), String> {
-        let e: ClickEvent =
-            serde_json::from_slice(&msg.payload).map_err(|e| format!("undecodable click: {e}"))?;
+    fn check_click(&self, e: &ClickEvent) -> Result<(), String> {
         if e.v != crate::events::EVENT_VERSION {
             return Err(format!("unsupported event version {}", e.v));
         }
-        let program = self
-            .registry
-            .program(&e.program_id)
-            .ok_or_else(|| format!("unknown program {}", e.program_id))?;
-        Ok((e, program))
+        if self.registry.program(&e.program_id).is_none() {
+            return Err(format!("unknown program {}", e.program_id));
+        }
+        Ok(())
     }
 
-    fn decode_conversion(&self, msg: &Delivered) -> Result<ConversionEvent, String> {
-        let e: ConversionEvent = serde_json::from_slice(&msg.payload)
-            .map_err(|e| format!("undecodable conversion: {e}"))?;
+    fn check_conversion(&self, e: &ConversionEvent) -> Result<(), String> {
         if e.v != crate::events::EVENT_VERSION {
             return Err(format!("unsupported event version {}", e.v));
         }
@@ -438,403 +640,65 @@ impl Pipeline {
         if e.amount.is_sign_negative() || e.amount > money::max_amount() {
             return Err("amount out of range".into());
         }
-        Ok(e)
+        Ok(())
     }
 
-    /// Publishes a dead letter; `false` when stopping before the broker took it.
-    async fn dead_letter(&self, msg: &Delivered, reason: &str, shutdown: &Shutdown) -> bool {
+    /// Publishes a dead letter; when stopping before the broker took it, nothing more
+    /// is committed.
+    async fn dead_letter(
+        &mut self,
+        topic: &Topic,
+        partition: i32,
+        offset: i64,
+        payload: &[u8],
+        reason: &str,
+        shutdown: &Shutdown,
+    ) {
         use base64::Engine;
         tracing::warn!(
-            topic = msg.topic.label(),
-            partition = msg.partition,
-            offset = msg.offset,
+            topic = topic.label(),
+            partition,
+            offset,
             reason,
             "dead letter"
         );
         let letter = DeadLetter {
             v: 1,
-            topic: msg.topic.label(),
-            partition: msg.partition,
-            offset: msg.offset,
+            topic: topic.label(),
+            partition,
+            offset,
             reason,
-            original_base64: base64::engine::general_purpose::STANDARD.encode(&msg.payload),
+            original_base64: base64::engine::general_purpose::STANDARD.encode(payload),
             failed_at: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         };
-        let payload = serde_json::to_vec(&letter).unwrap_or_default();
-        let key = format!("{}:{}:{}", msg.topic.label(), msg.partition, msg.offset);
+        let letter = serde_json::to_vec(&letter).unwrap_or_default();
+        let key = format!("{}:{partition}:{offset}", topic.label());
         let mut backoff = Duration::from_millis(100);
         // The message's offset is committed with the batch: the letter must be written.
-        while let Err(e) = self.dlq.publish_dlq(key.as_bytes(), &payload).await {
+        while let Err(e) = self.dlq.publish_dlq(key.as_bytes(), &letter).await {
             if shutdown.is_fired() {
-                return false;
+                self.commit_blocked = true;
+                return;
             }
             tracing::warn!(error = %e, "dead-letter topic unavailable, retrying");
             metrics::counter!(m::PIPELINE_RETRIES_TOTAL, "dependency" => "kafka").increment(1);
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
-        metrics::counter!(m::PIPELINE_MESSAGES_TOTAL, "topic" => msg.topic.label(), "result" => "dlq").increment(1);
-        true
+        metrics::counter!(m::PIPELINE_MESSAGES_TOTAL, "topic" => topic.label(), "result" => "dlq")
+            .increment(1);
     }
 
-    /// Records the clicks in the state store; whether each is unique.
-    async fn mark_clicks(
-        &self,
-        clicks: &[(ClickEvent, Arc<Program>)],
-    ) -> Result<Vec<bool>, StateError> {
-        if clicks.is_empty() {
-            return Ok(Vec::new());
-        }
-        let marks: Vec<ClickMark> = clicks
-            .iter()
-            .map(|(c, p)| ClickMark {
-                fingerprint: dedup::click_fingerprint(c),
-                click_id: c.click_id,
-                ts: c.ts,
-                window_secs: p.click_dedup_window_secs,
-                candidate: dedup::precheck(c).is_none(),
-                program_id: c.program_id.clone(),
-                visitor_id: c.visitor_id,
-                partner_id: c.partner_id.clone(),
-                campaign: c.campaign.clone().unwrap_or_default(),
-                // Journeys reach back `lookback_days`; a day more covers late conversions.
-                keep: Duration::from_secs(p.lookback_secs() + 86_400),
-            })
-            .collect();
-        self.state.record_clicks(&marks).await
+    fn emit_click(&mut self, c: ClickEvent, verdict: dedup::ClickVerdict) {
+        metrics::counter!(m::PIPELINE_CLICK_DEDUP_TOTAL, "result" => verdict.as_str()).increment(1);
+        metrics::counter!(m::PIPELINE_MESSAGES_TOTAL, "topic" => "clicks", "result" => "ok")
+            .increment(1);
+        self.rows
+            .clicks
+            .push(ClickRow::new(c, verdict == dedup::ClickVerdict::Unique));
     }
 
-    /// Settles one conversion, or says it must wait. `force`: the grace is over, settle
-    /// with what there is.
-    async fn settle_one(&self, e: &ConversionEvent, force: bool) -> Result<Settled, StateError> {
-        if let Some(memo) = self.state.memo(e.conversion_id).await? {
-            return Ok(Settled::Done(Box::new(memo)));
-        }
-        let Some(program) = self.registry.program(&e.program_id) else {
-            // Deleted since decoding; nothing can be credited.
-            let d = Decision::uncredited(ConversionStatus::Unattributed, Decimal::ZERO, "");
-            return self.commit_plain(e, d).await;
-        };
-        let key = dedup::conversion_key(&e.program_id, e.kind.as_str(), &e.order_id);
-        if !self.state.claim(&key, e.conversion_id).await? {
-            let settled = program
-                .fx
-                .get(&e.currency)
-                .map(|r| e.amount * *r)
-                .unwrap_or_default();
-            let d = Decision::uncredited(ConversionStatus::Duplicate, settled, &program.currency);
-            return self.commit_plain(e, d).await;
-        }
-        // A refund's CAS may lose to a concurrent refund of the same order: resolve again.
-        for _ in 0..16 {
-            let (memo, effects) = match self.decide(&program, e, force).await? {
-                Ok(decided) => decided,
-                Err(needs) => return Ok(Settled::Wait(needs)),
-            };
-            match self.state.commit(e.conversion_id, &memo, &effects).await? {
-                CommitOutcome::Committed => return Ok(Settled::Done(Box::new(memo))),
-                CommitOutcome::AlreadySettled(m) => return Ok(Settled::Done(Box::new(m))),
-                CommitOutcome::Conflict => continue,
-            }
-        }
-        Err(StateError(format!(
-            "conversion {} kept conflicting",
-            e.conversion_id
-        )))
-    }
-
-    /// Stores a decision that credits nobody and changes no other state.
-    async fn commit_plain(
-        &self,
-        e: &ConversionEvent,
-        decision: Decision,
-    ) -> Result<Settled, StateError> {
-        let memo = Memo {
-            decision,
-            campaigns: Vec::new(),
-        };
-        Ok(
-            match self.state.commit(e.conversion_id, &memo, &[]).await? {
-                CommitOutcome::AlreadySettled(m) => Settled::Done(Box::new(m)),
-                _ => Settled::Done(Box::new(memo)),
-            },
-        )
-    }
-
-    /// Resolves the credit from state and settles; the keys to wait for when it must.
-    async fn decide(
-        &self,
-        program: &Program,
-        e: &ConversionEvent,
-        force: bool,
-    ) -> Result<Result<(Memo, Vec<Effect>), Vec<String>>, StateError> {
-        let keys = self.state.keys();
-        let mut campaigns = Vec::new();
-        let mut order_raw: Option<String> = None;
-        let mut first_sale: Option<FirstSale> = None;
-        let mut order: Option<OrderRecord> = None;
-        let credit_kind: CreditKind = match e.kind {
-            ConversionKind::Sale | ConversionKind::Lead | ConversionKind::Signup => {
-                let visitor = match e.click_id {
-                    Some(click) => match self.state.click_visitor(click).await? {
-                        Some(v) => Some(v),
-                        None if !force => return Ok(Err(vec![keys.click(click)])),
-                        None => e.visitor_id,
-                    },
-                    None => e.visitor_id,
-                };
-                let touches = match visitor {
-                    Some(v) => {
-                        let from = e.occurred_at
-                            - chrono::Duration::days(i64::from(program.lookback_days));
-                        self.state
-                            .journey(&program.id, v, from, e.occurred_at)
-                            .await?
-                    }
-                    None => Vec::new(),
-                };
-                let selected = self.select(program, e, touches);
-                if !selected.is_empty() {
-                    campaigns = selected.iter().map(|t| t.campaign.clone()).collect();
-                    CreditKind::Journey(
-                        selected
-                            .into_iter()
-                            .map(|t| Touch {
-                                click_id: t.click_id,
-                                partner_id: t.partner_id,
-                                ts: t.ts,
-                            })
-                            .collect(),
-                    )
-                } else if let Some(partner) = self.referral_partner(program, e) {
-                    campaigns = vec![self.referral_campaign(e)];
-                    CreditKind::Referral(partner)
-                } else {
-                    CreditKind::None
-                }
-            }
-            ConversionKind::Recurring => {
-                let customer = e.customer_id.as_deref().unwrap_or("");
-                match self
-                    .state
-                    .get(&keys.first_sale(&program.id, customer))
-                    .await?
-                {
-                    Some(raw) => {
-                        first_sale = serde_json::from_str::<FirstSale>(&raw).ok();
-                        campaigns = first_sale
-                            .as_ref()
-                            .map(|f| f.campaigns.clone())
-                            .unwrap_or_default();
-                        CreditKind::Recurring
-                    }
-                    // A sale of this customer settled and credited nobody: nothing to wait for.
-                    None if !force
-                        && self
-                            .state
-                            .get(&keys.customer(&program.id, customer))
-                            .await?
-                            .is_none() =>
-                    {
-                        return Ok(Err(vec![
-                            keys.first_sale(&program.id, customer),
-                            keys.customer(&program.id, customer),
-                        ]))
-                    }
-                    None => CreditKind::None,
-                }
-            }
-            ConversionKind::Refund => {
-                let original = e.original_order_id.as_deref().unwrap_or("");
-                match self.state.get(&keys.order(&program.id, original)).await? {
-                    Some(raw) => {
-                        order = serde_json::from_str(&raw).ok();
-                        order_raw = Some(raw);
-                        CreditKind::Refund
-                    }
-                    None if !force => return Ok(Err(vec![keys.order(&program.id, original)])),
-                    None => CreditKind::None,
-                }
-            }
-        };
-        let credit = match &credit_kind {
-            CreditKind::Journey(t) => Credit::Journey(t.clone()),
-            CreditKind::Referral(p) => Credit::Referral(p.clone()),
-            CreditKind::Recurring => first_sale
-                .as_ref()
-                .map(Credit::Recurring)
-                .unwrap_or(Credit::None),
-            CreditKind::Refund => order.as_ref().map(Credit::Refund).unwrap_or(Credit::None),
-            CreditKind::None => Credit::None,
-        };
-        // Volume bonuses read last month's counts of the partners credited.
-        let month = settle::previous_month(e.occurred_at);
-        let mut volumes: HashMap<String, u64> = HashMap::new();
-        if e.kind == ConversionKind::Sale {
-            let partners: Vec<String> = match &credit {
-                Credit::Journey(t) => t.iter().map(|t| t.partner_id.clone()).collect(),
-                Credit::Referral(p) => vec![p.clone()],
-                _ => vec![],
-            };
-            for p in partners {
-                if let std::collections::hash_map::Entry::Vacant(slot) = volumes.entry(p) {
-                    let key = keys.count(&program.id, slot.key(), month);
-                    slot.insert(self.state.count(&key).await?);
-                }
-            }
-        }
-        let decision = settle::settle(program, e, credit, &*self.registry, |p, _| {
-            volumes.get(p).copied().unwrap_or(0)
-        });
-        let memo = Memo {
-            decision,
-            campaigns,
-        };
-        let effects = self.effects(program, e, &memo, order.as_ref(), order_raw)?;
-        Ok(Ok((memo, effects)))
-    }
-
-    fn select(
-        &self,
-        program: &Program,
-        e: &ConversionEvent,
-        touches: Vec<StoredTouch>,
-    ) -> Vec<StoredTouch> {
-        // Select on engine touches, then map back to the stored ones for campaigns.
-        let by_id: HashMap<Uuid, StoredTouch> =
-            touches.iter().map(|t| (t.click_id, t.clone())).collect();
-        let engine: Vec<Touch> = touches
-            .into_iter()
-            .map(|t| Touch {
-                click_id: t.click_id,
-                partner_id: t.partner_id,
-                ts: t.ts,
-            })
-            .collect();
-        journey::select(
-            engine,
-            e.occurred_at,
-            program.lookback_days,
-            program.max_touches,
-            |p| settle::is_active(&*self.registry, p),
-        )
-        .into_iter()
-        .filter_map(|t| by_id.get(&t.click_id).cloned())
-        .collect()
-    }
-
-    fn referral_partner(&self, program: &Program, e: &ConversionEvent) -> Option<String> {
-        let code = e.referral_code.as_deref()?;
-        let link = self.registry.link(code)?;
-        (link.link.program_id == program.id
-            && settle::is_active(&*self.registry, &link.link.partner_id))
-        .then(|| link.link.partner_id.clone())
-    }
-
-    fn referral_campaign(&self, e: &ConversionEvent) -> String {
-        e.referral_code
-            .as_deref()
-            .and_then(|c| self.registry.link(c))
-            .and_then(|l| l.link.campaign.clone())
-            .unwrap_or_default()
-    }
-
-    /// The state changes a decision implies.
-    fn effects(
-        &self,
-        program: &Program,
-        e: &ConversionEvent,
-        memo: &Memo,
-        order: Option<&OrderRecord>,
-        order_raw: Option<String>,
-    ) -> Result<Vec<Effect>, StateError> {
-        let keys = self.state.keys();
-        let d = &memo.decision;
-        let mut effects = Vec::new();
-        if d.status == ConversionStatus::Duplicate {
-            return Ok(effects);
-        }
-        let attributed = d.status == ConversionStatus::Attributed;
-        // Every settled order is recorded, earning or not, so that its refunds never wait
-        // out the grace for an order that exists but earned nothing.
-        if e.kind != ConversionKind::Refund {
-            let record = OrderRecord {
-                conversion_id: e.conversion_id,
-                settled_amount: d.settled_amount,
-                rows: d.earned_rows(),
-            };
-            effects.push(Effect::SetIfAbsent {
-                key: keys.order(&program.id, &e.order_id),
-                value: to_json(&record)?,
-                ttl: Some(state::ORDER_TTL),
-            });
-        }
-        if let (ConversionKind::Sale, Some(customer), false) = (e.kind, &e.customer_id, attributed)
-        {
-            // Recurring payments of this customer need not wait for a sale: it came and
-            // credited nobody.
-            effects.push(Effect::SetIfAbsent {
-                key: keys.customer(&program.id, customer),
-                value: e.conversion_id.to_string(),
-                ttl: Some(state::ORDER_TTL),
-            });
-        }
-        if !attributed {
-            return Ok(effects);
-        }
-        if e.kind.is_journey_kind() {
-            let month = settle::month_of(e.occurred_at);
-            for (partner, _) in d.shares() {
-                effects.push(Effect::CountOnce {
-                    counter: keys.count(&program.id, &partner, month),
-                    marker: keys.count_marker(e.conversion_id, &partner),
-                    ttl: state::COUNT_TTL,
-                });
-            }
-        }
-        if e.kind == ConversionKind::Sale {
-            if let Some(customer) = &e.customer_id {
-                let shares = d.shares();
-                let campaigns = shares
-                    .iter()
-                    .map(|(p, _)| heaviest_campaign(memo, p))
-                    .collect();
-                let first = FirstSale {
-                    conversion_id: e.conversion_id,
-                    occurred_at: e.occurred_at,
-                    model: d.model.clone(),
-                    shares,
-                    campaigns,
-                };
-                // Lifetime plans need the first sale forever; others until the term ends.
-                let ttl = program
-                    .commission
-                    .recurring
-                    .months
-                    .map(|m| Duration::from_secs(u64::from(m + 1) * 31 * 86_400));
-                effects.push(Effect::SetIfAbsent {
-                    key: keys.first_sale(&program.id, customer),
-                    value: to_json(&first)?,
-                    ttl,
-                });
-            }
-        }
-        if let (ConversionKind::Refund, Some(order), Some(raw), false) =
-            (e.kind, order, order_raw, d.rows.is_empty())
-        {
-            let mut updated = order.clone();
-            updated.book(d);
-            effects.push(Effect::CompareAndSet {
-                key: keys.order(&program.id, e.original_order_id.as_deref().unwrap_or("")),
-                expected: raw,
-                value: to_json(&updated)?,
-                ttl: state::ORDER_TTL,
-            });
-        }
-        Ok(effects)
-    }
-
-    fn emit(&mut self, e: &ConversionEvent, memo: &Memo) {
+    fn emit_conversion(&mut self, e: &ConversionEvent, memo: &Memo) {
         let d = &memo.decision;
         let (conversion, attributions, commissions) = conversion_rows(e, d, &memo.campaigns);
         metrics::counter!(m::PIPELINE_MESSAGES_TOTAL, "topic" => "conversions", "result" => "ok")
@@ -858,7 +722,7 @@ impl Pipeline {
     }
 
     /// Writes the pending rows (retrying transient failures) and commits the offsets
-    /// they cover, stopping short of any conversion still waiting.
+    /// they cover, stopping short of any click or conversion still waiting.
     async fn write_and_commit(
         &mut self,
         source: &mut dyn EventSource,
@@ -885,25 +749,28 @@ impl Pipeline {
         }
         self.rows = Batch::default();
         self.last_write = Instant::now();
-        let mut positions: Vec<Position> = self
+        if self.commit_blocked {
+            return Ok(());
+        }
+        let positions: Vec<Position> = self
             .taken
             .iter()
-            .map(|(&(topic, partition), &next)| Position {
-                topic,
-                partition,
-                next_offset: next,
+            .map(|(&part, &next)| {
+                let waiting = [
+                    self.clicks.first_offset_of(part),
+                    self.conversions.first_offset_of(part),
+                ]
+                .into_iter()
+                .flatten()
+                .min();
+                Position {
+                    topic: part.0,
+                    partition: part.1,
+                    next_offset: waiting.map_or(next, |w| w.min(next)),
+                }
             })
             .collect();
-        for w in &self.waiting {
-            let (topic, partition, offset) = w.at;
-            if let Some(p) = positions
-                .iter_mut()
-                .find(|p| p.topic == topic && p.partition == partition)
-            {
-                p.next_offset = p.next_offset.min(offset);
-            }
-        }
-        if positions.is_empty() || self.commit_blocked {
+        if positions.is_empty() {
             return Ok(());
         }
         match source.commit(&positions).await {
@@ -913,26 +780,6 @@ impl Pipeline {
         }
         Ok(())
     }
-}
-
-/// The campaign of the partner's heaviest touch (the latest among equals).
-fn heaviest_campaign(memo: &Memo, partner: &str) -> String {
-    memo.decision
-        .attributions
-        .iter()
-        .zip(&memo.campaigns)
-        .filter(|(a, _)| a.partner_id == partner)
-        .max_by(|(a, _), (b, _)| a.weight.cmp(&b.weight).then(a.position.cmp(&b.position)))
-        .map(|(_, c)| c.clone())
-        .unwrap_or_default()
-}
-
-enum CreditKind {
-    None,
-    Journey(Vec<Touch>),
-    Referral(String),
-    Recurring,
-    Refund,
 }
 
 /// Bounded metric labels.
@@ -956,7 +803,180 @@ fn currency_label(code: &str) -> &'static str {
         .unwrap_or("other")
 }
 
-/// JSON encoding of the records stored in state.
-fn to_json<T: Serialize>(v: &T) -> Result<String, StateError> {
-    serde_json::to_string(v).map_err(|e| StateError(e.to_string()))
+#[cfg(test)]
+mod tests {
+    //! Late arrival on the memory bus and store, on tokio's paused clock: the
+    //! frontiers hold a conversion back for the grace, so a click the edge held back
+    //! still counts, and one later than that does not.
+
+    use super::*;
+    use crate::bus::memory::MemoryBus;
+    use crate::events::{ClickStatus, ConversionKind, EVENT_VERSION};
+    use crate::registry::{Link, LinkStatus, MemoryStore, Partner, PartnerStatus, Program};
+    use std::sync::Mutex;
+    use uuid::Uuid;
+
+    /// Rows the pipeline wrote, for assertions (unit tests only: the SPEC's sinks are
+    /// tested against ClickHouse and files).
+    #[derive(Default)]
+    struct Capture(Mutex<Batch>);
+
+    #[async_trait::async_trait]
+    impl Sink for Capture {
+        async fn write(&self, batch: &Batch) -> Result<(), SinkError> {
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .append(&mut batch.clone());
+            Ok(())
+        }
+        async fn ping(&self) -> Result<(), SinkError> {
+            Ok(())
+        }
+    }
+
+    async fn registry() -> Arc<Registry> {
+        let registry = Registry::open(Arc::new(MemoryStore::new())).await.unwrap();
+        let program: Program =
+            serde_json::from_value(crate::registry::model::tests_support::program_json()).unwrap();
+        registry.put_program("acme", program).await.unwrap();
+        let partner = Partner {
+            id: String::new(),
+            program_id: "acme".into(),
+            name: None,
+            tier: None,
+            parent_id: None,
+            status: PartnerStatus::Active,
+        };
+        registry.put_partner("alice", partner).await.unwrap();
+        registry
+            .create_link(Link {
+                code: "alice-1".into(),
+                program_id: "acme".into(),
+                partner_id: "alice".into(),
+                destination: "https://shop.example/".into(),
+                campaign: None,
+                utm_source: None,
+                utm_medium: None,
+                utm_campaign: None,
+                utm_term: None,
+                utm_content: None,
+                status: LinkStatus::Active,
+            })
+            .await
+            .unwrap();
+        registry
+    }
+
+    fn click(id: u128, visitor: Uuid, ts: chrono::DateTime<Utc>) -> ClickEvent {
+        ClickEvent {
+            v: EVENT_VERSION,
+            click_id: Uuid::from_u128(id),
+            ts,
+            program_id: "acme".into(),
+            partner_id: "alice".into(),
+            link_code: "alice-1".into(),
+            campaign: None,
+            visitor_id: visitor,
+            ip_hash: format!("{id:032x}"),
+            user_agent: "Mozilla/5.0".into(),
+            referer: None,
+            utm_source: None,
+            utm_medium: None,
+            utm_campaign: None,
+            utm_term: None,
+            utm_content: None,
+            is_bot: false,
+            status: ClickStatus::Ok,
+            registry_version: 0,
+        }
+    }
+
+    fn sale(id: u128, click: u128, at: chrono::DateTime<Utc>) -> ConversionEvent {
+        ConversionEvent {
+            v: EVENT_VERSION,
+            conversion_id: Uuid::from_u128(id),
+            program_id: "acme".into(),
+            order_id: format!("o-{id}"),
+            kind: ConversionKind::Sale,
+            amount: Decimal::from(100),
+            currency: "USD".into(),
+            occurred_at: at,
+            received_at: at,
+            click_id: Some(Uuid::from_u128(click)),
+            visitor_id: None,
+            referral_code: None,
+            customer_id: None,
+            original_order_id: None,
+            registry_version: 0,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_click_counts_within_the_grace_and_not_after() {
+        let registry = registry().await;
+        let bus = MemoryBus::new(1000);
+        let sink = Arc::new(Capture::default());
+        let mut config = crate::config::Config::embedded().pipeline;
+        config.late_grace_secs = 10;
+        config.max_wait_secs = 60;
+        let (trigger, shutdown) = crate::shutdown::channel();
+        let pipeline = Pipeline::new(
+            config,
+            registry,
+            Arc::new(store::MemoryState::new()),
+            Arc::clone(&sink) as Arc<dyn Sink>,
+            Arc::clone(&bus) as Arc<dyn EventBus>,
+        );
+        // The pipeline's clock: the wall clock at its start, advanced by tokio's.
+        let (wall, at) = (Utc::now(), Instant::now());
+        let now = move || wall + chrono::Duration::from_std(at.elapsed()).unwrap();
+        let task = tokio::spawn(pipeline.run(Box::new(bus.source()), shutdown));
+        let visitor = Uuid::from_u128(77);
+        let publish_click = |c: ClickEvent| {
+            bus.publish_click(
+                c.visitor_id.to_string().as_bytes(),
+                &serde_json::to_vec(&c).unwrap(),
+            )
+            .unwrap()
+        };
+        let publish_sale = |c: ConversionEvent| {
+            let bus = Arc::clone(&bus);
+            async move {
+                bus.publish_conversions(&[(c.partition_key(), serde_json::to_vec(&c).unwrap())])
+                    .await
+                    .unwrap()
+            }
+        };
+
+        // A sale whose click the edge held back for 5 s: within the grace, it counts.
+        let t0 = now();
+        publish_sale(sale(1, 10, t0)).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        publish_click(click(10, visitor, t0 - chrono::Duration::seconds(1)));
+        // A sale whose click comes 30 s late: settled without it, unattributed.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        publish_sale(sale(2, 20, now())).await;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        publish_click(click(20, visitor, now() - chrono::Duration::seconds(31)));
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        trigger.fire();
+        task.await.unwrap().unwrap();
+
+        let rows = sink.0.lock().unwrap();
+        let status: HashMap<u128, &str> = rows
+            .conversions
+            .iter()
+            .map(|c| (c.conversion_id.as_u128(), c.status))
+            .collect();
+        assert_eq!(
+            status,
+            HashMap::from([(1, "attributed"), (2, "unattributed")])
+        );
+        assert_eq!(rows.clicks.len(), 2, "both clicks are stored");
+        assert!(rows.clicks.iter().all(|c| c.is_unique == 1));
+        assert_eq!(rows.commissions.len(), 1);
+        assert_eq!(rows.commissions[0].partner_id, "alice");
+        assert_eq!(rows.commissions[0].amount, Decimal::from(15));
+    }
 }

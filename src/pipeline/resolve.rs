@@ -1,0 +1,637 @@
+//! Resolution: who a released batch of conversions credits and what state it changes,
+//! settled in mark order with a few round trips for the whole batch:
+//!
+//! 1. memos: a conversion settled before (a replay) keeps its decision, and its
+//!    effects are applied again (idempotent) before anything is read;
+//! 2. claims, click visitors, first sales and orders;
+//! 3. journeys;
+//! 4. last month's counts of the partners the journeys credit;
+//! 5. decisions, one at a time in mark order, each seeing what the earlier ones of the
+//!    batch changed (an overlay on what was read, which is as of its own mark);
+//! 6. memos, set once (a memo already there wins: its decision is the one written);
+//! 7. effects.
+//!
+//! Every read is as of the conversion's mark and every write idempotent, so a crash
+//! between any two steps, or two instances settling one conversion, end in the same
+//! state and rows (see [`super::store`]).
+
+use std::collections::HashMap;
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::store::{Answer, Mark, Read, StateError, StateStore, StoredTouch, Write};
+use crate::engine::attribution::Touch;
+use crate::engine::dedup;
+use crate::engine::journey;
+use crate::engine::settle::{self, ConversionStatus, Credit, Decision, FirstSale, OrderRecord};
+use crate::events::{ConversionEvent, ConversionKind};
+use crate::registry::{Program, Registry};
+
+/// A settled conversion as remembered: the decision and its touches' campaigns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Memo {
+    pub decision: Decision,
+    pub campaigns: Vec<String>,
+}
+
+/// The reversals a refund booked on its order: earned row index and (negative) amount.
+type Booked = Vec<(usize, Decimal)>;
+
+/// What became of one conversion of a batch.
+pub enum Outcome {
+    Settled(Box<Memo>),
+    /// Its stored memo cannot be decoded: it goes to the dead-letter topic.
+    Corrupt(String),
+}
+
+/// State of one order while a batch is resolved.
+#[derive(Clone, Default)]
+struct OrderState {
+    record: Option<OrderRecord>,
+    /// Refunds booked, with their marks.
+    refunds: Vec<(Mark, Booked)>,
+}
+
+impl OrderState {
+    /// The order as a refund at `mark` sees it: what refunds before it took back.
+    fn as_of(&self, mark: Mark) -> Option<OrderRecord> {
+        let mut record = self.record.clone()?;
+        for (m, booked) in &self.refunds {
+            if *m < mark {
+                for (i, amount) in booked {
+                    if let Some(row) = record.rows.get_mut(*i) {
+                        row.reversed += *amount;
+                    }
+                }
+            }
+        }
+        Some(record)
+    }
+}
+
+/// Settles `batch` (in mark order); one outcome per conversion, in order.
+pub async fn settle_batch(
+    registry: &Registry,
+    state: &dyn StateStore,
+    batch: &[(Mark, ConversionEvent)],
+) -> Result<Vec<Outcome>, StateError> {
+    // 1. Memos.
+    let ids: Vec<Uuid> = batch.iter().map(|(_, e)| e.conversion_id).collect();
+    let stored = state.memos(&ids).await?;
+    let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(batch.len());
+    let mut replayed = Vec::new();
+    for ((mark, e), raw) in batch.iter().zip(stored) {
+        outcomes.push(raw.map(|raw| match serde_json::from_str::<Memo>(&raw) {
+            Ok(memo) => {
+                replayed.extend(effects(registry, *mark, e, &memo));
+                Outcome::Settled(Box::new(memo))
+            }
+            Err(err) => Outcome::Corrupt(format!("undecodable memo: {err}")),
+        }));
+    }
+    state.write(&replayed).await?;
+    let fresh: Vec<usize> = (0..batch.len())
+        .filter(|i| outcomes[*i].is_none())
+        .collect();
+    if fresh.is_empty() {
+        return Ok(outcomes.into_iter().flatten().collect());
+    }
+
+    // 2. Claims, click visitors, first sales, orders.
+    let mut reads = Vec::new();
+    let mut at = HashMap::new();
+    let mut ask = |reads: &mut Vec<Read>, read: Read| -> usize {
+        *at.entry(read.clone()).or_insert_with(|| {
+            reads.push(read);
+            reads.len() - 1
+        })
+    };
+    struct Asked {
+        claim: usize,
+        visitor: Option<usize>,
+        first_sale: Option<usize>,
+        order: Option<usize>,
+    }
+    let mut asked = Vec::with_capacity(fresh.len());
+    for &i in &fresh {
+        let (mark, e) = &batch[i];
+        let key = dedup::conversion_key(&e.program_id, e.kind.as_str(), &e.order_id);
+        asked.push(Asked {
+            claim: ask(&mut reads, Read::Claim(key)),
+            visitor: match (e.kind.is_journey_kind(), e.click_id) {
+                (true, Some(c)) => Some(ask(&mut reads, Read::ClickVisitor(c))),
+                _ => None,
+            },
+            first_sale: match (e.kind, &e.customer_id) {
+                (ConversionKind::Recurring, Some(c)) => Some(ask(
+                    &mut reads,
+                    Read::FirstSale {
+                        program: e.program_id.clone(),
+                        customer: c.clone(),
+                        before: *mark,
+                    },
+                )),
+                _ => None,
+            },
+            order: match (e.kind, &e.original_order_id) {
+                (ConversionKind::Refund, Some(o)) => Some(ask(
+                    &mut reads,
+                    Read::Order {
+                        program: e.program_id.clone(),
+                        order: o.clone(),
+                    },
+                )),
+                _ => None,
+            },
+        });
+    }
+    let answers = state.read(&reads).await?;
+    let text = |i: usize| match &answers[i] {
+        Answer::Text(t) => t.clone(),
+        _ => None,
+    };
+
+    // 3. Journeys of the visitors of sales, leads and signups.
+    let mut journey_reads = Vec::new();
+    let mut journey_of: Vec<Option<usize>> = Vec::with_capacity(fresh.len());
+    for (k, &i) in fresh.iter().enumerate() {
+        let e = &batch[i].1;
+        let program = registry.program(&e.program_id);
+        let visitor = match asked[k].visitor {
+            Some(r) => text(r).and_then(|v| Uuid::parse_str(&v).ok()),
+            None => None,
+        }
+        .or(e.visitor_id);
+        journey_of.push(match (e.kind.is_journey_kind(), visitor, program) {
+            (true, Some(visitor), Some(program)) => {
+                journey_reads.push(Read::Journey {
+                    program: e.program_id.clone(),
+                    visitor,
+                    from_ms: (e.occurred_at
+                        - chrono::Duration::days(i64::from(program.lookback_days)))
+                    .timestamp_millis(),
+                    to_ms: journey_end(e),
+                });
+                Some(journey_reads.len() - 1)
+            }
+            _ => None,
+        });
+    }
+    let journeys = state.read(&journey_reads).await?;
+
+    // Who each conversion would credit, before counts and overlays.
+    let mut selected: Vec<Vec<StoredTouch>> = Vec::with_capacity(fresh.len());
+    for (k, &i) in fresh.iter().enumerate() {
+        let e = &batch[i].1;
+        let touches = match journey_of[k].map(|j| &journeys[j]) {
+            Some(Answer::Touches(t)) => t.clone(),
+            _ => Vec::new(),
+        };
+        selected.push(match registry.program(&e.program_id) {
+            Some(program) => select(registry, &program, e, touches),
+            None => Vec::new(),
+        });
+    }
+
+    // 4. Last month's counts of the partners sales may credit.
+    let mut count_reads = Vec::new();
+    let mut counts_of: Vec<Vec<(String, usize)>> = Vec::with_capacity(fresh.len());
+    for (k, &i) in fresh.iter().enumerate() {
+        let (mark, e) = &batch[i];
+        let mut partners: Vec<String> = selected[k].iter().map(|t| t.partner_id.clone()).collect();
+        if partners.is_empty() {
+            partners.extend(
+                registry
+                    .program(&e.program_id)
+                    .and_then(|p| referral_partner(registry, &p, e)),
+            );
+        }
+        partners.sort();
+        partners.dedup();
+        let mut mine = Vec::new();
+        if e.kind == ConversionKind::Sale {
+            for p in partners {
+                count_reads.push(Read::CountBefore {
+                    program: e.program_id.clone(),
+                    partner: p.clone(),
+                    month: settle::previous_month(e.occurred_at),
+                    before: *mark,
+                });
+                mine.push((p, count_reads.len() - 1));
+            }
+        }
+        counts_of.push(mine);
+    }
+    let counts = state.read(&count_reads).await?;
+
+    // 5. Decisions in mark order, over an overlay of what the batch changed.
+    let mut claims: HashMap<String, Uuid> = HashMap::new();
+    let mut counted: HashMap<(String, String, u32), Vec<Mark>> = HashMap::new();
+    let mut first_sales: HashMap<(String, String), (Mark, FirstSale)> = HashMap::new();
+    let mut orders: HashMap<(String, String), OrderState> = HashMap::new();
+    let mut decided: Vec<(usize, Memo)> = Vec::with_capacity(fresh.len());
+    for (k, &i) in fresh.iter().enumerate() {
+        let (mark, e) = &batch[i];
+        let memo = match registry.program(&e.program_id) {
+            None => Memo {
+                decision: Decision::uncredited(ConversionStatus::Unattributed, Decimal::ZERO, ""),
+                campaigns: Vec::new(),
+            },
+            Some(program) => {
+                let key = dedup::conversion_key(&e.program_id, e.kind.as_str(), &e.order_id);
+                let holder = text(asked[k].claim)
+                    .and_then(|h| Uuid::parse_str(&h).ok())
+                    .or_else(|| claims.get(&key).copied());
+                if holder.is_some_and(|h| h != e.conversion_id) {
+                    let settled = program
+                        .fx
+                        .get(&e.currency)
+                        .map(|r| e.amount * *r)
+                        .unwrap_or_default();
+                    Memo {
+                        decision: Decision::uncredited(
+                            ConversionStatus::Duplicate,
+                            settled,
+                            &program.currency,
+                        ),
+                        campaigns: Vec::new(),
+                    }
+                } else {
+                    let order_key = e
+                        .original_order_id
+                        .as_ref()
+                        .map(|o| (e.program_id.clone(), o.clone()));
+                    if let (Some(ok), Some(r)) = (&order_key, asked[k].order) {
+                        orders
+                            .entry(ok.clone())
+                            .or_insert_with(|| match &answers[r] {
+                                Answer::Order { record, refunds } => OrderState {
+                                    record: record
+                                        .as_deref()
+                                        .and_then(|j| serde_json::from_str(j).ok()),
+                                    refunds: refunds
+                                        .iter()
+                                        .filter_map(|(m, j)| {
+                                            Some((*m, serde_json::from_str(j).ok()?))
+                                        })
+                                        .collect(),
+                                },
+                                _ => OrderState::default(),
+                            });
+                    }
+                    let order = order_key
+                        .as_ref()
+                        .and_then(|ok| orders.get(ok))
+                        .and_then(|o| o.as_of(*mark));
+                    let first_sale = match (e.kind, &e.customer_id) {
+                        (ConversionKind::Recurring, Some(c)) => {
+                            let stored = match asked[k].first_sale.map(|r| &answers[r]) {
+                                Some(Answer::Marked(Some((m, j)))) => {
+                                    serde_json::from_str::<FirstSale>(j).ok().map(|f| (*m, f))
+                                }
+                                _ => None,
+                            };
+                            let in_batch = first_sales
+                                .get(&(e.program_id.clone(), c.clone()))
+                                .filter(|(m, _)| m < mark)
+                                .cloned();
+                            // The earlier of the stored first sale and this batch's.
+                            match (stored, in_batch) {
+                                (Some(a), Some(b)) => Some(if a.0 <= b.0 { a.1 } else { b.1 }),
+                                (a, b) => a.or(b).map(|(_, f)| f),
+                            }
+                        }
+                        _ => None,
+                    };
+                    let volume = |partner: &str| -> u64 {
+                        let stored = counts_of[k]
+                            .iter()
+                            .find(|(p, _)| p == partner)
+                            .map(|(_, r)| match counts[*r] {
+                                Answer::Count(n) => n,
+                                _ => 0,
+                            })
+                            .unwrap_or(0);
+                        let month = settle::previous_month(e.occurred_at);
+                        let batch = counted
+                            .get(&(e.program_id.clone(), partner.to_string(), month))
+                            .map(|marks| marks.iter().filter(|m| *m < mark).count() as u64)
+                            .unwrap_or(0);
+                        stored + batch
+                    };
+                    let memo = decide(
+                        registry,
+                        &program,
+                        e,
+                        &selected[k],
+                        first_sale.as_ref(),
+                        order.as_ref(),
+                        volume,
+                    );
+                    // The overlay: what later conversions of the batch must see.
+                    if memo.decision.status != ConversionStatus::Duplicate {
+                        claims.insert(key, e.conversion_id);
+                    }
+                    overlay(e, *mark, &memo, &mut counted, &mut first_sales, &mut orders);
+                    memo
+                }
+            }
+        };
+        decided.push((i, memo));
+    }
+
+    // 6. Memos, set once.
+    let memo_writes = decided
+        .iter()
+        .map(|(i, memo)| {
+            Ok(Write::Memo {
+                conversion_id: batch[*i].1.conversion_id,
+                json: serde_json::to_string(memo).map_err(|e| StateError(e.to_string()))?,
+            })
+        })
+        .collect::<Result<Vec<_>, StateError>>()?;
+    let existing = state.write(&memo_writes).await?;
+
+    // 7. Effects of the memos that stand.
+    let mut writes = Vec::new();
+    for ((i, memo), existing) in decided.into_iter().zip(existing) {
+        let (mark, e) = &batch[i];
+        let memo = match existing {
+            // Settled meanwhile by another instance: its decision is the one.
+            Some(raw) => match serde_json::from_str::<Memo>(&raw) {
+                Ok(m) => m,
+                Err(err) => {
+                    outcomes[i] = Some(Outcome::Corrupt(format!("undecodable memo: {err}")));
+                    continue;
+                }
+            },
+            None => memo,
+        };
+        writes.extend(effects(registry, *mark, e, &memo));
+        outcomes[i] = Some(Outcome::Settled(Box::new(memo)));
+    }
+    state.write(&writes).await?;
+    Ok(outcomes.into_iter().flatten().collect())
+}
+
+/// The last instant a conversion's journey reaches: its `occurred_at`, but never past
+/// its `received_at`: a click after the conversion was reported did not lead to it, and
+/// clicks up to `received_at` are exactly those scheduling waits for.
+fn journey_end(e: &ConversionEvent) -> i64 {
+    e.occurred_at.min(e.received_at).timestamp_millis()
+}
+
+/// The touchpoints of a conversion among the visitor's unique clicks.
+fn select(
+    registry: &Registry,
+    program: &Program,
+    e: &ConversionEvent,
+    touches: Vec<StoredTouch>,
+) -> Vec<StoredTouch> {
+    let engine: Vec<Touch> = touches
+        .iter()
+        .map(|t| Touch {
+            click_id: t.click_id,
+            partner_id: t.partner_id.clone(),
+            ts: t.ts,
+        })
+        .collect();
+    let end = e.occurred_at.min(e.received_at);
+    let chosen = journey::select(
+        engine,
+        end,
+        program.lookback_days,
+        program.max_touches,
+        |p| settle::is_active(registry, p),
+    );
+    chosen
+        .into_iter()
+        .filter_map(|t| touches.iter().find(|s| s.click_id == t.click_id).cloned())
+        .collect()
+}
+
+/// The active partner of the conversion's referral code, in its program.
+fn referral_partner(registry: &Registry, program: &Program, e: &ConversionEvent) -> Option<String> {
+    let link = registry.link(e.referral_code.as_deref()?)?;
+    (link.link.program_id == program.id && settle::is_active(registry, &link.link.partner_id))
+        .then(|| link.link.partner_id.clone())
+}
+
+/// The decision for an original (not duplicate) conversion.
+fn decide(
+    registry: &Registry,
+    program: &Program,
+    e: &ConversionEvent,
+    selected: &[StoredTouch],
+    first_sale: Option<&FirstSale>,
+    order: Option<&OrderRecord>,
+    volume: impl Fn(&str) -> u64,
+) -> Memo {
+    let mut campaigns = Vec::new();
+    let credit = match e.kind {
+        ConversionKind::Sale | ConversionKind::Lead | ConversionKind::Signup => {
+            if !selected.is_empty() {
+                campaigns = selected.iter().map(|t| t.campaign.clone()).collect();
+                Credit::Journey(
+                    selected
+                        .iter()
+                        .map(|t| Touch {
+                            click_id: t.click_id,
+                            partner_id: t.partner_id.clone(),
+                            ts: t.ts,
+                        })
+                        .collect(),
+                )
+            } else if let Some(partner) = referral_partner(registry, program, e) {
+                campaigns = vec![e
+                    .referral_code
+                    .as_deref()
+                    .and_then(|c| registry.link(c))
+                    .and_then(|l| l.link.campaign.clone())
+                    .unwrap_or_default()];
+                Credit::Referral(partner)
+            } else {
+                Credit::None
+            }
+        }
+        ConversionKind::Recurring => match first_sale {
+            Some(f) => {
+                campaigns = f.campaigns.clone();
+                Credit::Recurring(f)
+            }
+            None => Credit::None,
+        },
+        ConversionKind::Refund => order.map(Credit::Refund).unwrap_or(Credit::None),
+    };
+    let decision = settle::settle(program, e, credit, registry, |p, _| volume(p));
+    Memo {
+        decision,
+        campaigns,
+    }
+}
+
+/// Records in the batch overlay what `memo` changes for later conversions.
+fn overlay(
+    e: &ConversionEvent,
+    mark: Mark,
+    memo: &Memo,
+    counted: &mut HashMap<(String, String, u32), Vec<Mark>>,
+    first_sales: &mut HashMap<(String, String), (Mark, FirstSale)>,
+    orders: &mut HashMap<(String, String), OrderState>,
+) {
+    let d = &memo.decision;
+    if d.status == ConversionStatus::Duplicate {
+        return;
+    }
+    if e.kind != ConversionKind::Refund {
+        let slot = orders
+            .entry((e.program_id.clone(), e.order_id.clone()))
+            .or_default();
+        if slot.record.is_none() {
+            slot.record = Some(order_record(e, d));
+        }
+    }
+    if d.status != ConversionStatus::Attributed {
+        return;
+    }
+    if e.kind.is_journey_kind() {
+        let month = settle::month_of(e.occurred_at);
+        for (partner, _) in d.shares() {
+            counted
+                .entry((e.program_id.clone(), partner, month))
+                .or_default()
+                .push(mark);
+        }
+    }
+    if let (ConversionKind::Sale, Some(customer)) = (e.kind, &e.customer_id) {
+        let slot = first_sales.entry((e.program_id.clone(), customer.clone()));
+        let first = first_sale(e, memo);
+        slot.and_modify(|(m, f)| {
+            if mark < *m {
+                (*m, *f) = (mark, first.clone());
+            }
+        })
+        .or_insert((mark, first));
+    }
+    if let (ConversionKind::Refund, Some(original)) = (e.kind, &e.original_order_id) {
+        if !d.rows.is_empty() {
+            orders
+                .entry((e.program_id.clone(), original.clone()))
+                .or_default()
+                .refunds
+                .push((mark, booked(d)));
+        }
+    }
+}
+
+fn order_record(e: &ConversionEvent, d: &Decision) -> OrderRecord {
+    OrderRecord {
+        conversion_id: e.conversion_id,
+        settled_amount: d.settled_amount,
+        rows: d.earned_rows(),
+    }
+}
+
+fn booked(d: &Decision) -> Booked {
+    d.reverses
+        .iter()
+        .zip(&d.rows)
+        .map(|(i, r)| (*i, r.amount))
+        .collect()
+}
+
+fn first_sale(e: &ConversionEvent, memo: &Memo) -> FirstSale {
+    let d = &memo.decision;
+    let shares = d.shares();
+    let campaigns = shares
+        .iter()
+        .map(|(p, _)| heaviest_campaign(memo, p))
+        .collect();
+    FirstSale {
+        conversion_id: e.conversion_id,
+        occurred_at: e.occurred_at,
+        model: d.model.clone(),
+        shares,
+        campaigns,
+    }
+}
+
+/// The campaign of the partner's heaviest touch (the latest among equals).
+fn heaviest_campaign(memo: &Memo, partner: &str) -> String {
+    memo.decision
+        .attributions
+        .iter()
+        .zip(&memo.campaigns)
+        .filter(|(a, _)| a.partner_id == partner)
+        .max_by(|(a, _), (b, _)| a.weight.cmp(&b.weight).then(a.position.cmp(&b.position)))
+        .map(|(_, c)| c.clone())
+        .unwrap_or_default()
+}
+
+/// The state changes a settled conversion implies, all idempotent.
+fn effects(registry: &Registry, mark: Mark, e: &ConversionEvent, memo: &Memo) -> Vec<Write> {
+    let d = &memo.decision;
+    let mut out = Vec::new();
+    if d.status == ConversionStatus::Duplicate {
+        return out;
+    }
+    out.push(Write::Claim {
+        key: dedup::conversion_key(&e.program_id, e.kind.as_str(), &e.order_id),
+        holder: e.conversion_id.to_string(),
+    });
+    if e.kind != ConversionKind::Refund {
+        // Every settled order is recorded, earning or not: its refunds find it.
+        if let Ok(json) = serde_json::to_string(&order_record(e, d)) {
+            out.push(Write::Order {
+                program: e.program_id.clone(),
+                order: e.order_id.clone(),
+                json,
+            });
+        }
+    }
+    if d.status != ConversionStatus::Attributed {
+        return out;
+    }
+    if e.kind.is_journey_kind() {
+        let month = settle::month_of(e.occurred_at);
+        for (partner, _) in d.shares() {
+            out.push(Write::Count {
+                program: e.program_id.clone(),
+                partner,
+                month,
+                mark,
+            });
+        }
+    }
+    if let (ConversionKind::Sale, Some(customer)) = (e.kind, &e.customer_id) {
+        // Lifetime plans need the first sale for good; others until the term ends.
+        let ttl = registry
+            .program(&e.program_id)
+            .and_then(|p| p.commission.recurring.months)
+            .map(|m| std::time::Duration::from_secs(u64::from(m + 1) * 31 * 86_400));
+        if let Ok(json) = serde_json::to_string(&first_sale(e, memo)) {
+            out.push(Write::FirstSale {
+                program: e.program_id.clone(),
+                customer: customer.clone(),
+                mark,
+                json,
+                ttl,
+            });
+        }
+    }
+    if let (ConversionKind::Refund, Some(original)) = (e.kind, &e.original_order_id) {
+        if !d.rows.is_empty() {
+            if let Ok(json) = serde_json::to_string(&booked(d)) {
+                out.push(Write::Refund {
+                    program: e.program_id.clone(),
+                    order: original.clone(),
+                    mark,
+                    json,
+                });
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,587 @@
+//! Pipeline state: what settling needs to remember between events and share between
+//! instances. Redis in the full stack, process memory in the embedded default, behind
+//! one trait whose whole test suite runs against both (`tests` below and
+//! `tests/store_redis.rs`).
+//!
+//! Every read is *as of* a position in intake order ([`Mark`]), and every write is an
+//! idempotent change of one key (or of keys sharing one hash tag). So a decision does
+//! not depend on which later events some other instance already stored, a replay that
+//! writes again changes nothing, and no write needs to be atomic with another: the
+//! memo of a conversion is written first (set once), and its effects are re-applied
+//! from the memo whenever it is found.
+//!
+//! | key (`{p}` = `redis.prefix`)      | type   | TTL                      | written by |
+//! |-----------------------------------|--------|--------------------------|------------|
+//! | `{p}:c:{click}`                   | string | lookback + 1 day         | [`StateStore::record_clicks`]: the click's visitor |
+//! | `{p}:fp:{{fp}}:c`                 | zset   | max(2 × window, 1 day)   | [`StateStore::record_clicks`]: candidate clicks (score ts, member click id) |
+//! | `{p}:fp:{{fp}}:u`                 | zset   | max(2 × window, 1 day)   | [`StateStore::decide_clicks`]: the unique ones |
+//! | `{p}:fp:{{fp}}:d`                 | string | max(2 × window, 1 day)   | [`StateStore::decide_clicks`]: last decided candidate |
+//! | `{p}:j:{program}:{visitor}`       | zset   | lookback + 1 day         | [`StateStore::add_touches`]: unique clicks, ≤ [`MAX_JOURNEY`] |
+//! | `{p}:m:{conversion}`              | string | [`MEMO_TTL`]             | [`Write::Memo`]: the decision, set once |
+//! | `{p}:d:{program}:{kind}:{order}`  | string | [`CLAIM_TTL`]            | [`Write::Claim`]: the conversion holding the dedup key |
+//! | `{p}:v:{program}:{yyyymm}:{partner}` | zset | [`COUNT_TTL`]           | [`Write::Count`]: attributed conversions (score received ms) |
+//! | `{p}:fs:{program}:{customer}`     | zset   | recurring months + 1, or none | [`Write::FirstSale`]: attributed sales (score received ms) |
+//! | `{p}:o:{{program:order}}`         | string | [`ORDER_TTL`]            | [`Write::Order`]: what the order earned |
+//! | `{p}:o:{{program:order}}:r`       | hash   | [`ORDER_TTL`]            | [`Write::Refund`]: reversals booked, by the refund's mark |
+//! | `{p}:wm`                          | hash   | none                     | [`StateStore::publish`]: partition frontiers |
+//!
+//! Keys that one script or one read touches together share a hash tag (`{…}`), so the
+//! layout runs on Redis Cluster as well as on one Redis.
+
+pub mod memory;
+pub mod redis;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, TimeZone, Utc};
+use uuid::Uuid;
+
+pub use memory::MemoryState;
+pub use redis::RedisState;
+
+/// How long a settled conversion's memo is kept: far longer than any replay window.
+pub const MEMO_TTL: Duration = Duration::from_secs(30 * 86_400);
+/// How long a conversion dedup claim is kept (SPEC §5.2: at least 400 days).
+pub const CLAIM_TTL: Duration = Duration::from_secs(400 * 86_400);
+/// Orders stay refundable this long.
+pub const ORDER_TTL: Duration = Duration::from_secs(400 * 86_400);
+/// Monthly counts are read the month after; keep them a little longer.
+pub const COUNT_TTL: Duration = Duration::from_secs(70 * 86_400);
+/// Most unique clicks kept per journey (more than any `max_touches`).
+pub const MAX_JOURNEY: usize = 256;
+/// Decided candidate clicks are kept at least this long behind the newest decided one,
+/// so that a replay finds its verdict.
+pub const MIN_FINGERPRINT_KEEP_MS: u64 = 86_400_000;
+
+/// A state failure: the store is unreachable or answered nonsense; the pipeline pauses
+/// and retries.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("state store unavailable: {0}")]
+pub struct StateError(pub String);
+
+impl From<::redis::RedisError> for StateError {
+    fn from(e: ::redis::RedisError) -> Self {
+        StateError(e.to_string())
+    }
+}
+
+impl From<::redis::ParsingError> for StateError {
+    fn from(e: ::redis::ParsingError) -> Self {
+        StateError(format!("unexpected reply: {e}"))
+    }
+}
+
+/// A position in event-time order: milliseconds, then an id (a click's or a
+/// conversion's). Conversions are settled in the order of `(received_at, conversion_id)`
+/// marks, candidate clicks decided in the order of `(ts, click_id)` marks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Mark {
+    pub ms: i64,
+    pub id: u128,
+}
+
+impl Mark {
+    /// Before everything.
+    pub const MIN: Mark = Mark { ms: 0, id: 0 };
+    /// After everything.
+    pub const MAX: Mark = Mark {
+        ms: i64::MAX,
+        id: u128::MAX,
+    };
+
+    pub fn new(t: DateTime<Utc>, id: Uuid) -> Self {
+        Mark {
+            ms: t.timestamp_millis().max(0),
+            id: id.as_u128(),
+        }
+    }
+
+    /// The first mark of millisecond `ms`.
+    pub fn at(ms: i64) -> Self {
+        Mark {
+            ms: ms.max(0),
+            id: 0,
+        }
+    }
+
+    /// Fixed-width hex whose byte order is the marks' order (stored in hashes).
+    pub fn encode(self) -> String {
+        format!("{:016x}{:032x}", self.ms, self.id)
+    }
+
+    pub fn decode(s: &str) -> Option<Self> {
+        if s.len() != 48 {
+            return None;
+        }
+        Some(Mark {
+            ms: i64::from_str_radix(&s[..16], 16).ok()?,
+            id: u128::from_str_radix(&s[16..], 16).ok()?,
+        })
+    }
+
+    /// The id as the 32 hex characters members are stored under (same order as ids).
+    pub fn id_hex(self) -> String {
+        format!("{:032x}", self.id)
+    }
+}
+
+/// A click's entry in the state: its visitor, and its candidacy when it is one.
+#[derive(Debug, Clone)]
+pub struct ClickRecord {
+    pub click_id: Uuid,
+    pub visitor_id: Uuid,
+    /// How long the click index must remember it.
+    pub keep: Duration,
+    pub candidate: Option<Candidate>,
+}
+
+/// A click whose fingerprint's window decides whether it is unique.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    pub fingerprint: String,
+    /// `(ts, click_id)`.
+    pub mark: Mark,
+    pub window_ms: u64,
+}
+
+impl Candidate {
+    /// How long its fingerprint's marks are kept behind the newest decided one.
+    pub fn keep_ms(&self) -> u64 {
+        self.window_ms
+            .saturating_mul(2)
+            .max(MIN_FINGERPRINT_KEEP_MS)
+    }
+}
+
+/// A unique click in a journey, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredTouch {
+    pub click_id: Uuid,
+    pub partner_id: String,
+    pub campaign: String,
+    pub ts: DateTime<Utc>,
+}
+
+impl StoredTouch {
+    pub(crate) fn member(&self) -> String {
+        format!("{}|{}|{}", self.click_id, self.partner_id, self.campaign)
+    }
+
+    pub(crate) fn parse(member: &str, ts_ms: i64) -> Option<Self> {
+        let mut parts = member.splitn(3, '|');
+        let click_id = Uuid::parse_str(parts.next()?).ok()?;
+        let partner_id = parts.next()?.to_string();
+        let campaign = parts.next().unwrap_or("").to_string();
+        Some(StoredTouch {
+            click_id,
+            partner_id,
+            campaign,
+            ts: Utc.timestamp_millis_opt(ts_ms).single()?,
+        })
+    }
+}
+
+/// A unique click to add to its visitor's journey.
+#[derive(Debug, Clone)]
+pub struct JourneyTouch {
+    pub program_id: String,
+    pub visitor_id: Uuid,
+    pub touch: StoredTouch,
+    pub keep: Duration,
+}
+
+/// A read, as of what it says.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Read {
+    /// The visitor of a recorded click → [`Answer::Text`].
+    ClickVisitor(Uuid),
+    /// The conversion holding a dedup key → [`Answer::Text`].
+    Claim(String),
+    /// The visitor's unique clicks with `from ≤ ts ≤ to` (ms) → [`Answer::Touches`].
+    Journey {
+        program: String,
+        visitor: Uuid,
+        from_ms: i64,
+        to_ms: i64,
+    },
+    /// Conversions counted for the partner in month `yyyymm` before `before` →
+    /// [`Answer::Count`].
+    CountBefore {
+        program: String,
+        partner: String,
+        month: u32,
+        before: Mark,
+    },
+    /// The customer's first attributed sale, if it lies before `before` →
+    /// [`Answer::Marked`].
+    FirstSale {
+        program: String,
+        customer: String,
+        before: Mark,
+    },
+    /// What the order earned and the reversals booked on it → [`Answer::Order`].
+    Order { program: String, order: String },
+}
+
+/// The answer to one [`Read`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    Text(Option<String>),
+    /// A value with the mark it was stored at.
+    Marked(Option<(Mark, String)>),
+    Touches(Vec<StoredTouch>),
+    Count(u64),
+    Order {
+        record: Option<String>,
+        refunds: Vec<(Mark, String)>,
+    },
+}
+
+/// An idempotent change of state.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    /// Sets the conversion's memo unless one exists; answers the existing one.
+    Memo { conversion_id: Uuid, json: String },
+    /// Takes the dedup key for `holder` unless taken.
+    Claim { key: String, holder: String },
+    /// Counts the conversion (at `mark`) for the partner's month.
+    Count {
+        program: String,
+        partner: String,
+        month: u32,
+        mark: Mark,
+    },
+    /// Adds an attributed sale (at `mark`) to the customer's sales; the first one
+    /// (lowest mark) is the one recurring payments follow.
+    FirstSale {
+        program: String,
+        customer: String,
+        mark: Mark,
+        json: String,
+        ttl: Option<Duration>,
+    },
+    /// Records what an order earned unless recorded.
+    Order {
+        program: String,
+        order: String,
+        json: String,
+    },
+    /// Books a refund's reversals (at the refund's `mark`) on its order.
+    Refund {
+        program: String,
+        order: String,
+        mark: Mark,
+        json: String,
+    },
+}
+
+/// Pipeline state.
+#[async_trait]
+pub trait StateStore: Send + Sync + 'static {
+    /// Indexes each click's visitor and adds candidates to their fingerprint.
+    /// Idempotent per click.
+    async fn record_clicks(&self, clicks: &[ClickRecord]) -> Result<(), StateError>;
+    /// Decides candidates: unique when no unique click of the fingerprint lies in the
+    /// window before it (SPEC §5.1). Every recorded candidate of the fingerprint up to
+    /// the one asked about is decided first, in mark order, whoever recorded it, so the
+    /// verdicts do not depend on which instance asks first. The caller asks only once
+    /// every click partition has recorded everything before these marks. Idempotent.
+    async fn decide_clicks(&self, candidates: &[Candidate]) -> Result<Vec<bool>, StateError>;
+    /// Adds unique clicks to their journeys. Idempotent.
+    async fn add_touches(&self, touches: &[JourneyTouch]) -> Result<(), StateError>;
+    /// The memos of these conversions, as stored.
+    async fn memos(&self, ids: &[Uuid]) -> Result<Vec<Option<String>>, StateError>;
+    /// Answers reads, one answer each, in order.
+    async fn read(&self, reads: &[Read]) -> Result<Vec<Answer>, StateError>;
+    /// Applies writes; for each, the memo that was there already (for
+    /// [`Write::Memo`]) or `None`.
+    async fn write(&self, writes: &[Write]) -> Result<Vec<Option<String>>, StateError>;
+    /// Every partition frontier published.
+    async fn frontiers(&self) -> Result<HashMap<String, Mark>, StateError>;
+    /// Publishes partition frontiers.
+    async fn publish(&self, frontiers: &[(String, Mark)]) -> Result<(), StateError>;
+    /// Is the store reachable?
+    async fn ping(&self) -> Result<(), StateError>;
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+#[doc(hidden)]
+pub mod suite {
+    //! One test suite for every [`StateStore`]: the memory store runs it in unit tests,
+    //! the Redis store against a real Redis in `tests/store_redis.rs`. Not for use
+    //! outside tests: it asserts.
+
+    use super::*;
+
+    fn cand(fp: &str, ms: i64, id: u128, window_ms: u64) -> Candidate {
+        Candidate {
+            fingerprint: fp.into(),
+            mark: Mark { ms, id },
+            window_ms,
+        }
+    }
+
+    fn record(c: &Candidate) -> ClickRecord {
+        ClickRecord {
+            click_id: Uuid::from_u128(c.mark.id),
+            visitor_id: Uuid::from_u128(7),
+            keep: Duration::from_secs(3600),
+            candidate: Some(c.clone()),
+        }
+    }
+
+    const T: i64 = 1_790_000_000_000;
+
+    /// Verdicts follow mark order whichever candidate is asked about first.
+    pub async fn clicks_decide_in_mark_order(s: &dyn StateStore) {
+        let w = 60_000;
+        let a = cand("f", T, 1, w);
+        let b = cand("f", T + 10_000, 2, w); // inside a's window: duplicate
+        let c = cand("f", T + 61_000, 3, w); // past a's window: unique
+        let d = cand("f", T + 61_000, 4, w); // same ms as c, later id: duplicate
+        s.record_clicks(&[record(&c), record(&a), record(&d), record(&b)])
+            .await
+            .unwrap();
+        // Asked about the last first: everything before it is decided on the way.
+        assert_eq!(
+            s.decide_clicks(std::slice::from_ref(&d)).await.unwrap(),
+            vec![false]
+        );
+        assert_eq!(
+            s.decide_clicks(&[b.clone(), a.clone(), c.clone()])
+                .await
+                .unwrap(),
+            vec![false, true, true]
+        );
+        // Replays answer the same.
+        assert_eq!(
+            s.decide_clicks(&[a, b, c, d]).await.unwrap(),
+            vec![true, false, true, false]
+        );
+        assert_eq!(
+            s.read(&[Read::ClickVisitor(Uuid::from_u128(3))])
+                .await
+                .unwrap(),
+            vec![Answer::Text(Some(Uuid::from_u128(7).to_string()))]
+        );
+    }
+
+    /// Journeys: idempotent adds, ranges by time.
+    pub async fn journeys(s: &dyn StateStore) {
+        let touch = |id: u128, ms: i64| JourneyTouch {
+            program_id: "acme".into(),
+            visitor_id: Uuid::from_u128(9),
+            touch: StoredTouch {
+                click_id: Uuid::from_u128(id),
+                partner_id: "p".into(),
+                campaign: "spring".into(),
+                ts: Utc.timestamp_millis_opt(ms).unwrap(),
+            },
+            keep: Duration::from_secs(3600),
+        };
+        s.add_touches(&[touch(1, T), touch(2, T + 5), touch(1, T)])
+            .await
+            .unwrap();
+        let got = s
+            .read(&[Read::Journey {
+                program: "acme".into(),
+                visitor: Uuid::from_u128(9),
+                from_ms: T,
+                to_ms: T + 4,
+            }])
+            .await
+            .unwrap();
+        assert_eq!(got, vec![Answer::Touches(vec![touch(1, T).touch])]);
+    }
+
+    /// Memos are set once; counts, first sales and refunds read as of a mark.
+    pub async fn conversions_read_as_of_a_mark(s: &dyn StateStore) {
+        let id = Uuid::from_u128(5);
+        let first = s
+            .write(&[Write::Memo {
+                conversion_id: id,
+                json: "one".into(),
+            }])
+            .await
+            .unwrap();
+        assert_eq!(first, vec![None]);
+        let again = s
+            .write(&[Write::Memo {
+                conversion_id: id,
+                json: "two".into(),
+            }])
+            .await
+            .unwrap();
+        assert_eq!(again, vec![Some("one".to_string())]);
+        assert_eq!(
+            s.memos(&[id, Uuid::from_u128(6)]).await.unwrap(),
+            vec![Some("one".to_string()), None]
+        );
+
+        let count = |ms: i64, id: u128| Write::Count {
+            program: "acme".into(),
+            partner: "p".into(),
+            month: 202610,
+            mark: Mark { ms, id },
+        };
+        s.write(&[count(T, 2), count(T, 4), count(T + 1, 1), count(T, 2)])
+            .await
+            .unwrap();
+        let before = |ms: i64, id: u128| Read::CountBefore {
+            program: "acme".into(),
+            partner: "p".into(),
+            month: 202610,
+            before: Mark { ms, id },
+        };
+        assert_eq!(
+            s.read(&[before(T, 3), before(T, 2), before(T + 5, 0), before(T, 0)])
+                .await
+                .unwrap(),
+            vec![
+                Answer::Count(1),
+                Answer::Count(0),
+                Answer::Count(3),
+                Answer::Count(0)
+            ]
+        );
+
+        let sale = |ms: i64, id: u128, json: &str| Write::FirstSale {
+            program: "acme".into(),
+            customer: "c".into(),
+            mark: Mark { ms, id },
+            json: json.into(),
+            ttl: None,
+        };
+        // The later sale is stored first: the earlier one still wins.
+        s.write(&[sale(T + 10, 1, "late"), sale(T, 9, "early")])
+            .await
+            .unwrap();
+        let first_before = |ms: i64| Read::FirstSale {
+            program: "acme".into(),
+            customer: "c".into(),
+            before: Mark::at(ms),
+        };
+        assert_eq!(
+            s.read(&[first_before(T + 100), first_before(T)])
+                .await
+                .unwrap(),
+            vec![
+                Answer::Marked(Some((Mark { ms: T, id: 9 }, "early".into()))),
+                Answer::Marked(None)
+            ]
+        );
+
+        let order = Read::Order {
+            program: "acme".into(),
+            order: "o-1".into(),
+        };
+        s.write(&[
+            Write::Order {
+                program: "acme".into(),
+                order: "o-1".into(),
+                json: "earned".into(),
+            },
+            Write::Order {
+                program: "acme".into(),
+                order: "o-1".into(),
+                json: "ignored".into(),
+            },
+            Write::Refund {
+                program: "acme".into(),
+                order: "o-1".into(),
+                mark: Mark { ms: T + 2, id: 1 },
+                json: "second".into(),
+            },
+            Write::Refund {
+                program: "acme".into(),
+                order: "o-1".into(),
+                mark: Mark { ms: T + 1, id: 1 },
+                json: "first".into(),
+            },
+            Write::Claim {
+                key: "acme:sale:o-1".into(),
+                holder: "x".into(),
+            },
+            Write::Claim {
+                key: "acme:sale:o-1".into(),
+                holder: "y".into(),
+            },
+        ])
+        .await
+        .unwrap();
+        assert_eq!(
+            s.read(&[order, Read::Claim("acme:sale:o-1".into())])
+                .await
+                .unwrap(),
+            vec![
+                Answer::Order {
+                    record: Some("earned".into()),
+                    refunds: vec![
+                        (Mark { ms: T + 1, id: 1 }, "first".into()),
+                        (Mark { ms: T + 2, id: 1 }, "second".into())
+                    ]
+                },
+                Answer::Text(Some("x".into()))
+            ]
+        );
+    }
+
+    /// Frontiers: published values read back.
+    pub async fn frontiers(s: &dyn StateStore) {
+        s.publish(&[("a/0/s".into(), Mark { ms: T, id: 3 })])
+            .await
+            .unwrap();
+        s.publish(&[("a/1/s".into(), Mark::at(T))]).await.unwrap();
+        let got = s.frontiers().await.unwrap();
+        assert_eq!(got.get("a/0/s"), Some(&Mark { ms: T, id: 3 }));
+        assert_eq!(got.get("a/1/s"), Some(&Mark::at(T)));
+    }
+
+    /// The whole suite.
+    pub async fn all(s: &dyn StateStore) {
+        clicks_decide_in_mark_order(s).await;
+        journeys(s).await;
+        conversions_read_as_of_a_mark(s).await;
+        frontiers(s).await;
+        s.ping().await.unwrap();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: i64 = 1_790_000_000_000;
+
+    #[tokio::test]
+    async fn memory_store_passes_the_suite() {
+        suite::all(&MemoryState::new()).await;
+    }
+
+    #[test]
+    fn marks_encode_in_order() {
+        let marks = [
+            Mark::MIN,
+            Mark { ms: 5, id: 9 },
+            Mark { ms: 5, id: 10 },
+            Mark { ms: 6, id: 0 },
+            Mark {
+                ms: T,
+                id: u128::MAX,
+            },
+        ];
+        for w in marks.windows(2) {
+            assert!(w[0] < w[1]);
+            assert!(w[0].encode() < w[1].encode());
+        }
+        for m in marks {
+            assert_eq!(Mark::decode(&m.encode()), Some(m));
+        }
+        assert_eq!(Mark::decode("zz"), None);
+    }
+}
