@@ -25,7 +25,11 @@ async fn kill_dash_nine_mid_stream_changes_nothing() {
     let any_rows = "SELECT (SELECT count() FROM clicks) + (SELECT count() FROM conversions) + (SELECT count() FROM commissions)";
     let conversion_rows = "SELECT count() FROM conversions";
     for i in 0..4 {
-        let rows = if i % 2 == 0 { any_rows } else { conversion_rows };
+        let rows = if i % 2 == 0 {
+            any_rows
+        } else {
+            conversion_rows
+        };
         let before: u64 = ch_query(&crashing, rows).await[0][0].parse().unwrap();
         let mut child = spawn_pipeline_process(&crashing, &instance);
         // Kill at a random moment once this process has written something.
