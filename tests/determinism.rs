@@ -156,7 +156,15 @@ async fn a_partner_created_a_moment_before_its_first_sale_is_credited() {
     for row in &rows {
         assert_eq!(row[1], "attributed", "{rows:?}");
     }
-    // gold: 25% of 100.00, each to its own fresh partner.
+    // gold: 25% of 100.00, each to its own fresh partner (the ledger is written right
+    // after the conversions).
+    wait_count(
+        &config,
+        "SELECT count() FROM commissions FINAL",
+        5,
+        Duration::from_secs(10),
+    )
+    .await;
     let ledger = ch_query(
         &config,
         "SELECT partner_id, toString(amount) FROM commissions FINAL ORDER BY partner_id",

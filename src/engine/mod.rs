@@ -9,7 +9,9 @@ pub mod commission;
 pub mod dedup;
 pub mod journey;
 pub mod rounding;
+pub mod rules;
 pub mod settle;
 
 pub use attribution::{AttributionModel, Touch, Weights};
 pub use commission::{CommissionPlan, LedgerKind, LedgerRow};
+pub use rules::{Directory, PartnerRules, ProgramRules};

@@ -2,8 +2,6 @@
 //! rows from the credit the caller resolved (journey, referral, first sale, original
 //! order), the program's rules and the registry's view of the partners.
 
-use std::sync::Arc;
-
 use chrono::{DateTime, Datelike, Months, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -11,27 +9,10 @@ use uuid::Uuid;
 
 use super::attribution::Touch;
 use super::commission::{self, EarnedRow, Earning, LedgerRow, Share};
+pub use super::rules::{is_active, Directory};
+use super::rules::{PartnerRules, ProgramRules};
 use crate::events::{ConversionEvent, ConversionKind};
 use crate::money;
-use crate::registry::model::{Partner, PartnerStatus, Program};
-
-/// The registry as the engine sees it at settlement time.
-pub trait Directory {
-    fn partner(&self, id: &str) -> Option<Arc<Partner>>;
-}
-
-impl<S: std::hash::BuildHasher> Directory for std::collections::HashMap<String, Arc<Partner>, S> {
-    fn partner(&self, id: &str) -> Option<Arc<Partner>> {
-        self.get(id).cloned()
-    }
-}
-
-/// Is the partner known and active right now?
-pub fn is_active(directory: &impl Directory, partner_id: &str) -> bool {
-    directory
-        .partner(partner_id)
-        .is_some_and(|p| p.status == PartnerStatus::Active)
-}
 
 /// What became of a conversion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -197,28 +178,32 @@ pub fn month_of(t: DateTime<Utc>) -> u32 {
 /// Settles `conv` under `program`. `volume(partner, yyyymm)` answers how many
 /// conversions were attributed to the partner in that month.
 pub fn settle(
-    program: &Program,
+    program: &impl ProgramRules,
     conv: &ConversionEvent,
     credit: Credit<'_>,
     directory: &impl Directory,
     volume: impl Fn(&str, u32) -> u64,
 ) -> Decision {
-    let minor = money::minor_units(&program.currency);
-    let Some(rate) = program.fx.get(&conv.currency) else {
+    let minor = money::minor_units(program.currency());
+    let Some(rate) = program.fx_rate(&conv.currency) else {
         // The FX table lost the currency after intake: nothing can be settled.
         return Decision::uncredited(
             ConversionStatus::Unattributed,
             Decimal::ZERO,
-            &program.currency,
+            program.currency(),
         );
     };
-    let settled = conv.amount * *rate;
-    let plan = &program.commission;
+    let settled = conv.amount * rate;
+    let plan = program.commission();
 
     // Weighted lines per touch (or inherited share), and the model that made them.
     let (model, lines): (String, Vec<AttributionLine>) = match credit {
         Credit::None => {
-            return Decision::uncredited(ConversionStatus::Unattributed, settled, &program.currency)
+            return Decision::uncredited(
+                ConversionStatus::Unattributed,
+                settled,
+                program.currency(),
+            )
         }
         Credit::Refund(order) => {
             // An order that earned nothing has nothing to reverse: the refund credits nobody.
@@ -227,7 +212,7 @@ pub fn settle(
             } else {
                 ConversionStatus::Attributed
             };
-            let mut d = Decision::uncredited(status, settled, &program.currency);
+            let mut d = Decision::uncredited(status, settled, program.currency());
             (d.reverses, d.rows) =
                 commission::reverse(&order.rows, settled, order.settled_amount, minor)
                     .into_iter()
@@ -235,7 +220,7 @@ pub fn settle(
             return d;
         }
         Credit::Journey(touches) => {
-            let weights = program.attribution.weights(&touches);
+            let weights = program.attribution().weights(&touches);
             let lines = touches
                 .into_iter()
                 .zip(weights)
@@ -248,7 +233,7 @@ pub fn settle(
                     credited_amount: settled * w,
                 })
                 .collect();
-            (program.attribution.name().to_string(), lines)
+            (program.attribution().name().to_string(), lines)
         }
         Credit::Referral(partner_id) => (
             "referral_code".to_string(),
@@ -272,7 +257,7 @@ pub fn settle(
                 return Decision::uncredited(
                     ConversionStatus::Unattributed,
                     settled,
-                    &program.currency,
+                    program.currency(),
                 );
             }
             let lines = first
@@ -303,7 +288,7 @@ pub fn settle(
     let mut decision = Decision {
         status: ConversionStatus::Attributed,
         settled_amount: settled,
-        currency: program.currency.clone(),
+        currency: program.currency().to_string(),
         model,
         touches: lines.len() as u16,
         attributions: lines,
@@ -315,13 +300,13 @@ pub fn settle(
         .into_iter()
         .map(|(partner_id, weight)| {
             let partner = directory.partner(&partner_id);
-            let tier_rate = plan.tier_rate(partner.as_ref().and_then(|p| p.tier.as_deref()));
+            let tier_rate = plan.tier_rate(partner.as_ref().and_then(|p| p.tier()));
             let volume_bonus = if earning == Earning::Sale {
                 plan.volume_bonus(volume(&partner_id, bonus_month))
             } else {
                 Decimal::ZERO
             };
-            let ancestors = ancestors(directory, partner.as_deref(), plan.overrides.len());
+            let ancestors = ancestors(directory, partner.as_ref(), plan.overrides.len());
             Share {
                 partner_id,
                 weight,
@@ -338,19 +323,19 @@ pub fn settle(
 /// The partner's ancestors up to `levels`: `Some(id)` when active, `None` when not (it
 /// earns nothing, but its own parent keeps its level). Stops at the top of the chain;
 /// the registry refuses cycles, and `levels` bounds the walk regardless.
-fn ancestors(
-    directory: &impl Directory,
-    partner: Option<&Partner>,
+fn ancestors<D: Directory>(
+    directory: &D,
+    partner: Option<&D::Partner>,
     levels: usize,
 ) -> Vec<Option<String>> {
     let mut out = Vec::with_capacity(levels);
-    let mut next = partner.and_then(|p| p.parent_id.clone());
+    let mut next = partner.and_then(|p| p.parent_id().map(str::to_string));
     while out.len() < levels {
         let Some(id) = next else { break };
         match directory.partner(&id) {
             Some(p) => {
-                out.push((p.status == PartnerStatus::Active).then(|| id.clone()));
-                next = p.parent_id.clone();
+                next = p.parent_id().map(str::to_string);
+                out.push(p.is_active().then_some(id));
             }
             None => break,
         }
@@ -370,51 +355,85 @@ mod tests {
         Decimal::from_str(s).unwrap()
     }
 
-    fn program(model: AttributionModel) -> Program {
-        let mut p: Program = serde_json::from_value(serde_json::json!({
-            "name": "Acme", "currency": "USD", "secret": "0123456789abcdef-secret",
-            "fallback_url": "https://acme.example/",
-            "fx": {"USD": "1", "EUR": "1.0837", "JPY": "0.006571"},
-            "commission": {
-                "tiers": {"bronze": "0.15", "silver": "0.20", "gold": "0.25"},
-                "default_tier": "bronze", "lead_bounty": "5.00", "signup_bounty": "50.00",
-                "recurring": {"rate": "0.10", "months": 12},
-                "volume_bonuses": [{"min_conversions": 2, "bonus": "0.05"}],
-                "overrides": ["0.10", "0.05", "0.02"]
-            }
-        }))
-        .unwrap();
-        p.id = "acme".into();
-        p.attribution = model;
-        p.validate().unwrap();
-        p
+    /// A program's rules as plain values: the engine needs no registry.
+    struct Rules {
+        fx: HashMap<String, Decimal>,
+        attribution: AttributionModel,
+        commission: crate::engine::CommissionPlan,
     }
 
-    fn partner(
-        id: &str,
-        tier: &str,
-        parent: Option<&str>,
-        status: PartnerStatus,
-    ) -> (String, Arc<Partner>) {
+    impl ProgramRules for Rules {
+        fn currency(&self) -> &str {
+            "USD"
+        }
+        fn fx_rate(&self, currency: &str) -> Option<Decimal> {
+            self.fx.get(currency).copied()
+        }
+        fn attribution(&self) -> &AttributionModel {
+            &self.attribution
+        }
+        fn commission(&self) -> &crate::engine::CommissionPlan {
+            &self.commission
+        }
+    }
+
+    fn program(model: AttributionModel) -> Rules {
+        let commission: crate::engine::CommissionPlan = serde_json::from_value(serde_json::json!({
+            "tiers": {"bronze": "0.15", "silver": "0.20", "gold": "0.25"},
+            "default_tier": "bronze", "lead_bounty": "5.00", "signup_bounty": "50.00",
+            "recurring": {"rate": "0.10", "months": 12},
+            "volume_bonuses": [{"min_conversions": 2, "bonus": "0.05"}],
+            "overrides": ["0.10", "0.05", "0.02"]
+        }))
+        .unwrap();
+        commission.validate().unwrap();
+        Rules {
+            fx: HashMap::from([
+                ("USD".to_string(), d("1")),
+                ("EUR".to_string(), d("1.0837")),
+                ("JPY".to_string(), d("0.006571")),
+            ]),
+            attribution: model,
+            commission,
+        }
+    }
+
+    #[derive(Clone)]
+    struct Partner {
+        tier: String,
+        parent: Option<String>,
+        active: bool,
+    }
+
+    impl PartnerRules for Partner {
+        fn tier(&self) -> Option<&str> {
+            Some(&self.tier)
+        }
+        fn parent_id(&self) -> Option<&str> {
+            self.parent.as_deref()
+        }
+        fn is_active(&self) -> bool {
+            self.active
+        }
+    }
+
+    fn partner(id: &str, tier: &str, parent: Option<&str>, active: bool) -> (String, Partner) {
         (
             id.to_string(),
-            Arc::new(Partner {
-                id: id.into(),
-                program_id: "acme".into(),
-                name: None,
-                tier: Some(tier.into()),
-                parent_id: parent.map(str::to_string),
-                status,
-            }),
+            Partner {
+                tier: tier.into(),
+                parent: parent.map(str::to_string),
+                active,
+            },
         )
     }
 
-    fn directory() -> HashMap<String, Arc<Partner>> {
+    fn directory() -> HashMap<String, Partner> {
         HashMap::from([
-            partner("root", "gold", None, PartnerStatus::Active),
-            partner("mid", "silver", Some("root"), PartnerStatus::Active),
-            partner("leaf", "gold", Some("mid"), PartnerStatus::Active),
-            partner("solo", "bronze", None, PartnerStatus::Active),
+            partner("root", "gold", None, true),
+            partner("mid", "silver", Some("root"), true),
+            partner("leaf", "gold", Some("mid"), true),
+            partner("solo", "bronze", None, true),
         ])
     }
 
@@ -607,7 +626,7 @@ mod tests {
         let mut dir = directory();
         dir.insert(
             "mid".into(),
-            partner("mid", "silver", Some("root"), PartnerStatus::Paused).1,
+            partner("mid", "silver", Some("root"), false).1,
         );
         let dec = settle(
             &p,

@@ -438,6 +438,7 @@ impl Registry {
 }
 
 impl Directory for Registry {
+    type Partner = Arc<Partner>;
     fn partner(&self, id: &str) -> Option<Arc<Partner>> {
         Registry::partner(self, id)
     }

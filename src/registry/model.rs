@@ -287,6 +287,33 @@ impl Link {
     }
 }
 
+impl crate::engine::ProgramRules for Program {
+    fn currency(&self) -> &str {
+        &self.currency
+    }
+    fn fx_rate(&self, currency: &str) -> Option<Decimal> {
+        self.fx.get(currency).copied()
+    }
+    fn attribution(&self) -> &AttributionModel {
+        &self.attribution
+    }
+    fn commission(&self) -> &CommissionPlan {
+        &self.commission
+    }
+}
+
+impl crate::engine::PartnerRules for Partner {
+    fn tier(&self) -> Option<&str> {
+        self.tier.as_deref()
+    }
+    fn parent_id(&self) -> Option<&str> {
+        self.parent_id.as_deref()
+    }
+    fn is_active(&self) -> bool {
+        self.status == PartnerStatus::Active
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests_support {
     /// The program of SPEC §3.3, as the admin API receives it.
