@@ -13,6 +13,24 @@ pub fn max_amount() -> Decimal {
     Decimal::new(999_999_999_999_999_999, AMOUNT_SCALE)
 }
 
+/// Largest settlement amount (amount × fx, in the program currency) a conversion may
+/// have. With every rate at most 1 and at most 5 override levels, a conversion's ledger
+/// rows stay below 2 × 6 × 10¹³ = 1.2 × 10¹⁵ in sum, well inside `Decimal(18,4)`
+/// (9.2 × 10¹⁴ per row; a row is at most 2 × 10¹³).
+pub fn max_settled() -> Decimal {
+    Decimal::new(10_000_000_000_000, 0)
+}
+
+/// Largest FX rate a program may set (program-currency units per unit).
+pub fn max_fx_rate() -> Decimal {
+    Decimal::new(1_000_000, 0)
+}
+
+/// Largest lead or signup bounty.
+pub fn max_bounty() -> Decimal {
+    Decimal::new(1_000_000_000, 0)
+}
+
 /// ISO 4217 codes with their minor units (decimal places). Codes with 2 are the
 /// default and not listed one by one except for the common ones, so that the table is
 /// readable; `minor_units` answers for every code in [`KNOWN`].

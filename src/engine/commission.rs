@@ -113,14 +113,17 @@ impl CommissionPlan {
                     "must be a non-negative amount with at most 4 decimals",
                 ));
             }
+            if v > crate::money::max_bounty() {
+                return Err((field.into(), "must be at most 1000000000"));
+            }
         }
         if !rate_ok(&self.recurring.rate) {
             return Err(("recurring.rate".into(), "must be a rate from 0 to 1"));
         }
-        if self.recurring.months == Some(0) {
+        if self.recurring.months == Some(0) || self.recurring.months > Some(120) {
             return Err((
                 "recurring.months".into(),
-                "must be at least 1, or null for lifetime",
+                "must be 1 to 120, or null for lifetime",
             ));
         }
         let mut last_min = None;

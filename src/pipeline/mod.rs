@@ -45,6 +45,8 @@ use store::{Candidate, ClickRecord, JourneyTouch, Mark, StateError, StateStore, 
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Conversions resolved per state round trip, at most.
 const SETTLE_CHUNK: usize = 10_000;
+/// How long stopping may retry dependencies before giving up on its last write.
+const STOP_DEADLINE: Duration = Duration::from_secs(15);
 
 /// Why the pipeline stopped.
 #[derive(Debug, thiserror::Error)]
@@ -236,8 +238,14 @@ impl Pipeline {
             }
         }
         // Stop: write and commit what is settled; what waits stays uncommitted and is
-        // delivered again after the restart, unless the bus cannot do that.
-        let never = Shutdown::never();
+        // delivered again after the restart, unless the bus cannot do that. With a
+        // deadline: a dependency that is away must not keep the process from exiting
+        // (what is not written is not committed, and comes back after the restart).
+        let (expire, deadline) = crate::shutdown::channel();
+        tokio::spawn(async move {
+            tokio::time::sleep(STOP_DEADLINE).await;
+            expire.fire();
+        });
         if self.drain_on_stop {
             loop {
                 let messages = source
@@ -246,14 +254,14 @@ impl Pipeline {
                 if messages.is_empty() {
                     break;
                 }
-                self.take(messages, &never).await;
+                self.take(messages, &deadline).await;
             }
             while self
-                .advance(source.partitions(), source.owned(), true, &never)
+                .advance(source.partitions(), source.owned(), true, &deadline)
                 .await
             {}
         }
-        self.write_and_commit(&mut *source, &never).await?;
+        self.write_and_commit(&mut *source, &deadline).await?;
         tracing::info!(
             clicks = self.clicks.len(),
             conversions = self.conversions.len(),
@@ -590,7 +598,7 @@ impl Pipeline {
             for ((_, p), outcome) in chunk.into_iter().zip(outcomes) {
                 match outcome {
                     Outcome::Settled(memo) => self.emit_conversion(&p.event, &memo),
-                    Outcome::Corrupt(reason) => {
+                    Outcome::DeadLetter(reason) => {
                         let payload = serde_json::to_vec(&p.event).unwrap_or_default();
                         self.dead_letter(
                             &Topic::Conversions,

@@ -42,8 +42,9 @@ type Booked = Vec<(usize, Decimal)>;
 /// What became of one conversion of a batch.
 pub enum Outcome {
     Settled(Box<Memo>),
-    /// Its stored memo cannot be decoded: it goes to the dead-letter topic.
-    Corrupt(String),
+    /// It cannot be settled (arithmetic beyond the ledger's range) or its stored memo
+    /// cannot be decoded: it goes to the dead-letter topic with this reason.
+    DeadLetter(String),
 }
 
 /// State of one order while a batch is resolved.
@@ -88,7 +89,7 @@ pub async fn settle_batch(
                 replayed.extend(effects(registry, *mark, e, &memo));
                 Outcome::Settled(Box::new(memo))
             }
-            Err(err) => Outcome::Corrupt(format!("undecodable memo: {err}")),
+            Err(err) => Outcome::DeadLetter(format!("undecodable memo: {err}")),
         }));
     }
     state.write(&replayed).await?;
@@ -234,29 +235,31 @@ pub async fn settle_batch(
     let mut decided: Vec<(usize, Memo)> = Vec::with_capacity(fresh.len());
     for (k, &i) in fresh.iter().enumerate() {
         let (mark, e) = &batch[i];
-        let memo = match registry.program(&e.program_id) {
-            None => Memo {
+        let memo: Result<Memo, String> = match registry.program(&e.program_id) {
+            None => Ok(Memo {
                 decision: Decision::uncredited(ConversionStatus::Unattributed, Decimal::ZERO, ""),
                 campaigns: Vec::new(),
-            },
+            }),
             Some(program) => {
                 let key = dedup::conversion_key(&e.program_id, e.kind.as_str(), &e.order_id);
                 let holder = text(asked[k].claim)
                     .and_then(|h| Uuid::parse_str(&h).ok())
                     .or_else(|| claims.get(&key).copied());
                 if holder.is_some_and(|h| h != e.conversion_id) {
-                    let settled = program
+                    match program
                         .fx
                         .get(&e.currency)
-                        .map(|r| e.amount * *r)
-                        .unwrap_or_default();
-                    Memo {
-                        decision: Decision::uncredited(
-                            ConversionStatus::Duplicate,
-                            settled,
-                            &program.currency,
-                        ),
-                        campaigns: Vec::new(),
+                        .map(|r| e.amount.checked_mul(*r))
+                    {
+                        Some(None) => Err(OUT_OF_RANGE.to_string()),
+                        settled => Ok(Memo {
+                            decision: Decision::uncredited(
+                                ConversionStatus::Duplicate,
+                                settled.flatten().unwrap_or_default(),
+                                &program.currency,
+                            ),
+                            campaigns: Vec::new(),
+                        }),
                     }
                 } else {
                     let order_key = e
@@ -321,7 +324,7 @@ pub async fn settle_batch(
                             .unwrap_or(0);
                         stored + batch
                     };
-                    let memo = decide(
+                    decide(
                         registry,
                         &program,
                         e,
@@ -329,17 +332,20 @@ pub async fn settle_batch(
                         first_sale.as_ref(),
                         order.as_ref(),
                         volume,
-                    );
-                    // The overlay: what later conversions of the batch must see.
-                    if memo.decision.status != ConversionStatus::Duplicate {
+                    )
+                    .inspect(|memo| {
+                        // The overlay: what later conversions of the batch must see.
                         claims.insert(key, e.conversion_id);
-                    }
-                    overlay(e, *mark, &memo, &mut counted, &mut first_sales, &mut orders);
-                    memo
+                        overlay(e, *mark, memo, &mut counted, &mut first_sales, &mut orders);
+                    })
                 }
             }
         };
-        decided.push((i, memo));
+        match memo {
+            Ok(memo) => decided.push((i, memo)),
+            // Nothing of it is stored or seen by later conversions.
+            Err(reason) => outcomes[i] = Some(Outcome::DeadLetter(reason)),
+        }
     }
 
     // 6. Memos, set once.
@@ -363,7 +369,7 @@ pub async fn settle_batch(
             Some(raw) => match serde_json::from_str::<Memo>(&raw) {
                 Ok(m) => m,
                 Err(err) => {
-                    outcomes[i] = Some(Outcome::Corrupt(format!("undecodable memo: {err}")));
+                    outcomes[i] = Some(Outcome::DeadLetter(format!("undecodable memo: {err}")));
                     continue;
                 }
             },
@@ -419,7 +425,11 @@ fn referral_partner(registry: &Registry, program: &Program, e: &ConversionEvent)
         .then(|| link.link.partner_id.clone())
 }
 
-/// The decision for an original (not duplicate) conversion.
+const OUT_OF_RANGE: &str = "amounts beyond the ledger's range";
+
+/// The decision for an original (not duplicate) conversion; an error when its amounts
+/// do not fit the ledger (the registry's bounds keep that from happening; this is the
+/// net under them).
 fn decide(
     registry: &Registry,
     program: &Program,
@@ -428,7 +438,7 @@ fn decide(
     first_sale: Option<&FirstSale>,
     order: Option<&OrderRecord>,
     volume: impl Fn(&str) -> u64,
-) -> Memo {
+) -> Result<Memo, String> {
     let mut campaigns = Vec::new();
     let credit = match e.kind {
         ConversionKind::Sale | ConversionKind::Lead | ConversionKind::Signup => {
@@ -465,11 +475,16 @@ fn decide(
         },
         ConversionKind::Refund => order.map(Credit::Refund).unwrap_or(Credit::None),
     };
-    let decision = settle::settle(program, e, credit, registry, |p, _| volume(p));
-    Memo {
+    // Decimal arithmetic panics on overflow: one conversion must not stop the pipeline.
+    let decision = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        settle::settle(program, e, credit, registry, |p, _| volume(p))
+    }))
+    .map_err(|_| OUT_OF_RANGE.to_string())?;
+    crate::sink::rows::fits(e, &decision).map_err(|why| format!("{OUT_OF_RANGE}: {why}"))?;
+    Ok(Memo {
         decision,
         campaigns,
-    }
+    })
 }
 
 /// Records in the batch overlay what `memo` changes for later conversions.
@@ -634,4 +649,90 @@ fn effects(registry: &Registry, mark: Mark, e: &ConversionEvent, memo: &Memo) ->
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::store::MemoryState;
+    use crate::registry::{Entity, MemoryStore, RegistryStore};
+    use chrono::TimeZone;
+    use std::str::FromStr;
+    use std::sync::Arc;
+
+    fn sale(id: u128, currency: &str) -> ConversionEvent {
+        let at = chrono::Utc
+            .with_ymd_and_hms(2026, 11, 20, 10, 0, 0)
+            .unwrap();
+        ConversionEvent {
+            v: 1,
+            conversion_id: Uuid::from_u128(id),
+            program_id: "acme".into(),
+            order_id: format!("o-{id}"),
+            kind: ConversionKind::Sale,
+            amount: Decimal::from(100),
+            currency: currency.into(),
+            occurred_at: at,
+            received_at: at,
+            click_id: None,
+            visitor_id: None,
+            referral_code: Some("alice-1".into()),
+            customer_id: None,
+            original_order_id: None,
+            registry_version: 0,
+        }
+    }
+
+    /// A program stored before today's bounds (an FX rate of 10²⁵) cannot stop the
+    /// pipeline: its conversion is dead-lettered and the next one settles.
+    #[tokio::test]
+    async fn a_conversion_beyond_the_ledger_is_dead_lettered_and_the_rest_settles() {
+        let store = Arc::new(MemoryStore::new());
+        let mut program: Program =
+            serde_json::from_value(crate::registry::model::tests_support::program_json()).unwrap();
+        program.id = "acme".into();
+        program.fx.insert(
+            "EUR".into(),
+            Decimal::from_str("10000000000000000000000000").unwrap(),
+        );
+        store.put(&Entity::Program(program)).await.unwrap();
+        store
+            .put(&Entity::Partner(
+                serde_json::from_value(serde_json::json!({"id": "alice", "program_id": "acme"}))
+                    .unwrap(),
+            ))
+            .await
+            .unwrap();
+        store
+            .put(&Entity::Link(
+                serde_json::from_value(serde_json::json!({"code": "alice-1", "program_id": "acme",
+                    "partner_id": "alice", "destination": "https://shop.example/"}))
+                .unwrap(),
+            ))
+            .await
+            .unwrap();
+        let registry = Registry::open(store).await.unwrap();
+        let state = MemoryState::new();
+        let batch: Vec<(Mark, ConversionEvent)> = [sale(1, "EUR"), sale(2, "USD")]
+            .into_iter()
+            .map(|e| (Mark::new(e.received_at, e.conversion_id), e))
+            .collect();
+        let outcomes = settle_batch(&registry, &state, &batch).await.unwrap();
+        assert!(
+            matches!(&outcomes[0], Outcome::DeadLetter(r) if r.contains("range")),
+            "the EUR sale is dead-lettered"
+        );
+        match &outcomes[1] {
+            Outcome::Settled(memo) => {
+                assert_eq!(memo.decision.status, ConversionStatus::Attributed);
+                assert_eq!(memo.decision.rows[0].amount, Decimal::from(15));
+            }
+            Outcome::DeadLetter(r) => panic!("the USD sale settles: {r}"),
+        }
+        // Nothing of the dead-lettered one was stored.
+        assert_eq!(
+            state.memos(&[Uuid::from_u128(1)]).await.unwrap(),
+            vec![None]
+        );
+    }
 }

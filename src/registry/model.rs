@@ -149,8 +149,11 @@ impl Program {
                     "is not an ISO 4217 currency code",
                 ));
             }
-            if *rate <= Decimal::ZERO {
-                return Err(Invalid::new(format!("fx.{code}"), "must be greater than 0"));
+            if *rate <= Decimal::ZERO || *rate > money::max_fx_rate() || rate.scale() > 12 {
+                return Err(Invalid::new(
+                    format!("fx.{code}"),
+                    "must be greater than 0 and at most 1000000, with at most 12 decimals",
+                ));
             }
         }
         if let Err((field, message)) = self.commission.validate() {
@@ -354,6 +357,29 @@ mod tests {
             ),
             ("fx", serde_json::json!({"USD": "1", "EUR": "0"}), "fx.EUR"),
             ("fx", serde_json::json!({"USD": "2"}), "fx.USD"),
+            // Rates whose worst case would overflow the ledger (SPEC §7).
+            (
+                "fx",
+                serde_json::json!({"USD": "1", "EUR": "1e25"}),
+                "fx.EUR",
+            ),
+            (
+                "fx",
+                serde_json::json!({"USD": "1", "EUR": "1000000.1"}),
+                "fx.EUR",
+            ),
+            (
+                "commission",
+                serde_json::json!({"tiers": {"b": "0.1"}, "default_tier": "b",
+                    "lead_bounty": "79228162514264337593543950335"}),
+                "commission.lead_bounty",
+            ),
+            (
+                "commission",
+                serde_json::json!({"tiers": {"b": "0.1"}, "default_tier": "b",
+                    "recurring": {"rate": "0.1", "months": 4294967295u64}}),
+                "commission.recurring.months",
+            ),
             (
                 "attribution",
                 serde_json::json!({"model": "position_based", "first": "0.7", "last": "0.7"}),

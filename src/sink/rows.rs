@@ -93,6 +93,33 @@ pub mod ser {
     }
 }
 
+/// Checks that every amount of a conversion's rows fits its column (`Decimal(18,4)`,
+/// weights and rates `Decimal(18,12)`), so that the sink never refuses a batch for one
+/// conversion: one that does not fit goes to the dead-letter topic instead.
+pub fn fits(e: &ConversionEvent, d: &Decision) -> Result<(), String> {
+    fn check(what: &str, x: Decimal, scale: u32) -> Result<(), String> {
+        let limit = Decimal::new(i64::MAX, scale);
+        let r =
+            x.round_dp_with_strategy(scale, rust_decimal::RoundingStrategy::MidpointNearestEven);
+        if r.abs() > limit {
+            return Err(format!("{what} {x} does not fit Decimal(18,{scale})"));
+        }
+        Ok(())
+    }
+    check("amount", e.amount, 4)?;
+    check("settled_amount", d.settled_amount, 4)?;
+    for a in &d.attributions {
+        check("weight", a.weight, 12)?;
+        check("credited_amount", a.credited_amount, 4)?;
+    }
+    for r in &d.rows {
+        check("base_amount", r.base_amount, 4)?;
+        check("rate", r.rate, 12)?;
+        check("amount", r.amount, 4)?;
+    }
+    Ok(())
+}
+
 /// A row of `clicks`.
 #[derive(Debug, Clone, PartialEq, Serialize, clickhouse::Row)]
 pub struct ClickRow {
