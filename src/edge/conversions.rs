@@ -4,7 +4,7 @@
 //! fields (400) → publish (202 once acknowledged, 503 when the broker is away). Nothing
 //! is published unless every item of an array is valid.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeZone, Utc};
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use serde_json::{Map, Value};
@@ -206,7 +206,11 @@ fn opt_string(
 ) -> Result<Option<String>, ApiError> {
     match item.get(field) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        // An empty string is a mistake, not an absence: saying so beats guessing.
+        Some(Value::String(s)) if s.is_empty() => Err(ApiError::invalid(
+            field,
+            "must not be empty (omit it or send null)",
+        )),
         Some(Value::String(s)) if s.len() > max => Err(ApiError::invalid(
             field,
             format!("must be at most {max} characters"),
@@ -266,10 +270,19 @@ pub fn parse_conversion(
         }
     };
     let currency = opt_string(item, "currency", 3)?.unwrap_or_else(|| program.currency.clone());
-    if !program.fx.contains_key(&currency) {
+    let Some(rate) = program.fx.get(&currency) else {
         return Err(ApiError::invalid(
             "currency",
             "is not in the program's FX table",
+        ));
+    };
+    if amount
+        .checked_mul(*rate)
+        .is_none_or(|settled| settled > crate::money::max_settled())
+    {
+        return Err(ApiError::invalid(
+            "amount",
+            "is too large: amount × fx must be at most 10000000000000 in the program currency",
         ));
     }
     let occurred_at = match opt_string(item, "occurred_at", 64)? {
@@ -278,6 +291,15 @@ pub fn parse_conversion(
             .map(|t| to_millis(t.with_timezone(&Utc)))
             .map_err(|_| ApiError::invalid("occurred_at", "must be an RFC 3339 timestamp"))?,
     };
+    let earliest = Utc.with_ymd_and_hms(2000, 1, 1, 0, 0, 0).single();
+    if earliest.is_some_and(|e| occurred_at < e)
+        || occurred_at > received_at + chrono::Duration::days(1)
+    {
+        return Err(ApiError::invalid(
+            "occurred_at",
+            "must be from 2000-01-01 to one day ahead of the edge's clock",
+        ));
+    }
     let click_id = opt_uuid(item, "click_id")?;
     let visitor_id = opt_uuid(item, "visitor_id")?;
     let referral_code = opt_string(item, "referral_code", 64)?;
@@ -375,5 +397,32 @@ mod tests {
         assert_eq!(field_of(with("surprise", json!(1))), "surprise");
         assert_eq!(field_of(with("kind", json!("recurring"))), "customer_id");
         assert_eq!(field_of(with("kind", json!("refund"))), "original_order_id");
+        // Empty strings are mistakes, not absences (SPEC §7).
+        assert_eq!(field_of(with("currency", json!(""))), "currency");
+        assert_eq!(field_of(with("occurred_at", json!(""))), "occurred_at");
+        // Event times a ClickHouse DateTime cannot hold, or far ahead of the edge.
+        for t in [
+            "0000-01-01T00:00:00Z",
+            "1999-12-31T23:59:59Z",
+            "9999-12-31T23:59:59Z",
+        ] {
+            assert_eq!(
+                field_of(with("occurred_at", json!(t))),
+                "occurred_at",
+                "{t}"
+            );
+        }
+        let ahead = (Utc::now() + chrono::Duration::hours(23))
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        assert!(parse(with("occurred_at", json!(ahead))).is_ok());
+    }
+
+    #[test]
+    fn settlement_amounts_are_bounded() {
+        // ¥ at 0.006571: 10^14 − 1 yen settles well under the bound; 10^12 EUR does not.
+        let sale = |amount: &str, currency: &str| json!({"program_id": "acme", "order_id": "1", "kind": "sale", "amount": amount, "currency": currency});
+        assert!(parse(sale("99999999999999", "JPY")).is_ok());
+        assert_eq!(field_of(sale("10000000000000", "EUR")), "amount");
+        assert!(parse(sale("9000000000000", "USD")).is_ok());
     }
 }
