@@ -172,12 +172,51 @@ async fn kafka_source(config: &Config) -> anyhow::Result<kafka::KafkaSource> {
     let partitions = kafka::partitions_of(&config.kafka, Duration::from_secs(10))
         .await
         .context("cannot read the topics' partitions")?;
+    let instance = instance_id(config);
+    if instance.is_empty() {
+        tracing::warn!("no pipeline.instance_id and an ephemeral admin port: dynamic group membership, which some brokers do not recover from after a crash");
+    } else {
+        tracing::info!(instance = %instance, "static group member");
+    }
     Ok(kafka::KafkaSource::new(
         &config.kafka,
         &config.pipeline.group_id,
-        &config.pipeline.instance_id,
+        &instance,
         partitions,
     )?)
+}
+
+/// The consumer-group instance id: `pipeline.instance_id`, else `{host}-{admin port}`,
+/// stable across restarts of the same process on the same host (two pipelines on one
+/// host cannot share an admin port), so that a restarted pipeline takes its partitions
+/// back at once on Kafka and on Tansu alike. Empty (dynamic membership) only when the
+/// admin port is ephemeral.
+pub fn instance_id(config: &Config) -> String {
+    if !config.pipeline.instance_id.is_empty() {
+        return config.pipeline.instance_id.clone();
+    }
+    let port = config.pipeline.admin_listen.port();
+    if port == 0 {
+        return String::new();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    let host: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(200)
+        .collect();
+    format!("{host}-{port}")
 }
 
 /// Runs the consumer pipeline alone until `shutdown`.
@@ -289,17 +328,30 @@ pub async fn run_serve(
         let t = &config.kafka.topics;
         pipeline = pipeline.topics(&t.clicks, &t.conversions);
     }
-    let pipeline_task = tokio::spawn(pipeline.run(source, pipeline_shutdown));
+    let mut pipeline_task = tokio::spawn(pipeline.run(source, pipeline_shutdown));
     tracing::info!(edge = %edge_addr, admin = %admin_addr, "serving");
     let (sink_kind, data_dir) = (config.sink.kind, config.sink.data_dir.clone());
-    let edge_task = crate::edge::spawn(config, registry, bus, edge_listener, shutdown);
+    let mut edge_task = crate::edge::spawn(config, registry, bus, edge_listener, shutdown);
     if let Some(tx) = ready {
         let _ = tx.send(ServeAddrs {
             edge: edge_addr,
             admin: admin_addr,
         });
     }
-    edge_task.await?;
+    tokio::select! {
+        r = &mut edge_task => r?,
+        // The pipeline ends only when told to, after the edge: ending before means
+        // processing stopped, and a process that accepts events it will never write
+        // must not stay up looking healthy.
+        r = &mut pipeline_task => {
+            edge_task.abort();
+            return Err(match r {
+                Ok(Ok(())) => anyhow::anyhow!("the pipeline stopped while the edge was serving"),
+                Ok(Err(e)) => anyhow::Error::new(e).context("the pipeline stopped"),
+                Err(e) => anyhow::anyhow!("the pipeline task failed: {e}"),
+            });
+        }
+    }
     pipeline_trigger.fire();
     pipeline_task.await??;
     let _ = admin_task.await;
