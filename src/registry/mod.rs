@@ -141,12 +141,24 @@ impl Registry {
     async fn reload(&self) -> Result<(), StoreError> {
         let mut cursor = self.cursor.lock().await;
         let (entities, next) = self.store.load().await?;
-        self.programs.clear();
-        self.partners.clear();
-        self.links.clear();
+        // Overwrite in place, then drop what is gone: a redirect meanwhile never finds
+        // a live link missing.
+        let mut keep = (
+            std::collections::HashSet::new(),
+            std::collections::HashSet::new(),
+            std::collections::HashSet::new(),
+        );
         for e in entities {
+            match &e {
+                Entity::Program(p) => keep.0.insert(p.id.clone()),
+                Entity::Partner(p) => keep.1.insert(p.id.clone()),
+                Entity::Link(l) => keep.2.insert(l.code.clone()),
+            };
             self.apply(e);
         }
+        self.programs.retain(|k, _| keep.0.contains(k));
+        self.partners.retain(|k, _| keep.1.contains(k));
+        self.links.retain(|k, _| keep.2.contains(k));
         self.advance(&next);
         *cursor = next;
         Ok(())
