@@ -24,6 +24,10 @@ pub type HttpResponse = Response<Full<Bytes>>;
 /// Largest request body accepted (SPEC §3.2).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
+/// How long a request body may take to arrive in full (SPEC §7): a client that
+/// announces a body and sends none must not hold a connection and its buffers.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// An API error: the status and the `{"error":{code,message,field}}` body (SPEC §3.2).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{status} {code}: {message}")]
@@ -33,6 +37,8 @@ pub struct ApiError {
     pub message: String,
     pub field: Option<String>,
     pub retry_after_secs: Option<u32>,
+    /// The methods the route takes, for a 405's `Allow`.
+    pub allow: Option<&'static str>,
 }
 
 impl ApiError {
@@ -43,6 +49,7 @@ impl ApiError {
             message: message.into(),
             field: None,
             retry_after_secs: None,
+            allow: None,
         }
     }
 
@@ -66,16 +73,31 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }
 
-    pub fn method_not_allowed() -> Self {
-        Self::new(
+    /// 405 with `Allow: {allow}` (RFC 9110 §15.5.6).
+    pub fn method_not_allowed(allow: &'static str) -> Self {
+        let mut e = Self::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
-            "method not allowed on this route",
-        )
+            format!("method not allowed on this route (allowed: {allow})"),
+        );
+        e.allow = Some(allow);
+        e
     }
 
     pub fn conflict(message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "conflict", message)
+    }
+
+    /// 408: the body did not arrive in time; the connection is closed.
+    pub fn request_timeout() -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the request body did not arrive within {} s",
+                BODY_TIMEOUT.as_secs()
+            ),
+        )
     }
 
     pub fn too_large(message: impl Into<String>) -> Self {
@@ -127,6 +149,14 @@ impl ApiError {
             resp.headers_mut()
                 .insert(RETRY_AFTER, HeaderValue::from(secs));
         }
+        if self.status == StatusCode::REQUEST_TIMEOUT {
+            resp.headers_mut()
+                .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if let Some(allow) = self.allow {
+            resp.headers_mut()
+                .insert(hyper::header::ALLOW, HeaderValue::from_static(allow));
+        }
         resp
     }
 }
@@ -164,7 +194,11 @@ pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Ap
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::too_large(format!("body over {limit} bytes")));
     }
-    match Limited::new(req.into_body(), limit).collect().await {
+    let collect = Limited::new(req.into_body(), limit).collect();
+    let Ok(collected) = tokio::time::timeout(BODY_TIMEOUT, collect).await else {
+        return Err(ApiError::request_timeout());
+    };
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             Err(ApiError::too_large(format!("body over {limit} bytes")))
@@ -239,4 +273,156 @@ pub fn client() -> hyper_util::client::legacy::Client<
     hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(1024)
         .build_http()
+}
+
+/// Refuses JSON that a lenient parser would quietly make sense of (SPEC §7): a key twice
+/// in one object (serde_json keeps the last), at any depth, and bytes after the value (a
+/// deserializer stops at the first complete one). The error names the key.
+pub fn strict_json(body: &[u8]) -> Result<(), ApiError> {
+    use serde::de::{DeserializeSeed, Error as _, MapAccess, SeqAccess, Visitor};
+
+    /// Walks a value; carries the path of where it is, for the error.
+    struct Walk(String);
+
+    impl<'de> DeserializeSeed<'de> for Walk {
+        type Value = ();
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Walk {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON value")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            let mut i = 0;
+            while seq
+                .next_element_seed(Walk(format!("{}[{i}]", self.0)))?
+                .is_some()
+            {
+                i += 1;
+            }
+            Ok(())
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                let path = if self.0.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{}.{key}", self.0)
+                };
+                if !seen.insert(key) {
+                    return Err(A::Error::custom(format!("duplicate key `{path}`")));
+                }
+                map.next_value_seed(Walk(path))?;
+            }
+            Ok(())
+        }
+    }
+
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let walked = Walk(String::new()).deserialize(&mut de);
+    if let Err(e) = walked {
+        let msg = e.to_string();
+        return Err(
+            match msg
+                .strip_prefix("duplicate key `")
+                .and_then(|r| r.split_once('`'))
+            {
+                Some((path, _)) => ApiError::invalid(path, "appears twice"),
+                None => ApiError::malformed(msg),
+            },
+        );
+    }
+    de.end()
+        .map_err(|_| ApiError::malformed("trailing characters after the JSON value"))
+}
+
+/// The first key of `given` (a request body) that `understood` (what was made of it,
+/// serialized back) does not have, at any depth: an unknown key the types ignored.
+pub fn unknown_key(given: &serde_json::Value, understood: &serde_json::Value) -> Option<String> {
+    fn walk(
+        path: &str,
+        given: &serde_json::Value,
+        understood: &serde_json::Value,
+    ) -> Option<String> {
+        use serde_json::Value;
+        match (given, understood) {
+            (Value::Object(g), Value::Object(u)) => g.iter().find_map(|(k, v)| {
+                let here = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                match u.get(k) {
+                    None => Some(here),
+                    Some(w) => walk(&here, v, w),
+                }
+            }),
+            (Value::Array(g), Value::Array(u)) => g
+                .iter()
+                .zip(u)
+                .enumerate()
+                .find_map(|(i, (v, w))| walk(&format!("{path}[{i}]"), v, w)),
+            _ => None,
+        }
+    }
+    walk("", given, understood)
+}
+
+#[cfg(test)]
+mod strict_tests {
+    use super::*;
+
+    #[test]
+    fn duplicates_at_any_depth_and_trailing_bytes_are_refused() {
+        assert!(strict_json(br#"{"a": 1, "b": [{"c": 2}]}"#).is_ok());
+        assert_eq!(
+            strict_json(br#"{"amount": "1", "amount": "2"}"#)
+                .unwrap_err()
+                .field
+                .as_deref(),
+            Some("amount")
+        );
+        assert_eq!(
+            strict_json(br#"[{"x": 1}, {"y": {"z": 1, "z": 2}}]"#)
+                .unwrap_err()
+                .field
+                .as_deref(),
+            Some("[1].y.z")
+        );
+        let e = strict_json(br#"{"a": 1}}}}garbage"#).unwrap_err();
+        assert_eq!(e.code, "malformed_json");
+        assert!(strict_json(b"{\"a\": 1}  \n").is_ok());
+    }
+
+    #[test]
+    fn unknown_keys_are_found_at_any_depth() {
+        let given = serde_json::json!({"a": 1, "m": {"model": "x", "bogus": 2}, "l": [{"k": 1}]});
+        let understood =
+            serde_json::json!({"a": 1, "extra": 0, "m": {"model": "x"}, "l": [{"k": 1}]});
+        assert_eq!(unknown_key(&given, &understood).as_deref(), Some("m.bogus"));
+        assert_eq!(unknown_key(&understood, &understood), None);
+    }
 }

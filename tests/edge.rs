@@ -283,6 +283,14 @@ async fn conversions_round_trip_and_bad_input_publishes_nothing() {
         (json!({"program_id": "acme", "order_id": "X", "kind": "sale", "amount": "1", "currency": "GBP"}).to_string(), StatusCode::BAD_REQUEST, Some("currency")),
         (json!({"program_id": "nope", "order_id": "X", "kind": "sale", "amount": "1"}).to_string(), StatusCode::BAD_REQUEST, Some("program_id")),
         (json!({"program_id": "acme", "order_id": 7, "kind": "sale", "amount": "1"}).to_string(), StatusCode::BAD_REQUEST, Some("order_id")),
+        (json!({"program_id": "acme", "order_id": "X", "kind": "sale", "amount": "1", "currency": ""}).to_string(), StatusCode::BAD_REQUEST, Some("currency")),
+        (json!({"program_id": "acme", "order_id": "X", "kind": "sale", "amount": "1", "occurred_at": ""}).to_string(), StatusCode::BAD_REQUEST, Some("occurred_at")),
+        (json!({"program_id": "acme", "order_id": "X", "kind": "sale", "amount": "1", "occurred_at": "0000-01-01T00:00:00Z"}).to_string(), StatusCode::BAD_REQUEST, Some("occurred_at")),
+        (json!({"program_id": "acme", "order_id": "X", "kind": "sale", "amount": "1", "occurred_at": "9999-12-31T23:59:59Z"}).to_string(), StatusCode::BAD_REQUEST, Some("occurred_at")),
+        (json!({"program_id": "acme", "order_id": "X\r\nY", "kind": "sale", "amount": "1"}).to_string(), StatusCode::BAD_REQUEST, Some("order_id")),
+        (json!({"program_id": "acme", "order_id": "X", "kind": "sale", "amount": "90000000000000", "currency": "EUR"}).to_string(), StatusCode::BAD_REQUEST, Some("amount")),
+        (r#"{"program_id": "acme", "order_id": "X", "kind": "sale", "amount": "1", "amount": "1000"}"#.into(), StatusCode::BAD_REQUEST, Some("amount")),
+        (r#"{"program_id": "acme", "order_id": "X", "kind": "sale", "amount": "1"}}}}garbage"#.into(), StatusCode::BAD_REQUEST, None),
         // All or nothing: the first item is valid, the second is not.
         (json!([{"program_id": "acme", "order_id": "OK-1", "kind": "sale", "amount": "1"},
                 {"program_id": "acme", "order_id": "BAD", "kind": "sale", "amount": "x"}]).to_string(),
@@ -621,5 +629,148 @@ async fn loadgen_drives_an_edge_and_reports_json() {
         .output()
         .unwrap();
     assert_eq!(bad.status.code(), Some(2), "a zero rate is a bad argument");
+    edge.stop().await;
+}
+
+/// SPEC §7 for the admin API and slow clients: what a hostile or careless caller sends
+/// is refused at the door, naming the key, and nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_admin_input_and_slow_bodies_are_refused() {
+    let config = config(&[]);
+    create_topics(&config).await;
+    let edge = start_edge(&config).await;
+    let url = edge.url("");
+    seed(&url).await;
+
+    // The bearer scheme is case-insensitive.
+    let r = send(
+        Method::GET,
+        &format!("{url}/api/v1/programs/acme"),
+        &[("authorization", &format!("bearer {ADMIN_TOKEN}"))],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    // 405 says what is allowed.
+    let r = send(Method::DELETE, &format!("{url}/r/alice-spring"), &[], "").await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(r.header("allow"), "GET, HEAD");
+    let r = admin(
+        Method::DELETE,
+        &format!("{url}/api/v1/programs/acme"),
+        json!(null),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(r.header("allow"), "GET, PUT");
+
+    let mut program = program_json();
+    program["attribution"] = json!({"model": "last_touch", "half_life": "7"});
+    let mut fx = program_json();
+    fx["fx"]["EUR"] = json!("1e25");
+    let mut months = program_json();
+    months["commission"]["recurring"]["months"] = json!(4294967295u64);
+    let link = |destination: &str| json!({"program_id": "acme", "partner_id": "alice", "destination": destination});
+    let cases: Vec<(Method, &str, String, &str)> = vec![
+        (
+            Method::PUT,
+            "/api/v1/programs/p2",
+            program.to_string(),
+            "attribution.half_life",
+        ),
+        (Method::PUT, "/api/v1/programs/p2", fx.to_string(), "fx.EUR"),
+        (
+            Method::PUT,
+            "/api/v1/programs/p2",
+            months.to_string(),
+            "commission.recurring.months",
+        ),
+        (
+            Method::PUT,
+            "/api/v1/programs/p2",
+            format!("{}}}}}garbage", program_json()),
+            "",
+        ),
+        (
+            Method::PUT,
+            "/api/v1/programs/..",
+            program_json().to_string(),
+            "id",
+        ),
+        (
+            Method::PUT,
+            "/api/v1/partners/bob",
+            r#"{"program_id": "acme", "tier": "gold", "tier": "bronze"}"#.into(),
+            "tier",
+        ),
+        (
+            Method::POST,
+            "/api/v1/links",
+            link("https://shop.example@evil.com/").to_string(),
+            "destination",
+        ),
+        (
+            Method::POST,
+            "/api/v1/links",
+            link("http://user@evil.com").to_string(),
+            "destination",
+        ),
+        (
+            Method::POST,
+            "/api/v1/links",
+            link("https://ok.example:99999/").to_string(),
+            "destination",
+        ),
+        (
+            Method::POST,
+            "/api/v1/links",
+            link("https://ok.example/caf\u{e9}").to_string(),
+            "destination",
+        ),
+    ];
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    for (method, path, body, field) in cases {
+        let r = send(
+            method,
+            &format!("{url}{path}"),
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+            ],
+            body.clone(),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{path} {body}");
+        let err = r.json();
+        if !field.is_empty() {
+            assert_eq!(err["error"]["field"], field, "{path} {body}");
+        }
+    }
+    let r = admin(
+        Method::GET,
+        &format!("{url}/api/v1/programs/p2"),
+        json!(null),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "nothing was written");
+
+    // A body announced and never sent: 408 within the body timeout, connection closed.
+    let started = std::time::Instant::now();
+    let mut stream = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(
+            b"POST /api/v1/conversions HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer))
+        .await
+        .expect("the edge answers and closes")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(25));
     edge.stop().await;
 }

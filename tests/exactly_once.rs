@@ -80,3 +80,32 @@ async fn two_instances_with_a_rebalance_mid_stream_match_one() {
     }
     assert_same(&expected, &snapshot(&scaled).await);
 }
+
+/// SPEC §2, §5.6: the default configuration (no `pipeline.instance_id`) recovers from
+/// `kill -9` on Tansu, which never hands a dead dynamic member's partitions to anyone:
+/// the default id derived from host and admin port makes the restarted process the same
+/// static member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_configuration_recovers_from_kill_dash_nine() {
+    let (reference, crashing, stream) = setup_pair(13, &[]).await;
+    run_reference(&reference, &stream).await;
+    let expected = snapshot(&reference).await;
+
+    let admin = format!("127.0.0.1:{}", free_port());
+    let defaults = [("TOUCHLINE__PIPELINE__ADMIN_LISTEN", admin.as_str())];
+    let rows = "SELECT (SELECT count() FROM clicks) + (SELECT count() FROM conversions)";
+    let mut rng = touchline::rng::Rng::new(3);
+    for _ in 0..3 {
+        let before: u64 = ch_query(&crashing, rows).await[0][0].parse().unwrap();
+        let mut child = spawn_pipeline_process(&crashing, &defaults);
+        wait_count(&crashing, rows, before + 1, Duration::from_secs(60)).await;
+        tokio::time::sleep(Duration::from_millis(rng.below(150))).await;
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+    let mut child = spawn_pipeline_process(&crashing, &defaults);
+    wait_done(&crashing, &stream).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_same(&expected, &snapshot(&crashing).await);
+}

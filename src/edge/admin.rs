@@ -23,6 +23,7 @@ impl From<RegistryError> for ApiError {
 
 /// Parses a JSON body; type errors name the field path.
 fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    http::strict_json(body)?;
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
@@ -41,6 +42,20 @@ fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
             ApiError::invalid(path, inner.to_string())
         }
     })
+}
+
+/// [`parse`], refusing keys the types would ignore at any depth (an unknown key inside
+/// `attribution`, say): whatever is sent must be understood.
+fn parse_known<T: DeserializeOwned + serde::Serialize>(body: &[u8]) -> Result<T, ApiError> {
+    let value: T = parse(body)?;
+    let given: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| ApiError::malformed(e.to_string()))?;
+    let understood =
+        serde_json::to_value(&value).map_err(|e| ApiError::malformed(e.to_string()))?;
+    match http::unknown_key(&given, &understood) {
+        Some(key) => Err(ApiError::invalid(key, "unknown field")),
+        None => Ok(value),
+    }
 }
 
 /// A program as the API shows it: the secret is write-only.
@@ -83,7 +98,10 @@ impl Edge {
             .headers()
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|v| v.split_once(' '))
+            // The scheme is case-insensitive (RFC 9110 §11.1).
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
         else {
             return false;
         };
@@ -109,7 +127,7 @@ impl Edge {
         let parts: Vec<&str> = rest.iter().map(String::as_str).collect();
         match (method, parts.as_slice()) {
             (Method::PUT, ["programs", id]) => {
-                let program: Program = parse(&http::read_body(req, MAX_BODY_BYTES).await?)?;
+                let program: Program = parse_known(&http::read_body(req, MAX_BODY_BYTES).await?)?;
                 let created = self.registry.put_program(id, program).await?;
                 let p = self
                     .registry
@@ -132,7 +150,7 @@ impl Edge {
                 Ok(http::json(StatusCode::OK, &program_view(&p)))
             }
             (Method::PUT, ["partners", id]) => {
-                let partner: Partner = parse(&http::read_body(req, MAX_BODY_BYTES).await?)?;
+                let partner: Partner = parse_known(&http::read_body(req, MAX_BODY_BYTES).await?)?;
                 let created = self.registry.put_partner(id, partner).await?;
                 let p = self
                     .registry
@@ -160,7 +178,7 @@ impl Edge {
                 Ok(http::json(StatusCode::OK, &*p))
             }
             (Method::POST, ["links"]) => {
-                let link: Link = parse(&http::read_body(req, MAX_BODY_BYTES).await?)?;
+                let link: Link = parse_known(&http::read_body(req, MAX_BODY_BYTES).await?)?;
                 let entry = self.registry.create_link(link).await?;
                 Ok(http::json(StatusCode::CREATED, &self.link_view(&entry)))
             }
@@ -176,9 +194,10 @@ impl Edge {
                 let entry = self.registry.patch_link(code, patch).await?;
                 Ok(http::json(StatusCode::OK, &self.link_view(&entry)))
             }
-            (_, ["programs", _] | ["partners", _] | ["links"] | ["links", _]) => {
-                Err(ApiError::method_not_allowed())
-            }
+            (_, ["programs", _]) => Err(ApiError::method_not_allowed("GET, PUT")),
+            (_, ["partners", _]) => Err(ApiError::method_not_allowed("GET, PUT, PATCH")),
+            (_, ["links", _]) => Err(ApiError::method_not_allowed("GET, PATCH")),
+            (_, ["links"]) => Err(ApiError::method_not_allowed("POST")),
             _ => Err(ApiError::not_found("no such route")),
         }
     }

@@ -49,8 +49,12 @@ impl Edge {
             .map(str::to_string);
         let body = match http::read_body(req, MAX_BODY_BYTES).await {
             Ok(b) => b,
+            Err(e) if e.status == StatusCode::REQUEST_TIMEOUT => return reject("timeout", e),
             Err(e) => return reject("too_large", e),
         };
+        if let Err(e) = http::strict_json(&body) {
+            return reject("malformed", e);
+        }
         let (items, is_batch): (Vec<Map<String, Value>>, bool) =
             match serde_json::from_slice::<Value>(&body) {
                 Ok(Value::Object(o)) => (vec![o], false),
@@ -214,6 +218,11 @@ fn opt_string(
         Some(Value::String(s)) if s.len() > max => Err(ApiError::invalid(
             field,
             format!("must be at most {max} characters"),
+        )),
+        // CR, LF and NUL in an id end up in logs, CSV exports and headers.
+        Some(Value::String(s)) if s.chars().any(char::is_control) => Err(ApiError::invalid(
+            field,
+            "must not contain control characters",
         )),
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(_) => Err(ApiError::invalid(field, "must be a string or null")),
@@ -399,6 +408,11 @@ mod tests {
         assert_eq!(field_of(with("kind", json!("refund"))), "original_order_id");
         // Empty strings are mistakes, not absences (SPEC §7).
         assert_eq!(field_of(with("currency", json!(""))), "currency");
+        assert_eq!(field_of(with("order_id", json!("a\r\nb"))), "order_id");
+        assert_eq!(
+            field_of(with("customer_id", json!("c\u{0}"))),
+            "customer_id"
+        );
         assert_eq!(field_of(with("occurred_at", json!(""))), "occurred_at");
         // Event times a ClickHouse DateTime cannot hold, or far ahead of the edge.
         for t in [

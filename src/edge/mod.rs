@@ -86,14 +86,14 @@ impl Edge {
             ["r", code] => {
                 let resp = match method {
                     Method::GET | Method::HEAD => self.redirect(&req, code, peer),
-                    _ => ApiError::method_not_allowed().into_response(),
+                    _ => ApiError::method_not_allowed("GET, HEAD").into_response(),
                 };
                 ("/r/{code}", resp)
             }
             ["api", "v1", "conversions"] => {
                 let resp = match method {
                     Method::POST => self.conversions(req).await,
-                    _ => ApiError::method_not_allowed().into_response(),
+                    _ => ApiError::method_not_allowed("POST").into_response(),
                 };
                 ("/api/v1/conversions", resp)
             }
@@ -183,6 +183,7 @@ fn status_label(s: StatusCode) -> &'static str {
         401 => "401",
         404 => "404",
         405 => "405",
+        408 => "408",
         409 => "409",
         413 => "413",
         503 => "503",

@@ -32,6 +32,8 @@ pub fn valid_id(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        // `.` and `..` are path segments, not names.
+        && !id.bytes().all(|b| b == b'.')
 }
 
 /// Link codes: 3–64 of `[A-Za-z0-9_-]`.
@@ -44,13 +46,27 @@ pub fn valid_code(code: &str) -> bool {
 
 /// An absolute http(s) URL with a host, the only kind of redirect target there is.
 pub fn valid_http_url(s: &str) -> bool {
+    // ASCII only: what a Location header can carry as it is (percent-encode the rest).
+    if s.len() > 2048 || !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return false;
+    }
     let Ok(uri) = s.parse::<hyper::Uri>() else {
         return false;
     };
+    let Some(authority) = uri.authority() else {
+        return false;
+    };
+    // No user info: `https://shop.example@evil.com/` goes to evil.com.
+    let port_ok = match authority.as_str().rsplit_once(':') {
+        Some((_, port)) if !authority.as_str().ends_with(']') => {
+            port.parse::<u16>().is_ok_and(|p| p > 0)
+        }
+        _ => true,
+    };
     matches!(uri.scheme_str(), Some("http") | Some("https"))
         && uri.host().is_some_and(|h| !h.is_empty())
-        && s.len() <= 2048
-        && !s.bytes().any(|b| b.is_ascii_control() || b == b' ')
+        && !authority.as_str().contains('@')
+        && port_ok
 }
 
 /// A partner program: who pays, in what currency, under which rules.
@@ -97,8 +113,14 @@ impl Program {
         if !valid_id(&self.id) {
             return Err(Invalid::new("id", "must be 1-64 of A-Z a-z 0-9 _ . -"));
         }
-        if self.name.trim().is_empty() || self.name.len() > 200 {
-            return Err(Invalid::new("name", "must be 1-200 characters"));
+        if self.name.trim().is_empty()
+            || self.name.len() > 200
+            || self.name.chars().any(char::is_control)
+        {
+            return Err(Invalid::new(
+                "name",
+                "must be 1-200 characters, none of them control characters",
+            ));
         }
         if !money::is_known_currency(&self.currency) {
             return Err(Invalid::new(
@@ -212,8 +234,15 @@ impl Partner {
                 "a partner cannot be its own parent",
             ));
         }
-        if self.name.as_ref().is_some_and(|n| n.len() > 200) {
-            return Err(Invalid::new("name", "must be at most 200 characters"));
+        if self
+            .name
+            .as_ref()
+            .is_some_and(|n| n.len() > 200 || n.chars().any(char::is_control))
+        {
+            return Err(Invalid::new(
+                "name",
+                "must be at most 200 characters, none of them control characters",
+            ));
         }
         Ok(())
     }
@@ -414,5 +443,16 @@ mod tests {
         assert!(!valid_http_url("/relative"));
         assert!(!valid_http_url("https:///nohost"));
         assert!(!valid_http_url("https://a.example/ x"));
+        // SPEC §7: user info, bad ports and non-ASCII are refused.
+        assert!(!valid_http_url("https://shop.example@evil.com/"));
+        assert!(!valid_http_url("http://user@evil.com"));
+        assert!(!valid_http_url("https://ok.example:99999/"));
+        assert!(!valid_http_url("https://ok.example:0/"));
+        assert!(!valid_http_url("https://ok.example/caf\u{e9}"));
+        assert!(valid_http_url("https://ok.example:8443/caf%C3%A9"));
+        assert!(valid_http_url("http://[::1]:8080/"));
+        assert!(!valid_id("."));
+        assert!(!valid_id(".."));
+        assert!(valid_id("a.b"));
     }
 }

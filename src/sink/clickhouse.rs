@@ -25,9 +25,24 @@ pub const SCHEMA: &[(&str, &str)] = &[
     ),
 ];
 
-/// Server error codes that a retry can cure (memory pressure, too many parts or
-/// queries, timeouts, network).
-const RETRYABLE_CODES: &[u32] = &[159, 160, 164, 202, 209, 210, 241, 242, 252, 319, 425, 999];
+/// Server error codes that no retry can cure: the rows themselves are refused (as in
+/// Vector's ClickHouse retry logic). Every other code is retried: a server that is
+/// overloaded, restarting or missing a table an operator is about to migrate heals.
+const PERMANENT_CODES: &[u32] = &[
+    6,   // CANNOT_PARSE_TEXT
+    26,  // CANNOT_PARSE_QUOTED_STRING
+    27,  // CANNOT_PARSE_INPUT_ASSERTION_FAILED
+    33,  // CANNOT_READ_ALL_DATA
+    38,  // CANNOT_PARSE_DATE
+    41,  // CANNOT_PARSE_DATETIME
+    53,  // TYPE_MISMATCH
+    62,  // SYNTAX_ERROR
+    69,  // ARGUMENT_OUT_OF_BOUND
+    70,  // CANNOT_CONVERT_TYPE
+    72,  // CANNOT_PARSE_NUMBER
+    117, // INCORRECT_DATA
+    407, // DECIMAL_OVERFLOW
+];
 
 /// Writes rows to ClickHouse.
 pub struct ClickHouseSink {
@@ -59,7 +74,7 @@ fn classify(e: clickhouse::error::Error) -> SinkError {
                 .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
                 .and_then(|n| n.parse::<u32>().ok());
             match code {
-                Some(c) if !RETRYABLE_CODES.contains(&c) => SinkError::Fatal(text),
+                Some(c) if PERMANENT_CODES.contains(&c) => SinkError::Fatal(text),
                 // No code: a proxy or a restarting server answered.
                 _ => SinkError::Transient(text),
             }
@@ -160,7 +175,10 @@ pub async fn check_tables(cfg: &ClickHouseConfig) -> Result<(), SinkError> {
 
 /// Waits until ClickHouse answers `SELECT 1`, up to `timeout`.
 pub async fn wait_ready(cfg: &ClickHouseConfig, timeout: Duration) -> Result<(), SinkError> {
-    let c = Client::default().with_url(&cfg.url).with_user(&cfg.user);
+    let mut c = Client::default().with_url(&cfg.url).with_user(&cfg.user);
+    if !cfg.password.is_empty() {
+        c = c.with_password(&cfg.password);
+    }
     let deadline = Instant::now() + timeout;
     loop {
         match c.query("SELECT 1").execute().await {
@@ -185,5 +203,42 @@ mod tests {
             .last()
             .unwrap()
             .contains("CREATE VIEW IF NOT EXISTS tl_test.partner_stats_daily"));
+    }
+}
+
+#[cfg(test)]
+mod classify_tests {
+    use super::*;
+
+    fn kind(msg: &str) -> &'static str {
+        match classify(clickhouse::error::Error::BadResponse(msg.into())) {
+            SinkError::Transient(_) => "retry",
+            SinkError::Fatal(_) => "fatal",
+        }
+    }
+
+    #[test]
+    fn only_refused_rows_are_final() {
+        assert_eq!(
+            kind("Code: 241, e.displayText() = DB::Exception: Memory limit"),
+            "retry"
+        );
+        assert_eq!(
+            kind("Code: 60, e.displayText() = DB::Exception: Table does not exist"),
+            "retry"
+        );
+        assert_eq!(
+            kind("Code: 252, e.displayText() = DB::Exception: Too many parts"),
+            "retry"
+        );
+        assert_eq!(
+            kind("Code: 117, e.displayText() = DB::Exception: Incorrect data"),
+            "fatal"
+        );
+        assert_eq!(
+            kind("Code: 53, e.displayText() = DB::Exception: Type mismatch"),
+            "fatal"
+        );
+        assert_eq!(kind("502 Bad Gateway"), "retry");
     }
 }
