@@ -39,7 +39,7 @@ use crate::sink::rows::{conversion_rows, ClickRow};
 use crate::sink::{Batch, Sink, SinkError};
 use resolve::{Memo, Outcome};
 use schedule::{Part, Pending, Progress, View};
-use store::{Candidate, ClickRecord, JourneyTouch, Mark, StateError, StateStore, StoredTouch};
+use store::{Candidate, ClickRecord, Decide, Mark, StateError, StateStore, StoredTouch};
 
 /// Longest pause between retries of a failing dependency.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -384,6 +384,7 @@ impl Pipeline {
             }
         }
         let state = Arc::clone(&self.state);
+        let recording = Instant::now();
         if retry(shutdown, || state.record_clicks(&records))
             .await
             .is_none()
@@ -392,6 +393,11 @@ impl Pipeline {
             self.commit_blocked = true;
             return;
         }
+        tracing::debug!(
+            clicks = records.len(),
+            ms = recording.elapsed().as_millis() as u64,
+            "clicks recorded"
+        );
         for c in decided_now {
             let verdict = dedup::precheck(&c).unwrap_or(dedup::ClickVerdict::Duplicate);
             self.emit_click(c, verdict);
@@ -496,6 +502,7 @@ impl Pipeline {
         shutdown: &Shutdown,
     ) -> bool {
         let state = Arc::clone(&self.state);
+        let round = Instant::now();
         let Some(published) = retry(shutdown, || state.frontiers()).await else {
             return false;
         };
@@ -517,22 +524,13 @@ impl Pipeline {
             limit,
         );
         let mut more = released.items.len() == limit;
+        let released_clicks = released.items.len();
         if !released.items.is_empty() {
-            let candidates: Vec<Candidate> = released
+            let decides: Vec<Decide> = released
                 .items
                 .iter()
-                .map(|(_, p)| p.candidate.clone())
-                .collect();
-            let Some(verdicts) = retry(shutdown, || state.decide_clicks(&candidates)).await else {
-                self.commit_blocked = true;
-                return false;
-            };
-            let touches: Vec<JourneyTouch> = released
-                .items
-                .iter()
-                .zip(&verdicts)
-                .filter(|(_, unique)| **unique)
-                .map(|((_, p), _)| JourneyTouch {
+                .map(|(_, p)| Decide {
+                    candidate: p.candidate.clone(),
                     program_id: p.event.program_id.clone(),
                     visitor_id: p.event.visitor_id,
                     touch: StoredTouch {
@@ -544,13 +542,10 @@ impl Pipeline {
                     keep: p.keep,
                 })
                 .collect();
-            if retry(shutdown, || state.add_touches(&touches))
-                .await
-                .is_none()
-            {
+            let Some(verdicts) = retry(shutdown, || state.decide_clicks(&decides)).await else {
                 self.commit_blocked = true;
                 return false;
-            }
+            };
             for ((_, p), unique) in released.items.into_iter().zip(verdicts) {
                 let verdict = if unique {
                     dedup::ClickVerdict::Unique
@@ -560,6 +555,9 @@ impl Pipeline {
                 self.emit_click(p.event, verdict);
             }
         }
+
+        let clicks_done = round.elapsed();
+        let clicks_decided = released_clicks;
 
         // Conversions, in intake order.
         let bounds = self.bounds(&all, &owned, &published, drain);
@@ -579,6 +577,7 @@ impl Pipeline {
             );
         }
         let mut items = released.items;
+        let conversions_settled = items.len();
         while !items.is_empty() {
             let rest = items.split_off(items.len().min(SETTLE_CHUNK));
             let chunk = std::mem::replace(&mut items, rest);
@@ -625,6 +624,15 @@ impl Pipeline {
             // Unpublished frontiers only hold others back a little longer.
             tracing::warn!("stopping before the frontiers were published");
         }
+        tracing::debug!(
+            clicks_decided,
+            clicks_ms = clicks_done.as_millis() as u64,
+            conversions_settled,
+            conversions_ms = (round.elapsed() - clicks_done).as_millis() as u64,
+            pending_clicks = self.clicks.len(),
+            pending_conversions = self.conversions.len(),
+            "advanced"
+        );
         more
     }
 

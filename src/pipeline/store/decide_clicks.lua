@@ -1,49 +1,66 @@
--- Decides a fingerprint's candidate clicks in (ts, click id) order up to the one asked
--- about, and answers its verdict (1 unique, 0 not). See StateStore::decide_clicks.
+-- Decides candidate clicks, each with every candidate of its fingerprint up to it in
+-- (ts, click id) order, and adds the unique ones to their journeys; answers one
+-- verdict per candidate (1 unique, 0 not). See StateStore::decide_clicks.
 --
--- KEYS[1] candidates (zset: score ts ms, member click id as 32 hex)
--- KEYS[2] unique ones (same layout)
--- KEYS[3] the last decided candidate, "ms:id"
--- ARGV[1] ts ms of the click asked about, ARGV[2] its id (32 hex)
--- ARGV[3] window ms, ARGV[4] how long decided marks are kept (ms, event time and TTL)
-local tms = tonumber(ARGV[1])
-local tid = ARGV[2]
-local window = tonumber(ARGV[3])
-local dms, did = nil, nil
-local done = redis.call('GET', KEYS[3])
-if done then
-  local sep = string.find(done, ':', 1, true)
-  dms = tonumber(string.sub(done, 1, sep - 1))
-  did = string.sub(done, sep + 1)
-  if tms < dms or (tms == dms and tid <= did) then
-    if redis.call('ZSCORE', KEYS[2], tid) then return 1 end
-    return 0
+-- Per candidate i (0-based), 4 keys from KEYS[4i+1]:
+--   candidates (zset: score ts ms, member click id as 32 hex), unique ones (same
+--   layout), the last decided candidate ("ms:id"), the visitor's journey (zset)
+-- and 6 arguments from ARGV[6i+2] (ARGV[1] is the journey cap):
+--   ts ms, click id (32 hex), window ms, how long decided marks are kept (ms, event
+--   time and TTL), journey member, journey TTL ms
+local max_journey = tonumber(ARGV[1])
+local out = {}
+local horizons = {}
+for i = 0, #KEYS / 4 - 1 do
+  local kc, ku, kd, kj = KEYS[4 * i + 1], KEYS[4 * i + 2], KEYS[4 * i + 3], KEYS[4 * i + 4]
+  local a = 6 * i + 1
+  local tms, tid = tonumber(ARGV[a + 1]), ARGV[a + 2]
+  local window, keep = tonumber(ARGV[a + 3]), ARGV[a + 4]
+  local dms, did = nil, nil
+  local done = redis.call('GET', kd)
+  if done then
+    local sep = string.find(done, ':', 1, true)
+    dms = tonumber(string.sub(done, 1, sep - 1))
+    did = string.sub(done, sep + 1)
   end
-end
-local from = '-inf'
-if dms then from = tostring(dms) end
-local items = redis.call('ZRANGEBYSCORE', KEYS[1], from, ARGV[1], 'WITHSCORES')
-local last_ms, last_id = nil, nil
-for i = 1, #items, 2 do
-  local id = items[i]
-  local ms = tonumber(items[i + 1])
-  local after_done = (not dms) or ms > dms or (ms == dms and id > did)
-  local up_to = ms < tms or (ms == tms and id <= tid)
-  if after_done and up_to then
-    -- A unique click in (ts - window, ts] makes a duplicate.
-    if window <= 0 or redis.call('ZCOUNT', KEYS[2], '(' .. tostring(ms - window), tostring(ms)) == 0 then
-      redis.call('ZADD', KEYS[2], ms, id)
+  if not done or tms > dms or (tms == dms and tid > did) then
+    local from = '-inf'
+    if dms then from = tostring(dms) end
+    local items = redis.call('ZRANGEBYSCORE', kc, from, ARGV[a + 1], 'WITHSCORES')
+    local last_ms, last_id = nil, nil
+    for j = 1, #items, 2 do
+      local id, ms = items[j], tonumber(items[j + 1])
+      local after_done = (not dms) or ms > dms or (ms == dms and id > did)
+      local up_to = ms < tms or (ms == tms and id <= tid)
+      if after_done and up_to then
+        -- A unique click in (ts - window, ts] makes a duplicate.
+        if window <= 0 or redis.call('ZCOUNT', ku, '(' .. tostring(ms - window), tostring(ms)) == 0 then
+          redis.call('ZADD', ku, ms, id)
+        end
+        last_ms, last_id = ms, id
+      end
     end
-    last_ms, last_id = ms, id
+    if last_ms then
+      redis.call('SET', kd, tostring(last_ms) .. ':' .. last_id, 'PX', keep)
+      horizons[kc] = {ku, last_ms - tonumber(keep), keep}
+    end
+  end
+  if redis.call('ZSCORE', ku, tid) then
+    out[i + 1] = 1
+    redis.call('ZADD', kj, tms, ARGV[a + 5])
+    if redis.call('ZCARD', kj) > max_journey then
+      redis.call('ZREMRANGEBYRANK', kj, 0, -max_journey - 1)
+    end
+    redis.call('PEXPIRE', kj, ARGV[a + 6])
+  else
+    out[i + 1] = 0
   end
 end
-if last_ms then
-  redis.call('SET', KEYS[3], tostring(last_ms) .. ':' .. last_id, 'PX', ARGV[4])
-  local horizon = '(' .. tostring(last_ms - tonumber(ARGV[4]))
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', horizon)
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', horizon)
-  redis.call('PEXPIRE', KEYS[1], ARGV[4])
-  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+-- Trim each fingerprint once, behind the newest candidate decided.
+for kc, h in pairs(horizons) do
+  redis.call('ZREMRANGEBYSCORE', kc, '-inf', '(' .. tostring(h[2]))
+  redis.call('ZREMRANGEBYSCORE', h[1], '-inf', '(' .. tostring(h[2]))
+  redis.call('PEXPIRE', kc, h[3])
+  redis.call('PEXPIRE', h[1], h[3])
 end
-if redis.call('ZSCORE', KEYS[2], tid) then return 1 end
-return 0
+return out

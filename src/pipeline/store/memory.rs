@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use super::{
-    Answer, Candidate, ClickRecord, JourneyTouch, Mark, Read, StateError, StateStore, StoredTouch,
-    Write, MAX_JOURNEY,
+    Answer, ClickRecord, Decide, Mark, Read, StateError, StateStore, StoredTouch, Write,
+    MAX_JOURNEY,
 };
 
 #[derive(Default)]
@@ -110,33 +110,29 @@ impl StateStore for MemoryState {
         Ok(())
     }
 
-    async fn decide_clicks(&self, candidates: &[Candidate]) -> Result<Vec<bool>, StateError> {
+    async fn decide_clicks(&self, clicks: &[Decide]) -> Result<Vec<bool>, StateError> {
         let mut inner = self.lock();
-        Ok(candidates
-            .iter()
-            .map(|c| {
-                inner
-                    .fingerprints
-                    .entry(c.fingerprint.clone())
-                    .or_default()
-                    .decide(c.mark, c.window_ms, c.keep_ms())
-            })
-            .collect())
-    }
-
-    async fn add_touches(&self, touches: &[JourneyTouch]) -> Result<(), StateError> {
-        let mut inner = self.lock();
-        for t in touches {
-            let journey = inner
-                .journeys
-                .entry((t.program_id.clone(), t.visitor_id))
-                .or_default();
-            journey.insert((t.touch.ts.timestamp_millis(), t.touch.member()));
-            while journey.len() > MAX_JOURNEY {
-                journey.pop_first();
+        let mut out = Vec::with_capacity(clicks.len());
+        for d in clicks {
+            let c = &d.candidate;
+            let unique = inner
+                .fingerprints
+                .entry(c.fingerprint.clone())
+                .or_default()
+                .decide(c.mark, c.window_ms, c.keep_ms());
+            if unique {
+                let journey = inner
+                    .journeys
+                    .entry((d.program_id.clone(), d.visitor_id))
+                    .or_default();
+                journey.insert((d.touch.ts.timestamp_millis(), d.touch.member()));
+                while journey.len() > MAX_JOURNEY {
+                    journey.pop_first();
+                }
             }
+            out.push(unique);
         }
-        Ok(())
+        Ok(out)
     }
 
     async fn memos(&self, ids: &[Uuid]) -> Result<Vec<Option<String>>, StateError> {

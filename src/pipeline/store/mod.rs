@@ -16,7 +16,7 @@
 //! | `{p}:fp:{{fp}}:c`                 | zset   | max(2 × window, 1 day)   | [`StateStore::record_clicks`]: candidate clicks (score ts, member click id) |
 //! | `{p}:fp:{{fp}}:u`                 | zset   | max(2 × window, 1 day)   | [`StateStore::decide_clicks`]: the unique ones |
 //! | `{p}:fp:{{fp}}:d`                 | string | max(2 × window, 1 day)   | [`StateStore::decide_clicks`]: last decided candidate |
-//! | `{p}:j:{program}:{visitor}`       | zset   | lookback + 1 day         | [`StateStore::add_touches`]: unique clicks, ≤ [`MAX_JOURNEY`] |
+//! | `{p}:j:{program}:{visitor}`       | zset   | lookback + 1 day         | [`StateStore::decide_clicks`]: unique clicks, ≤ [`MAX_JOURNEY`] |
 //! | `{p}:m:{conversion}`              | string | [`MEMO_TTL`]             | [`Write::Memo`]: the decision, set once |
 //! | `{p}:d:{program}:{kind}:{order}`  | string | [`CLAIM_TTL`]            | [`Write::Claim`]: the conversion holding the dedup key |
 //! | `{p}:v:{program}:{yyyymm}:{partner}` | zset | [`COUNT_TTL`]           | [`Write::Count`]: attributed conversions (score received ms) |
@@ -25,8 +25,10 @@
 //! | `{p}:o:{{program:order}}:r`       | hash   | [`ORDER_TTL`]            | [`Write::Refund`]: reversals booked, by the refund's mark |
 //! | `{p}:wm`                          | hash   | none                     | [`StateStore::publish`]: partition frontiers |
 //!
-//! Keys that one script or one read touches together share a hash tag (`{…}`), so the
-//! layout runs on Redis Cluster as well as on one Redis.
+//! Keys that one read touches together share a hash tag (`{…}`). The Redis store
+//! decides a whole batch of clicks in one script call, which touches many slots: on one
+//! Redis (or a primary with replicas) only; a Redis Cluster store would group it by slot
+//! and write journeys apart.
 
 pub mod memory;
 pub mod redis;
@@ -183,12 +185,14 @@ impl StoredTouch {
     }
 }
 
-/// A unique click to add to its visitor's journey.
+/// A candidate click to decide, with the journey entry it makes when unique.
 #[derive(Debug, Clone)]
-pub struct JourneyTouch {
+pub struct Decide {
+    pub candidate: Candidate,
     pub program_id: String,
     pub visitor_id: Uuid,
     pub touch: StoredTouch,
+    /// How long the journey must remember it.
     pub keep: Duration,
 }
 
@@ -283,14 +287,13 @@ pub trait StateStore: Send + Sync + 'static {
     /// Indexes each click's visitor and adds candidates to their fingerprint.
     /// Idempotent per click.
     async fn record_clicks(&self, clicks: &[ClickRecord]) -> Result<(), StateError>;
-    /// Decides candidates: unique when no unique click of the fingerprint lies in the
-    /// window before it (SPEC §5.1). Every recorded candidate of the fingerprint up to
-    /// the one asked about is decided first, in mark order, whoever recorded it, so the
-    /// verdicts do not depend on which instance asks first. The caller asks only once
-    /// every click partition has recorded everything before these marks. Idempotent.
-    async fn decide_clicks(&self, candidates: &[Candidate]) -> Result<Vec<bool>, StateError>;
-    /// Adds unique clicks to their journeys. Idempotent.
-    async fn add_touches(&self, touches: &[JourneyTouch]) -> Result<(), StateError>;
+    /// Decides candidates (in mark order) and adds the unique ones to their journeys: a
+    /// candidate is unique when no unique click of its fingerprint lies in the window
+    /// before it (SPEC §5.1). Every recorded candidate of the fingerprint up to the one
+    /// asked about is decided first, in mark order, whoever recorded it, so verdicts do
+    /// not depend on which instance asks first. The caller asks only once every click
+    /// partition has recorded everything before these marks. Idempotent.
+    async fn decide_clicks(&self, clicks: &[Decide]) -> Result<Vec<bool>, StateError>;
     /// The memos of these conversions, as stored.
     async fn memos(&self, ids: &[Uuid]) -> Result<Vec<Option<String>>, StateError>;
     /// Answers reads, one answer each, in order.
@@ -326,6 +329,25 @@ pub mod suite {
         }
     }
 
+    fn decide(c: &Candidate) -> Decide {
+        Decide {
+            candidate: c.clone(),
+            program_id: "acme".into(),
+            visitor_id: Uuid::from_u128(7),
+            touch: StoredTouch {
+                click_id: Uuid::from_u128(c.mark.id),
+                partner_id: "p".into(),
+                campaign: "spring".into(),
+                ts: Utc.timestamp_millis_opt(c.mark.ms).unwrap(),
+            },
+            keep: Duration::from_secs(3600),
+        }
+    }
+
+    fn decide_all(cs: &[&Candidate]) -> Vec<Decide> {
+        cs.iter().map(|c| decide(c)).collect()
+    }
+
     fn record(c: &Candidate) -> ClickRecord {
         ClickRecord {
             click_id: Uuid::from_u128(c.mark.id),
@@ -349,19 +371,33 @@ pub mod suite {
             .unwrap();
         // Asked about the last first: everything before it is decided on the way.
         assert_eq!(
-            s.decide_clicks(std::slice::from_ref(&d)).await.unwrap(),
+            s.decide_clicks(&decide_all(&[&d])).await.unwrap(),
             vec![false]
         );
         assert_eq!(
-            s.decide_clicks(&[b.clone(), a.clone(), c.clone()])
-                .await
-                .unwrap(),
+            s.decide_clicks(&decide_all(&[&b, &a, &c])).await.unwrap(),
             vec![false, true, true]
         );
         // Replays answer the same.
         assert_eq!(
-            s.decide_clicks(&[a, b, c, d]).await.unwrap(),
+            s.decide_clicks(&decide_all(&[&a, &b, &c, &d]))
+                .await
+                .unwrap(),
             vec![true, false, true, false]
+        );
+        // The unique ones, and only they, joined the visitor's journey.
+        let journey = s
+            .read(&[Read::Journey {
+                program: "acme".into(),
+                visitor: Uuid::from_u128(7),
+                from_ms: T - 1,
+                to_ms: T + 100_000,
+            }])
+            .await
+            .unwrap();
+        assert_eq!(
+            journey,
+            vec![Answer::Touches(vec![decide(&a).touch, decide(&c).touch])]
         );
         assert_eq!(
             s.read(&[Read::ClickVisitor(Uuid::from_u128(3))])
@@ -371,20 +407,18 @@ pub mod suite {
         );
     }
 
-    /// Journeys: idempotent adds, ranges by time.
+    /// Journeys: idempotent adds, ranges by time, capped at the newest.
     pub async fn journeys(s: &dyn StateStore) {
-        let touch = |id: u128, ms: i64| JourneyTouch {
-            program_id: "acme".into(),
-            visitor_id: Uuid::from_u128(9),
-            touch: StoredTouch {
-                click_id: Uuid::from_u128(id),
-                partner_id: "p".into(),
-                campaign: "spring".into(),
-                ts: Utc.timestamp_millis_opt(ms).unwrap(),
-            },
-            keep: Duration::from_secs(3600),
+        let click = |id: u128, ms: i64| {
+            let c = cand(&format!("j{id}"), ms, id, 0);
+            let mut d = decide(&c);
+            d.visitor_id = Uuid::from_u128(9);
+            (c, d)
         };
-        s.add_touches(&[touch(1, T), touch(2, T + 5), touch(1, T)])
+        let (c1, d1) = click(101, T);
+        let (c2, d2) = click(102, T + 5);
+        s.record_clicks(&[record(&c1), record(&c2)]).await.unwrap();
+        s.decide_clicks(&[d1.clone(), d2, d1.clone()])
             .await
             .unwrap();
         let got = s
@@ -396,7 +430,32 @@ pub mod suite {
             }])
             .await
             .unwrap();
-        assert_eq!(got, vec![Answer::Touches(vec![touch(1, T).touch])]);
+        assert_eq!(got, vec![Answer::Touches(vec![d1.touch])]);
+        // More than MAX_JOURNEY unique clicks: the newest are kept.
+        let many: Vec<(Candidate, Decide)> = (0..MAX_JOURNEY as u128 + 4)
+            .map(|i| click(1000 + i, T + 10 + i as i64))
+            .collect();
+        let records: Vec<ClickRecord> = many.iter().map(|(c, _)| record(c)).collect();
+        s.record_clicks(&records).await.unwrap();
+        let decides: Vec<Decide> = many.iter().map(|(_, d)| d.clone()).collect();
+        s.decide_clicks(&decides).await.unwrap();
+        let got = s
+            .read(&[Read::Journey {
+                program: "acme".into(),
+                visitor: Uuid::from_u128(9),
+                from_ms: 0,
+                to_ms: i64::MAX / 2,
+            }])
+            .await
+            .unwrap();
+        let Answer::Touches(t) = &got[0] else {
+            panic!("{got:?}")
+        };
+        assert_eq!(t.len(), MAX_JOURNEY);
+        assert_eq!(
+            t.last().unwrap().click_id,
+            Uuid::from_u128(1000 + MAX_JOURNEY as u128 + 3)
+        );
     }
 
     /// Memos are set once; counts, first sales and refunds read as of a mark.

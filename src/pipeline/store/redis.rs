@@ -10,8 +10,8 @@ use redis::Value;
 use uuid::Uuid;
 
 use super::{
-    ms, Answer, Candidate, ClickRecord, JourneyTouch, Mark, Read, StateError, StateStore,
-    StoredTouch, Write, CLAIM_TTL, COUNT_TTL, MAX_JOURNEY, MEMO_TTL, ORDER_TTL,
+    ms, Answer, ClickRecord, Decide, Mark, Read, StateError, StateStore, StoredTouch, Write,
+    CLAIM_TTL, COUNT_TTL, MAX_JOURNEY, MEMO_TTL, ORDER_TTL,
 };
 
 const DECIDE_CLICKS: &str = include_str!("decide_clicks.lua");
@@ -105,67 +105,53 @@ impl StateStore for RedisState {
         Ok(())
     }
 
-    async fn decide_clicks(&self, candidates: &[Candidate]) -> Result<Vec<bool>, StateError> {
-        if candidates.is_empty() {
+    async fn decide_clicks(&self, clicks: &[Decide]) -> Result<Vec<bool>, StateError> {
+        if clicks.is_empty() {
             return Ok(Vec::new());
         }
+        // One script for the batch: the decisions and journey entries of thousands of
+        // clicks in one round trip and one pass of Lua.
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.decide.get_hash()).arg(clicks.len() * 4);
+        for d in clicks {
+            let fp = &d.candidate.fingerprint;
+            cmd.arg(self.fingerprint(fp, "c"))
+                .arg(self.fingerprint(fp, "u"))
+                .arg(self.fingerprint(fp, "d"))
+                .arg(self.journey(&d.program_id, d.visitor_id));
+        }
+        cmd.arg(MAX_JOURNEY);
+        for d in clicks {
+            let c = &d.candidate;
+            cmd.arg(c.mark.ms)
+                .arg(c.mark.id_hex())
+                .arg(c.window_ms)
+                .arg(c.keep_ms())
+                .arg(d.touch.member())
+                .arg(ms(d.keep));
+        }
         let mut conn = self.conn.clone();
-        for attempt in 0..2 {
-            let mut pipe = redis::pipe();
-            for c in candidates {
-                pipe.cmd("EVALSHA")
-                    .arg(self.decide.get_hash())
-                    .arg(3)
-                    .arg(self.fingerprint(&c.fingerprint, "c"))
-                    .arg(self.fingerprint(&c.fingerprint, "u"))
-                    .arg(self.fingerprint(&c.fingerprint, "d"))
-                    .arg(c.mark.ms)
-                    .arg(c.mark.id_hex())
-                    .arg(c.window_ms)
-                    .arg(c.keep_ms());
+        let verdicts: Vec<i64> = match cmd.query_async(&mut conn).await {
+            Ok(v) => v,
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                // The server lost its scripts (a restart): load and go again.
+                let _: String = redis::cmd("SCRIPT")
+                    .arg("LOAD")
+                    .arg(DECIDE_CLICKS)
+                    .query_async(&mut conn)
+                    .await?;
+                cmd.query_async(&mut conn).await?
             }
-            match pipe.query_async::<Vec<i64>>(&mut conn).await {
-                Ok(v) => return Ok(v.into_iter().map(|x| x == 1).collect()),
-                Err(e)
-                    if attempt == 0
-                        && e.kind()
-                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-                {
-                    // The server lost its scripts (a restart): load and go again.
-                    let _: String = redis::cmd("SCRIPT")
-                        .arg("LOAD")
-                        .arg(DECIDE_CLICKS)
-                        .query_async(&mut conn)
-                        .await?;
-                }
-                Err(e) => return Err(e.into()),
-            }
+            Err(e) => return Err(e.into()),
+        };
+        if verdicts.len() != clicks.len() {
+            return Err(StateError(format!(
+                "the click script answered {} verdicts for {} clicks",
+                verdicts.len(),
+                clicks.len()
+            )));
         }
-        Err(StateError("the click script could not be loaded".into()))
-    }
-
-    async fn add_touches(&self, touches: &[JourneyTouch]) -> Result<(), StateError> {
-        if touches.is_empty() {
-            return Ok(());
-        }
-        let mut pipe = redis::pipe();
-        for t in touches {
-            let key = self.journey(&t.program_id, t.visitor_id);
-            pipe.cmd("ZADD")
-                .arg(&key)
-                .arg(t.touch.ts.timestamp_millis())
-                .arg(t.touch.member())
-                .ignore();
-            // Keep the newest MAX_JOURNEY: drop ranks 0 .. −(MAX_JOURNEY + 1).
-            pipe.cmd("ZREMRANGEBYRANK")
-                .arg(&key)
-                .arg(0)
-                .arg(-(MAX_JOURNEY as i64) - 1)
-                .ignore();
-            pipe.cmd("PEXPIRE").arg(&key).arg(ms(t.keep)).ignore();
-        }
-        let _: () = pipe.query_async(&mut self.conn.clone()).await?;
-        Ok(())
+        Ok(verdicts.into_iter().map(|v| v == 1).collect())
     }
 
     async fn memos(&self, ids: &[Uuid]) -> Result<Vec<Option<String>>, StateError> {
