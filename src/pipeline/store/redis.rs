@@ -15,6 +15,8 @@ use super::{
 };
 
 const DECIDE_CLICKS: &str = include_str!("decide_clicks.lua");
+/// Clicks decided per script call.
+const DECIDE_CHUNK: usize = 500;
 
 /// State in Redis.
 pub struct RedisState {
@@ -109,41 +111,47 @@ impl StateStore for RedisState {
         if clicks.is_empty() {
             return Ok(Vec::new());
         }
-        // One script for the batch: the decisions and journey entries of thousands of
-        // clicks in one round trip and one pass of Lua.
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(self.decide.get_hash()).arg(clicks.len() * 4);
-        for d in clicks {
-            let fp = &d.candidate.fingerprint;
-            cmd.arg(self.fingerprint(fp, "c"))
-                .arg(self.fingerprint(fp, "u"))
-                .arg(self.fingerprint(fp, "d"))
-                .arg(self.journey(&d.program_id, d.visitor_id));
-        }
-        cmd.arg(MAX_JOURNEY);
-        for d in clicks {
-            let c = &d.candidate;
-            cmd.arg(c.mark.ms)
-                .arg(c.mark.id_hex())
-                .arg(c.window_ms)
-                .arg(c.keep_ms())
-                .arg(d.touch.member())
-                .arg(ms(d.keep));
+        // A few script calls in one round trip: thousands of decisions and journey
+        // entries per call, yet none holding the server for long (other clients, other
+        // instances, run between them).
+        let mut pipe = redis::pipe();
+        for chunk in clicks.chunks(DECIDE_CHUNK) {
+            let cmd = pipe.cmd("EVALSHA");
+            cmd.arg(self.decide.get_hash()).arg(chunk.len() * 4);
+            for d in chunk {
+                let fp = &d.candidate.fingerprint;
+                cmd.arg(self.fingerprint(fp, "c"))
+                    .arg(self.fingerprint(fp, "u"))
+                    .arg(self.fingerprint(fp, "d"))
+                    .arg(self.journey(&d.program_id, d.visitor_id));
+            }
+            cmd.arg(MAX_JOURNEY);
+            for d in chunk {
+                let c = &d.candidate;
+                cmd.arg(c.mark.ms)
+                    .arg(c.mark.id_hex())
+                    .arg(c.window_ms)
+                    .arg(c.keep_ms())
+                    .arg(d.touch.member())
+                    .arg(ms(d.keep));
+            }
         }
         let mut conn = self.conn.clone();
-        let verdicts: Vec<i64> = match cmd.query_async(&mut conn).await {
+        let answers: Vec<Vec<i64>> = match pipe.query_async(&mut conn).await {
             Ok(v) => v,
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                // The server lost its scripts (a restart): load and go again.
+                // The server lost its scripts (a restart): load and go again; deciding
+                // twice is harmless.
                 let _: String = redis::cmd("SCRIPT")
                     .arg("LOAD")
                     .arg(DECIDE_CLICKS)
                     .query_async(&mut conn)
                     .await?;
-                cmd.query_async(&mut conn).await?
+                pipe.query_async(&mut conn).await?
             }
             Err(e) => return Err(e.into()),
         };
+        let verdicts: Vec<bool> = answers.into_iter().flatten().map(|v| v == 1).collect();
         if verdicts.len() != clicks.len() {
             return Err(StateError(format!(
                 "the click script answered {} verdicts for {} clicks",
@@ -151,7 +159,7 @@ impl StateStore for RedisState {
                 clicks.len()
             )));
         }
-        Ok(verdicts.into_iter().map(|v| v == 1).collect())
+        Ok(verdicts)
     }
 
     async fn memos(&self, ids: &[Uuid]) -> Result<Vec<Option<String>>, StateError> {
