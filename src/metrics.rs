@@ -14,6 +14,8 @@ pub const HTTP_REQUEST_DURATION_SECONDS: &str = "touchline_http_request_duration
 pub const EDGE_CLICKS_TOTAL: &str = "touchline_edge_clicks_total";
 /// Click events dropped because the buffer in front of the broker was full.
 pub const EDGE_CLICK_BUFFER_OVERFLOW_TOTAL: &str = "touchline_edge_click_buffer_overflow_total";
+/// Click fields stored shorter than sent, by `field` (user_agent, referer, utm_*).
+pub const EDGE_TRUNCATED_FIELDS_TOTAL: &str = "touchline_edge_truncated_fields_total";
 /// Click events the broker finally refused (not retryable).
 pub const EDGE_CLICK_DELIVERY_ERRORS_TOTAL: &str = "touchline_edge_click_delivery_errors_total";
 /// Click events delivered to the broker.
@@ -104,6 +106,11 @@ pub const ALL: &[(&str, &str, &str)] = &[
         EDGE_CONVERSIONS_REJECTED_TOTAL,
         "counter",
         "Conversion requests refused, by reason.",
+    ),
+    (
+        EDGE_TRUNCATED_FIELDS_TOTAL,
+        "counter",
+        "Click fields stored truncated to the edge's limits (the redirect carries them whole), by field.",
     ),
     (
         REGISTRY_CHANGES_TOTAL,

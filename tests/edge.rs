@@ -774,3 +774,50 @@ async fn hostile_admin_input_and_slow_bodies_are_refused() {
     assert!(started.elapsed() < Duration::from_secs(25));
     edge.stop().await;
 }
+
+/// SPEC §7: query values beyond the stored limits redirect as usual, are stored
+/// truncated and counted; a user agent that is not UTF-8 is still a browser.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_query_values_are_truncated_and_odd_user_agents_kept() {
+    use http_body_util::{BodyExt, Full};
+    let config = config(&[]);
+    create_topics(&config).await;
+    let edge = start_edge(&config).await;
+    let url = edge.url("");
+    seed(&url).await;
+    let long = "x".repeat(60_000);
+    let req = hyper::Request::get(format!("{url}/r/alice-spring?utm_source={long}"))
+        .header(
+            "user-agent",
+            hyper::header::HeaderValue::from_bytes(b"Mozilla/5.0 (caf\xe9; \xff)").unwrap(),
+        )
+        .body(Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let resp = touchline::http::client().request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::FOUND);
+    let location = resp.headers()["location"].to_str().unwrap().to_string();
+    assert!(
+        location.contains(&long),
+        "the redirect carries the value whole"
+    );
+    let _ = resp.into_body().collect().await;
+    let events = read_topic(
+        &config.kafka.brokers,
+        &config.kafka.topics.clicks,
+        1,
+        Duration::from_secs(10),
+    )
+    .await;
+    let e = &events[0].1;
+    assert_eq!(e["utm_source"].as_str().unwrap().len(), 256);
+    assert_eq!(e["is_bot"], false);
+    assert_eq!(e["user_agent"], "Mozilla/5.0 (caf\u{fffd}; \u{fffd})");
+    let metrics = send(Method::GET, &format!("{url}/metrics"), &[], "").await;
+    let text = String::from_utf8_lossy(&metrics.body).to_string();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("touchline_edge_truncated_fields_total{field=\"utm_source\"}")),
+        "{text}"
+    );
+    edge.stop().await;
+}

@@ -101,15 +101,37 @@ fn client_ip<B>(req: &Request<B>, peer: SocketAddr, trust_forwarded_for: bool) -
     peer.ip()
 }
 
-fn header_str<B>(req: &Request<B>, name: hyper::header::HeaderName, max: usize) -> &str {
-    let s = req
+/// Longest user agent stored with a click, in characters.
+pub const MAX_USER_AGENT: usize = 512;
+/// Longest referer stored with a click, in characters.
+pub const MAX_REFERER: usize = 1024;
+/// Longest `utm_*` value stored with a click, in characters.
+pub const MAX_UTM: usize = 256;
+
+/// A header as text: bytes that are not UTF-8 become U+FFFD (a browser's non-ASCII user
+/// agent is still a browser, not an empty agent).
+fn header_text<B>(
+    req: &Request<B>,
+    name: hyper::header::HeaderName,
+    max: usize,
+    field: &'static str,
+) -> String {
+    let raw = req
         .headers()
         .get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    // Cut at a char boundary so an over-long header cannot bloat events.
+        .map(|v| String::from_utf8_lossy(v.as_bytes()))
+        .unwrap_or_default();
+    stored(&raw, max, field).to_string()
+}
+
+/// A value cut to `max` characters at a char boundary, so that what a visitor sends
+/// cannot bloat events and tables; each cut is counted.
+fn stored<'a>(s: &'a str, max: usize, field: &'static str) -> &'a str {
     match s.char_indices().nth(max) {
-        Some((i, _)) => &s[..i],
+        Some((i, _)) => {
+            metrics::counter!(m::EDGE_TRUNCATED_FIELDS_TOTAL, "field" => field).increment(1);
+            &s[..i]
+        }
         None => s,
     }
 }
@@ -155,11 +177,12 @@ pub fn build_location(
             }
         }
     }
-    let utm_value = |key: &str| {
+    // Stored at most MAX_UTM characters; the redirect passes them on whole.
+    let utm_value = |key: &'static str| {
         params
             .iter()
             .find(|(k, _)| k == key)
-            .map(|(_, v)| v.clone())
+            .map(|(_, v)| stored(v, MAX_UTM, key).to_string())
     };
     let utm = Utm {
         source: utm_value("utm_source"),
@@ -215,8 +238,8 @@ impl Edge {
         };
         let click_id = Uuid::now_v7();
         let visitor_id = visitor_from_cookies(req).unwrap_or_else(Uuid::new_v4);
-        let user_agent = header_str(req, USER_AGENT, 512);
-        let bot = is_bot(req.method(), user_agent);
+        let user_agent = header_text(req, USER_AGENT, MAX_USER_AGENT, "user_agent");
+        let bot = is_bot(req.method(), &user_agent);
 
         let (location, utm) = if status == ClickStatus::Ok {
             build_location(&entry, req.uri().query(), click_id)
@@ -225,7 +248,7 @@ impl Edge {
         };
 
         let ip = client_ip(req, peer, self.config.edge.trust_forwarded_for);
-        let referer = header_str(req, REFERER, 1024);
+        let referer = header_text(req, REFERER, MAX_REFERER, "referer");
         let event = ClickEvent {
             v: EVENT_VERSION,
             click_id,
@@ -236,8 +259,8 @@ impl Edge {
             campaign: link.campaign.clone(),
             visitor_id,
             ip_hash: self.ip_hash(&ip.to_string()),
-            user_agent: user_agent.to_string(),
-            referer: (!referer.is_empty()).then(|| referer.to_string()),
+            user_agent,
+            referer: (!referer.is_empty()).then_some(referer),
             utm_source: utm.source,
             utm_medium: utm.medium,
             utm_campaign: utm.campaign,
