@@ -46,7 +46,9 @@ fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
 
 /// [`parse`], refusing keys the types would ignore at any depth (an unknown key inside
 /// `attribution`, say): whatever is sent must be understood.
-fn parse_known<T: DeserializeOwned + serde::Serialize>(body: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn parse_known<T: DeserializeOwned + serde::Serialize>(
+    body: &[u8],
+) -> Result<T, ApiError> {
     let value: T = parse(body)?;
     let given: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| ApiError::malformed(e.to_string()))?;

@@ -3,6 +3,8 @@
 
 pub mod admin;
 pub mod conversions;
+#[cfg(test)]
+mod hostile;
 pub mod redirect;
 
 use std::net::SocketAddr;

@@ -736,3 +736,95 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod bounds_tests {
+    //! The registry's bounds and the intake's settlement cap are chosen so that the
+    //! worst case fits the ledger's columns (SPEC §7): settle it and check.
+
+    use super::*;
+    use crate::engine::settle::Directory;
+    use crate::registry::Partner;
+    use std::sync::Arc;
+
+    struct Chain(Vec<Arc<Partner>>);
+
+    impl Directory for Chain {
+        type Partner = Arc<Partner>;
+        fn partner(&self, id: &str) -> Option<Arc<Partner>> {
+            self.0.iter().find(|p| p.id == id).cloned()
+        }
+    }
+
+    #[test]
+    fn the_worst_accepted_case_fits_the_ledger() {
+        let mut program: Program = serde_json::from_value(serde_json::json!({
+            "name": "Worst", "currency": "USD", "secret": "0123456789abcdef-secret",
+            "fallback_url": "https://acme.example/",
+            "fx": {"USD": "1", "KWD": "1000000"},
+            "commission": {
+                "tiers": {"max": "1"}, "default_tier": "max",
+                "lead_bounty": "1000000000", "signup_bounty": "1000000000",
+                "recurring": {"rate": "1", "months": 120},
+                "volume_bonuses": [{"min_conversions": 0, "bonus": "1"}],
+                "overrides": ["1", "1", "1", "1", "1"]
+            }
+        }))
+        .unwrap();
+        program.id = "worst".into();
+        program.validate().unwrap();
+        // p0 ← p1 ← … ← p5: five override levels above the credited partner.
+        let chain = Chain(
+            (0..6)
+                .map(|i| {
+                    Arc::new(
+                        serde_json::from_value::<Partner>(serde_json::json!({
+                            "id": format!("p{i}"), "program_id": "worst",
+                            "parent_id": (i < 5).then(|| format!("p{}", i + 1))
+                        }))
+                        .unwrap(),
+                    )
+                })
+                .collect(),
+        );
+        let at = chrono::TimeZone::with_ymd_and_hms(&chrono::Utc, 2026, 11, 20, 10, 0, 0).unwrap();
+        // The largest amount the intake lets through: amount × fx = 10^13.
+        let amount = crate::money::max_settled() / Decimal::from(1_000_000);
+        for (kind, currency) in [
+            (ConversionKind::Sale, "KWD"),
+            (ConversionKind::Lead, "USD"),
+            (ConversionKind::Sale, "USD"),
+        ] {
+            let e = ConversionEvent {
+                v: 1,
+                conversion_id: Uuid::from_u128(1),
+                program_id: "worst".into(),
+                order_id: "o".into(),
+                kind,
+                amount: if currency == "USD" {
+                    crate::money::max_settled()
+                } else {
+                    amount
+                },
+                currency: currency.into(),
+                occurred_at: at,
+                received_at: at,
+                click_id: None,
+                visitor_id: None,
+                referral_code: None,
+                customer_id: None,
+                original_order_id: None,
+                registry_version: 0,
+            };
+            let d = settle::settle(
+                &program,
+                &e,
+                Credit::Referral("p0".into()),
+                &chain,
+                |_, _| 1_000_000,
+            );
+            assert_eq!(d.rows.len(), 6, "{kind:?}: direct and five overrides");
+            crate::sink::rows::fits(&e, &d).unwrap_or_else(|why| panic!("{kind:?}: {why}"));
+        }
+    }
+}
