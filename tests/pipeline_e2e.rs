@@ -384,3 +384,106 @@ async fn undecodable_messages_go_to_the_dlq_and_the_pipeline_goes_on() {
     pipeline.stop().await;
     edge.stop().await;
 }
+
+/// SPEC §5.6 on the stack: a program stored before today's bounds (an FX rate of 10²⁵)
+/// and a EUR sale for it, produced straight onto the topic (the edge now refuses it).
+/// The sale goes to the DLQ with its reason, and an ordinary sale after it lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversion_beyond_the_ledger_is_dead_lettered_and_the_next_lands() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use touchline::registry::Entity;
+    let config = config(&[
+        ("TOUCHLINE__PIPELINE__FLUSH_INTERVAL_MS", "100"),
+        ("TOUCHLINE__PIPELINE__LATE_GRACE_SECS", "2"),
+    ]);
+    migrate(&config).await;
+    let store = touchline::app::registry_store(&config).await.unwrap();
+    let mut program = program_json();
+    program["fx"]["EUR"] = json!("10000000000000000000000000");
+    let mut program: touchline::registry::Program = serde_json::from_value(program).unwrap();
+    program.id = "acme".into();
+    store.put(&Entity::Program(program)).await.unwrap();
+    store
+        .put(&Entity::Partner(
+            serde_json::from_value(json!({"id": "alice", "program_id": "acme"})).unwrap(),
+        ))
+        .await
+        .unwrap();
+    store
+        .put(&Entity::Link(
+            serde_json::from_value(json!({"code": "alice-1", "program_id": "acme",
+                "partner_id": "alice", "destination": "https://shop.example/"}))
+            .unwrap(),
+        ))
+        .await
+        .unwrap();
+    let pipeline = start_pipeline(&config);
+
+    let producer: FutureProducer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", &config.kafka.brokers)
+        .create()
+        .unwrap();
+    let now = chrono::Utc::now();
+    for (i, currency) in [(1u128, "EUR"), (2, "USD")] {
+        let sale = touchline::events::ConversionEvent {
+            v: 1,
+            conversion_id: uuid::Uuid::from_u128(i),
+            program_id: "acme".into(),
+            order_id: format!("O-{i}"),
+            kind: touchline::events::ConversionKind::Sale,
+            amount: "100".parse().unwrap(),
+            currency: currency.into(),
+            occurred_at: touchline::events::to_millis(now),
+            received_at: touchline::events::to_millis(now)
+                + chrono::Duration::milliseconds(i as i64),
+            click_id: None,
+            visitor_id: None,
+            referral_code: Some("alice-1".into()),
+            customer_id: None,
+            original_order_id: None,
+            registry_version: 0,
+        };
+        producer
+            .send(
+                FutureRecord::to(&config.kafka.topics.conversions)
+                    .key(&sale.partition_key())
+                    .payload(&serde_json::to_vec(&sale).unwrap()),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+    }
+    let landed = wait_count(
+        &config,
+        "SELECT count() FROM conversions FINAL WHERE order_id = 'O-2'",
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(landed, 1, "the ordinary sale after the hostile one lands");
+    let rows = ch_query(
+        &config,
+        "SELECT order_id, status FROM conversions FINAL ORDER BY order_id",
+    )
+    .await;
+    assert_eq!(
+        rows,
+        vec![vec!["O-2".to_string(), "attributed".to_string()]]
+    );
+    let letters = read_topic(
+        &config.kafka.brokers,
+        &config.kafka.topics.dlq,
+        1,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(letters.len(), 1);
+    assert!(
+        letters[0].1["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("beyond the ledger's range")),
+        "{}",
+        letters[0].1
+    );
+    pipeline.stop().await;
+}
