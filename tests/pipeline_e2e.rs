@@ -487,3 +487,41 @@ async fn a_conversion_beyond_the_ledger_is_dead_lettered_and_the_next_lands() {
     );
     pipeline.stop().await;
 }
+
+/// SPEC §6: event times keep their milliseconds; `migrate` adds the `*_ms` columns to
+/// tables created before they existed (ClickHouse 18.16 has no ADD COLUMN IF NOT EXISTS),
+/// and running it again changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_brings_older_tables_their_millisecond_columns() {
+    let config = config(&[]);
+    migrate(&config).await;
+    for (table, column) in [("clicks", "ts_ms"), ("commissions", "occurred_at_ms")] {
+        ch_query(
+            &config,
+            &format!("ALTER TABLE {table} DROP COLUMN {column}"),
+        )
+        .await;
+    }
+    migrate(&config).await;
+    migrate(&config).await;
+    let columns = ch_query(
+        &config,
+        &format!(
+            "SELECT table, name, type FROM system.columns WHERE database = '{}' AND name LIKE '%_ms' ORDER BY table, name",
+            config.clickhouse.database
+        ),
+    )
+    .await;
+    let columns: Vec<String> = columns.iter().map(|r| r.join(" ")).collect();
+    assert_eq!(
+        columns,
+        vec![
+            "attributions occurred_at_ms UInt16",
+            "clicks ts_ms UInt16",
+            "commissions created_at_ms UInt16",
+            "commissions occurred_at_ms UInt16",
+            "conversions occurred_at_ms UInt16",
+            "conversions received_at_ms UInt16",
+        ]
+    );
+}

@@ -4,6 +4,10 @@
 -- Exactly once: every row has a deterministic key derived from the event that produced
 -- it, the pipeline memoizes its decisions, and a replay after a crash writes identical
 -- rows. ReplacingMergeTree collapses them; every query reads with FINAL.
+--
+-- Event times keep their milliseconds (SPEC §6): each DateTime column `x` has a
+-- `x_ms UInt16` beside it (0-999), as DateTime64 does not exist on 18.16. `migrate` adds
+-- them to tables created before they existed.
 
 CREATE DATABASE IF NOT EXISTS {db};
 
@@ -11,6 +15,7 @@ CREATE TABLE IF NOT EXISTS {db}.clicks
 (
     click_id      UUID,
     ts            DateTime,
+    ts_ms         UInt16,
     program_id    String,
     partner_id    String,
     link_code     String,
@@ -41,7 +46,9 @@ CREATE TABLE IF NOT EXISTS {db}.conversions
     amount             Decimal(18, 4),
     currency           String,
     occurred_at        DateTime,
+    occurred_at_ms     UInt16,
     received_at        DateTime,
+    received_at_ms     UInt16,
     click_id           Nullable(UUID),
     visitor_id         Nullable(UUID),
     referral_code      Nullable(String),
@@ -70,7 +77,8 @@ CREATE TABLE IF NOT EXISTS {db}.attributions
     weight           Decimal(18, 12),
     credited_amount  Decimal(18, 4),
     kind             String,
-    occurred_at      DateTime
+    occurred_at      DateTime,
+    occurred_at_ms   UInt16
 )
 ENGINE = ReplacingMergeTree()
 PARTITION BY toYYYYMM(occurred_at)
@@ -90,7 +98,9 @@ CREATE TABLE IF NOT EXISTS {db}.commissions
     currency       String,
     status         String,
     created_at     DateTime,
-    occurred_at    DateTime
+    created_at_ms  UInt16,
+    occurred_at    DateTime,
+    occurred_at_ms UInt16
 )
 ENGINE = ReplacingMergeTree()
 PARTITION BY toYYYYMM(occurred_at)

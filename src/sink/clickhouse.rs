@@ -148,15 +148,51 @@ pub fn statements(db: &str) -> Vec<String> {
         .collect()
 }
 
+/// Columns added after the first schema: (table, column, type, the column it follows).
+/// ClickHouse 18.16 has no `ADD COLUMN IF NOT EXISTS`, so `migrate` asks first.
+const ADDED_COLUMNS: &[(&str, &str, &str, &str)] = &[
+    ("clicks", "ts_ms", "UInt16", "ts"),
+    ("conversions", "occurred_at_ms", "UInt16", "occurred_at"),
+    ("conversions", "received_at_ms", "UInt16", "received_at"),
+    ("attributions", "occurred_at_ms", "UInt16", "occurred_at"),
+    ("commissions", "created_at_ms", "UInt16", "created_at"),
+    ("commissions", "occurred_at_ms", "UInt16", "occurred_at"),
+];
+
 /// Creates or upgrades the database; idempotent.
 pub async fn migrate(cfg: &ClickHouseConfig) -> Result<(), SinkError> {
-    // No database selected: the first statement creates it.
-    let mut c = Client::default().with_url(&cfg.url).with_user(&cfg.user);
+    // No database selected: the first statement creates it. No validation: 18.16 has
+    // no RowBinaryWithNamesAndTypes (SPEC §2).
+    let mut c = Client::default()
+        .with_url(&cfg.url)
+        .with_user(&cfg.user)
+        .with_validation(false);
     if !cfg.password.is_empty() {
         c = c.with_password(&cfg.password);
     }
     for stmt in statements(&cfg.database) {
         c.query(&stmt).execute().await.map_err(classify)?;
+    }
+    let db = &cfg.database;
+    for (table, column, kind, after) in ADDED_COLUMNS {
+        let present: u64 = c
+            .query(
+                "SELECT count() FROM system.columns WHERE database = ? AND table = ? AND name = ?",
+            )
+            .bind(db.as_str())
+            .bind(*table)
+            .bind(*column)
+            .fetch_one()
+            .await
+            .map_err(classify)?;
+        if present == 0 {
+            c.query(&format!(
+                "ALTER TABLE {db}.{table} ADD COLUMN {column} {kind} DEFAULT 0 AFTER {after}"
+            ))
+            .execute()
+            .await
+            .map_err(classify)?;
+        }
     }
     Ok(())
 }

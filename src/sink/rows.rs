@@ -120,6 +120,13 @@ pub fn fits(e: &ConversionEvent, d: &Decision) -> Result<(), String> {
     Ok(())
 }
 
+/// The milliseconds within the second of an event time: the `*_ms` column beside each
+/// `DateTime` one (SPEC §6; DateTime64 does not exist on ClickHouse 18.16).
+pub fn millis(t: DateTime<Utc>) -> u16 {
+    // At most 999, or 1999 during a leap second: fits u16 either way.
+    u16::try_from(t.timestamp_subsec_millis()).unwrap_or(999)
+}
+
 /// A row of `clicks`.
 #[derive(Debug, Clone, PartialEq, Serialize, clickhouse::Row)]
 pub struct ClickRow {
@@ -127,6 +134,7 @@ pub struct ClickRow {
     pub click_id: Uuid,
     #[serde(with = "ser::datetime")]
     pub ts: DateTime<Utc>,
+    pub ts_ms: u16,
     pub program_id: String,
     pub partner_id: String,
     pub link_code: String,
@@ -150,6 +158,7 @@ impl ClickRow {
     pub fn new(e: ClickEvent, is_unique: bool) -> Self {
         ClickRow {
             click_id: e.click_id,
+            ts_ms: millis(e.ts),
             ts: e.ts,
             program_id: e.program_id,
             partner_id: e.partner_id,
@@ -184,8 +193,10 @@ pub struct ConversionRow {
     pub currency: String,
     #[serde(with = "ser::datetime")]
     pub occurred_at: DateTime<Utc>,
+    pub occurred_at_ms: u16,
     #[serde(with = "ser::datetime")]
     pub received_at: DateTime<Utc>,
+    pub received_at_ms: u16,
     #[serde(with = "ser::uuid::option")]
     pub click_id: Option<Uuid>,
     #[serde(with = "ser::uuid::option")]
@@ -221,6 +232,7 @@ pub struct AttributionRow {
     pub kind: &'static str,
     #[serde(with = "ser::datetime")]
     pub occurred_at: DateTime<Utc>,
+    pub occurred_at_ms: u16,
 }
 
 /// A row of `commissions`, the ledger.
@@ -244,8 +256,10 @@ pub struct CommissionRow {
     pub status: &'static str,
     #[serde(with = "ser::datetime")]
     pub created_at: DateTime<Utc>,
+    pub created_at_ms: u16,
     #[serde(with = "ser::datetime")]
     pub occurred_at: DateTime<Utc>,
+    pub occurred_at_ms: u16,
 }
 
 /// The deterministic id of a conversion's `index`-th ledger row.
@@ -271,7 +285,9 @@ pub fn conversion_rows(
         amount: e.amount,
         currency: e.currency.clone(),
         occurred_at: e.occurred_at,
+        occurred_at_ms: millis(e.occurred_at),
         received_at: e.received_at,
+        received_at_ms: millis(e.received_at),
         click_id: e.click_id,
         visitor_id: e.visitor_id,
         referral_code: e.referral_code.clone(),
@@ -300,6 +316,7 @@ pub fn conversion_rows(
             credited_amount: a.credited_amount,
             kind: e.kind.as_str(),
             occurred_at: e.occurred_at,
+            occurred_at_ms: millis(e.occurred_at),
         })
         .collect();
     let commissions = d
@@ -319,7 +336,9 @@ pub fn conversion_rows(
             currency: d.currency.clone(),
             status: "booked",
             created_at: e.received_at,
+            created_at_ms: millis(e.received_at),
             occurred_at: e.occurred_at,
+            occurred_at_ms: millis(e.occurred_at),
         })
         .collect();
     (conversion, attributions, commissions)
@@ -345,12 +364,15 @@ mod tests {
             currency: "USD".into(),
             status: "booked",
             created_at: chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 11, 20, 10, 15, 0).unwrap(),
+            created_at_ms: 250,
             occurred_at: chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 11, 20, 10, 15, 0).unwrap(),
+            occurred_at_ms: 0,
         };
         let json = serde_json::to_string(&row).unwrap();
         assert!(json.contains(r#""base_amount":34.1224"#), "{json}");
         assert!(json.contains(r#""rate":0.100000000000"#), "{json}");
         assert!(json.contains(r#""amount":3.4100"#), "{json}");
+        assert!(json.contains(r#""created_at_ms":250"#), "{json}");
         assert!(
             json.contains(r#""created_at":"2026-11-20 10:15:00""#),
             "{json}"
