@@ -5,7 +5,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use serde::Serialize;
@@ -16,7 +16,7 @@ use crate::metrics as m;
 /// Appends rows to JSONEachRow files.
 pub struct FileSink {
     dir: PathBuf,
-    files: Mutex<Vec<File>>,
+    files: Arc<Mutex<Vec<File>>>,
 }
 
 impl FileSink {
@@ -34,7 +34,7 @@ impl FileSink {
             .collect::<std::io::Result<Vec<_>>>()?;
         Ok(FileSink {
             dir: dir.to_path_buf(),
-            files: Mutex::new(files),
+            files: Arc::new(Mutex::new(files)),
         })
     }
 
@@ -49,31 +49,54 @@ impl FileSink {
     }
 }
 
-fn append<T: Serialize>(file: &mut File, table: &'static str, rows: &[T]) -> Result<(), SinkError> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let io = |e: std::io::Error| SinkError::Transient(format!("{table}.jsonl: {e}"));
-    let mut w = BufWriter::new(&mut *file);
+/// Rows as JSONEachRow lines.
+fn encode<T: Serialize>(rows: &[T]) -> Result<Vec<u8>, SinkError> {
+    let mut out = Vec::with_capacity(rows.len() * 256);
     for row in rows {
-        serde_json::to_writer(&mut w, row).map_err(|e| SinkError::Fatal(e.to_string()))?;
-        w.write_all(b"\n").map_err(io)?;
+        serde_json::to_writer(&mut out, row).map_err(|e| SinkError::Fatal(e.to_string()))?;
+        out.push(b'\n');
     }
-    w.flush().map_err(io)?;
-    drop(w);
-    file.sync_data().map_err(io)?;
-    metrics::counter!(m::SINK_ROWS_TOTAL, "table" => table).increment(rows.len() as u64);
-    Ok(())
+    Ok(out)
 }
 
 #[async_trait]
 impl Sink for FileSink {
     async fn write(&self, batch: &Batch) -> Result<(), SinkError> {
-        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
-        append(&mut files[0], "clicks", &batch.clicks)?;
-        append(&mut files[1], "conversions", &batch.conversions)?;
-        append(&mut files[2], "attributions", &batch.attributions)?;
-        append(&mut files[3], "commissions", &batch.commissions)
+        let encoded = [
+            ("clicks", batch.clicks.len(), encode(&batch.clicks)?),
+            (
+                "conversions",
+                batch.conversions.len(),
+                encode(&batch.conversions)?,
+            ),
+            (
+                "attributions",
+                batch.attributions.len(),
+                encode(&batch.attributions)?,
+            ),
+            (
+                "commissions",
+                batch.commissions.len(),
+                encode(&batch.commissions)?,
+            ),
+        ];
+        let files = Arc::clone(&self.files);
+        // Writing and fsync block: off the runtime's threads.
+        tokio::task::spawn_blocking(move || {
+            let mut files = files.lock().unwrap_or_else(|e| e.into_inner());
+            for (file, (table, rows, bytes)) in files.iter_mut().zip(encoded) {
+                if rows == 0 {
+                    continue;
+                }
+                let io = |e: std::io::Error| SinkError::Transient(format!("{table}.jsonl: {e}"));
+                file.write_all(&bytes).map_err(io)?;
+                file.sync_data().map_err(io)?;
+                metrics::counter!(m::SINK_ROWS_TOTAL, "table" => table).increment(rows as u64);
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| SinkError::Transient(format!("file writer: {e}")))?
     }
 
     async fn ping(&self) -> Result<(), SinkError> {
