@@ -108,6 +108,12 @@ impl EventBus for MemoryBus {
 
     async fn publish_dlq(&self, key: &[u8], payload: &[u8]) -> Result<(), BusError> {
         self.dlq.push(Topic::Dlq, key, payload);
+        // Nobody consumes the embedded DLQ: keep the newest, as a bounded topic would
+        // (the letters were logged when they were written).
+        let mut letters = self.dlq.lock();
+        while letters.len() > self.capacity {
+            letters.pop_front();
+        }
         Ok(())
     }
 

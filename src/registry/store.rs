@@ -77,7 +77,29 @@ pub struct MemoryStore {
 #[derive(Default)]
 struct MemoryInner {
     entities: std::collections::BTreeMap<(u8, String), Entity>,
-    log: Vec<Entity>,
+    /// The newest changes; `dropped` older ones are gone (a follower that far behind
+    /// reloads everything), so a long-running process holds a bounded log.
+    log: std::collections::VecDeque<Entity>,
+    dropped: usize,
+}
+
+/// Changes the memory store's log keeps.
+const MEMORY_LOG_LEN: usize = 10_000;
+
+impl MemoryInner {
+    fn append(&mut self, e: Entity) -> String {
+        self.log.push_back(e);
+        if self.log.len() > MEMORY_LOG_LEN {
+            self.log.pop_front();
+            self.dropped += 1;
+        }
+        self.end().to_string()
+    }
+
+    /// The cursor after the last change.
+    fn end(&self) -> usize {
+        self.dropped + self.log.len()
+    }
 }
 
 fn entity_key(e: &Entity) -> (u8, String) {
@@ -106,7 +128,7 @@ impl RegistryStore for MemoryStore {
         let inner = self.lock();
         Ok((
             inner.entities.values().cloned().collect(),
-            inner.log.len().to_string(),
+            inner.end().to_string(),
         ))
     }
 
@@ -115,20 +137,24 @@ impl RegistryStore for MemoryStore {
         let Ok(from) = cursor.parse::<usize>() else {
             return Ok(Changes::Reload);
         };
-        if from > inner.log.len() {
+        if from > inner.end() || from < inner.dropped {
             return Ok(Changes::Reload);
         }
         Ok(Changes::Entries(
-            inner.log[from..].to_vec(),
-            inner.log.len().to_string(),
+            inner
+                .log
+                .iter()
+                .skip(from - inner.dropped)
+                .cloned()
+                .collect(),
+            inner.end().to_string(),
         ))
     }
 
     async fn put(&self, entity: &Entity) -> Result<String, StoreError> {
         let mut inner = self.lock();
         inner.entities.insert(entity_key(entity), entity.clone());
-        inner.log.push(entity.clone());
-        Ok(inner.log.len().to_string())
+        Ok(inner.append(entity.clone()))
     }
 
     async fn insert_link(&self, link: &Link) -> Result<Option<String>, StoreError> {
@@ -139,8 +165,7 @@ impl RegistryStore for MemoryStore {
             return Ok(None);
         }
         inner.entities.insert(key, entity.clone());
-        inner.log.push(entity);
-        Ok(Some(inner.log.len().to_string()))
+        Ok(Some(inner.append(entity)))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -150,7 +175,34 @@ impl RegistryStore for MemoryStore {
 
 #[cfg(test)]
 mod tests {
-    use super::version;
+    use super::*;
+
+    #[tokio::test]
+    async fn the_memory_log_is_bounded_and_a_follower_too_far_behind_reloads() {
+        let store = MemoryStore::new();
+        let link = |i: usize| {
+            Entity::Link(
+                serde_json::from_value(serde_json::json!({"code": format!("code{i}"),
+                    "program_id": "p", "partner_id": "a", "destination": "https://x.example/"}))
+                .unwrap(),
+            )
+        };
+        for i in 0..MEMORY_LOG_LEN + 5 {
+            store.put(&link(i)).await.unwrap();
+        }
+        let end = MEMORY_LOG_LEN + 5;
+        assert!(matches!(store.changes("0").await.unwrap(), Changes::Reload));
+        match store.changes(&(end - 3).to_string()).await.unwrap() {
+            Changes::Entries(e, next) => {
+                assert_eq!(e, vec![link(end - 3), link(end - 2), link(end - 1)]);
+                assert_eq!(next, end.to_string());
+            }
+            Changes::Reload => panic!("a follower three behind follows"),
+        }
+        let (all, cursor) = store.load().await.unwrap();
+        assert_eq!(all.len(), end);
+        assert_eq!(cursor, end.to_string());
+    }
 
     #[test]
     fn versions_grow_with_cursors() {

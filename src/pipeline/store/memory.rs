@@ -1,6 +1,8 @@
 //! The embedded default's state: process memory, with the semantics of the Redis store
-//! (the shared suite in [`super::suite`] holds both to them). Nothing expires here but
-//! fingerprints, which are trimmed as in Redis, and journeys, which are capped.
+//! (the shared suite in [`super::suite`] holds both to them). What grows with traffic
+//! expires as its Redis key would: the click index, fingerprints and journeys after
+//! their keep, memos after [`MEMO_TTL`], swept once a minute; claims, counts, first
+//! sales and orders are kept as long as in Redis.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
@@ -9,16 +11,32 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use uuid::Uuid;
 
+use tokio::time::{Duration, Instant};
+
 use super::{
     Answer, ClickRecord, Decide, Mark, Read, StateError, StateStore, StoredTouch, Write,
-    MAX_JOURNEY,
+    MAX_JOURNEY, MEMO_TTL,
 };
 
-#[derive(Default)]
+/// How often expired entries are swept.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
 struct Fingerprint {
     candidates: BTreeSet<Mark>,
     unique: BTreeSet<Mark>,
     done: Option<Mark>,
+    expires: Instant,
+}
+
+impl Default for Fingerprint {
+    fn default() -> Self {
+        Fingerprint {
+            candidates: BTreeSet::new(),
+            unique: BTreeSet::new(),
+            done: None,
+            expires: Instant::now(),
+        }
+    }
 }
 
 impl Fingerprint {
@@ -61,18 +79,42 @@ impl Fingerprint {
     }
 }
 
+/// A journey and when it expires.
+struct Journey {
+    touches: BTreeSet<(i64, String)>,
+    expires: Instant,
+}
+
 #[derive(Default)]
 struct Inner {
-    click_visitors: HashMap<Uuid, Uuid>,
+    /// click → (visitor, expiry)
+    click_visitors: HashMap<Uuid, (Uuid, Instant)>,
     fingerprints: HashMap<String, Fingerprint>,
-    journeys: HashMap<(String, Uuid), BTreeSet<(i64, String)>>,
-    memos: HashMap<Uuid, String>,
+    journeys: HashMap<(String, Uuid), Journey>,
+    /// conversion → (memo, expiry)
+    memos: HashMap<Uuid, (String, Instant)>,
     claims: HashMap<String, String>,
     counts: HashMap<(String, String, u32), BTreeSet<Mark>>,
     first_sales: HashMap<(String, String), BTreeMap<Mark, String>>,
     orders: HashMap<(String, String), Option<String>>,
     refunds: HashMap<(String, String), BTreeMap<Mark, String>>,
     frontiers: HashMap<String, Mark>,
+    last_sweep: Option<Instant>,
+}
+
+impl Inner {
+    /// Drops what has expired, at most once per [`SWEEP_EVERY`].
+    fn sweep(&mut self) {
+        let now = Instant::now();
+        if self.last_sweep.is_some_and(|t| now < t + SWEEP_EVERY) {
+            return;
+        }
+        self.last_sweep = Some(now);
+        self.click_visitors.retain(|_, (_, e)| *e > now);
+        self.fingerprints.retain(|_, f| f.expires > now);
+        self.journeys.retain(|_, j| j.expires > now);
+        self.memos.retain(|_, (_, e)| *e > now);
+    }
 }
 
 /// Pipeline state in process memory.
@@ -96,15 +138,19 @@ impl MemoryState {
 impl StateStore for MemoryState {
     async fn record_clicks(&self, clicks: &[ClickRecord]) -> Result<(), StateError> {
         let mut inner = self.lock();
+        inner.sweep();
+        let now = Instant::now();
         for c in clicks {
-            inner.click_visitors.insert(c.click_id, c.visitor_id);
+            inner
+                .click_visitors
+                .insert(c.click_id, (c.visitor_id, now + c.keep));
             if let Some(cand) = &c.candidate {
-                inner
+                let fp = inner
                     .fingerprints
                     .entry(cand.fingerprint.clone())
-                    .or_default()
-                    .candidates
-                    .insert(cand.mark);
+                    .or_default();
+                fp.candidates.insert(cand.mark);
+                fp.expires = now + Duration::from_millis(cand.keep_ms());
             }
         }
         Ok(())
@@ -115,20 +161,25 @@ impl StateStore for MemoryState {
         let mut out = Vec::with_capacity(clicks.len());
         for d in clicks {
             let c = &d.candidate;
-            let unique = inner
-                .fingerprints
-                .entry(c.fingerprint.clone())
-                .or_default()
-                .decide(c.mark, c.window_ms, c.keep_ms());
+            let now = Instant::now();
+            let fp = inner.fingerprints.entry(c.fingerprint.clone()).or_default();
+            let unique = fp.decide(c.mark, c.window_ms, c.keep_ms());
+            fp.expires = now + Duration::from_millis(c.keep_ms());
             if unique {
                 let journey = inner
                     .journeys
                     .entry((d.program_id.clone(), d.visitor_id))
-                    .or_default();
-                journey.insert((d.touch.ts.timestamp_millis(), d.touch.member()));
-                while journey.len() > MAX_JOURNEY {
-                    journey.pop_first();
+                    .or_insert_with(|| Journey {
+                        touches: BTreeSet::new(),
+                        expires: now,
+                    });
+                journey
+                    .touches
+                    .insert((d.touch.ts.timestamp_millis(), d.touch.member()));
+                while journey.touches.len() > MAX_JOURNEY {
+                    journey.touches.pop_first();
                 }
+                journey.expires = now + d.keep;
             }
             out.push(unique);
         }
@@ -137,7 +188,10 @@ impl StateStore for MemoryState {
 
     async fn memos(&self, ids: &[Uuid]) -> Result<Vec<Option<String>>, StateError> {
         let inner = self.lock();
-        Ok(ids.iter().map(|id| inner.memos.get(id).cloned()).collect())
+        Ok(ids
+            .iter()
+            .map(|id| inner.memos.get(id).map(|(m, _)| m.clone()))
+            .collect())
     }
 
     async fn read(&self, reads: &[Read]) -> Result<Vec<Answer>, StateError> {
@@ -146,7 +200,7 @@ impl StateStore for MemoryState {
             .iter()
             .map(|r| match r {
                 Read::ClickVisitor(click) => {
-                    Answer::Text(inner.click_visitors.get(click).map(Uuid::to_string))
+                    Answer::Text(inner.click_visitors.get(click).map(|(v, _)| v.to_string()))
                 }
                 Read::Claim(key) => Answer::Text(inner.claims.get(key).cloned()),
                 Read::Journey {
@@ -159,7 +213,8 @@ impl StateStore for MemoryState {
                         .journeys
                         .get(&(program.clone(), *visitor))
                         .map(|j| {
-                            j.iter()
+                            j.touches
+                                .iter()
                                 .filter(|(ts, _)| (*from_ms..=*to_ms).contains(ts))
                                 .filter_map(|(ts, m)| StoredTouch::parse(m, *ts))
                                 .collect()
@@ -214,9 +269,11 @@ impl StateStore for MemoryState {
                     conversion_id,
                     json,
                 } => match inner.memos.get(conversion_id) {
-                    Some(existing) => Some(existing.clone()),
+                    Some((existing, _)) => Some(existing.clone()),
                     None => {
-                        inner.memos.insert(*conversion_id, json.clone());
+                        inner
+                            .memos
+                            .insert(*conversion_id, (json.clone(), Instant::now() + MEMO_TTL));
                         None
                     }
                 },
@@ -300,5 +357,32 @@ impl StateStore for MemoryState {
 
     async fn ping(&self) -> Result<(), StateError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What grows with traffic expires as its Redis key would, so a long-running
+    /// embedded process holds what the lookback needs, not everything it ever saw.
+    #[tokio::test(start_paused = true)]
+    async fn the_click_index_and_journeys_expire() {
+        let s = MemoryState::new();
+        let click = |id: u128| ClickRecord {
+            click_id: Uuid::from_u128(id),
+            visitor_id: Uuid::from_u128(7),
+            keep: Duration::from_secs(3600),
+            candidate: None,
+        };
+        s.record_clicks(&[click(1)]).await.unwrap();
+        tokio::time::advance(Duration::from_secs(1800)).await;
+        s.record_clicks(&[click(2)]).await.unwrap();
+        tokio::time::advance(Duration::from_secs(2 * 3600)).await;
+        // The next write sweeps: both are past their keep.
+        s.record_clicks(&[click(3)]).await.unwrap();
+        let inner = s.lock();
+        assert_eq!(inner.click_visitors.len(), 1);
+        assert!(inner.click_visitors.contains_key(&Uuid::from_u128(3)));
     }
 }
