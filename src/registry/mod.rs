@@ -230,8 +230,9 @@ impl Registry {
 
     /// Follows the store until shutdown.
     pub fn spawn_follower(self: &Arc<Self>, every: Duration, mut shutdown: Shutdown) {
+        use futures_util::FutureExt;
         let registry = Arc::clone(self);
-        tokio::spawn(async move {
+        let follow = async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -244,6 +245,18 @@ impl Registry {
                         }
                     }
                 }
+            }
+        };
+        tokio::spawn(async move {
+            if std::panic::AssertUnwindSafe(follow)
+                .catch_unwind()
+                .await
+                .is_err()
+            {
+                // A process whose registry silently stopped following would serve and
+                // settle with stale partners forever behind green health checks.
+                tracing::error!("the registry follower panicked; exiting");
+                std::process::exit(1);
             }
         });
     }
