@@ -3,6 +3,8 @@
 # on loopback only, all state under .stack/ (relative to the repository root).
 #
 #   scripts/stack.sh up       install what is missing, start, return once all answer
+#   scripts/stack.sh up --redis-cluster
+#                             also a three-master Redis Cluster on 127.0.0.1:7000-7002
 #   scripts/stack.sh status   print each service with its address
 #   scripts/stack.sh down     stop what `up` started, and nothing else
 #
@@ -19,6 +21,7 @@ CH_TCP_PORT=9000
 KAFKA_PORT=9092
 TANSU_VERSION=0.6.0
 TANSU_STORAGE=${TANSU_STORAGE:-sqlite://.stack/tansu/tansu.db}
+CLUSTER_PORTS=(7000 7001 7002)
 
 log() { printf 'stack: %s\n' "$*" >&2; }
 die() { printf 'stack: error: %s\n' "$*" >&2; exit 1; }
@@ -46,6 +49,42 @@ clickhouse_answers() {
 }
 
 kafka_answers() { port_open "$KAFKA_PORT"; }
+
+cluster_answers() {
+  local info
+  info=$(timeout 2 redis-cli -p "${CLUSTER_PORTS[0]}" cluster info 2>/dev/null) || return 1
+  [[ "$info" == *"cluster_state:ok"* ]]
+}
+
+start_redis_cluster() {
+  if cluster_answers; then
+    log "a redis cluster already answers on 127.0.0.1:${CLUSTER_PORTS[0]}, using it"
+    return
+  fi
+  local dir="$STACK/redis-cluster" port
+  for port in "${CLUSTER_PORTS[@]}"; do
+    mkdir -p "$dir/$port"
+    # A node left over from an earlier run keeps a stale cluster config: start afresh.
+    stop_pidfile "redis cluster node $port" "$dir/$port/redis.pid"
+    rm -f "$dir/$port/nodes.conf" "$dir/$port/appendonly.aof" "$dir/$port/dump.rdb"
+    rm -rf "$dir/$port/appendonlydir"
+    redis-server --bind 127.0.0.1 --port "$port" --dir "$dir/$port" \
+      --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 5000 \
+      --appendonly yes --save '' --daemonize yes \
+      --pidfile "$dir/$port/redis.pid" --logfile "$dir/$port/redis.log"
+  done
+  for port in "${CLUSTER_PORTS[@]}"; do
+    for ((i = 0; i < 100; i++)); do
+      timeout 1 redis-cli -p "$port" ping >/dev/null 2>&1 && break
+      sleep 0.1
+    done
+  done
+  local nodes=()
+  for port in "${CLUSTER_PORTS[@]}"; do nodes+=("127.0.0.1:$port"); done
+  redis-cli --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes >"$dir/create.log" 2>&1 \
+    || die "redis cluster creation failed (see $dir/create.log)"
+  wait_for "redis cluster" cluster_answers 30
+}
 
 apt_updated=0
 apt_install() {
@@ -214,9 +253,16 @@ case "$cmd" in
     start_redis
     start_clickhouse
     start_tansu
+    if [[ "${2:-}" == "--redis-cluster" ]]; then
+      start_redis_cluster
+      status_line "redis-cluster" "redis://127.0.0.1:${CLUSTER_PORTS[0]} (3 masters)" cluster_answers
+    fi
     "$0" status
     ;;
   down)
+    for port in "${CLUSTER_PORTS[@]}"; do
+      stop_pidfile "redis cluster node $port" "$STACK/redis-cluster/$port/redis.pid"
+    done
     stop_pidfile tansu "$STACK/tansu/tansu.pid"
     stop_pidfile clickhouse "$STACK/clickhouse/clickhouse.pid"
     if [[ -f "$STACK/redis/started-by-stack" ]]; then
@@ -232,7 +278,7 @@ case "$cmd" in
     exit $rc
     ;;
   *)
-    echo "usage: $0 up|down|status" >&2
+    echo "usage: $0 up [--redis-cluster]|down|status" >&2
     exit 2
     ;;
 esac

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-scripts/stack.sh up
+scripts/stack.sh up --redis-cluster
 # promtool lints /metrics in the tests (SPEC §3.4); Debian's prometheus package has it.
 if ! command -v promtool >/dev/null 2>&1; then
   apt-get update -qq >/dev/null

@@ -15,20 +15,10 @@ use crate::registry::redis_store::RedisStore;
 use crate::registry::{MemoryStore, Registry, RegistryStore};
 use crate::shutdown::Shutdown;
 
-/// Connects to Redis with timeouts, so that an unreachable server is an error, not a hang.
-pub async fn redis_connection(url: &str) -> anyhow::Result<redis::aio::ConnectionManager> {
-    let client = redis::Client::open(url).with_context(|| format!("bad redis.url {url}"))?;
-    let config = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(Duration::from_secs(5)))
-        .set_number_of_retries(2);
-    tokio::time::timeout(
-        Duration::from_secs(5),
-        client.get_connection_manager_with_config(config),
-    )
-    .await
-    .with_context(|| format!("redis at {url} did not answer in time"))?
-    .with_context(|| format!("cannot connect to redis at {url}"))
+/// Connects to Redis (or a Redis Cluster with `redis.cluster`), with timeouts, so that
+/// an unreachable server is an error, not a hang.
+pub async fn redis_connection(config: &Config) -> anyhow::Result<crate::kv::Redis> {
+    crate::kv::Redis::connect(&config.redis.url, config.redis.cluster).await
 }
 
 /// The registry store the configuration names.
@@ -36,7 +26,7 @@ pub async fn registry_store(config: &Config) -> anyhow::Result<Arc<dyn RegistryS
     Ok(match config.store.kind {
         StoreKind::Memory => Arc::new(MemoryStore::new()),
         StoreKind::Redis => {
-            let conn = redis_connection(&config.redis.url).await?;
+            let conn = redis_connection(config).await?;
             Arc::new(RedisStore::connect(conn, &config.redis.prefix).await?)
         }
     })
@@ -102,7 +92,7 @@ pub async fn state_store(
     Ok(match config.store.kind {
         StoreKind::Memory => Arc::new(crate::pipeline::store::MemoryState::new()),
         StoreKind::Redis => Arc::new(crate::pipeline::store::RedisState::new(
-            redis_connection(&config.redis.url).await?,
+            redis_connection(config).await?,
             &config.redis.prefix,
         )),
     })

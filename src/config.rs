@@ -138,6 +138,7 @@ pub struct StoreConfig {
 pub struct RedisConfig {
     pub url: String,
     pub prefix: String,
+    pub cluster: bool,
 }
 
 /// `[clickhouse]`.

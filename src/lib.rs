@@ -13,6 +13,7 @@ pub mod edge;
 pub mod engine;
 pub mod events;
 pub mod http;
+pub mod kv;
 pub mod loadgen;
 pub mod metrics;
 pub mod money;

@@ -11,7 +11,17 @@ use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_dash_nine_mid_stream_changes_nothing() {
-    let (reference, crashing, stream) = setup_pair(7, &[]).await;
+    kill_dash_nine(7, &[]).await;
+}
+
+/// The same on a three-master Redis Cluster (state keys spread over its slots).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_dash_nine_mid_stream_changes_nothing_on_redis_cluster() {
+    kill_dash_nine(17, CLUSTER).await;
+}
+
+async fn kill_dash_nine(seed: u64, extra: &[(&str, &str)]) {
+    let (reference, crashing, stream) = setup_pair(seed, extra).await;
     run_reference(&reference, &stream).await;
     let expected = snapshot(&reference).await;
 
@@ -58,7 +68,17 @@ async fn kill_dash_nine_mid_stream_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_with_a_rebalance_mid_stream_match_one() {
-    let (reference, scaled, stream) = setup_pair(11, &[]).await;
+    two_instances(11, &[]).await;
+}
+
+/// The same on a three-master Redis Cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_with_a_rebalance_mid_stream_match_one_on_redis_cluster() {
+    two_instances(21, CLUSTER).await;
+}
+
+async fn two_instances(seed: u64, extra: &[(&str, &str)]) {
+    let (reference, scaled, stream) = setup_pair(seed, extra).await;
     run_reference(&reference, &stream).await;
     let expected = snapshot(&reference).await;
 

@@ -3,8 +3,9 @@
 //! follower never sees a change the hash does not have, or the reverse.
 
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
 use redis::streams::StreamRangeReply;
+
+use crate::kv::Redis;
 
 use super::model::Link;
 use super::store::{Changes, Entity, RegistryStore, StoreError};
@@ -25,19 +26,21 @@ const BATCH: usize = 10_000;
 
 /// Registry store over Redis.
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: Redis,
     entities_key: String,
     log_key: String,
     put: redis::Script,
 }
 
 impl RedisStore {
-    /// Connects; `prefix` namespaces every key.
-    pub async fn connect(conn: ConnectionManager, prefix: &str) -> Result<Self, StoreError> {
+    /// Connects; `prefix` namespaces every key. On a cluster the two keys the write
+    /// script touches share a hash tag.
+    pub async fn connect(conn: Redis, prefix: &str) -> Result<Self, StoreError> {
+        let reg = if conn.is_cluster() { "{reg}" } else { "reg" };
         let store = RedisStore {
             conn,
-            entities_key: format!("{prefix}:reg:entities"),
-            log_key: format!("{prefix}:reg:log"),
+            entities_key: format!("{prefix}:{reg}:entities"),
+            log_key: format!("{prefix}:{reg}:log"),
             put: redis::Script::new(PUT_SCRIPT),
         };
         store.ping().await?;

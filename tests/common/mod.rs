@@ -21,6 +21,15 @@ use touchline::config::Config;
 use touchline::shutdown::{self, Trigger};
 
 pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+/// Settings for the three-master Redis Cluster of `scripts/stack.sh up --redis-cluster`.
+pub const CLUSTER: &[(&str, &str)] = &[
+    ("TOUCHLINE__REDIS__CLUSTER", "true"),
+    (
+        "TOUCHLINE__REDIS__URL",
+        "redis://127.0.0.1:7000,redis://127.0.0.1:7001,redis://127.0.0.1:7002",
+    ),
+];
 pub const SECRET: &str = "0123456789abcdef-test-secret";
 
 /// A configuration for the local stack with everything unique to this test.
@@ -84,6 +93,10 @@ pub fn env_for(config: &Config) -> Vec<(String, String)> {
         (
             "TOUCHLINE__REDIS__PREFIX".into(),
             config.redis.prefix.clone(),
+        ),
+        (
+            "TOUCHLINE__REDIS__CLUSTER".into(),
+            config.redis.cluster.to_string(),
         ),
         (
             "TOUCHLINE__CLICKHOUSE__DATABASE".into(),

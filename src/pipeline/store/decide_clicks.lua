@@ -2,18 +2,22 @@
 -- (ts, click id) order, and adds the unique ones to their journeys; answers one
 -- verdict per candidate (1 unique, 0 not). See StateStore::decide_clicks.
 --
--- Per candidate i (0-based), 4 keys from KEYS[4i+1]:
+-- ARGV[1] is the journey cap, ARGV[2] the keys per candidate: 4 with the journey, 3
+-- without (on a Redis Cluster, where a journey lies in another slot and the caller
+-- adds unique clicks to it). Per candidate i (0-based), keys from KEYS[stride*i+1]:
 --   candidates (zset: score ts ms, member click id as 32 hex), unique ones (same
---   layout), the last decided candidate ("ms:id"), the visitor's journey (zset)
--- and 6 arguments from ARGV[6i+2] (ARGV[1] is the journey cap):
+--   layout), the last decided candidate ("ms:id"), [the visitor's journey (zset)]
+-- and 6 arguments from ARGV[6i+3]:
 --   ts ms, click id (32 hex), window ms, how long decided marks are kept (ms, event
 --   time and TTL), journey member, journey TTL ms
 local max_journey = tonumber(ARGV[1])
+local stride = tonumber(ARGV[2])
 local out = {}
 local horizons = {}
-for i = 0, #KEYS / 4 - 1 do
-  local kc, ku, kd, kj = KEYS[4 * i + 1], KEYS[4 * i + 2], KEYS[4 * i + 3], KEYS[4 * i + 4]
-  local a = 6 * i + 1
+for i = 0, #KEYS / stride - 1 do
+  local kc, ku, kd = KEYS[stride * i + 1], KEYS[stride * i + 2], KEYS[stride * i + 3]
+  local kj = KEYS[stride * i + 4]
+  local a = 6 * i + 2
   local tms, tid = tonumber(ARGV[a + 1]), ARGV[a + 2]
   local window, keep = tonumber(ARGV[a + 3]), ARGV[a + 4]
   local dms, did = nil, nil
@@ -47,11 +51,13 @@ for i = 0, #KEYS / 4 - 1 do
   end
   if redis.call('ZSCORE', ku, tid) then
     out[i + 1] = 1
-    redis.call('ZADD', kj, tms, ARGV[a + 5])
-    if redis.call('ZCARD', kj) > max_journey then
-      redis.call('ZREMRANGEBYRANK', kj, 0, -max_journey - 1)
+    if stride == 4 then
+      redis.call('ZADD', kj, tms, ARGV[a + 5])
+      if redis.call('ZCARD', kj) > max_journey then
+        redis.call('ZREMRANGEBYRANK', kj, 0, -max_journey - 1)
+      end
+      redis.call('PEXPIRE', kj, ARGV[a + 6])
     end
-    redis.call('PEXPIRE', kj, ARGV[a + 6])
   else
     out[i + 1] = 0
   end

@@ -25,10 +25,10 @@
 //! | `{p}:o:{{program:order}}:r`       | hash   | [`ORDER_TTL`]            | [`Write::Refund`]: reversals booked, by the refund's mark |
 //! | `{p}:wm`                          | hash   | none                     | [`StateStore::publish`]: partition frontiers |
 //!
-//! Keys that one read touches together share a hash tag (`{…}`). The Redis store
-//! decides a whole batch of clicks in one script call, which touches many slots: on one
-//! Redis (or a primary with replicas) only; a Redis Cluster store would group it by slot
-//! and write journeys apart.
+//! Keys that one script or one read touches together share a hash tag (`{…}`), so the
+//! layout runs on a Redis Cluster as well as on one Redis: there the Redis store decides
+//! clicks one script call per click (on its fingerprint's slot) and writes journeys
+//! beside it; on one server one call decides 500 clicks with their journeys.
 
 pub mod memory;
 pub mod redis;

@@ -1,13 +1,16 @@
-//! Pipeline state in Redis, shared by every pipeline instance. Each call is one
-//! pipelined round trip; the only script, `decide_clicks.lua`, touches the keys of one
-//! fingerprint, which share a hash tag.
+//! Pipeline state in Redis (one server or a cluster), shared by every pipeline
+//! instance. Each call is one round trip: a pipeline on one server, commands sent at
+//! once on a cluster. The only script, `decide_clicks.lua`, decides a batch of clicks
+//! with their journeys on one server; on a cluster it runs per click on the keys of one
+//! fingerprint, which share a hash tag, and journeys are written beside it.
 
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
-use redis::Value;
+use redis::{Cmd, Value};
 use uuid::Uuid;
+
+use crate::kv::Redis;
 
 use super::{
     ms, Answer, ClickRecord, Decide, Mark, Read, StateError, StateStore, StoredTouch, Write,
@@ -20,15 +23,15 @@ const DECIDE_CHUNK: usize = 500;
 
 /// State in Redis.
 pub struct RedisState {
-    conn: ConnectionManager,
+    redis: Redis,
     prefix: String,
     decide: redis::Script,
 }
 
 impl RedisState {
-    pub fn new(conn: ConnectionManager, prefix: &str) -> Self {
+    pub fn new(redis: Redis, prefix: &str) -> Self {
         RedisState {
-            conn,
+            redis,
             prefix: prefix.to_string(),
             decide: redis::Script::new(DECIDE_CLICKS),
         }
@@ -65,8 +68,75 @@ impl RedisState {
         format!("{}:wm", self.prefix)
     }
 
-    async fn run(&self, pipe: &redis::Pipeline) -> Result<Vec<Value>, StateError> {
-        Ok(pipe.query_async(&mut self.conn.clone()).await?)
+    async fn run(&self, cmds: Vec<Cmd>) -> Result<Vec<Value>, StateError> {
+        Ok(self.redis.run(cmds).await?)
+    }
+
+    /// Runs script calls, loading the script first if the server lost it (a restart).
+    async fn run_scripts(&self, cmds: Vec<Cmd>) -> Result<Vec<Value>, StateError> {
+        match self.redis.run(cmds.clone()).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                // Deciding twice is harmless. On a cluster SCRIPT LOAD reaches every node.
+                let _: Value = self
+                    .redis
+                    .query(redis::cmd("SCRIPT").arg("LOAD").arg(DECIDE_CLICKS))
+                    .await?;
+                Ok(self.redis.run(cmds).await?)
+            }
+            r => Ok(r?),
+        }
+    }
+
+    /// One script call deciding `clicks`, with their journeys when `journeys`.
+    fn decide_call(&self, clicks: &[Decide], journeys: bool) -> Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        let stride = if journeys { 4 } else { 3 };
+        cmd.arg(self.decide.get_hash()).arg(clicks.len() * stride);
+        for d in clicks {
+            let fp = &d.candidate.fingerprint;
+            cmd.arg(self.fingerprint(fp, "c"))
+                .arg(self.fingerprint(fp, "u"))
+                .arg(self.fingerprint(fp, "d"));
+            if journeys {
+                cmd.arg(self.journey(&d.program_id, d.visitor_id));
+            }
+        }
+        cmd.arg(MAX_JOURNEY).arg(stride);
+        for d in clicks {
+            let c = &d.candidate;
+            cmd.arg(c.mark.ms)
+                .arg(c.mark.id_hex())
+                .arg(c.window_ms)
+                .arg(c.keep_ms())
+                .arg(d.touch.member())
+                .arg(ms(d.keep));
+        }
+        cmd
+    }
+
+    /// Adds a unique click to its journey, keeping the newest MAX_JOURNEY.
+    fn journey_cmds(&self, d: &Decide) -> [Cmd; 3] {
+        let key = self.journey(&d.program_id, d.visitor_id);
+        let mut add = redis::cmd("ZADD");
+        add.arg(&key)
+            .arg(d.touch.ts.timestamp_millis())
+            .arg(d.touch.member());
+        let mut trim = redis::cmd("ZREMRANGEBYRANK");
+        trim.arg(&key).arg(0).arg(-(MAX_JOURNEY as i64) - 1);
+        let mut expire = redis::cmd("PEXPIRE");
+        expire.arg(&key).arg(ms(d.keep));
+        [add, trim, expire]
+    }
+}
+
+/// Commands gathered for one round trip.
+#[derive(Default)]
+struct Cmds(Vec<Cmd>);
+
+impl Cmds {
+    fn cmd(&mut self, name: &str) -> &mut Cmd {
+        self.0.push(redis::cmd(name));
+        self.0.last_mut().expect("just pushed")
     }
 }
 
@@ -81,29 +151,28 @@ fn int(v: &Value) -> Result<u64, StateError> {
 #[async_trait]
 impl StateStore for RedisState {
     async fn record_clicks(&self, clicks: &[ClickRecord]) -> Result<(), StateError> {
-        if clicks.is_empty() {
-            return Ok(());
-        }
-        let mut pipe = redis::pipe();
+        let mut cmds = Vec::with_capacity(clicks.len() * 3);
         for c in clicks {
-            pipe.cmd("SET")
+            let mut index = redis::cmd("SET");
+            index
                 .arg(self.click(c.click_id))
                 .arg(c.visitor_id.to_string())
                 .arg("PX")
-                .arg(ms(c.keep))
-                .ignore();
+                .arg(ms(c.keep));
+            cmds.push(index);
             if let Some(cand) = &c.candidate {
                 let key = self.fingerprint(&cand.fingerprint, "c");
-                pipe.cmd("ZADD")
-                    .arg(&key)
+                let mut add = redis::cmd("ZADD");
+                add.arg(&key)
                     .arg("NX")
                     .arg(cand.mark.ms)
-                    .arg(cand.mark.id_hex())
-                    .ignore();
-                pipe.cmd("PEXPIRE").arg(&key).arg(cand.keep_ms()).ignore();
+                    .arg(cand.mark.id_hex());
+                let mut expire = redis::cmd("PEXPIRE");
+                expire.arg(&key).arg(cand.keep_ms());
+                cmds.extend([add, expire]);
             }
         }
-        let _: () = pipe.query_async(&mut self.conn.clone()).await?;
+        self.run(cmds).await?;
         Ok(())
     }
 
@@ -111,53 +180,41 @@ impl StateStore for RedisState {
         if clicks.is_empty() {
             return Ok(Vec::new());
         }
-        // A few script calls in one round trip: thousands of decisions and journey
-        // entries per call, yet none holding the server for long (other clients, other
-        // instances, run between them).
-        let mut pipe = redis::pipe();
-        for chunk in clicks.chunks(DECIDE_CHUNK) {
-            let cmd = pipe.cmd("EVALSHA");
-            cmd.arg(self.decide.get_hash()).arg(chunk.len() * 4);
-            for d in chunk {
-                let fp = &d.candidate.fingerprint;
-                cmd.arg(self.fingerprint(fp, "c"))
-                    .arg(self.fingerprint(fp, "u"))
-                    .arg(self.fingerprint(fp, "d"))
-                    .arg(self.journey(&d.program_id, d.visitor_id));
-            }
-            cmd.arg(MAX_JOURNEY);
-            for d in chunk {
-                let c = &d.candidate;
-                cmd.arg(c.mark.ms)
-                    .arg(c.mark.id_hex())
-                    .arg(c.window_ms)
-                    .arg(c.keep_ms())
-                    .arg(d.touch.member())
-                    .arg(ms(d.keep));
-            }
-        }
-        let mut conn = self.conn.clone();
-        let answers: Vec<Vec<i64>> = match pipe.query_async(&mut conn).await {
-            Ok(v) => v,
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                // The server lost its scripts (a restart): load and go again; deciding
-                // twice is harmless.
-                let _: String = redis::cmd("SCRIPT")
-                    .arg("LOAD")
-                    .arg(DECIDE_CLICKS)
-                    .query_async(&mut conn)
-                    .await?;
-                pipe.query_async(&mut conn).await?
-            }
-            Err(e) => return Err(e.into()),
+        let cluster = self.redis.is_cluster();
+        // One server: script calls of DECIDE_CHUNK clicks with their journeys, in one
+        // round trip, none holding the server for long. A cluster: one call per click
+        // on its fingerprint's slot.
+        let calls: Vec<Cmd> = if cluster {
+            clicks
+                .chunks(1)
+                .map(|one| self.decide_call(one, false))
+                .collect()
+        } else {
+            clicks
+                .chunks(DECIDE_CHUNK)
+                .map(|chunk| self.decide_call(chunk, true))
+                .collect()
         };
-        let verdicts: Vec<bool> = answers.into_iter().flatten().map(|v| v == 1).collect();
+        let mut verdicts = Vec::with_capacity(clicks.len());
+        for answer in self.run_scripts(calls).await? {
+            let part: Vec<i64> = redis::from_redis_value_ref(&answer)?;
+            verdicts.extend(part.into_iter().map(|v| v == 1));
+        }
         if verdicts.len() != clicks.len() {
             return Err(StateError(format!(
                 "the click script answered {} verdicts for {} clicks",
                 verdicts.len(),
                 clicks.len()
             )));
+        }
+        if cluster {
+            let cmds: Vec<Cmd> = clicks
+                .iter()
+                .zip(&verdicts)
+                .filter(|(_, unique)| **unique)
+                .flat_map(|(d, _)| self.journey_cmds(d))
+                .collect();
+            self.run(cmds).await?;
         }
         Ok(verdicts)
     }
@@ -166,18 +223,22 @@ impl StateStore for RedisState {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        for id in ids {
-            pipe.cmd("GET").arg(self.memo(*id));
-        }
-        Ok(pipe.query_async(&mut self.conn.clone()).await?)
+        let cmds = ids
+            .iter()
+            .map(|id| {
+                let mut get = redis::cmd("GET");
+                get.arg(self.memo(*id));
+                get
+            })
+            .collect();
+        self.run(cmds).await?.iter().map(text).collect()
     }
 
     async fn read(&self, reads: &[Read]) -> Result<Vec<Answer>, StateError> {
         if reads.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
+        let mut pipe = Cmds::default();
         for r in reads {
             match r {
                 Read::ClickVisitor(click) => {
@@ -229,7 +290,7 @@ impl StateStore for RedisState {
                 }
             }
         }
-        let replies = self.run(&pipe).await?;
+        let replies = self.run(pipe.0).await?;
         let mut replies = replies.iter();
         let mut next = || {
             replies
@@ -285,8 +346,10 @@ impl StateStore for RedisState {
         if writes.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
+        let mut pipe = Cmds::default();
+        let mut memo_at = Vec::with_capacity(writes.len());
         for w in writes {
+            memo_at.push(matches!(w, Write::Memo { .. }).then_some(pipe.0.len()));
             match w {
                 Write::Memo {
                     conversion_id,
@@ -307,8 +370,7 @@ impl StateStore for RedisState {
                         .arg(holder)
                         .arg("NX")
                         .arg("PX")
-                        .arg(ms(CLAIM_TTL))
-                        .ignore();
+                        .arg(ms(CLAIM_TTL));
                 }
                 Write::Count {
                     program,
@@ -321,9 +383,8 @@ impl StateStore for RedisState {
                         .arg(&key)
                         .arg("NX")
                         .arg(mark.ms)
-                        .arg(mark.id_hex())
-                        .ignore();
-                    pipe.cmd("PEXPIRE").arg(&key).arg(ms(COUNT_TTL)).ignore();
+                        .arg(mark.id_hex());
+                    pipe.cmd("PEXPIRE").arg(&key).arg(ms(COUNT_TTL));
                 }
                 Write::FirstSale {
                     program,
@@ -337,12 +398,11 @@ impl StateStore for RedisState {
                         .arg(&key)
                         .arg("NX")
                         .arg(mark.ms)
-                        .arg(format!("{}{json}", mark.id_hex()))
-                        .ignore();
+                        .arg(format!("{}{json}", mark.id_hex()));
                     match ttl {
-                        Some(t) => pipe.cmd("PEXPIRE").arg(&key).arg(ms(*t)).ignore(),
+                        Some(t) => pipe.cmd("PEXPIRE").arg(&key).arg(ms(*t)),
                         // A lifetime plan follows the first sale for good.
-                        None => pipe.cmd("PERSIST").arg(&key).ignore(),
+                        None => pipe.cmd("PERSIST").arg(&key),
                     };
                 }
                 Write::Order {
@@ -355,8 +415,7 @@ impl StateStore for RedisState {
                         .arg(json)
                         .arg("NX")
                         .arg("PX")
-                        .arg(ms(ORDER_TTL))
-                        .ignore();
+                        .arg(ms(ORDER_TTL));
                 }
                 Write::Refund {
                     program,
@@ -365,36 +424,29 @@ impl StateStore for RedisState {
                     json,
                 } => {
                     let key = self.refunds(program, order);
-                    pipe.cmd("HSET")
-                        .arg(&key)
-                        .arg(mark.encode())
-                        .arg(json)
-                        .ignore();
-                    pipe.cmd("PEXPIRE").arg(&key).arg(ms(ORDER_TTL)).ignore();
+                    pipe.cmd("HSET").arg(&key).arg(mark.encode()).arg(json);
+                    pipe.cmd("PEXPIRE").arg(&key).arg(ms(ORDER_TTL));
                 }
             }
         }
-        let replies = self.run(&pipe).await?;
-        // Only memo writes reply (the rest are ignored), in order.
-        let mut replies = replies.iter();
-        let mut out = Vec::with_capacity(writes.len());
-        for w in writes {
-            out.push(match w {
-                Write::Memo { .. } => text(
+        let replies = self.run(pipe.0).await?;
+        memo_at
+            .into_iter()
+            .map(|at| match at {
+                Some(i) => text(
                     replies
-                        .next()
-                        .ok_or_else(|| StateError("fewer replies than memo writes".into()))?,
-                )?,
-                _ => None,
-            });
-        }
-        Ok(out)
+                        .get(i)
+                        .ok_or_else(|| StateError("fewer replies than writes".into()))?,
+                ),
+                None => Ok(None),
+            })
+            .collect()
     }
 
     async fn frontiers(&self) -> Result<HashMap<String, Mark>, StateError> {
-        let raw: HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(self.frontiers_key())
-            .query_async(&mut self.conn.clone())
+        let raw: HashMap<String, String> = self
+            .redis
+            .query(redis::cmd("HGETALL").arg(self.frontiers_key()))
             .await?;
         Ok(raw
             .into_iter()
@@ -411,14 +463,12 @@ impl StateStore for RedisState {
         for (k, m) in frontiers {
             cmd.arg(k).arg(m.encode());
         }
-        let _: u64 = cmd.query_async(&mut self.conn.clone()).await?;
+        let _: u64 = self.redis.query(&cmd).await?;
         Ok(())
     }
 
     async fn ping(&self) -> Result<(), StateError> {
-        let _: String = redis::cmd("PING")
-            .query_async(&mut self.conn.clone())
-            .await?;
+        let _: String = self.redis.query(&redis::cmd("PING")).await?;
         Ok(())
     }
 }

@@ -1,0 +1,119 @@
+//! Redis as one server or as a cluster, behind one handle. On one server a batch of
+//! commands is one pipelined round trip; on a cluster a pipeline must stay within one
+//! hash slot, so the commands of a batch go out at once, each to its own node, over
+//! the cluster's multiplexed connections.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use redis::aio::ConnectionManager;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, FromRedisValue, RedisResult, Value};
+
+/// A connection to Redis or to a Redis Cluster.
+#[derive(Clone)]
+pub enum Redis {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl Redis {
+    /// Connects with timeouts, so that an unreachable server is an error, not a hang.
+    /// With `cluster`, `url` lists seed nodes separated by commas.
+    pub async fn connect(url: &str, cluster: bool) -> anyhow::Result<Self> {
+        let attempt = async {
+            if cluster {
+                let nodes: Vec<&str> = url.split(',').map(str::trim).collect();
+                let client = redis::cluster::ClusterClient::builder(nodes)
+                    .connection_timeout(Duration::from_secs(2))
+                    .response_timeout(Duration::from_secs(5))
+                    .build()
+                    .with_context(|| format!("bad redis.url {url}"))?;
+                let conn = client
+                    .get_async_connection()
+                    .await
+                    .with_context(|| format!("cannot connect to the redis cluster at {url}"))?;
+                Ok(Redis::Cluster(conn))
+            } else {
+                let client =
+                    redis::Client::open(url).with_context(|| format!("bad redis.url {url}"))?;
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(Duration::from_secs(2)))
+                    .set_response_timeout(Some(Duration::from_secs(5)))
+                    .set_number_of_retries(2);
+                let conn = client
+                    .get_connection_manager_with_config(config)
+                    .await
+                    .with_context(|| format!("cannot connect to redis at {url}"))?;
+                Ok(Redis::Single(conn))
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), attempt)
+            .await
+            .with_context(|| format!("redis at {url} did not answer in time"))?
+    }
+
+    /// Runs one command.
+    pub async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> RedisResult<T> {
+        match self {
+            Redis::Single(c) => cmd.query_async(&mut c.clone()).await,
+            Redis::Cluster(c) => cmd.query_async(&mut c.clone()).await,
+        }
+    }
+
+    /// Runs commands, one reply each in order.
+    pub async fn run(&self, cmds: Vec<Cmd>) -> RedisResult<Vec<Value>> {
+        if cmds.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self {
+            Redis::Single(c) => {
+                let mut pipe = redis::pipe();
+                for cmd in cmds {
+                    pipe.add_command(cmd);
+                }
+                pipe.query_async(&mut c.clone()).await
+            }
+            Redis::Cluster(c) => {
+                futures_util::future::try_join_all(cmds.into_iter().map(|cmd| {
+                    let mut c = c.clone();
+                    async move { cmd.query_async::<Value>(&mut c).await }
+                }))
+                .await
+            }
+        }
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Redis::Cluster(_))
+    }
+}
+
+/// So that single commands and scripts run on either kind as they are.
+impl redis::aio::ConnectionLike for Redis {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> redis::RedisFuture<'a, Value> {
+        match self {
+            Redis::Single(c) => c.req_packed_command(cmd),
+            Redis::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<Value>> {
+        match self {
+            Redis::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Redis::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Redis::Single(c) => c.get_db(),
+            Redis::Cluster(c) => c.get_db(),
+        }
+    }
+}
