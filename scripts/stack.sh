@@ -61,6 +61,10 @@ start_redis_cluster() {
     log "a redis cluster already answers on 127.0.0.1:${CLUSTER_PORTS[0]}, using it"
     return
   fi
+  # The single Redis may be someone else's: the cluster needs the binaries here.
+  if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+    apt_install redis-server redis-tools
+  fi
   local dir="$STACK/redis-cluster" port
   for port in "${CLUSTER_PORTS[@]}"; do
     mkdir -p "$dir/$port"
