@@ -1,7 +1,7 @@
 //! Redis as one server or as a cluster, behind one handle. On one server a batch of
 //! commands is one pipelined round trip; on a cluster a pipeline must stay within one
-//! hash slot, so the commands of a batch go out at once, each to its own node, over
-//! the cluster's multiplexed connections.
+//! hash slot, so a batch goes out as one pipeline per slot, all at once: commands on
+//! one key keep their order (a TTL after the write it refreshes).
 
 use std::time::Duration;
 
@@ -75,11 +75,34 @@ impl Redis {
                 pipe.query_async(&mut c.clone()).await
             }
             Redis::Cluster(c) => {
-                futures_util::future::try_join_all(cmds.into_iter().map(|cmd| {
-                    let mut c = c.clone();
-                    async move { cmd.query_async::<Value>(&mut c).await }
-                }))
-                .await
+                use redis::cluster_routing::{Route, SlotAddr};
+                let n = cmds.len();
+                let mut groups: Vec<(Route, redis::Pipeline, Vec<usize>)> = Vec::new();
+                for (i, cmd) in cmds.into_iter().enumerate() {
+                    let route = Route::with_key(first_key(&cmd), SlotAddr::Master);
+                    let at = match groups.iter().position(|(r, ..)| *r == route) {
+                        Some(at) => at,
+                        None => {
+                            groups.push((route, redis::pipe(), Vec::new()));
+                            groups.len() - 1
+                        }
+                    };
+                    groups[at].1.add_command(cmd);
+                    groups[at].2.push(i);
+                }
+                let answers =
+                    futures_util::future::try_join_all(groups.iter().map(|(_, pipe, _)| {
+                        let mut c = c.clone();
+                        async move { pipe.query_async::<Vec<Value>>(&mut c).await }
+                    }))
+                    .await?;
+                let mut out = vec![Value::Nil; n];
+                for ((_, _, slots), values) in groups.into_iter().zip(answers) {
+                    for (i, v) in slots.into_iter().zip(values) {
+                        out[i] = v;
+                    }
+                }
+                Ok(out)
             }
         }
     }
@@ -87,6 +110,23 @@ impl Redis {
     pub fn is_cluster(&self) -> bool {
         matches!(self, Redis::Cluster(_))
     }
+}
+
+/// The first key of a command as touchline builds them: after the key count for
+/// `EVAL`/`EVALSHA`, else the first argument.
+fn first_key(cmd: &Cmd) -> Vec<u8> {
+    let args: Vec<&[u8]> = cmd
+        .args_iter()
+        .filter_map(|a| match a {
+            redis::Arg::Simple(b) => Some(b),
+            _ => None,
+        })
+        .collect();
+    let script = args.first().is_some_and(|name| {
+        name.eq_ignore_ascii_case(b"EVALSHA") || name.eq_ignore_ascii_case(b"EVAL")
+    });
+    let at = if script { 3 } else { 1 };
+    args.get(at).map(|k| k.to_vec()).unwrap_or_default()
 }
 
 /// So that single commands and scripts run on either kind as they are.

@@ -21,7 +21,8 @@ use crate::signature::{self, SignatureError};
 /// Most conversions in one request.
 pub const MAX_BATCH: usize = 1000;
 
-const FIELDS: &[&str] = &[
+/// The fields a conversion may have.
+pub(crate) const FIELDS: &[&str] = &[
     "program_id",
     "order_id",
     "kind",

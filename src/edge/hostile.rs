@@ -9,7 +9,7 @@ use rust_decimal::Decimal;
 use serde_json::{Map, Value};
 
 use super::admin::parse_known;
-use super::conversions::parse_conversion;
+use super::conversions::{parse_conversion, FIELDS};
 use super::redirect::build_location;
 use crate::http::strict_json;
 use crate::money;
@@ -102,8 +102,9 @@ const STRINGS: &[&str] = &[
 ];
 
 fn key() -> impl Strategy<Value = String> {
+    let known: Vec<&'static str> = FIELDS.iter().chain(KEYS).copied().collect();
     prop_oneof![
-        3 => prop::sample::select(KEYS).prop_map(str::to_string),
+        3 => prop::sample::select(known).prop_map(str::to_string),
         1 => "[a-zA-Z_.]{0,10}",
     ]
 }

@@ -281,26 +281,35 @@ impl Pipeline {
                 .entry((msg.topic, msg.partition))
                 .or_insert(msg.offset + 1);
             *next = (*next).max(msg.offset + 1);
-            let parsed = match msg.topic {
-                Topic::Clicks => serde_json::from_slice::<ClickEvent>(&msg.payload)
-                    .map(|c| clicks.push((c, msg.partition, msg.offset)))
-                    .map_err(|e| format!("undecodable click: {e}")),
-                Topic::Conversions => serde_json::from_slice::<ConversionEvent>(&msg.payload)
-                    .map(|c| conversions.push((c, msg.partition, msg.offset)))
-                    .map_err(|e| format!("undecodable conversion: {e}")),
-                Topic::Dlq => Ok(()),
+            let reason = match msg.topic {
+                Topic::Clicks => match serde_json::from_slice::<ClickEvent>(&msg.payload) {
+                    Ok(c) => {
+                        clicks.push((c, msg.partition, msg.offset, msg.payload));
+                        continue;
+                    }
+                    Err(e) => format!("undecodable click: {e}"),
+                },
+                Topic::Conversions => {
+                    match serde_json::from_slice::<ConversionEvent>(&msg.payload) {
+                        Ok(c) => {
+                            conversions.push((c, msg.partition, msg.offset, msg.payload));
+                            continue;
+                        }
+                        Err(e) => format!("undecodable conversion: {e}"),
+                    }
+                }
+                Topic::Dlq => continue,
             };
-            if let Err(reason) = parsed {
-                self.dead_letter(
-                    &msg.topic,
-                    msg.partition,
-                    msg.offset,
-                    &msg.payload,
-                    &reason,
-                    shutdown,
-                )
-                .await;
-            }
+            // Undecodable: dead-lettered with the original bytes.
+            self.dead_letter(
+                &msg.topic,
+                msg.partition,
+                msg.offset,
+                &msg.payload,
+                &reason,
+                shutdown,
+            )
+            .await;
         }
         // Decide with a registry at least as new as the one the edge used (SPEC §5.3).
         let wanted = clicks
@@ -339,9 +348,8 @@ impl Pipeline {
         let mut records = Vec::with_capacity(clicks.len());
         let mut decided_now = Vec::new();
         let mut candidates = Vec::new();
-        for (c, partition, offset) in clicks {
+        for (c, partition, offset, payload) in clicks {
             if let Err(reason) = self.check_click(&c) {
-                let payload = serde_json::to_vec(&c).unwrap_or_default();
                 self.dead_letter(
                     &Topic::Clicks,
                     partition,
@@ -406,9 +414,8 @@ impl Pipeline {
             self.clicks.insert(p.candidate.mark, part, offset, p);
         }
 
-        for (c, partition, offset) in conversions {
+        for (c, partition, offset, payload) in conversions {
             if let Err(reason) = self.check_conversion(&c) {
-                let payload = serde_json::to_vec(&c).unwrap_or_default();
                 self.dead_letter(
                     &Topic::Conversions,
                     partition,
