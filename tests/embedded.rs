@@ -154,3 +154,28 @@ async fn serve_answers_on_both_ports_and_its_metrics_lint_clean() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// SPEC §7: a configuration with an unknown key or a bad value exits 2 with one line
+/// naming the key, before anything starts.
+#[test]
+fn bad_configuration_exits_2_naming_the_key() {
+    for (var, value, key) in [
+        ("TOUCHLINE__EDGE__LISEN", "127.0.0.1:1", "edge.lisen"),
+        (
+            "TOUCHLINE__PIPELINE__LATE_GRACE_SECS",
+            "1",
+            "pipeline.late_grace_secs",
+        ),
+        ("TOUCHLINE__REDIS__CLUSTER", "maybe", "redis.cluster"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_touchline"))
+            .arg("serve")
+            .env(var, value)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{var}={value}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.contains(key), "{var}: {stderr}");
+    }
+}

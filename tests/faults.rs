@@ -108,3 +108,35 @@ async fn broker_restart() {
     let _ = broker.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// SIGTERM while ClickHouse is away: the pipeline gives its last write a deadline and
+/// exits cleanly (what it could not write it did not commit: a restart replays it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_clickhouse_away_still_exits() {
+    let proxy = Proxy::start("127.0.0.1:8123").await;
+    let (reference, mut disturbed, _stream) = setup_pair(23, &[]).await;
+    disturbed.clickhouse.url = format!("http://{}", proxy.addr);
+    let mut child = spawn_pipeline_process(&disturbed, &[]);
+    let mut view = disturbed.clone();
+    view.clickhouse.url = reference.clickhouse.url.clone();
+    let rows = "SELECT (SELECT count() FROM clicks) + (SELECT count() FROM conversions)";
+    wait_count(&view, rows, 1, Duration::from_secs(60)).await;
+    proxy.cut();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "the pipeline must exit while ClickHouse is away"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "{status:?}");
+}

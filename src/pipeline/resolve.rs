@@ -828,3 +828,52 @@ mod bounds_tests {
         }
     }
 }
+
+#[cfg(test)]
+mod corrupt_tests {
+    use super::*;
+    use crate::pipeline::store::{MemoryState, Write};
+    use crate::registry::MemoryStore;
+    use chrono::TimeZone;
+    use std::sync::Arc;
+
+    /// SPEC §5.6: a stored decision that cannot be decoded is dead-lettered, not
+    /// retried forever.
+    #[tokio::test]
+    async fn an_undecodable_memo_is_dead_lettered() {
+        let registry = Registry::open(Arc::new(MemoryStore::new())).await.unwrap();
+        let state = MemoryState::new();
+        let id = Uuid::from_u128(9);
+        state
+            .write(&[Write::Memo {
+                conversion_id: id,
+                json: "{not a memo".into(),
+            }])
+            .await
+            .unwrap();
+        let at = chrono::Utc
+            .with_ymd_and_hms(2026, 11, 20, 10, 0, 0)
+            .unwrap();
+        let e = ConversionEvent {
+            v: 1,
+            conversion_id: id,
+            program_id: "acme".into(),
+            order_id: "o".into(),
+            kind: ConversionKind::Signup,
+            amount: Decimal::ZERO,
+            currency: "USD".into(),
+            occurred_at: at,
+            received_at: at,
+            click_id: None,
+            visitor_id: None,
+            referral_code: None,
+            customer_id: None,
+            original_order_id: None,
+            registry_version: 0,
+        };
+        let outcomes = settle_batch(&registry, &state, &[(Mark::new(at, id), e)])
+            .await
+            .unwrap();
+        assert!(matches!(&outcomes[0], Outcome::DeadLetter(r) if r.contains("undecodable memo")));
+    }
+}
