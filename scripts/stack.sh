@@ -73,7 +73,7 @@ start_redis_cluster() {
     rm -f "$dir/$port/nodes.conf" "$dir/$port/appendonly.aof" "$dir/$port/dump.rdb"
     rm -rf "$dir/$port/appendonlydir"
     redis-server --bind 127.0.0.1 --port "$port" --dir "$dir/$port" \
-      --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 5000 \
+      --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 15000 \
       --appendonly yes --save '' --daemonize yes \
       --pidfile "$dir/$port/redis.pid" --logfile "$dir/$port/redis.log"
   done

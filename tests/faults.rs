@@ -48,9 +48,18 @@ async fn disturbed_run_matches(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clickhouse_unreachable_for_a_while() {
+    clickhouse_unreachable(21, &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clickhouse_unreachable_for_a_while_on_redis_cluster() {
+    clickhouse_unreachable(31, CLUSTER).await;
+}
+
+async fn clickhouse_unreachable(seed: u64, extra: &[(&str, &str)]) {
     let proxy = Proxy::start("127.0.0.1:8123").await;
     let url = format!("http://{}", proxy.addr);
-    let (reference, mut disturbed, stream) = setup_pair(21, &[]).await;
+    let (reference, mut disturbed, stream) = setup_pair(seed, extra).await;
     disturbed.clickhouse.url = url;
     let p = &proxy;
     disturbed_run_matches(
@@ -81,16 +90,59 @@ async fn redis_unreachable_for_a_while() {
     .await;
 }
 
+/// A master of the Redis Cluster stops answering for a while (SIGSTOP: 7 s, past the
+/// client's 5 s response timeout and short of the stack's 15 s node timeout, so no
+/// failover): the pipeline pauses, retries and resumes with the same result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cluster_node_unresponsive_for_a_while() {
+    let pidfile = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(".stack/redis-cluster/7001/redis.pid");
+    let pid = std::fs::read_to_string(&pidfile)
+        .unwrap_or_else(|e| {
+            panic!(
+                "the redis cluster of scripts/stack.sh up --redis-cluster is required ({}): {e}",
+                pidfile.display()
+            )
+        })
+        .trim()
+        .to_string();
+    let (reference, disturbed, stream) = setup_pair(32, CLUSTER).await;
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} {pid}");
+    };
+    disturbed_run_matches(disturbed, reference, stream, Some("redis"), async move {
+        signal("-STOP");
+        tokio::time::sleep(Duration::from_secs(7)).await;
+        signal("-CONT");
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart() {
+    restart_broker(23, &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_on_redis_cluster() {
+    restart_broker(33, CLUSTER).await;
+}
+
+async fn restart_broker(seed: u64, extra: &[(&str, &str)]) {
     let dir = std::env::temp_dir().join(format!("touchline-broker-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
     let port = free_port();
     let mut broker = start_tansu(&dir, port);
     wait_port(port, true).await;
     let brokers = format!("127.0.0.1:{port}");
-    let (reference, disturbed, stream) =
-        setup_pair(23, &[("TOUCHLINE__KAFKA__BROKERS", &brokers)]).await;
+    let mut settings = vec![("TOUCHLINE__KAFKA__BROKERS", brokers.as_str())];
+    settings.extend_from_slice(extra);
+    let (reference, disturbed, stream) = setup_pair(seed, &settings).await;
     let restarted = {
         let dir = dir.clone();
         let broker = &mut broker;
