@@ -149,13 +149,10 @@ fn bench_commission(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     g.bench_function("sale_3_partners_with_overrides", |b| {
         b.iter(|| {
-            black_box(commission::earn(
-                &plan,
-                Earning::Sale,
-                black_box(d("140.870163")),
-                &shares,
-                2,
-            ))
+            black_box(
+                commission::earn(&plan, Earning::Sale, black_box(d("140.870163")), &shares, 2)
+                    .unwrap(),
+            )
         })
     });
     g.finish();
@@ -191,7 +188,8 @@ fn bench_decision(c: &mut Criterion) {
                         |id| settle::is_active(&dir, id),
                     );
                     let decision =
-                        settle::settle(&p, &conv, Credit::Journey(touches), &dir, |_, _| 60);
+                        settle::settle(&p, &conv, Credit::Journey(touches), &dir, |_, _| 60)
+                            .unwrap();
                     black_box((key, decision))
                 },
                 BatchSize::SmallInput,

@@ -7,6 +7,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use super::rounding::{round_jointly, Roundable};
+use super::{add, mul, Overflow};
 
 /// The commission plan of SPEC §5.5 as JSON, the plan the demo, the synthetic stream,
 /// the tests and the benches use.
@@ -256,18 +257,18 @@ pub fn earn(
     amount: Decimal,
     shares: &[Share],
     minor_units: u32,
-) -> Vec<LedgerRow> {
+) -> Result<Vec<LedgerRow>, Overflow> {
     let mut rows = Vec::with_capacity(shares.len() * (1 + plan.overrides.len()));
     for share in shares.iter().filter(|s| s.weight > Decimal::ZERO) {
         let (base, rate) = match earning {
             Earning::Sale => (
-                amount * share.weight,
-                share.tier_rate * (Decimal::ONE + share.volume_bonus),
+                mul(amount, share.weight)?,
+                mul(share.tier_rate, add(Decimal::ONE, share.volume_bonus)?)?,
             ),
             Earning::Bounty(bounty) => (bounty, share.weight),
-            Earning::Recurring => (amount * share.weight, plan.recurring.rate),
+            Earning::Recurring => (mul(amount, share.weight)?, plan.recurring.rate),
         };
-        let direct = base * rate;
+        let direct = mul(base, rate)?;
         rows.push(LedgerRow {
             partner_id: share.partner_id.clone(),
             level: 0,
@@ -285,13 +286,13 @@ pub fn earn(
                 kind: LedgerKind::Override,
                 base_amount: direct,
                 rate: *rate,
-                exact: direct * *rate,
+                exact: mul(direct, *rate)?,
                 amount: Decimal::ZERO,
             });
         }
     }
-    round_jointly(&mut rows, minor_units);
-    rows
+    round_jointly(&mut rows, minor_units)?;
+    Ok(rows)
 }
 
 /// A row an order earned, with what earlier refunds already took back of it.
@@ -314,43 +315,42 @@ pub fn reverse(
     refunded: Decimal,
     original_amount: Decimal,
     minor_units: u32,
-) -> Vec<(usize, LedgerRow)> {
+) -> Result<Vec<(usize, LedgerRow)>, Overflow> {
     // A zero-amount order (a lead, a signup) earned bounties: any refund of it takes
     // them back in full.
     let ratio = if original_amount.is_zero() {
         Decimal::ONE
     } else {
-        (refunded / original_amount).min(Decimal::ONE)
+        refunded
+            .checked_div(original_amount)
+            .ok_or(Overflow)?
+            .min(Decimal::ONE)
     };
-    let (index, mut rows): (Vec<usize>, Vec<LedgerRow>) = earned
-        .iter()
-        .enumerate()
-        .filter_map(|(i, row)| {
-            let left = row.amount + row.reversed;
-            if left <= Decimal::ZERO {
-                return None;
-            }
-            let exact = (row.amount * ratio).min(left);
-            Some((
-                i,
-                LedgerRow {
-                    partner_id: row.partner_id.clone(),
-                    level: row.level,
-                    kind: LedgerKind::Reversal,
-                    base_amount: row.amount,
-                    rate: -ratio,
-                    exact: -exact,
-                    amount: Decimal::ZERO,
-                },
-            ))
-        })
-        .unzip();
-    round_jointly(&mut rows, minor_units);
-    index
+    let mut index = Vec::with_capacity(earned.len());
+    let mut rows = Vec::with_capacity(earned.len());
+    for (i, row) in earned.iter().enumerate() {
+        let left = add(row.amount, row.reversed)?;
+        if left <= Decimal::ZERO {
+            continue;
+        }
+        let exact = mul(row.amount, ratio)?.min(left);
+        index.push(i);
+        rows.push(LedgerRow {
+            partner_id: row.partner_id.clone(),
+            level: row.level,
+            kind: LedgerKind::Reversal,
+            base_amount: row.amount,
+            rate: -ratio,
+            exact: -exact,
+            amount: Decimal::ZERO,
+        });
+    }
+    round_jointly(&mut rows, minor_units)?;
+    Ok(index
         .into_iter()
         .zip(rows)
         .filter(|(_, r)| !r.amount.is_zero() || !r.exact.is_zero())
-        .collect()
+        .collect())
 }
 
 #[cfg(test)]
@@ -424,7 +424,8 @@ mod tests {
             d("129.99"),
             &[share("p", "1", "gold", "0.05", &["a", "b", "c"])],
             2,
-        );
+        )
+        .unwrap();
         assert_eq!(
             amounts(&rows),
             vec![
@@ -442,7 +443,7 @@ mod tests {
     #[test]
     fn short_override_chains_and_inactive_ancestors() {
         let mut s = share("p", "1", "bronze", "0", &["a"]);
-        let rows = earn(&plan(), Earning::Sale, d("100"), &[s.clone()], 2);
+        let rows = earn(&plan(), Earning::Sale, d("100"), &[s.clone()], 2).unwrap();
         // 15.00 direct, 1.50 to the only parent.
         assert_eq!(
             amounts(&rows),
@@ -450,7 +451,7 @@ mod tests {
         );
         // A paused parent earns nothing; the active grandparent still earns level 2.
         s.ancestors = vec![None, Some("g".into())];
-        let rows = earn(&plan(), Earning::Sale, d("100"), &[s], 2);
+        let rows = earn(&plan(), Earning::Sale, d("100"), &[s], 2).unwrap();
         assert_eq!(
             amounts(&rows),
             vec![("p".into(), 0, d("15.00")), ("g".into(), 2, d("0.75"))]
@@ -471,7 +472,8 @@ mod tests {
                 share("p2", "0.333333333333", "bronze", "0", &[]),
             ],
             2,
-        );
+        )
+        .unwrap();
         assert_eq!(
             amounts(&rows),
             vec![("p1".into(), 0, d("1.00")), ("p2".into(), 0, d("0.50"))]
@@ -486,7 +488,8 @@ mod tests {
             d("0"),
             &[share("p", "1", "gold", "0", &["a"])],
             2,
-        );
+        )
+        .unwrap();
         assert_eq!(
             amounts(&rows),
             vec![("p".into(), 0, d("5.00")), ("a".into(), 1, d("0.50"))]
@@ -497,7 +500,8 @@ mod tests {
             d("49.99"),
             &[share("p", "1", "gold", "0.10", &[])],
             2,
-        );
+        )
+        .unwrap();
         // 49.99 × 0.10 = 4.999 → 5.00 (no volume bonus on recurring)
         assert_eq!(amounts(&rows), vec![("p".into(), 0, d("5.00"))]);
     }
@@ -510,7 +514,8 @@ mod tests {
             d("0"),
             &[share("p", "1", "gold", "0", &["a"])],
             2,
-        );
+        )
+        .unwrap();
         assert_eq!(
             amounts(&rows),
             vec![("p".into(), 0, d("0.00")), ("a".into(), 1, d("0.00"))]
@@ -527,7 +532,8 @@ mod tests {
             d("12999"),
             &[share("p", "1", "bronze", "0", &["a"])],
             0,
-        );
+        )
+        .unwrap();
         assert_eq!(
             amounts(&rows),
             vec![("p".into(), 0, d("1950")), ("a".into(), 1, d("195"))]
@@ -554,11 +560,12 @@ mod tests {
             d("100"),
             &[share("p", "1", "bronze", "0", &["a"])],
             2,
-        );
+        )
+        .unwrap();
         let mut book = earned(&rows);
 
         // Refund 30.00 of 100.00: 30% of each row.
-        let rev = reverse(&book, d("30"), d("100"), 2);
+        let rev = reverse(&book, d("30"), d("100"), 2).unwrap();
         let rev = self::book(&mut book, rev);
         assert_eq!(
             amounts(&rev),
@@ -566,21 +573,21 @@ mod tests {
         );
         // Refund 33.33: 33.33% → -4.9995 and -0.49995, sum -5.49945 → -5.50;
         // truncated -4.99 + -0.49 = -5.48, two cents more to the largest remainders.
-        let rev = reverse(&book, d("33.33"), d("100"), 2);
+        let rev = reverse(&book, d("33.33"), d("100"), 2).unwrap();
         let rev = self::book(&mut book, rev);
         assert_eq!(
             amounts(&rev),
             vec![("p".into(), 0, d("-5.00")), ("a".into(), 1, d("-0.50"))]
         );
         // A refund of the whole order now takes only what is left: 5.50 and 0.55.
-        let rev = reverse(&book, d("100"), d("100"), 2);
+        let rev = reverse(&book, d("100"), d("100"), 2).unwrap();
         let rev = self::book(&mut book, rev);
         assert_eq!(
             amounts(&rev),
             vec![("p".into(), 0, d("-5.50")), ("a".into(), 1, d("-0.55"))]
         );
         // Nothing is left to reverse.
-        assert!(reverse(&book, d("1"), d("100"), 2).is_empty());
+        assert!(reverse(&book, d("1"), d("100"), 2).unwrap().is_empty());
         for b in &book {
             assert_eq!(b.amount + b.reversed, Decimal::ZERO);
         }
@@ -594,9 +601,10 @@ mod tests {
             d("0"),
             &[share("p", "1", "gold", "0", &[])],
             2,
-        );
+        )
+        .unwrap();
         let mut e = earned(&rows);
-        let rev = reverse(&e, d("0"), d("0"), 2);
+        let rev = reverse(&e, d("0"), d("0"), 2).unwrap();
         let rev = book(&mut e, rev);
         assert_eq!(amounts(&rev), vec![("p".into(), 0, d("-5.00"))]);
     }
@@ -617,13 +625,13 @@ mod tests {
                 let rows = earn(&plan(), Earning::Sale, amount, &[
                     share("p", &w.to_string(), "gold", "0.05", &["a", "b", "c"]),
                     share("q", &(Decimal::ONE - w).to_string(), "bronze", "0", &["a"]),
-                ], 2);
+                ], 2).unwrap();
                 let exact: Decimal = rows.iter().map(|r| r.exact).sum();
                 let total: Decimal = rows.iter().map(|r| r.amount).sum();
                 prop_assert_eq!(total, exact.round_dp_with_strategy(2, rust_decimal::RoundingStrategy::MidpointNearestEven));
                 let mut book = earned(&rows);
                 for r in refunds {
-                    let rev = reverse(&book, Decimal::new(r, 2), amount, 2);
+                    let rev = reverse(&book, Decimal::new(r, 2), amount, 2).unwrap();
                     super::book(&mut book, rev);
                     for b in &book {
                         prop_assert!(b.reversed <= Decimal::ZERO);

@@ -15,3 +15,26 @@ pub mod settle;
 pub use attribution::{AttributionModel, Touch, Weights};
 pub use commission::{CommissionPlan, LedgerKind, LedgerRow};
 pub use rules::{Directory, PartnerRules, ProgramRules};
+
+/// Arithmetic beyond `Decimal`'s range: the conversion cannot be settled. The registry's
+/// bounds keep accepted programs away from it; the engine checks anyway, so that no
+/// stored program or hand-made event can panic the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("arithmetic beyond the decimal range")]
+pub struct Overflow;
+
+/// `a × b`, checked.
+pub(crate) fn mul(
+    a: rust_decimal::Decimal,
+    b: rust_decimal::Decimal,
+) -> Result<rust_decimal::Decimal, Overflow> {
+    a.checked_mul(b).ok_or(Overflow)
+}
+
+/// `a + b`, checked.
+pub(crate) fn add(
+    a: rust_decimal::Decimal,
+    b: rust_decimal::Decimal,
+) -> Result<rust_decimal::Decimal, Overflow> {
+    a.checked_add(b).ok_or(Overflow)
+}

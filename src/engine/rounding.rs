@@ -6,6 +6,8 @@
 
 use rust_decimal::{Decimal, RoundingStrategy};
 
+use super::{add, Overflow};
+
 /// What the rounding needs of a row: its exact amount and its tie-break key.
 pub trait Roundable {
     fn exact(&self) -> Decimal;
@@ -14,13 +16,16 @@ pub trait Roundable {
     fn set_rounded(&mut self, amount: Decimal);
 }
 
-/// Rounds `rows` in place to `minor_units` decimal places, jointly.
-pub fn round_jointly<R: Roundable>(rows: &mut [R], minor_units: u32) {
+/// Rounds `rows` in place to `minor_units` decimal places, jointly; nothing is changed
+/// when their sum is beyond `Decimal`'s range.
+pub fn round_jointly<R: Roundable>(rows: &mut [R], minor_units: u32) -> Result<(), Overflow> {
     if rows.is_empty() {
-        return;
+        return Ok(());
     }
     let unit = Decimal::new(1, minor_units);
-    let exact_sum: Decimal = rows.iter().map(Roundable::exact).sum();
+    let exact_sum = rows
+        .iter()
+        .try_fold(Decimal::ZERO, |sum, r| add(sum, r.exact()))?;
     let target =
         exact_sum.round_dp_with_strategy(minor_units, RoundingStrategy::MidpointNearestEven);
 
@@ -35,6 +40,7 @@ pub fn round_jointly<R: Roundable>(rows: &mut [R], minor_units: u32) {
             (i, t, r.exact() - t)
         })
         .collect();
+    // Truncated amounts sum to at most the exact sum in magnitude: no overflow past it.
     let mut missing = target - parts.iter().map(|p| p.1).sum::<Decimal>();
     missing.rescale(minor_units);
     // Whole minor units still to hand out; negative when the rows are (reversals).
@@ -66,6 +72,7 @@ pub fn round_jointly<R: Roundable>(rows: &mut [R], minor_units: u32) {
         a.rescale(minor_units);
         rows[i].set_rounded(a);
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -124,7 +131,7 @@ mod tests {
             ("0.333333333", 0, "a"),
             ("0.333333334", 0, "b"),
         ]);
-        round_jointly(&mut r, 2);
+        round_jointly(&mut r, 2).unwrap();
         assert_eq!(rounded(&r), vec![d("0.33"), d("0.33"), d("0.34")]);
     }
 
@@ -133,7 +140,7 @@ mod tests {
         // Exact sum 0.015 → half-even 0.02; truncated 0.00 + 0.00 + 0.00; two cents to
         // hand out among equal remainders 0.005: level 0 first, then level 1 partner "a".
         let mut r = rows(&[("0.005", 1, "z"), ("0.005", 1, "a"), ("0.005", 0, "m")]);
-        round_jointly(&mut r, 2);
+        round_jointly(&mut r, 2).unwrap();
         assert_eq!(rounded(&r), vec![d("0"), d("0.01"), d("0.01")]);
     }
 
@@ -141,7 +148,7 @@ mod tests {
     fn half_even_total() {
         // 0.125 → 0.12 (even), not 0.13.
         let mut r = rows(&[("0.0625", 0, "a"), ("0.0625", 1, "b")]);
-        round_jointly(&mut r, 2);
+        round_jointly(&mut r, 2).unwrap();
         assert_eq!(rounded(&r), vec![d("0.06"), d("0.06")]);
     }
 
@@ -152,7 +159,7 @@ mod tests {
             ("194.985", 1, "b"),
             ("97.4925", 2, "c"),
         ]);
-        round_jointly(&mut r, 0);
+        round_jointly(&mut r, 0).unwrap();
         // exact sum 2242.3275 → 2242; truncated 1949 + 194 + 97 = 2240; two yen to the
         // largest remainders 0.985 (b) and 0.85 (a).
         assert_eq!(rounded(&r), vec![d("1950"), d("195"), d("97")]);
@@ -161,7 +168,7 @@ mod tests {
     #[test]
     fn negative_rows_round_toward_the_negative_total() {
         let mut r = rows(&[("-0.333333", 0, "a"), ("-0.666667", 1, "b")]);
-        round_jointly(&mut r, 2);
+        round_jointly(&mut r, 2).unwrap();
         assert_eq!(rounded(&r), vec![d("-0.33"), d("-0.67")]);
         assert_eq!(r.iter().map(|r| r.rounded).sum::<Decimal>(), d("-1.00"));
     }
@@ -185,7 +192,7 @@ mod tests {
                     rounded: Decimal::ZERO,
                 }).collect();
                 let exact: Decimal = r.iter().map(|r| r.exact).sum();
-                round_jointly(&mut r, minor);
+                round_jointly(&mut r, minor).unwrap();
                 let total: Decimal = r.iter().map(|r| r.rounded).sum();
                 prop_assert_eq!(total, exact.round_dp_with_strategy(minor, RoundingStrategy::MidpointNearestEven));
                 for row in &r {

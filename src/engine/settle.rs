@@ -11,6 +11,7 @@ use super::attribution::Touch;
 use super::commission::{self, EarnedRow, Earning, LedgerRow, Share};
 pub use super::rules::{is_active, Directory};
 use super::rules::{PartnerRules, ProgramRules};
+use super::{add, mul, Overflow};
 use crate::events::{ConversionEvent, ConversionKind};
 use crate::money;
 
@@ -60,12 +61,13 @@ pub struct OrderRecord {
 
 impl OrderRecord {
     /// Books a refund's reversal rows on the rows they reverse.
-    pub fn book(&mut self, refund: &Decision) {
+    pub fn book(&mut self, refund: &Decision) -> Result<(), Overflow> {
         for (i, row) in refund.reverses.iter().zip(&refund.rows) {
             if let Some(earned) = self.rows.get_mut(*i) {
-                earned.reversed += row.amount;
+                earned.reversed = add(earned.reversed, row.amount)?;
             }
         }
+        Ok(())
     }
 }
 
@@ -176,34 +178,35 @@ pub fn month_of(t: DateTime<Utc>) -> u32 {
 }
 
 /// Settles `conv` under `program`. `volume(partner, yyyymm)` answers how many
-/// conversions were attributed to the partner in that month.
+/// conversions were attributed to the partner in that month. Every operation on money
+/// is checked: [`Overflow`] when the amounts leave `Decimal`'s range.
 pub fn settle(
     program: &impl ProgramRules,
     conv: &ConversionEvent,
     credit: Credit<'_>,
     directory: &impl Directory,
     volume: impl Fn(&str, u32) -> u64,
-) -> Decision {
+) -> Result<Decision, Overflow> {
     let minor = money::minor_units(program.currency());
     let Some(rate) = program.fx_rate(&conv.currency) else {
         // The FX table lost the currency after intake: nothing can be settled.
-        return Decision::uncredited(
+        return Ok(Decision::uncredited(
             ConversionStatus::Unattributed,
             Decimal::ZERO,
             program.currency(),
-        );
+        ));
     };
-    let settled = conv.amount * rate;
+    let settled = mul(conv.amount, rate)?;
     let plan = program.commission();
 
     // Weighted lines per touch (or inherited share), and the model that made them.
     let (model, lines): (String, Vec<AttributionLine>) = match credit {
         Credit::None => {
-            return Decision::uncredited(
+            return Ok(Decision::uncredited(
                 ConversionStatus::Unattributed,
                 settled,
                 program.currency(),
-            )
+            ))
         }
         Credit::Refund(order) => {
             // An order that earned nothing has nothing to reverse: the refund credits nobody.
@@ -214,10 +217,10 @@ pub fn settle(
             };
             let mut d = Decision::uncredited(status, settled, program.currency());
             (d.reverses, d.rows) =
-                commission::reverse(&order.rows, settled, order.settled_amount, minor)
+                commission::reverse(&order.rows, settled, order.settled_amount, minor)?
                     .into_iter()
                     .unzip();
-            return d;
+            return Ok(d);
         }
         Credit::Journey(touches) => {
             let weights = program.attribution().weights(&touches);
@@ -225,14 +228,16 @@ pub fn settle(
                 .into_iter()
                 .zip(weights)
                 .enumerate()
-                .map(|(i, (t, w))| AttributionLine {
-                    partner_id: t.partner_id,
-                    click_id: Some(t.click_id),
-                    position: (i + 1) as u16,
-                    weight: w,
-                    credited_amount: settled * w,
+                .map(|(i, (t, w))| {
+                    Ok(AttributionLine {
+                        partner_id: t.partner_id,
+                        click_id: Some(t.click_id),
+                        position: (i + 1) as u16,
+                        weight: w,
+                        credited_amount: mul(settled, w)?,
+                    })
                 })
-                .collect();
+                .collect::<Result<_, Overflow>>()?;
             (program.attribution().name().to_string(), lines)
         }
         Credit::Referral(partner_id) => (
@@ -254,24 +259,26 @@ pub fn settle(
                     .is_some_and(|end| conv.occurred_at < end),
             };
             if !in_term || conv.occurred_at < first.occurred_at {
-                return Decision::uncredited(
+                return Ok(Decision::uncredited(
                     ConversionStatus::Unattributed,
                     settled,
                     program.currency(),
-                );
+                ));
             }
             let lines = first
                 .shares
                 .iter()
                 .enumerate()
-                .map(|(i, (p, w))| AttributionLine {
-                    partner_id: p.clone(),
-                    click_id: None,
-                    position: (i + 1) as u16,
-                    weight: *w,
-                    credited_amount: settled * *w,
+                .map(|(i, (p, w))| {
+                    Ok(AttributionLine {
+                        partner_id: p.clone(),
+                        click_id: None,
+                        position: (i + 1) as u16,
+                        weight: *w,
+                        credited_amount: mul(settled, *w)?,
+                    })
                 })
-                .collect();
+                .collect::<Result<_, Overflow>>()?;
             (first.model.clone(), lines)
         }
     };
@@ -316,8 +323,8 @@ pub fn settle(
             }
         })
         .collect();
-    decision.rows = commission::earn(plan, earning, settled, &shares, minor);
-    decision
+    decision.rows = commission::earn(plan, earning, settled, &shares, minor)?;
+    Ok(decision)
 }
 
 /// The partner's ancestors up to `levels`: `Some(id)` when active, `None` when not (it
@@ -496,7 +503,8 @@ mod tests {
                     0
                 }
             },
-        );
+        )
+        .unwrap();
         assert_eq!(dec.status, ConversionStatus::Attributed);
         assert_eq!(dec.settled_amount, d("140.870163"));
         assert_eq!(dec.model, "last_touch");
@@ -525,7 +533,8 @@ mod tests {
             Credit::Journey(vec![touch(1, "solo", 1)]),
             &directory(),
             |_, _| 0,
-        );
+        )
+        .unwrap();
         assert_eq!(rows(&dec), vec![("solo".into(), 0, "direct", d("12.81"))]);
     }
 
@@ -547,7 +556,8 @@ mod tests {
             ]),
             &directory(),
             |_, _| 99,
-        );
+        )
+        .unwrap();
         assert_eq!(
             rows(&dec),
             vec![
@@ -572,7 +582,8 @@ mod tests {
             Credit::Referral("solo".into()),
             &directory(),
             |_, _| 0,
-        );
+        )
+        .unwrap();
         assert_eq!(dec.model, "referral_code");
         assert_eq!(dec.attributions.len(), 1);
         assert_eq!(dec.attributions[0].click_id, None);
@@ -597,7 +608,8 @@ mod tests {
             Credit::Recurring(&first),
             &directory(),
             |_, _| 500,
-        );
+        )
+        .unwrap();
         assert_eq!(
             rows(&dec),
             vec![
@@ -615,7 +627,8 @@ mod tests {
             Credit::Recurring(&late),
             &directory(),
             |_, _| 0,
-        );
+        )
+        .unwrap();
         assert_eq!(dec.status, ConversionStatus::Unattributed);
         assert!(dec.rows.is_empty());
     }
@@ -634,7 +647,8 @@ mod tests {
             Credit::Journey(vec![touch(1, "leaf", 1)]),
             &dir,
             |_, _| 0,
-        );
+        )
+        .unwrap();
         assert_eq!(
             rows(&dec),
             vec![
@@ -648,7 +662,8 @@ mod tests {
             Credit::Journey(vec![touch(1, "leaf", 1)]),
             &dir,
             |_, _| 0,
-        );
+        )
+        .unwrap();
         assert_eq!(dec.status, ConversionStatus::Unattributed);
     }
 
@@ -661,7 +676,8 @@ mod tests {
             Credit::Journey(vec![touch(1, "leaf", 1)]),
             &directory(),
             |_, _| 0,
-        );
+        )
+        .unwrap();
         // 50.00 direct, 5.00 and 2.50 overrides.
         let order = OrderRecord {
             conversion_id: Uuid::from_u128(42),
@@ -672,7 +688,7 @@ mod tests {
         refund.original_order_id = Some("INV-1".into());
         // 50 of 200 = 25% of each row: -12.5, -1.25, -0.625; exact sum -14.375 rounds
         // half-even to -14.38; truncated -14.37, so the cent goes to root's -0.625.
-        let dec = settle(&p, &refund, Credit::Refund(&order), &directory(), |_, _| 0);
+        let dec = settle(&p, &refund, Credit::Refund(&order), &directory(), |_, _| 0).unwrap();
         assert_eq!(
             rows(&dec),
             vec![
@@ -687,10 +703,10 @@ mod tests {
         );
         // Booked, a second refund of the rest takes exactly what is left.
         let mut order = order;
-        order.book(&dec);
+        order.book(&dec).unwrap();
         refund.amount = d("150");
-        let rest = settle(&p, &refund, Credit::Refund(&order), &directory(), |_, _| 0);
-        order.book(&rest);
+        let rest = settle(&p, &refund, Credit::Refund(&order), &directory(), |_, _| 0).unwrap();
+        order.book(&rest).unwrap();
         assert_eq!(
             rest.rows.iter().map(|r| r.amount).sum::<Decimal>(),
             d("-43.12")
@@ -711,9 +727,41 @@ mod tests {
         };
         let mut refund = conv(ConversionKind::Refund, "50", "USD");
         refund.original_order_id = Some("INV-1".into());
-        let dec = settle(&p, &refund, Credit::Refund(&order), &directory(), |_, _| 0);
+        let dec = settle(&p, &refund, Credit::Refund(&order), &directory(), |_, _| 0).unwrap();
         assert_eq!(dec.status, ConversionStatus::Unattributed);
         assert!(dec.rows.is_empty());
+    }
+
+    /// The hostile programs: amounts past Decimal's range are an error, never a
+    /// panic.
+    #[test]
+    fn arithmetic_beyond_decimal_is_an_error_not_a_panic() {
+        let mut p = program(AttributionModel::LastTouch);
+        p.fx.insert("EUR".into(), Decimal::MAX);
+        let sale = conv(ConversionKind::Sale, "1000", "EUR");
+        assert_eq!(
+            settle(
+                &p,
+                &sale,
+                Credit::Referral("leaf".into()),
+                &directory(),
+                |_, _| 0
+            ),
+            Err(Overflow)
+        );
+        let mut p = program(AttributionModel::LastTouch);
+        p.commission.lead_bounty = Decimal::MAX;
+        let lead = conv(ConversionKind::Lead, "0", "USD");
+        assert_eq!(
+            settle(
+                &p,
+                &lead,
+                Credit::Referral("leaf".into()),
+                &directory(),
+                |_, _| 0
+            ),
+            Err(Overflow)
+        );
     }
 
     #[test]

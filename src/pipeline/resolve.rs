@@ -475,11 +475,9 @@ fn decide(
         },
         ConversionKind::Refund => order.map(Credit::Refund).unwrap_or(Credit::None),
     };
-    // Decimal arithmetic panics on overflow: one conversion must not stop the pipeline.
-    let decision = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        settle::settle(program, e, credit, registry, |p, _| volume(p))
-    }))
-    .map_err(|_| OUT_OF_RANGE.to_string())?;
+    let decision = settle::settle(program, e, credit, registry, |p, _| volume(p))
+        .map_err(|why| format!("{OUT_OF_RANGE}: {why}"))?;
+    // Within Decimal's range is not yet within the ledger's columns.
     crate::sink::rows::fits(e, &decision).map_err(|why| format!("{OUT_OF_RANGE}: {why}"))?;
     Ok(Memo {
         decision,
@@ -822,7 +820,8 @@ mod bounds_tests {
                 Credit::Referral("p0".into()),
                 &chain,
                 |_, _| 1_000_000,
-            );
+            )
+            .unwrap();
             assert_eq!(d.rows.len(), 6, "{kind:?}: direct and five overrides");
             crate::sink::rows::fits(&e, &d).unwrap_or_else(|why| panic!("{kind:?}: {why}"));
         }
