@@ -15,18 +15,8 @@ use crate::http::strict_json;
 use crate::money;
 use crate::registry::{Link, LinkEntry, Partner, Program};
 
+/// Keys besides a conversion's own fields ([`FIELDS`]).
 const KEYS: &[&str] = &[
-    "program_id",
-    "order_id",
-    "kind",
-    "amount",
-    "currency",
-    "occurred_at",
-    "click_id",
-    "visitor_id",
-    "referral_code",
-    "customer_id",
-    "original_order_id",
     "customer_email_sha256",
     "name",
     "secret",
