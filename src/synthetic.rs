@@ -196,9 +196,8 @@ pub async fn produce_in(
         let at_s = rng.below(120) as i64;
         match rng.below(5) {
             0 | 1 => {
-                // The visitor's latest click: once it is marked, so are all the visitor's
-                // earlier clicks (one partition, in order), so the journey is the same
-                // whatever the interleaving of the two topics.
+                // The visitor's latest click: the sale's journey is all of the visitor's
+                // unique clicks.
                 let click = *own_clicks.last().unwrap();
                 let order = format!("S-{v}");
                 let customer = format!("cust-{v}");

@@ -2,7 +2,8 @@
 //!
 //! Nothing in this module does I/O. State it needs (dedup marks, journeys, monthly
 //! counts, a customer's first sale, an order's ledger rows) is handed in by the caller,
-//! which reads it from the stores of [`crate::pipeline::state`].
+//! which reads it from the stores of [`crate::pipeline::store`]. What it needs of the
+//! registry comes through the traits of [`rules`].
 
 pub mod attribution;
 pub mod commission;
