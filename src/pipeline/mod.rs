@@ -33,7 +33,7 @@ use crate::engine::settle::ConversionStatus;
 use crate::events::{ClickEvent, ConversionEvent};
 use crate::metrics as m;
 use crate::money;
-use crate::registry::Registry;
+use crate::registry::{Program, Registry};
 use crate::shutdown::Shutdown;
 use crate::sink::rows::{conversion_rows, ClickRow};
 use crate::sink::{Batch, Sink, SinkError};
@@ -349,20 +349,20 @@ impl Pipeline {
         let mut decided_now = Vec::new();
         let mut candidates = Vec::new();
         for (c, partition, offset, payload) in clicks {
-            if let Err(reason) = self.check_click(&c) {
-                self.dead_letter(
-                    &Topic::Clicks,
-                    partition,
-                    offset,
-                    &payload,
-                    &reason,
-                    shutdown,
-                )
-                .await;
-                continue;
-            }
-            let Some(program) = self.registry.program(&c.program_id) else {
-                continue;
+            let program = match self.check_click(&c) {
+                Ok(program) => program,
+                Err(reason) => {
+                    self.dead_letter(
+                        &Topic::Clicks,
+                        partition,
+                        offset,
+                        &payload,
+                        &reason,
+                        shutdown,
+                    )
+                    .await;
+                    continue;
+                }
             };
             self.saw((Topic::Clicks, partition), c.ts.timestamp_millis());
             // Journeys reach back `lookback_days`; a day more covers late conversions.
@@ -643,14 +643,14 @@ impl Pipeline {
         more
     }
 
-    fn check_click(&self, e: &ClickEvent) -> Result<(), String> {
+    /// The click's program, or why the click cannot be decided.
+    fn check_click(&self, e: &ClickEvent) -> Result<Arc<Program>, String> {
         if e.v != crate::events::EVENT_VERSION {
             return Err(format!("unsupported event version {}", e.v));
         }
-        if self.registry.program(&e.program_id).is_none() {
-            return Err(format!("unknown program {}", e.program_id));
-        }
-        Ok(())
+        self.registry
+            .program(&e.program_id)
+            .ok_or_else(|| format!("unknown program {}", e.program_id))
     }
 
     fn check_conversion(&self, e: &ConversionEvent) -> Result<(), String> {

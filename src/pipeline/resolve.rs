@@ -16,6 +16,7 @@
 //! state and rows (see [`super::store`]).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -154,12 +155,18 @@ pub async fn settle_batch(
         _ => None,
     };
 
+    // Each conversion's program, looked up once (None: deleted since intake).
+    let programs: Vec<Option<Arc<Program>>> = fresh
+        .iter()
+        .map(|&i| registry.program(&batch[i].1.program_id))
+        .collect();
+
     // 3. Journeys of the visitors of sales, leads and signups.
     let mut journey_reads = Vec::new();
     let mut journey_of: Vec<Option<usize>> = Vec::with_capacity(fresh.len());
     for (k, &i) in fresh.iter().enumerate() {
         let e = &batch[i].1;
-        let program = registry.program(&e.program_id);
+        let program = programs[k].as_deref();
         let visitor = match asked[k].visitor {
             Some(r) => text(r).and_then(|v| Uuid::parse_str(&v).ok()),
             None => None,
@@ -190,8 +197,8 @@ pub async fn settle_batch(
             Some(Answer::Touches(t)) => t.clone(),
             _ => Vec::new(),
         };
-        selected.push(match registry.program(&e.program_id) {
-            Some(program) => select(registry, &program, e, touches),
+        selected.push(match &programs[k] {
+            Some(program) => select(registry, program, e, touches),
             None => Vec::new(),
         });
     }
@@ -201,18 +208,19 @@ pub async fn settle_batch(
     let mut counts_of: Vec<Vec<(String, usize)>> = Vec::with_capacity(fresh.len());
     for (k, &i) in fresh.iter().enumerate() {
         let (mark, e) = &batch[i];
-        let mut partners: Vec<String> = selected[k].iter().map(|t| t.partner_id.clone()).collect();
-        if partners.is_empty() {
-            partners.extend(
-                registry
-                    .program(&e.program_id)
-                    .and_then(|p| referral_partner(registry, &p, e)),
-            );
-        }
-        partners.sort();
-        partners.dedup();
         let mut mine = Vec::new();
         if e.kind == ConversionKind::Sale {
+            let mut partners: Vec<String> =
+                selected[k].iter().map(|t| t.partner_id.clone()).collect();
+            if partners.is_empty() {
+                partners.extend(
+                    programs[k]
+                        .as_deref()
+                        .and_then(|p| referral_partner(registry, p, e)),
+                );
+            }
+            partners.sort();
+            partners.dedup();
             for p in partners {
                 count_reads.push(Read::CountBefore {
                     program: e.program_id.clone(),
@@ -235,7 +243,7 @@ pub async fn settle_batch(
     let mut decided: Vec<(usize, Memo)> = Vec::with_capacity(fresh.len());
     for (k, &i) in fresh.iter().enumerate() {
         let (mark, e) = &batch[i];
-        let memo: Result<Memo, String> = match registry.program(&e.program_id) {
+        let memo: Result<Memo, String> = match programs[k].as_deref() {
             None => Ok(Memo {
                 decision: Decision::uncredited(ConversionStatus::Unattributed, Decimal::ZERO, ""),
                 campaigns: Vec::new(),
@@ -326,7 +334,7 @@ pub async fn settle_batch(
                     };
                     decide(
                         registry,
-                        &program,
+                        program,
                         e,
                         &selected[k],
                         first_sale.as_ref(),
