@@ -42,6 +42,7 @@ fn directory() -> HashMap<String, Arc<Partner>> {
         (
             id.to_string(),
             Arc::new(Partner {
+                email_sha256: None,
                 id: id.into(),
                 program_id: "bench".into(),
                 name: None,
@@ -90,6 +91,7 @@ fn conversion() -> ConversionEvent {
         customer_id: Some("c-1".into()),
         original_order_id: None,
         registry_version: 0,
+        customer_email_sha256: None,
     }
 }
 

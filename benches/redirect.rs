@@ -27,6 +27,7 @@ fn setup(rt: &tokio::runtime::Runtime) -> (Arc<Edge>, Arc<MemoryBus>) {
         .unwrap();
         registry.put_program("bench", program).await.unwrap();
         let partner = Partner {
+            email_sha256: None,
             id: String::new(),
             program_id: "bench".into(),
             name: None,

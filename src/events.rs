@@ -130,6 +130,9 @@ pub struct ConversionEvent {
     /// The registry version the edge accepted this conversion with (SPEC §5.3).
     #[serde(default)]
     pub registry_version: u64,
+    /// Hex SHA-256 of the customer's lower-cased e-mail, for the self-referral rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_email_sha256: Option<String>,
 }
 
 impl ConversionEvent {
@@ -213,7 +216,7 @@ mod tests {
             "utm_term": null, "utm_content": null, "is_bot": false, "status": "ok", "registry_version": 3
         }))
         .unwrap();
-        let conv: ConversionEvent = serde_json::from_str(r#"{"v":1,"conversion_id":"0193a3b2-7c4e-7000-8000-000000000001","program_id":"acme","order_id":"INV-1","kind":"sale","amount":"129.99","currency":"EUR","occurred_at":"2026-11-20T10:15:00.000Z","received_at":"2026-11-20T10:15:01.250Z","click_id":null,"visitor_id":null,"referral_code":null,"customer_id":null,"original_order_id":null,"registry_version":3}"#).unwrap();
+        let conv: ConversionEvent = serde_json::from_str(r#"{"v":1,"conversion_id":"0193a3b2-7c4e-7000-8000-000000000001","program_id":"acme","order_id":"INV-1","kind":"sale","amount":"129.99","currency":"EUR","occurred_at":"2026-11-20T10:15:00.000Z","received_at":"2026-11-20T10:15:01.250Z","click_id":null,"visitor_id":null,"referral_code":null,"customer_id":null,"original_order_id":null,"registry_version":3,"customer_email_sha256":"5f4dcc3b5aa765d61d8327deb882cf995f4dcc3b5aa765d61d8327deb882cf99"}"#).unwrap();
         for (name, event) in [
             ("click.schema.json", serde_json::to_value(&click).unwrap()),
             (
@@ -229,7 +232,10 @@ mod tests {
                 .map(|v| v.as_str().unwrap().to_string())
                 .collect();
             required.sort();
-            assert_eq!(required, fields(&event), "{name} required");
+            // Optional fields are left out when absent.
+            let mut present = fields(&event);
+            present.retain(|f| f != "customer_email_sha256");
+            assert_eq!(required, present, "{name} required");
             assert_eq!(
                 fields(&s["properties"]),
                 fields(&event),

@@ -45,6 +45,12 @@ pub const PIPELINE_COMMISSION_MINOR_UNITS_TOTAL: &str =
 pub const PIPELINE_PENDING: &str = "touchline_pipeline_pending_conversions";
 /// Conversions settled before the partitions' frontiers released them.
 pub const PIPELINE_FORCED_SETTLEMENTS_TOTAL: &str = "touchline_pipeline_forced_settlements_total";
+/// Fraud flags raised, by `rule` (SPEC §5.8).
+pub const PIPELINE_FRAUD_FLAGS_TOTAL: &str = "touchline_pipeline_fraud_flags_total";
+/// Lifecycle steps of ledger rows recorded by the pipeline, by `status`.
+pub const PIPELINE_LIFECYCLE_STEPS_TOTAL: &str = "touchline_pipeline_lifecycle_steps_total";
+/// Review and payout steps recorded by the admin API, by `status`.
+pub const EDGE_LIFECYCLE_STEPS_TOTAL: &str = "touchline_edge_lifecycle_steps_total";
 /// Candidate clicks waiting for the click partitions' frontiers.
 pub const PIPELINE_PENDING_CLICKS: &str = "touchline_pipeline_pending_clicks";
 /// Messages per processed batch.
@@ -161,6 +167,21 @@ pub const ALL: &[(&str, &str, &str)] = &[
         PIPELINE_FORCED_SETTLEMENTS_TOTAL,
         "counter",
         "Conversions settled before every partition released them (a partition stayed behind past pipeline.max_wait_secs, or pipeline.max_pending was reached).",
+    ),
+    (
+        PIPELINE_FRAUD_FLAGS_TOTAL,
+        "counter",
+        "Fraud flags raised, by rule (click_spam, fast_conversion, self_referral, review_above, refund_rate); flagged commissions are held.",
+    ),
+    (
+        PIPELINE_LIFECYCLE_STEPS_TOTAL,
+        "counter",
+        "Lifecycle steps of ledger rows recorded by the pipeline (creation, approval at the end of the hold, cancellation by a refund), by status.",
+    ),
+    (
+        EDGE_LIFECYCLE_STEPS_TOTAL,
+        "counter",
+        "Review and payout steps of ledger rows recorded by the admin API, by status.",
     ),
     (
         PIPELINE_BATCH_MESSAGES,

@@ -14,15 +14,20 @@ use crate::events::{to_millis, ClickEvent, ClickStatus, ConversionEvent, Convers
 use crate::registry::{Link, LinkStatus, Partner, PartnerStatus, Program, Registry, RegistryError};
 use crate::rng::Rng;
 
-/// Writes program `acme`, `partners` partners (every fourth the parent of the next
-/// three) and one link per partner.
+/// Writes program `acme` (a week's hold, sales above 450 held for review), `partners`
+/// partners (every fourth the parent of the next three) and one link per partner.
 pub async fn seed_registry(registry: &Registry, partners: usize) -> Result<(), RegistryError> {
     let program: Program = serde_json::from_value(serde_json::json!({
         "name": "Synthetic", "currency": "USD", "secret": "synthetic-signing-secret-0001",
         "fallback_url": "https://shop.example/",
         "attribution": {"model": "time_decay", "half_life_days": "7"},
         "fx": {"USD": "1", "EUR": "1.0837", "JPY": "0.006571"},
-        "commission": crate::engine::commission::example_plan()
+        "commission": crate::engine::commission::example_plan(),
+        // A week's hold: last month's signups are past it when they arrive (approved at
+        // once), this month's sales pending, holds ending only for streams placed more
+        // than a week back. The largest sales (EUR) go to review.
+        "hold_days": 7,
+        "fraud": {"review_above": "450"}
     }))
     .expect("a valid program");
     registry.put_program("acme", program).await?;
@@ -35,6 +40,7 @@ pub async fn seed_registry(registry: &Registry, partners: usize) -> Result<(), R
             Some(format!("p{}", i - i % 4))
         };
         let partner = Partner {
+            email_sha256: None,
             id: String::new(),
             program_id: "acme".into(),
             name: None,
@@ -180,6 +186,7 @@ pub async fn produce_in(
             customer_id: customer,
             original_order_id: original,
             registry_version: 0,
+            customer_email_sha256: None,
         }
     };
     for (v, own_clicks) in visitor_clicks.iter().enumerate() {

@@ -426,6 +426,7 @@ async fn a_conversion_beyond_the_ledger_is_dead_lettered_and_the_next_lands() {
     let now = chrono::Utc::now();
     for (i, currency) in [(1u128, "EUR"), (2, "USD")] {
         let sale = touchline::events::ConversionEvent {
+            customer_email_sha256: None,
             v: 1,
             conversion_id: uuid::Uuid::from_u128(i),
             program_id: "acme".into(),

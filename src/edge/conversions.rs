@@ -34,6 +34,7 @@ pub(crate) const FIELDS: &[&str] = &[
     "referral_code",
     "customer_id",
     "original_order_id",
+    "customer_email_sha256",
 ];
 
 fn reject(reason: &'static str, e: ApiError) -> HttpResponse {
@@ -315,6 +316,16 @@ pub fn parse_conversion(
     let referral_code = opt_string(item, "referral_code", 64)?;
     let customer_id = opt_string(item, "customer_id", 256)?;
     let original_order_id = opt_string(item, "original_order_id", 256)?;
+    let customer_email_sha256 = opt_string(item, "customer_email_sha256", 64)?;
+    if customer_email_sha256
+        .as_deref()
+        .is_some_and(|h| !crate::engine::fraud::valid_sha256_hex(h))
+    {
+        return Err(ApiError::invalid(
+            "customer_email_sha256",
+            "must be 64 lower-case hex digits (SHA-256 of the lower-cased e-mail)",
+        ));
+    }
     match kind {
         ConversionKind::Recurring if customer_id.is_none() => {
             return Err(ApiError::invalid(
@@ -346,6 +357,7 @@ pub fn parse_conversion(
         customer_id,
         original_order_id,
         registry_version: 0,
+        customer_email_sha256,
     })
 }
 

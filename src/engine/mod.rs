@@ -8,13 +8,17 @@
 pub mod attribution;
 pub mod commission;
 pub mod dedup;
+pub mod fraud;
 pub mod journey;
+pub mod lifecycle;
 pub mod rounding;
 pub mod rules;
 pub mod settle;
 
 pub use attribution::{AttributionModel, Touch, Weights};
 pub use commission::{CommissionPlan, LedgerKind, LedgerRow};
+pub use fraud::FraudRules;
+pub use lifecycle::{Standing, Status};
 pub use rules::{Directory, PartnerRules, ProgramRules};
 
 /// Arithmetic beyond `Decimal`'s range: the conversion cannot be settled. The registry's

@@ -57,6 +57,10 @@ pub struct OrderRecord {
     /// Settlement amount (program currency, exact).
     pub settled_amount: Decimal,
     pub rows: Vec<EarnedRow>,
+    /// Where its rows stand in their lifecycle (SPEC §5.7); orders recorded before the
+    /// lifecycle existed read as approved.
+    #[serde(default)]
+    pub standing: super::lifecycle::Standing,
 }
 
 impl OrderRecord {
@@ -465,6 +469,7 @@ mod tests {
             customer_id: Some("c-1".into()),
             original_order_id: None,
             registry_version: 0,
+            customer_email_sha256: None,
         }
     }
 
@@ -683,6 +688,7 @@ mod tests {
             conversion_id: Uuid::from_u128(42),
             settled_amount: sale.settled_amount,
             rows: sale.earned_rows(),
+            standing: Default::default(),
         };
         let mut refund = conv(ConversionKind::Refund, "50", "USD");
         refund.original_order_id = Some("INV-1".into());
@@ -724,6 +730,7 @@ mod tests {
             conversion_id: Uuid::from_u128(1),
             settled_amount: d("100"),
             rows: vec![],
+            standing: Default::default(),
         };
         let mut refund = conv(ConversionKind::Refund, "50", "USD");
         refund.original_order_id = Some("INV-1".into());

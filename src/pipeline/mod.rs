@@ -29,13 +29,15 @@ use serde::Serialize;
 use crate::bus::{BusError, Delivered, EventBus, EventSource, Position, Topic};
 use crate::config::PipelineConfig;
 use crate::engine::dedup;
+use crate::engine::fraud::Rule;
 use crate::engine::settle::ConversionStatus;
+use crate::engine::Status;
 use crate::events::{ClickEvent, ConversionEvent};
 use crate::metrics as m;
 use crate::money;
 use crate::registry::{Program, Registry};
 use crate::shutdown::Shutdown;
-use crate::sink::rows::{conversion_rows, ClickRow};
+use crate::sink::rows::{conversion_rows, ClickRow, StatusRow};
 use crate::sink::{Batch, Sink, SinkError};
 use resolve::{Memo, Outcome};
 use schedule::{Part, Pending, Progress, View};
@@ -88,6 +90,8 @@ pub struct Pipeline {
     /// Next offset per partition after the messages taken so far.
     taken: BTreeMap<Part, i64>,
     rows: Batch,
+    /// Hold ends whose approvals are among `rows`: removed from the queue once written.
+    due_done: Vec<String>,
     last_write: Instant,
     /// The wall clock when the pipeline started, and the monotonic instant then: "now"
     /// is their sum with the time since, so that tests can run on tokio's paused clock.
@@ -158,6 +162,7 @@ impl Pipeline {
             conversions: Pending::default(),
             taken: BTreeMap::new(),
             rows: Batch::default(),
+            due_done: Vec::new(),
             last_write: Instant::now(),
             started: (Utc::now(), Instant::now()),
             generation: 0,
@@ -630,6 +635,29 @@ impl Pipeline {
         {
             // Unpublished frontiers only hold others back a little longer.
             tracing::warn!("stopping before the frontiers were published");
+            return more;
+        }
+
+        // Holds that ended before everything settled everywhere: approve their rows.
+        // Every instance may approve the same order; the steps are identical rows.
+        let before_ms = bounds.settled_everywhere.ms.saturating_add(1);
+        let read = [store::Read::DueBefore { before_ms, limit }];
+        if let Some(answers) = retry(shutdown, || state.read(&read)).await {
+            if let Some(store::Answer::Entries(entries)) = answers.into_iter().next() {
+                let full = entries.len() == limit;
+                let fresh: Vec<String> = entries
+                    .into_iter()
+                    .filter(|e| !self.due_done.contains(e))
+                    .collect();
+                // Ends already approved wait for the write; only new ones call for more.
+                more |= full && !fresh.is_empty();
+                if let Some(rows) = retry(shutdown, || resolve::approvals(&*state, &fresh)).await {
+                    metrics::counter!(m::PIPELINE_LIFECYCLE_STEPS_TOTAL, "status" => "approved")
+                        .increment(rows.len() as u64);
+                    self.rows.statuses.extend(rows);
+                    self.due_done.extend(fresh);
+                }
+            }
         }
         tracing::debug!(
             clicks_decided,
@@ -723,7 +751,47 @@ impl Pipeline {
 
     fn emit_conversion(&mut self, e: &ConversionEvent, memo: &Memo) {
         let d = &memo.decision;
-        let (conversion, attributions, commissions) = conversion_rows(e, d, &memo.campaigns);
+        let life = &memo.lifecycle;
+        let (conversion, attributions, commissions) = conversion_rows(e, d, &memo.campaigns, life);
+        // The lifecycle: each row's creation, and the rows a refund cancels.
+        for (i, c) in commissions.iter().enumerate() {
+            let (status, reason) = life.created(i);
+            metrics::counter!(m::PIPELINE_LIFECYCLE_STEPS_TOTAL, "status" => status.as_str())
+                .increment(1);
+            self.rows.statuses.push(StatusRow::step(
+                c.commission_id,
+                e.conversion_id,
+                &e.program_id,
+                &c.partner_id,
+                c.kind,
+                c.amount,
+                &d.currency,
+                0,
+                status,
+                reason,
+                "pipeline",
+                e.received_at,
+            ));
+        }
+        for r in &life.cancels {
+            metrics::counter!(m::PIPELINE_LIFECYCLE_STEPS_TOTAL, "status" => "reversed")
+                .increment(1);
+            self.rows.statuses.push(resolve::step_row(
+                r,
+                &e.program_id,
+                &d.currency,
+                1,
+                Status::Reversed,
+                "refunded before approval",
+                e.received_at,
+            ));
+        }
+        for rule in &life.standing.held {
+            if let Some(rule) = Rule::parse(rule) {
+                metrics::counter!(m::PIPELINE_FRAUD_FLAGS_TOTAL, "rule" => rule.as_str())
+                    .increment(1);
+            }
+        }
         metrics::counter!(m::PIPELINE_MESSAGES_TOTAL, "topic" => "conversions", "result" => "ok")
             .increment(1);
         metrics::counter!(m::PIPELINE_CONVERSIONS_TOTAL, "kind" => e.kind.as_str(), "status" => d.status.as_str())
@@ -772,6 +840,16 @@ impl Pipeline {
         }
         self.rows = Batch::default();
         self.last_write = Instant::now();
+        if !self.due_done.is_empty() {
+            let done: Vec<store::Write> = std::mem::take(&mut self.due_done)
+                .into_iter()
+                .map(|json| store::Write::DueDone { json })
+                .collect();
+            // Left in the queue, a hold end is approved again: the same rows.
+            if let Err(e) = self.state.write(&done).await {
+                tracing::warn!(error = %e, "hold ends left queued; they will be approved again");
+            }
+        }
         if self.commit_blocked {
             return Ok(());
         }
@@ -864,6 +942,7 @@ mod tests {
             serde_json::from_value(crate::registry::model::tests_support::program_json()).unwrap();
         registry.put_program("acme", program).await.unwrap();
         let partner = Partner {
+            email_sha256: None,
             id: String::new(),
             program_id: "acme".into(),
             name: None,
@@ -932,6 +1011,7 @@ mod tests {
             customer_id: None,
             original_order_id: None,
             registry_version: 0,
+            customer_email_sha256: None,
         }
     }
 

@@ -25,16 +25,34 @@ use uuid::Uuid;
 use super::store::{Answer, Mark, Read, StateError, StateStore, StoredTouch, Write};
 use crate::engine::attribution::Touch;
 use crate::engine::dedup;
+use crate::engine::fraud::Rule;
 use crate::engine::journey;
+use crate::engine::lifecycle::{self, BookedRefund, Lifecycle, RowRef, Standing, Status};
 use crate::engine::settle::{self, ConversionStatus, Credit, Decision, FirstSale, OrderRecord};
+use crate::engine::LedgerKind;
 use crate::events::{ConversionEvent, ConversionKind};
 use crate::registry::{Program, Registry};
+use crate::sink::rows::{commission_id, StatusRow};
 
-/// A settled conversion as remembered: the decision and its touches' campaigns.
+/// A settled conversion as remembered: the decision, its touches' campaigns and the
+/// lifecycle of its rows.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Memo {
     pub decision: Decision,
     pub campaigns: Vec<String>,
+    /// Memos written before the lifecycle existed have none: their rows read approved.
+    #[serde(default)]
+    pub lifecycle: Lifecycle,
+}
+
+/// An order whose hold ends at `due_ms`, queued until the settled frontier passes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DueEntry {
+    pub due_ms: i64,
+    pub conversion_id: Uuid,
+    pub program_id: String,
+    pub order_id: String,
+    pub currency: String,
 }
 
 /// The reversals a refund booked on its order: earned row index and (negative) amount.
@@ -57,6 +75,19 @@ struct OrderState {
 }
 
 impl OrderState {
+    /// The refunds booked before `mark`.
+    fn before(&self, mark: Mark) -> Vec<BookedRefund> {
+        self.refunds
+            .iter()
+            .filter(|(m, _)| *m < mark)
+            .map(|(m, booked)| BookedRefund {
+                received_ms: m.ms,
+                conversion_id: Uuid::from_u128(m.id),
+                rows: booked.clone(),
+            })
+            .collect()
+    }
+
     /// The order as a refund at `mark` sees it: what refunds before it took back.
     fn as_of(&self, mark: Mark) -> Option<OrderRecord> {
         let mut record = self.record.clone()?;
@@ -247,6 +278,7 @@ pub async fn settle_batch(
             None => Ok(Memo {
                 decision: Decision::uncredited(ConversionStatus::Unattributed, Decimal::ZERO, ""),
                 campaigns: Vec::new(),
+                lifecycle: Lifecycle::default(),
             }),
             Some(program) => {
                 let key = dedup::conversion_key(&e.program_id, e.kind.as_str(), &e.order_id);
@@ -267,6 +299,7 @@ pub async fn settle_batch(
                                 &program.currency,
                             ),
                             campaigns: Vec::new(),
+                            lifecycle: Lifecycle::default(),
                         }),
                     }
                 } else {
@@ -292,10 +325,9 @@ pub async fn settle_batch(
                                 _ => OrderState::default(),
                             });
                     }
-                    let order = order_key
-                        .as_ref()
-                        .and_then(|ok| orders.get(ok))
-                        .and_then(|o| o.as_of(*mark));
+                    let order_state = order_key.as_ref().and_then(|ok| orders.get(ok));
+                    let order = order_state.and_then(|o| o.as_of(*mark));
+                    let earlier = order_state.map_or_else(Vec::new, |o| o.before(*mark));
                     let first_sale = match (e.kind, &e.customer_id) {
                         (ConversionKind::Recurring, Some(c)) => {
                             let stored = match asked[k].first_sale.map(|r| &answers[r]) {
@@ -338,7 +370,7 @@ pub async fn settle_batch(
                         e,
                         &selected[k],
                         first_sale.as_ref(),
-                        order.as_ref(),
+                        order.as_ref().map(|o| (o, earlier.as_slice())),
                         volume,
                     )
                     .inspect(|memo| {
@@ -388,6 +420,98 @@ pub async fn settle_batch(
     }
     state.write(&writes).await?;
     Ok(outcomes.into_iter().flatten().collect())
+}
+
+/// The approvals of queued hold ends (`Write::Due` members) whose time has come: for
+/// each order, every row not reversed in full before its hold ended, with the pending
+/// reversals booked on it (SPEC §5.7). Steps of rows created pending, so step 1.
+/// Undecodable entries approve nothing (they are removed with the rest).
+pub async fn approvals(
+    state: &dyn StateStore,
+    entries: &[String],
+) -> Result<Vec<StatusRow>, StateError> {
+    let due: Vec<DueEntry> = entries
+        .iter()
+        .filter_map(|j| match serde_json::from_str(j) {
+            Ok(e) => Some(e),
+            Err(err) => {
+                tracing::error!(error = %err, entry = %j, "undecodable hold end, skipped");
+                None
+            }
+        })
+        .collect();
+    let reads: Vec<Read> = due
+        .iter()
+        .map(|d| Read::Order {
+            program: d.program_id.clone(),
+            order: d.order_id.clone(),
+        })
+        .collect();
+    let answers = state.read(&reads).await?;
+    let mut rows = Vec::new();
+    for (d, answer) in due.iter().zip(answers) {
+        let Answer::Order { record, refunds } = answer else {
+            continue;
+        };
+        let Some(record) = record.and_then(|j| serde_json::from_str::<OrderRecord>(&j).ok()) else {
+            tracing::error!(order = %d.order_id, "hold end of an order not recorded, skipped");
+            continue;
+        };
+        let booked: Vec<BookedRefund> = refunds
+            .iter()
+            .filter_map(|(m, j)| {
+                Some(BookedRefund {
+                    received_ms: m.ms,
+                    conversion_id: Uuid::from_u128(m.id),
+                    rows: serde_json::from_str(j).ok()?,
+                })
+            })
+            .collect();
+        let at = chrono::DateTime::from_timestamp_millis(d.due_ms).unwrap_or_default();
+        for r in lifecycle::approvals(record.conversion_id, &record.rows, &booked, d.due_ms) {
+            rows.push(step_row(
+                &r,
+                &d.program_id,
+                &d.currency,
+                1,
+                Status::Approved,
+                "hold period over",
+                at,
+            ));
+        }
+    }
+    Ok(rows)
+}
+
+/// A pipeline step of a ledger row.
+pub fn step_row(
+    r: &RowRef,
+    program_id: &str,
+    currency: &str,
+    step: u8,
+    status: Status,
+    reason: &str,
+    at: chrono::DateTime<chrono::Utc>,
+) -> StatusRow {
+    let kind = match (r.reversal, r.level) {
+        (true, _) => LedgerKind::Reversal,
+        (false, 0) => LedgerKind::Direct,
+        (false, _) => LedgerKind::Override,
+    };
+    StatusRow::step(
+        commission_id(r.conversion_id, r.index),
+        r.conversion_id,
+        program_id,
+        &r.partner_id,
+        kind.as_str(),
+        r.amount,
+        currency,
+        step,
+        status,
+        reason,
+        "pipeline",
+        at,
+    )
 }
 
 /// The last instant a conversion's journey reaches: its `occurred_at`, but never past
@@ -444,7 +568,7 @@ fn decide(
     e: &ConversionEvent,
     selected: &[StoredTouch],
     first_sale: Option<&FirstSale>,
-    order: Option<&OrderRecord>,
+    order: Option<(&OrderRecord, &[BookedRefund])>,
     volume: impl Fn(&str) -> u64,
 ) -> Result<Memo, String> {
     let mut campaigns = Vec::new();
@@ -481,16 +605,103 @@ fn decide(
             }
             None => Credit::None,
         },
-        ConversionKind::Refund => order.map(Credit::Refund).unwrap_or(Credit::None),
+        ConversionKind::Refund => order
+            .map(|(o, _)| Credit::Refund(o))
+            .unwrap_or(Credit::None),
+    };
+    let last_touch_ms = match &credit {
+        Credit::Journey(touches) => touches.iter().map(|t| t.ts.timestamp_millis()).max(),
+        _ => None,
     };
     let decision = settle::settle(program, e, credit, registry, |p, _| volume(p))
         .map_err(|why| format!("{OUT_OF_RANGE}: {why}"))?;
     // Within Decimal's range is not yet within the ledger's columns.
     crate::sink::rows::fits(e, &decision).map_err(|why| format!("{OUT_OF_RANGE}: {why}"))?;
+    let lifecycle = match (e.kind, order) {
+        (ConversionKind::Refund, Some((order, earlier))) => {
+            let reverses: Vec<(usize, Decimal)> = decision
+                .reverses
+                .iter()
+                .zip(&decision.rows)
+                .map(|(i, r)| (*i, r.amount))
+                .collect();
+            let steps = lifecycle::refund_steps(
+                order.conversion_id,
+                &order.rows,
+                &order.standing,
+                earlier,
+                e.received_at.timestamp_millis(),
+                &reverses,
+            );
+            Lifecycle {
+                standing: Standing::default(),
+                created: steps.created,
+                cancels: steps.cancels,
+            }
+        }
+        _ if decision.rows.is_empty() => Lifecycle::default(),
+        _ => {
+            let flags = flags(registry, program, e, &decision, last_touch_ms);
+            let standing = Standing::new(
+                flags,
+                program.hold_days,
+                e.occurred_at.timestamp_millis(),
+                e.received_at.timestamp_millis(),
+            );
+            let at = e.received_at.timestamp_millis();
+            let created =
+                vec![(standing.status_at(at), standing.reason_at(at)); decision.rows.len()];
+            Lifecycle {
+                standing,
+                created,
+                cancels: Vec::new(),
+            }
+        }
+    };
     Ok(Memo {
         decision,
         campaigns,
+        lifecycle,
     })
+}
+
+/// The fraud rules (SPEC §5.8) a conversion that earns commissions trips.
+fn flags(
+    registry: &Registry,
+    program: &Program,
+    e: &ConversionEvent,
+    d: &Decision,
+    last_touch_ms: Option<i64>,
+) -> Vec<String> {
+    let rules = &program.fraud;
+    let mut out = Vec::new();
+    if e.kind.is_journey_kind()
+        && rules.fast_conversion(last_touch_ms, e.occurred_at.timestamp_millis())
+    {
+        out.push(Rule::FastConversion.as_str().to_string());
+    }
+    if rules.self_referral {
+        let partners: Vec<Option<String>> = d
+            .rows
+            .iter()
+            .filter(|r| r.level == 0)
+            .map(|r| {
+                registry
+                    .partner(&r.partner_id)
+                    .and_then(|p| p.email_sha256.clone())
+            })
+            .collect();
+        if rules.self_referral(
+            e.customer_email_sha256.as_deref(),
+            partners.iter().map(|p| p.as_deref()),
+        ) {
+            out.push(Rule::SelfReferral.as_str().to_string());
+        }
+    }
+    if e.kind == ConversionKind::Sale && rules.review_above(d.settled_amount) {
+        out.push(Rule::ReviewAbove.as_str().to_string());
+    }
+    out
 }
 
 /// Records in the batch overlay what `memo` changes for later conversions.
@@ -511,7 +722,7 @@ fn overlay(
             .entry((e.program_id.clone(), e.order_id.clone()))
             .or_default();
         if slot.record.is_none() {
-            slot.record = Some(order_record(e, d));
+            slot.record = Some(order_record(e, memo));
         }
     }
     if d.status != ConversionStatus::Attributed {
@@ -547,11 +758,13 @@ fn overlay(
     }
 }
 
-fn order_record(e: &ConversionEvent, d: &Decision) -> OrderRecord {
+fn order_record(e: &ConversionEvent, memo: &Memo) -> OrderRecord {
+    let d = &memo.decision;
     OrderRecord {
         conversion_id: e.conversion_id,
         settled_amount: d.settled_amount,
         rows: d.earned_rows(),
+        standing: memo.lifecycle.standing.clone(),
     }
 }
 
@@ -604,12 +817,31 @@ fn effects(registry: &Registry, mark: Mark, e: &ConversionEvent, memo: &Memo) ->
     });
     if e.kind != ConversionKind::Refund {
         // Every settled order is recorded, earning or not: its refunds find it.
-        if let Ok(json) = serde_json::to_string(&order_record(e, d)) {
+        if let Ok(json) = serde_json::to_string(&order_record(e, memo)) {
             out.push(Write::Order {
                 program: e.program_id.clone(),
                 order: e.order_id.clone(),
                 json,
             });
+        }
+        // Its hold ends in event time; the pipeline approves it once every conversion
+        // received before then is settled.
+        if let Some(due_ms) = memo
+            .lifecycle
+            .standing
+            .due_ms
+            .filter(|_| !d.rows.is_empty())
+        {
+            let entry = DueEntry {
+                due_ms,
+                conversion_id: e.conversion_id,
+                program_id: e.program_id.clone(),
+                order_id: e.order_id.clone(),
+                currency: d.currency.clone(),
+            };
+            if let Ok(json) = serde_json::to_string(&entry) {
+                out.push(Write::Due { due_ms, json });
+            }
         }
     }
     if d.status != ConversionStatus::Attributed {
@@ -686,6 +918,7 @@ mod tests {
             customer_id: None,
             original_order_id: None,
             registry_version: 0,
+            customer_email_sha256: None,
         }
     }
 
@@ -740,6 +973,272 @@ mod tests {
             state.memos(&[Uuid::from_u128(1)]).await.unwrap(),
             vec![None]
         );
+    }
+}
+
+#[cfg(test)]
+mod lifecycle_tests {
+    //! Worked examples of SPEC §5.7 and §5.8 to the cent, through the same batch
+    //! settlement the pipeline runs, on the memory store.
+
+    use super::*;
+    use crate::pipeline::store::MemoryState;
+    use crate::registry::{Entity, MemoryStore, RegistryStore};
+    use chrono::{Duration, TimeZone, Utc};
+    use std::str::FromStr;
+
+    const ALICE_EMAIL: &str = "5f4dcc3b5aa765d61d8327deb882cf995f4dcc3b5aa765d61d8327deb882cf99";
+
+    fn d(s: &str) -> Decimal {
+        Decimal::from_str(s).unwrap()
+    }
+
+    fn t0() -> chrono::DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 10, 1, 12, 0, 0).unwrap()
+    }
+
+    async fn registry() -> Arc<Registry> {
+        let store = Arc::new(MemoryStore::new());
+        let mut json = crate::registry::model::tests_support::program_json();
+        json["hold_days"] = serde_json::json!(30);
+        json["fraud"] = serde_json::json!({"review_above": "500", "self_referral": true});
+        let mut program: Program = serde_json::from_value(json).unwrap();
+        program.id = "acme".into();
+        program.validate().unwrap();
+        store.put(&Entity::Program(program)).await.unwrap();
+        store
+            .put(&Entity::Partner(
+                serde_json::from_value(serde_json::json!({"id": "alice", "program_id": "acme",
+                    "email_sha256": ALICE_EMAIL}))
+                .unwrap(),
+            ))
+            .await
+            .unwrap();
+        store
+            .put(&Entity::Link(
+                serde_json::from_value(serde_json::json!({"code": "alice-1", "program_id": "acme",
+                    "partner_id": "alice", "destination": "https://shop.example/"}))
+                .unwrap(),
+            ))
+            .await
+            .unwrap();
+        Registry::open(store).await.unwrap()
+    }
+
+    fn conversion(
+        id: u128,
+        kind: ConversionKind,
+        amount: &str,
+        at: chrono::DateTime<Utc>,
+    ) -> ConversionEvent {
+        ConversionEvent {
+            v: 1,
+            conversion_id: Uuid::from_u128(id),
+            program_id: "acme".into(),
+            order_id: format!("o-{id}"),
+            kind,
+            amount: d(amount),
+            currency: "USD".into(),
+            occurred_at: at,
+            received_at: at,
+            click_id: None,
+            visitor_id: None,
+            referral_code: Some("alice-1".into()),
+            customer_id: None,
+            original_order_id: None,
+            registry_version: 0,
+            customer_email_sha256: None,
+        }
+    }
+
+    fn refund(id: u128, of: u128, amount: &str, at: chrono::DateTime<Utc>) -> ConversionEvent {
+        ConversionEvent {
+            referral_code: None,
+            original_order_id: Some(format!("o-{of}")),
+            ..conversion(id, ConversionKind::Refund, amount, at)
+        }
+    }
+
+    async fn settle(registry: &Registry, state: &MemoryState, e: ConversionEvent) -> Memo {
+        let batch = vec![(Mark::new(e.received_at, e.conversion_id), e)];
+        match settle_batch(registry, state, &batch)
+            .await
+            .unwrap()
+            .remove(0)
+        {
+            Outcome::Settled(memo) => *memo,
+            Outcome::DeadLetter(r) => panic!("dead letter: {r}"),
+        }
+    }
+
+    /// The approvals of every hold that ended before `before`, as the pipeline makes
+    /// them: (commission id, amount).
+    async fn approve(state: &MemoryState, before: chrono::DateTime<Utc>) -> Vec<(Uuid, Decimal)> {
+        let Answer::Entries(entries) = state
+            .read(&[Read::DueBefore {
+                before_ms: before.timestamp_millis(),
+                limit: 100,
+            }])
+            .await
+            .unwrap()
+            .remove(0)
+        else {
+            panic!("entries")
+        };
+        let rows = approvals(state, &entries).await.unwrap();
+        assert!(rows.iter().all(|r| r.status == "approved" && r.step == 1));
+        rows.iter().map(|r| (r.commission_id, r.amount)).collect()
+    }
+
+    fn statuses(memo: &Memo) -> Vec<(Status, String)> {
+        memo.lifecycle.created.clone()
+    }
+
+    #[tokio::test]
+    async fn a_partial_refund_before_approval_is_approved_with_its_sale() {
+        let (registry, state) = (registry().await, MemoryState::new());
+        // 100.00 at bronze 15%: 15.00, pending for 30 days from occurred_at.
+        let sale = settle(
+            &registry,
+            &state,
+            conversion(1, ConversionKind::Sale, "100", t0()),
+        )
+        .await;
+        assert_eq!(sale.decision.rows[0].amount, d("15.00"));
+        assert_eq!(
+            statuses(&sale),
+            vec![(Status::Pending, "hold period".into())]
+        );
+        assert_eq!(
+            sale.lifecycle.standing.due_ms,
+            Some((t0() + Duration::days(30)).timestamp_millis())
+        );
+        // 40.00 refunded on day 10: −6.00, pending like the row it reverses.
+        let r = settle(
+            &registry,
+            &state,
+            refund(2, 1, "40", t0() + Duration::days(10)),
+        )
+        .await;
+        assert_eq!(r.decision.rows[0].amount, d("-6.00"));
+        assert_eq!(statuses(&r), vec![(Status::Pending, "hold period".into())]);
+        assert!(r.lifecycle.cancels.is_empty());
+        // Nothing is approved before day 30; on day 30 both rows are: 9.00 net.
+        assert!(approve(&state, t0() + Duration::days(30)).await.is_empty());
+        let approved = approve(
+            &state,
+            t0() + Duration::days(30) + Duration::milliseconds(1),
+        )
+        .await;
+        assert_eq!(
+            approved,
+            vec![
+                (commission_id(Uuid::from_u128(1), 0), d("15.00")),
+                (commission_id(Uuid::from_u128(2), 0), d("-6.00")),
+            ]
+        );
+        // A refund after approval is an approved negative row, netted at the next payout.
+        let late = settle(
+            &registry,
+            &state,
+            refund(3, 1, "10", t0() + Duration::days(31)),
+        )
+        .await;
+        assert_eq!(late.decision.rows[0].amount, d("-1.50"));
+        assert_eq!(
+            statuses(&late),
+            vec![(Status::Approved, "hold period over".into())]
+        );
+    }
+
+    #[tokio::test]
+    async fn refunds_in_full_before_approval_cancel_everything() {
+        let (registry, state) = (registry().await, MemoryState::new());
+        settle(
+            &registry,
+            &state,
+            conversion(1, ConversionKind::Sale, "100", t0()),
+        )
+        .await;
+        settle(
+            &registry,
+            &state,
+            refund(2, 1, "40", t0() + Duration::days(10)),
+        )
+        .await;
+        let rest = settle(
+            &registry,
+            &state,
+            refund(3, 1, "60", t0() + Duration::days(20)),
+        )
+        .await;
+        assert_eq!(rest.decision.rows[0].amount, d("-9.00"));
+        assert_eq!(
+            statuses(&rest),
+            vec![(Status::Reversed, "refunded before approval".into())]
+        );
+        // The sale's row and the first refund's row are cancelled with it: 15 − 6 − 9 = 0.
+        assert_eq!(
+            rest.lifecycle
+                .cancels
+                .iter()
+                .map(|c| (commission_id(c.conversion_id, c.index), c.amount))
+                .collect::<Vec<_>>(),
+            vec![
+                (commission_id(Uuid::from_u128(1), 0), d("15.00")),
+                (commission_id(Uuid::from_u128(2), 0), d("-6.00")),
+            ]
+        );
+        // The hold ends with nothing left to approve.
+        assert!(approve(&state, t0() + Duration::days(31)).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn fraud_rules_hold_the_rows_with_their_names() {
+        let (registry, state) = (registry().await, MemoryState::new());
+        // review_above 500: a 600.00 sale is held; 500.00 is not.
+        let big = settle(
+            &registry,
+            &state,
+            conversion(1, ConversionKind::Sale, "600", t0()),
+        )
+        .await;
+        assert_eq!(statuses(&big), vec![(Status::Held, "review_above".into())]);
+        assert_eq!(
+            big.decision.rows[0].amount,
+            d("90.00"),
+            "held rows keep their amount"
+        );
+        let ok = settle(
+            &registry,
+            &state,
+            conversion(2, ConversionKind::Sale, "500", t0()),
+        )
+        .await;
+        assert_eq!(statuses(&ok)[0].0, Status::Pending);
+        // self_referral: the customer's e-mail hash is alice's own.
+        let own = ConversionEvent {
+            customer_email_sha256: Some(ALICE_EMAIL.into()),
+            ..conversion(3, ConversionKind::Sale, "600", t0())
+        };
+        let own = settle(&registry, &state, own).await;
+        assert_eq!(
+            statuses(&own),
+            vec![(Status::Held, "review_above,self_referral".into())]
+        );
+        // Held rows never reach the hold queue: only review releases them.
+        assert_eq!(
+            approve(&state, t0() + Duration::days(60)).await,
+            vec![(commission_id(Uuid::from_u128(2), 0), d("75.00"))]
+        );
+        // Their refunds are held for the same reason.
+        let r = settle(
+            &registry,
+            &state,
+            refund(4, 1, "600", t0() + Duration::days(1)),
+        )
+        .await;
+        assert_eq!(statuses(&r), vec![(Status::Held, "review_above".into())]);
     }
 }
 
@@ -802,6 +1301,7 @@ mod bounds_tests {
             (ConversionKind::Sale, "USD"),
         ] {
             let e = ConversionEvent {
+                customer_email_sha256: None,
                 v: 1,
                 conversion_id: Uuid::from_u128(1),
                 program_id: "worst".into(),
@@ -862,6 +1362,7 @@ mod corrupt_tests {
             .with_ymd_and_hms(2026, 11, 20, 10, 0, 0)
             .unwrap();
         let e = ConversionEvent {
+            customer_email_sha256: None,
             v: 1,
             conversion_id: id,
             program_id: "acme".into(),

@@ -77,6 +77,9 @@ pub struct Bounds {
     pub decide_below: Mark,
     /// Conversions before it may be settled.
     pub settle_below: Mark,
+    /// Every conversion before it is settled, on every partition: hold periods that end
+    /// before it are over (SPEC §5.7).
+    pub settled_everywhere: Mark,
     /// This instance's partitions' frontiers.
     pub publish: Vec<(String, Mark)>,
 }
@@ -100,6 +103,7 @@ impl View<'_> {
         let mut recorded = Mark::MAX;
         let mut decided = Mark::MAX;
         let mut settled = Mark::MAX;
+        let mut everywhere = Mark::MAX;
         let mut publish = Vec::new();
         for &(topic, partition) in self.all {
             let name = match topic {
@@ -130,20 +134,20 @@ impl View<'_> {
                     decided = decided.min(d);
                 }
                 Topic::Conversions => {
-                    let s = match own {
+                    let (s, done) = match own {
                         Some(&(read, _, pending_conversion)) => {
                             let settled_here = published(Kind::Settled);
-                            publish.push((
-                                field(name, partition, Kind::Settled),
-                                settled_here.max(pending_conversion.map_or(read, |p| p.min(read))),
-                            ));
+                            let done =
+                                settled_here.max(pending_conversion.map_or(read, |p| p.min(read)));
+                            publish.push((field(name, partition, Kind::Settled), done));
                             // Own pending conversions are settled here, in mark order:
                             // only what is still to come on the partition holds back.
-                            settled_here.max(read)
+                            (settled_here.max(read), done)
                         }
-                        None => published(Kind::Settled),
+                        None => (published(Kind::Settled), published(Kind::Settled)),
                     };
                     settled = settled.min(s);
+                    everywhere = everywhere.min(done);
                 }
                 Topic::Dlq => {}
             }
@@ -153,6 +157,7 @@ impl View<'_> {
             // Every click up to received_at must be decided: marks of that millisecond
             // and before.
             settle_below: settled.min(Mark::at(decided.ms)),
+            settled_everywhere: everywhere,
             publish,
         }
     }

@@ -502,6 +502,7 @@ mod tests {
             tier: None,
             parent_id: parent.map(str::to_string),
             status: PartnerStatus::Active,
+            email_sha256: None,
         }
     }
 

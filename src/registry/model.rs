@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{AttributionModel, CommissionPlan};
+use crate::engine::fraud::valid_sha256_hex;
+use crate::engine::{AttributionModel, CommissionPlan, FraudRules};
 use crate::money;
 
 /// A field-level validation failure: `field` is the JSON path in the request body.
@@ -95,9 +96,20 @@ pub struct Program {
     pub fx: BTreeMap<String, Decimal>,
     #[serde(default)]
     pub commission: CommissionPlan,
+    /// Days a commission stays pending after its conversion occurred (SPEC §5.7).
+    #[serde(default = "default_hold_days")]
+    pub hold_days: u32,
+    /// Smallest balance paid out; partners below it roll over (program currency).
+    #[serde(default)]
+    pub min_payout: Decimal,
+    #[serde(default)]
+    pub fraud: FraudRules,
 }
 
 fn default_lookback() -> u32 {
+    30
+}
+fn default_hold_days() -> u32 {
     30
 }
 fn default_dedup_window() -> u64 {
@@ -181,6 +193,21 @@ impl Program {
         if let Err((field, message)) = self.commission.validate() {
             return Err(Invalid::new(format!("commission.{field}"), message));
         }
+        if self.hold_days > 365 {
+            return Err(Invalid::new("hold_days", "must be 0-365"));
+        }
+        if self.min_payout < Decimal::ZERO
+            || self.min_payout > money::max_settled()
+            || self.min_payout.scale() > 4
+        {
+            return Err(Invalid::new(
+                "min_payout",
+                "must be at least 0 and at most 10000000000000, with at most 4 decimals",
+            ));
+        }
+        if let Err((field, message)) = self.fraud.validate() {
+            return Err(Invalid::new(format!("fraud.{field}"), message));
+        }
         Ok(())
     }
 
@@ -217,6 +244,9 @@ pub struct Partner {
     pub parent_id: Option<String>,
     #[serde(default)]
     pub status: PartnerStatus,
+    /// Hex SHA-256 of the partner's lower-cased e-mail, for the self-referral rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email_sha256: Option<String>,
 }
 
 impl Partner {
@@ -242,6 +272,16 @@ impl Partner {
             return Err(Invalid::new(
                 "name",
                 "must be at most 200 characters, none of them control characters",
+            ));
+        }
+        if self
+            .email_sha256
+            .as_deref()
+            .is_some_and(|h| !valid_sha256_hex(h))
+        {
+            return Err(Invalid::new(
+                "email_sha256",
+                "must be 64 lower-case hex digits (SHA-256 of the lower-cased e-mail)",
             ));
         }
         Ok(())

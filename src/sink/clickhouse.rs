@@ -23,6 +23,10 @@ pub const SCHEMA: &[(&str, &str)] = &[
         "002_partner_stats_daily.sql",
         include_str!("../../schemas/clickhouse/002_partner_stats_daily.sql"),
     ),
+    (
+        "003_lifecycle.sql",
+        include_str!("../../schemas/clickhouse/003_lifecycle.sql"),
+    ),
 ];
 
 /// Server error codes that no retry can cure: the rows themselves are refused (as in
@@ -117,7 +121,9 @@ impl Sink for ClickHouseSink {
         self.insert("clicks", &batch.clicks).await?;
         self.insert("conversions", &batch.conversions).await?;
         self.insert("attributions", &batch.attributions).await?;
-        self.insert("commissions", &batch.commissions).await
+        self.insert("commissions", &batch.commissions).await?;
+        self.insert("commission_status", &batch.statuses).await?;
+        self.insert("payouts", &batch.payouts).await
     }
 
     async fn ping(&self) -> Result<(), SinkError> {
@@ -232,13 +238,16 @@ mod tests {
     #[test]
     fn statements_split_and_substitute() {
         let s = statements("tl_test");
-        assert_eq!(s.len(), 6);
+        assert_eq!(s.len(), 8);
         assert!(s[0].starts_with("CREATE DATABASE IF NOT EXISTS tl_test"));
         assert!(s.iter().all(|x| !x.contains("{db}")));
         assert!(s
+            .iter()
+            .any(|x| x.contains("CREATE VIEW IF NOT EXISTS tl_test.partner_stats_daily")));
+        assert!(s
             .last()
             .unwrap()
-            .contains("CREATE VIEW IF NOT EXISTS tl_test.partner_stats_daily"));
+            .contains("CREATE TABLE IF NOT EXISTS tl_test.payouts"));
     }
 }
 

@@ -79,6 +79,12 @@ impl Sink for FileSink {
                 batch.commissions.len(),
                 encode(&batch.commissions)?,
             ),
+            (
+                "commission_status",
+                batch.statuses.len(),
+                encode(&batch.statuses)?,
+            ),
+            ("payouts", batch.payouts.len(), encode(&batch.payouts)?),
         ];
         let files = Arc::clone(&self.files);
         // Writing and fsync block: off the runtime's threads.

@@ -7,10 +7,19 @@ pub mod rows;
 
 use async_trait::async_trait;
 
-pub use rows::{AttributionRow, ClickRow, CommissionRow, ConversionRow};
+pub use rows::{AttributionRow, ClickRow, CommissionRow, ConversionRow, PayoutRow, StatusRow};
 
-/// The tables the pipeline writes, in the order it writes them.
-pub const TABLES: [&str; 4] = ["clicks", "conversions", "attributions", "commissions"];
+/// The tables the pipeline and the review and payout API write, in the order they are
+/// written: a ledger row before its steps, a payout's steps before its lines (a payout
+/// found is complete).
+pub const TABLES: [&str; 6] = [
+    "clicks",
+    "conversions",
+    "attributions",
+    "commissions",
+    "commission_status",
+    "payouts",
+];
 
 /// Rows of one processing round, written together before offsets are committed.
 #[derive(Debug, Default, Clone)]
@@ -19,6 +28,8 @@ pub struct Batch {
     pub conversions: Vec<ConversionRow>,
     pub attributions: Vec<AttributionRow>,
     pub commissions: Vec<CommissionRow>,
+    pub statuses: Vec<StatusRow>,
+    pub payouts: Vec<PayoutRow>,
 }
 
 impl Batch {
@@ -28,6 +39,8 @@ impl Batch {
             + self.conversions.len()
             + self.attributions.len()
             + self.commissions.len()
+            + self.statuses.len()
+            + self.payouts.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -40,6 +53,8 @@ impl Batch {
         self.conversions.append(&mut other.conversions);
         self.attributions.append(&mut other.attributions);
         self.commissions.append(&mut other.commissions);
+        self.statuses.append(&mut other.statuses);
+        self.payouts.append(&mut other.payouts);
     }
 }
 

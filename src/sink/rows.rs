@@ -14,6 +14,8 @@ use crate::events::{ClickEvent, ConversionEvent};
 
 /// Namespace of commission ids: uuid v5 of (conversion id, row index) in it.
 const COMMISSION_NS: Uuid = Uuid::from_u128(0x6f1c_2a8e_5d4b_4c1a_9e2f_7b3d_8a6c_1e90);
+/// Namespace of lifecycle steps: uuid v5 of (commission id, step) in it.
+const STEP_NS: Uuid = Uuid::from_u128(0x2b7e_91c4_0a6d_4f3e_8c15_d29a_47e0_b3f6);
 
 /// Serde adapters choosing the representation by `is_human_readable`.
 pub mod ser {
@@ -262,6 +264,103 @@ pub struct CommissionRow {
     pub occurred_at_ms: u16,
 }
 
+/// A row of `commission_status`, the audit trail (SPEC §5.7): one step in the life of
+/// one ledger row. The current status of a row is that of its highest step.
+#[derive(Debug, Clone, PartialEq, Serialize, clickhouse::Row)]
+pub struct StatusRow {
+    /// `(commission_id, step)` as a uuid: a replay writes the same step again.
+    #[serde(with = "ser::uuid")]
+    pub event_id: Uuid,
+    #[serde(with = "ser::uuid")]
+    pub commission_id: Uuid,
+    #[serde(with = "ser::uuid")]
+    pub conversion_id: Uuid,
+    pub program_id: String,
+    pub partner_id: String,
+    pub kind: &'static str,
+    #[serde(with = "ser::decimal4")]
+    pub amount: Decimal,
+    pub currency: String,
+    pub status: &'static str,
+    /// 0 at creation, one more per transition.
+    pub step: u8,
+    pub reason: String,
+    /// `pipeline`, or who reviewed or paid it.
+    pub actor: String,
+    /// When it happened: event time for the pipeline's steps, the request's time for
+    /// reviews and payouts.
+    #[serde(with = "ser::datetime")]
+    pub at: DateTime<Utc>,
+    pub at_ms: u16,
+    /// The payout that paid it (`paid` steps), else empty.
+    pub payout_id: String,
+}
+
+impl StatusRow {
+    /// A step of ledger row `commission_id`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn step(
+        commission_id: Uuid,
+        conversion_id: Uuid,
+        program_id: &str,
+        partner_id: &str,
+        kind: &'static str,
+        amount: Decimal,
+        currency: &str,
+        step: u8,
+        status: crate::engine::Status,
+        reason: &str,
+        actor: &str,
+        at: DateTime<Utc>,
+    ) -> StatusRow {
+        StatusRow {
+            event_id: step_id(commission_id, step),
+            commission_id,
+            conversion_id,
+            program_id: program_id.to_string(),
+            partner_id: partner_id.to_string(),
+            kind,
+            amount,
+            currency: currency.to_string(),
+            status: status.as_str(),
+            step,
+            reason: reason.to_string(),
+            actor: actor.to_string(),
+            at,
+            at_ms: millis(at),
+            payout_id: String::new(),
+        }
+    }
+}
+
+/// The id of step `step` of ledger row `commission_id`.
+pub fn step_id(commission_id: Uuid, step: u8) -> Uuid {
+    let mut name = [0u8; 17];
+    name[..16].copy_from_slice(commission_id.as_bytes());
+    name[16] = step;
+    Uuid::new_v5(&STEP_NS, &name)
+}
+
+/// A row of `payouts`: one partner's line of a payout batch.
+#[derive(Debug, Clone, PartialEq, Serialize, clickhouse::Row)]
+pub struct PayoutRow {
+    #[serde(with = "ser::uuid")]
+    pub payout_id: Uuid,
+    pub program_id: String,
+    /// The instant the batch pays up to.
+    #[serde(with = "ser::datetime")]
+    pub up_to: DateTime<Utc>,
+    pub partner_id: String,
+    /// Approved rows net of clawbacks (program currency).
+    #[serde(with = "ser::decimal4")]
+    pub amount: Decimal,
+    pub currency: String,
+    /// Ledger rows paid by this line.
+    pub rows: u32,
+    #[serde(with = "ser::datetime")]
+    pub created_at: DateTime<Utc>,
+}
+
 /// The deterministic id of a conversion's `index`-th ledger row.
 pub fn commission_id(conversion_id: Uuid, index: usize) -> Uuid {
     let mut name = [0u8; 24];
@@ -276,6 +375,7 @@ pub fn conversion_rows(
     e: &ConversionEvent,
     d: &Decision,
     campaigns: &[String],
+    lifecycle: &crate::engine::lifecycle::Lifecycle,
 ) -> (ConversionRow, Vec<AttributionRow>, Vec<CommissionRow>) {
     let conversion = ConversionRow {
         conversion_id: e.conversion_id,
@@ -334,7 +434,7 @@ pub fn conversion_rows(
             rate: r.rate,
             amount: r.amount,
             currency: d.currency.clone(),
-            status: "booked",
+            status: lifecycle.created(i).0.as_str(),
             created_at: e.received_at,
             created_at_ms: millis(e.received_at),
             occurred_at: e.occurred_at,
@@ -362,7 +462,7 @@ mod tests {
             rate: Decimal::from_str("0.1").unwrap(),
             amount: Decimal::from_str("3.41").unwrap(),
             currency: "USD".into(),
-            status: "booked",
+            status: "pending",
             created_at: chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 11, 20, 10, 15, 0).unwrap(),
             created_at_ms: 250,
             occurred_at: chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 11, 20, 10, 15, 0).unwrap(),

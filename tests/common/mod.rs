@@ -539,6 +539,7 @@ pub async fn snapshot(config: &Config) -> Vec<(String, Vec<Vec<String>>)> {
         ("conversions", "conversion_id"),
         ("attributions", "conversion_id, position"),
         ("commissions", "commission_id"),
+        ("commission_status", "commission_id, step"),
         ("partner_stats_daily", "day, partner_id"),
     ] {
         // A view has no FINAL of its own: it reads the tables with FINAL.

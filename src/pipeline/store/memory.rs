@@ -98,6 +98,7 @@ struct Inner {
     first_sales: HashMap<(String, String), BTreeMap<Mark, String>>,
     orders: HashMap<(String, String), Option<String>>,
     refunds: HashMap<(String, String), BTreeMap<Mark, String>>,
+    due: BTreeSet<(i64, String)>,
     frontiers: HashMap<String, Mark>,
     last_sweep: Option<Instant>,
 }
@@ -256,6 +257,15 @@ impl StateStore for MemoryState {
                             .unwrap_or_default(),
                     }
                 }
+                Read::DueBefore { before_ms, limit } => Answer::Entries(
+                    inner
+                        .due
+                        .iter()
+                        .take_while(|(ms, _)| ms < before_ms)
+                        .take(*limit)
+                        .map(|(_, j)| j.clone())
+                        .collect(),
+                ),
             })
             .collect())
     }
@@ -337,6 +347,14 @@ impl StateStore for MemoryState {
                         .entry((program.clone(), order.clone()))
                         .or_default()
                         .insert(*mark, json.clone());
+                    None
+                }
+                Write::Due { due_ms, json } => {
+                    inner.due.insert((*due_ms, json.clone()));
+                    None
+                }
+                Write::DueDone { json } => {
+                    inner.due.retain(|(_, j)| j != json);
                     None
                 }
             })

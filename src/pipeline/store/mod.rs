@@ -23,6 +23,7 @@
 //! | `{p}:fs:{program}:{customer}`     | zset   | recurring months + 1, or none | [`Write::FirstSale`]: attributed sales (score received ms) |
 //! | `{p}:o:{{program:order}}`         | string | [`ORDER_TTL`]            | [`Write::Order`]: what the order earned |
 //! | `{p}:o:{{program:order}}:r`       | hash   | [`ORDER_TTL`]            | [`Write::Refund`]: reversals booked, by the refund's mark |
+//! | `{p}:due`                         | zset   | none (members removed once done) | [`Write::Due`]: orders whose hold ends (score due ms, member the entry) |
 //! | `{p}:wm`                          | hash   | none                     | [`StateStore::publish`]: partition frontiers |
 //!
 //! Keys that one script or one read touches together share a hash tag (`{…}`), so the
@@ -227,6 +228,9 @@ pub enum Read {
     },
     /// What the order earned and the reversals booked on it → [`Answer::Order`].
     Order { program: String, order: String },
+    /// Up to `limit` queued hold ends before `before_ms`, earliest first →
+    /// [`Answer::Entries`].
+    DueBefore { before_ms: i64, limit: usize },
 }
 
 /// The answer to one [`Read`].
@@ -241,6 +245,7 @@ pub enum Answer {
         record: Option<String>,
         refunds: Vec<(Mark, String)>,
     },
+    Entries(Vec<String>),
 }
 
 /// An idempotent change of state.
@@ -279,6 +284,10 @@ pub enum Write {
         mark: Mark,
         json: String,
     },
+    /// Queues an order's hold end.
+    Due { due_ms: i64, json: String },
+    /// Removes a hold end whose approvals are written.
+    DueDone { json: String },
 }
 
 /// Pipeline state.
@@ -601,11 +610,55 @@ pub mod suite {
         assert_eq!(got.get("a/1/s"), Some(&Mark::at(T)));
     }
 
+    /// Hold ends: queued idempotently, read earliest first below a bound, removed.
+    pub async fn due_queue(s: &dyn StateStore) {
+        let due = |ms: i64, json: &str| Write::Due {
+            due_ms: ms,
+            json: json.into(),
+        };
+        s.write(&[
+            due(T + 2, "b"),
+            due(T + 1, "a"),
+            due(T + 3, "c"),
+            due(T + 1, "a"),
+        ])
+        .await
+        .unwrap();
+        let read = |before_ms, limit| async move {
+            s.read(&[Read::DueBefore { before_ms, limit }])
+                .await
+                .unwrap()
+        };
+        assert_eq!(
+            read(T + 3, 10).await,
+            vec![Answer::Entries(vec!["a".into(), "b".into()])]
+        );
+        assert_eq!(
+            read(T + 9, 1).await,
+            vec![Answer::Entries(vec!["a".into()])]
+        );
+        s.write(&[Write::DueDone { json: "a".into() }])
+            .await
+            .unwrap();
+        assert_eq!(
+            read(T + 9, 10).await,
+            vec![Answer::Entries(vec!["b".into(), "c".into()])]
+        );
+        s.write(&[
+            Write::DueDone { json: "b".into() },
+            Write::DueDone { json: "c".into() },
+        ])
+        .await
+        .unwrap();
+        assert_eq!(read(i64::MAX, 10).await, vec![Answer::Entries(vec![])]);
+    }
+
     /// The whole suite.
     pub async fn all(s: &dyn StateStore) {
         clicks_decide_in_mark_order(s).await;
         journeys(s).await;
         conversions_read_as_of_a_mark(s).await;
+        due_queue(s).await;
         frontiers(s).await;
         s.ping().await.unwrap();
     }

@@ -64,6 +64,9 @@ impl RedisState {
     fn refunds(&self, program: &str, order: &str) -> String {
         format!("{}:r", self.order(program, order))
     }
+    fn due(&self) -> String {
+        format!("{}:due", self.prefix)
+    }
     fn frontiers_key(&self) -> String {
         format!("{}:wm", self.prefix)
     }
@@ -288,6 +291,15 @@ impl StateStore for RedisState {
                     pipe.cmd("GET").arg(self.order(program, order));
                     pipe.cmd("HGETALL").arg(self.refunds(program, order));
                 }
+                Read::DueBefore { before_ms, limit } => {
+                    pipe.cmd("ZRANGEBYSCORE")
+                        .arg(self.due())
+                        .arg("-inf")
+                        .arg(format!("({before_ms}"))
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(*limit);
+                }
             }
         }
         let replies = self.run(pipe.0).await?;
@@ -337,6 +349,7 @@ impl StateStore for RedisState {
                     refunds.sort();
                     Answer::Order { record, refunds }
                 }
+                Read::DueBefore { .. } => Answer::Entries(redis::from_redis_value_ref(next()?)?),
             });
         }
         Ok(out)
@@ -426,6 +439,12 @@ impl StateStore for RedisState {
                     let key = self.refunds(program, order);
                     pipe.cmd("HSET").arg(&key).arg(mark.encode()).arg(json);
                     pipe.cmd("PEXPIRE").arg(&key).arg(ms(ORDER_TTL));
+                }
+                Write::Due { due_ms, json } => {
+                    pipe.cmd("ZADD").arg(self.due()).arg(*due_ms).arg(json);
+                }
+                Write::DueDone { json } => {
+                    pipe.cmd("ZREM").arg(self.due()).arg(json);
                 }
             }
         }
