@@ -71,13 +71,34 @@ pub async fn run_edge(config: Config, shutdown: Shutdown) -> anyhow::Result<()> 
         }
     };
     let store = registry_store(&config).await?;
-    let registry = registry(&config, store, shutdown.clone()).await?;
+    let registry = registry(&config, Arc::clone(&store), shutdown.clone()).await?;
     let listener = TcpListener::bind(config.edge.listen)
         .await
         .with_context(|| format!("cannot listen on edge.listen {}", config.edge.listen))?;
     tracing::info!(listen = %config.edge.listen, "edge listening");
-    crate::edge::spawn(config, registry, bus, listener, shutdown).await?;
+    let ledger = clickhouse_ledger(&config, store);
+    crate::edge::spawn(config, registry, bus, ledger, listener, shutdown).await?;
     Ok(())
+}
+
+/// The review and payout API's ledger over ClickHouse, when the sink is ClickHouse. It
+/// connects on first use: the edge's redirects never wait for ClickHouse. A separate
+/// edge cannot read an embedded file sink (the pipeline process owns it).
+pub fn clickhouse_ledger(
+    config: &Config,
+    locks: Arc<dyn crate::registry::RegistryStore>,
+) -> Option<Arc<crate::ledger::Ledger>> {
+    if config.sink.kind != crate::config::SinkKind::Clickhouse {
+        return None;
+    }
+    let ch = Arc::new(crate::sink::clickhouse::ClickHouseSink::new(
+        &config.clickhouse,
+    ));
+    Some(Arc::new(crate::ledger::Ledger {
+        view: ch.clone(),
+        sink: ch,
+        locks,
+    }))
 }
 
 /// An in-process bus sized like the edge's click buffer.
@@ -100,22 +121,35 @@ pub async fn state_store(
 
 /// The sink the configuration names, checked at start-up.
 pub async fn sink(config: &Config) -> anyhow::Result<Arc<dyn crate::sink::Sink>> {
+    Ok(sink_and_ledger(config).await?.0)
+}
+
+/// The sink the configuration names, with the ledger view over what it writes.
+pub async fn sink_and_ledger(
+    config: &Config,
+) -> anyhow::Result<(
+    Arc<dyn crate::sink::Sink>,
+    Arc<dyn crate::ledger::LedgerView>,
+)> {
     use crate::config::SinkKind;
     Ok(match config.sink.kind {
-        SinkKind::File => Arc::new(
-            crate::sink::file::FileSink::open(&config.sink.data_dir).with_context(|| {
-                format!(
-                    "cannot open sink.data_dir {}",
-                    config.sink.data_dir.display()
-                )
-            })?,
-        ),
+        SinkKind::File => {
+            let file =
+                crate::sink::file::FileSink::open(&config.sink.data_dir).with_context(|| {
+                    format!(
+                        "cannot open sink.data_dir {}",
+                        config.sink.data_dir.display()
+                    )
+                })?;
+            let view = file.ledger();
+            (Arc::new(file), view)
+        }
         SinkKind::Clickhouse => {
             let ch = &config.clickhouse;
             crate::sink::clickhouse::wait_ready(ch, Duration::from_secs(10))
                 .await
                 .with_context(|| format!("clickhouse at {} did not answer", ch.url))?;
-            let sink = crate::sink::clickhouse::ClickHouseSink::new(ch);
+            let sink = Arc::new(crate::sink::clickhouse::ClickHouseSink::new(ch));
             crate::sink::clickhouse::check_tables(ch)
                 .await
                 .with_context(|| {
@@ -124,7 +158,7 @@ pub async fn sink(config: &Config) -> anyhow::Result<Arc<dyn crate::sink::Sink>>
                         ch.database
                     )
                 })?;
-            Arc::new(sink)
+            (sink.clone(), sink)
         }
     })
 }
@@ -277,9 +311,14 @@ pub async fn run_serve(
     ready: Option<tokio::sync::oneshot::Sender<ServeAddrs>>,
 ) -> anyhow::Result<()> {
     let store = registry_store(&config).await?;
-    let registry = registry(&config, store, shutdown.clone()).await?;
+    let registry = registry(&config, Arc::clone(&store), shutdown.clone()).await?;
     let state = state_store(&config).await?;
-    let sink = sink(&config).await?;
+    let (sink, view) = sink_and_ledger(&config).await?;
+    let ledger = Arc::new(crate::ledger::Ledger {
+        view,
+        sink: Arc::clone(&sink),
+        locks: store,
+    });
     let (bus, source, draining): (Arc<dyn EventBus>, Box<dyn crate::bus::EventSource>, bool) =
         match config.bus.kind {
             BusKind::Memory => {
@@ -321,7 +360,8 @@ pub async fn run_serve(
     let mut pipeline_task = tokio::spawn(pipeline.run(source, pipeline_shutdown));
     tracing::info!(edge = %edge_addr, admin = %admin_addr, "serving");
     let (sink_kind, data_dir) = (config.sink.kind, config.sink.data_dir.clone());
-    let mut edge_task = crate::edge::spawn(config, registry, bus, edge_listener, shutdown);
+    let mut edge_task =
+        crate::edge::spawn(config, registry, bus, Some(ledger), edge_listener, shutdown);
     if let Some(tx) = ready {
         let _ = tx.send(ServeAddrs {
             edge: edge_addr,

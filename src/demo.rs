@@ -31,6 +31,7 @@ pub struct DemoOptions {
 }
 
 const PROGRAM: &str = "demo-shop";
+const HOLD_DAYS: u32 = 7;
 const SECRET: &str = "demo-shop-signing-secret-0001";
 const BROWSERS: &[&str] = &[
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36",
@@ -198,7 +199,10 @@ async fn seed(http: &Http) -> anyhow::Result<()> {
             "attribution": {"model": "position_based", "first": "0.4", "last": "0.4"},
             "click_dedup_window_secs": 3600, "max_touches": 32,
             "fx": {"USD": "1", "EUR": "1.0837", "JPY": "0.006571"},
-            "commission": crate::engine::commission::example_plan()
+            "commission": crate::engine::commission::example_plan(),
+            // A week's hold; the largest sales wait for review; payouts from 25.00.
+            "hold_days": HOLD_DAYS, "min_payout": "25",
+            "fraud": {"review_above": "250"}
         }),
     )
     .await?;
@@ -417,6 +421,16 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
                 "kind": "recurring", "amount": "19.99", "currency": "USD", "occurred_at": at, "customer_id": sale["customer_id"]}));
         }
     }
+    // Orders imported from last month's backlog, past their hold: approved at once, and
+    // paid below.
+    let backdated = (chrono::Utc::now() - chrono::Duration::days(20))
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let codes = links();
+    for n in 0..40 {
+        later.push(json!({"program_id": PROGRAM, "order_id": format!("HIST-{n}"), "kind": "sale",
+            "amount": format!("{}.00", 40 + rng.below(300)), "currency": "USD", "occurred_at": backdated,
+            "referral_code": codes[n % codes.len()], "customer_id": format!("hist-{n}")}));
+    }
     if let Some(first) = sales.first() {
         later.push(json!({"program_id": PROGRAM, "order_id": "RMA-1", "kind": "refund", "amount": "10.00",
             "currency": first["currency"], "occurred_at": at, "original_order_id": first["order_id"]}));
@@ -440,6 +454,86 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     serve.await.context("embedded server")??;
     let stats = partner_stats(&opts.data_dir)?;
     print_summary(&stats, &opts.data_dir)?;
+    lifecycle(&opts.data_dir).await?;
+    Ok(())
+}
+
+/// The ledger's lifecycle after the run, and one payout batch over it, through the same
+/// code the review and payout API runs.
+async fn lifecycle(dir: &std::path::Path) -> anyhow::Result<()> {
+    use crate::engine::Status;
+    use std::collections::BTreeMap;
+    let file = crate::sink::file::FileSink::open(dir)?;
+    let view = file.ledger();
+    let ledger = crate::ledger::Ledger {
+        view: view.clone(),
+        sink: Arc::new(file),
+        locks: Arc::new(crate::registry::MemoryStore::new()),
+    };
+    let all = |view: Arc<crate::ledger::MemoryLedger>| async move {
+        crate::ledger::LedgerView::entries(
+            &*view,
+            &crate::ledger::Filter {
+                program_id: PROGRAM.into(),
+                limit: usize::MAX,
+                ..Default::default()
+            },
+        )
+        .await
+    };
+    let print = |entries: &[crate::ledger::Entry]| {
+        let mut by: BTreeMap<(&str, &str), (usize, Decimal)> = BTreeMap::new();
+        for e in entries {
+            let reason = if e.status == Status::Held {
+                e.reason.as_str()
+            } else {
+                ""
+            };
+            let slot = by.entry((e.status.as_str(), reason)).or_default();
+            slot.0 += 1;
+            slot.1 += e.amount;
+        }
+        for ((status, reason), (rows, amount)) in by {
+            let status = if reason.is_empty() {
+                status.to_string()
+            } else {
+                format!("{status} ({reason})")
+            };
+            println!("  {status:<36} {rows:>6} rows {:>14} USD", money(amount));
+        }
+    };
+    println!();
+    println!(
+        "commission lifecycle ({HOLD_DAYS}-day hold; the audit trail is commission_status.jsonl):"
+    );
+    print(&all(view.clone()).await?);
+    // Payouts cut at whole seconds: pass the second the last rows were approved in.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let now = chrono::Utc::now();
+    let up_to = chrono::DateTime::from_timestamp(now.timestamp(), 0).unwrap_or(now);
+    let payout = ledger
+        .payout(PROGRAM, "USD", Decimal::new(25, 0), up_to, now)
+        .await?;
+    let paid: Decimal = payout.lines.iter().map(|l| l.amount).sum();
+    println!();
+    println!(
+        "payout {} up to {}: {} partners, {} USD (balances under 25.00 roll over)",
+        payout.payout_id,
+        up_to.to_rfc3339(),
+        payout.lines.len(),
+        money(paid)
+    );
+    for l in &payout.lines {
+        println!(
+            "  {:<10} {:>6} rows {:>14} USD",
+            l.partner_id,
+            l.rows,
+            money(l.amount)
+        );
+    }
+    println!();
+    println!("after the payout:");
+    print(&all(view).await?);
     Ok(())
 }
 

@@ -14,6 +14,7 @@ pub mod engine;
 pub mod events;
 pub mod http;
 pub mod kv;
+pub mod ledger;
 pub mod loadgen;
 pub mod metrics;
 pub mod money;

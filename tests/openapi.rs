@@ -74,6 +74,7 @@ async fn the_document_matches_the_running_edge() {
     let spec = spec();
     let config = config(&[]);
     create_topics(&config).await;
+    migrate(&config).await;
     let edge = start_edge(&config).await;
     let program = program_json();
     let probes = vec![
@@ -233,6 +234,69 @@ async fn the_document_matches_the_running_edge() {
             "/api/v1/conversions",
             false,
             json!({"program_id": "acme", "order_id": "O-3", "kind": "lead"}),
+        ),
+        probe(
+            "/api/v1/commissions",
+            Method::GET,
+            "/api/v1/commissions?program_id=acme&status=held",
+            true,
+            Value::Null,
+        ),
+        probe(
+            "/api/v1/commissions",
+            Method::GET,
+            "/api/v1/commissions?program_id=acme&status=booked",
+            true,
+            Value::Null,
+        ),
+        probe(
+            "/api/v1/commissions",
+            Method::GET,
+            "/api/v1/commissions?program_id=acme",
+            false,
+            Value::Null,
+        ),
+        probe(
+            "/api/v1/commissions/review",
+            Method::POST,
+            "/api/v1/commissions/review",
+            true,
+            json!({"program_id": "acme", "commission_ids": ["0193a3b2-7c4e-7000-8000-000000000001"], "action": "approve"}),
+        ),
+        probe(
+            "/api/v1/commissions/review",
+            Method::POST,
+            "/api/v1/commissions/review",
+            true,
+            json!({"program_id": "acme", "commission_ids": [], "action": "approve"}),
+        ),
+        probe(
+            "/api/v1/payouts",
+            Method::POST,
+            "/api/v1/payouts",
+            true,
+            json!({"program_id": "acme", "up_to": "2026-01-31T23:59:59Z"}),
+        ),
+        probe(
+            "/api/v1/payouts",
+            Method::POST,
+            "/api/v1/payouts",
+            true,
+            json!({"program_id": "acme", "up_to": "2999-01-31T23:59:59Z"}),
+        ),
+        probe(
+            "/api/v1/payouts/{id}",
+            Method::GET,
+            "/api/v1/payouts/0193a3b2-7c4e-7000-8000-000000000009?program_id=acme",
+            true,
+            Value::Null,
+        ),
+        probe(
+            "/api/v1/payouts/{id}",
+            Method::GET,
+            "/api/v1/payouts/0193a3b2-7c4e-7000-8000-000000000009",
+            true,
+            Value::Null,
         ),
         probe("/healthz", Method::GET, "/healthz", false, Value::Null),
         probe("/readyz", Method::GET, "/readyz", false, Value::Null),

@@ -127,6 +127,15 @@ impl Edge {
     ) -> Result<HttpResponse, ApiError> {
         let method = req.method().clone();
         let parts: Vec<&str> = rest.iter().map(String::as_str).collect();
+        let req = match parts.first() {
+            Some(&"commissions") | Some(&"payouts") => {
+                return match self.lifecycle_route(req, &parts).await {
+                    Some(r) => r,
+                    None => Err(ApiError::not_found("no such route")),
+                };
+            }
+            _ => req,
+        };
         match (method, parts.as_slice()) {
             (Method::PUT, ["programs", id]) => {
                 let program: Program = parse_known(&http::read_body(req, MAX_BODY_BYTES).await?)?;

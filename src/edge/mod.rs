@@ -5,6 +5,7 @@ pub mod admin;
 pub mod conversions;
 #[cfg(test)]
 mod hostile;
+pub mod lifecycle;
 pub mod redirect;
 
 use std::net::SocketAddr;
@@ -29,6 +30,8 @@ pub struct Edge {
     pub(crate) config: Config,
     pub(crate) registry: Arc<Registry>,
     pub(crate) bus: Arc<dyn EventBus>,
+    /// The ledger behind the review and payout API; `None` where there is none to read.
+    pub(crate) ledger: Option<Arc<crate::ledger::Ledger>>,
     metrics: PrometheusHandle,
     /// SHA-256 state after absorbing the salt, cloned per click.
     salted: Sha256,
@@ -47,9 +50,16 @@ impl Edge {
             config,
             registry,
             bus,
+            ledger: None,
             metrics,
             salted,
         }
+    }
+
+    /// Serves the review and payout API over `ledger`.
+    pub fn with_ledger(mut self, ledger: Option<Arc<crate::ledger::Ledger>>) -> Self {
+        self.ledger = ledger;
+        self
     }
 
     /// `ip_hash`: hex SHA-256 of (salt ‖ ip), first 32 characters.
@@ -105,6 +115,10 @@ impl Edge {
                     ["partners", _] => "/api/v1/partners/{id}",
                     ["links"] => "/api/v1/links",
                     ["links", _] => "/api/v1/links/{code}",
+                    ["commissions"] => "/api/v1/commissions",
+                    ["commissions", "review"] => "/api/v1/commissions/review",
+                    ["payouts"] => "/api/v1/payouts",
+                    ["payouts", _] => "/api/v1/payouts/{id}",
                     _ => "other",
                 };
                 let owned: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
@@ -199,9 +213,10 @@ pub fn spawn(
     config: Config,
     registry: Arc<Registry>,
     bus: Arc<dyn EventBus>,
+    ledger: Option<Arc<crate::ledger::Ledger>>,
     listener: TcpListener,
     shutdown: Shutdown,
 ) -> tokio::task::JoinHandle<()> {
-    let edge = Arc::new(Edge::new(config, registry, bus, m::install()));
+    let edge = Arc::new(Edge::new(config, registry, bus, m::install()).with_ledger(ledger));
     tokio::spawn(edge.serve(listener, shutdown, Duration::from_secs(10)))
 }

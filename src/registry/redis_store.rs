@@ -29,8 +29,18 @@ pub struct RedisStore {
     conn: Redis,
     entities_key: String,
     log_key: String,
+    lock_prefix: String,
     put: redis::Script,
+    unlock: redis::Script,
 }
+
+/// Deletes a lock only if the caller's token still holds it.
+const UNLOCK_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
 
 impl RedisStore {
     /// Connects; `prefix` namespaces every key. On a cluster the two keys the write
@@ -41,7 +51,9 @@ impl RedisStore {
             conn,
             entities_key: format!("{prefix}:{reg}:entities"),
             log_key: format!("{prefix}:{reg}:log"),
+            lock_prefix: format!("{prefix}:lock:"),
             put: redis::Script::new(PUT_SCRIPT),
+            unlock: redis::Script::new(UNLOCK_SCRIPT),
         };
         store.ping().await?;
         Ok(store)
@@ -174,6 +186,35 @@ impl RegistryStore for RedisStore {
     async fn ping(&self) -> Result<(), StoreError> {
         let _: String = redis::cmd("PING")
             .query_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn try_lock(
+        &self,
+        name: &str,
+        token: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        let taken: Option<String> = redis::cmd("SET")
+            .arg(format!("{}{name}", self.lock_prefix))
+            .arg(token)
+            .arg("NX")
+            .arg("PX")
+            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(taken.is_some())
+    }
+
+    async fn unlock(&self, name: &str, token: &str) -> Result<(), StoreError> {
+        let _: i64 = self
+            .unlock
+            .key(format!("{}{name}", self.lock_prefix))
+            .arg(token)
+            .invoke_async(&mut self.conn.clone())
             .await
             .map_err(unavailable)?;
         Ok(())

@@ -50,6 +50,17 @@ pub trait RegistryStore: Send + Sync + 'static {
     async fn insert_link(&self, link: &Link) -> Result<Option<String>, StoreError>;
     /// Is the store reachable?
     async fn ping(&self) -> Result<(), StoreError>;
+    /// Takes lock `name` for `token` for at most `ttl`, unless another token holds it;
+    /// whether it was taken. Reviews and payouts of one program hold one, so that two
+    /// edges never pay one row twice.
+    async fn try_lock(
+        &self,
+        name: &str,
+        token: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError>;
+    /// Releases lock `name` if `token` still holds it.
+    async fn unlock(&self, name: &str, token: &str) -> Result<(), StoreError>;
 }
 
 /// The registry version a cursor stands for: the number events carry as
@@ -81,6 +92,8 @@ struct MemoryInner {
     /// reloads everything), so a long-running process holds a bounded log.
     log: std::collections::VecDeque<Entity>,
     dropped: usize,
+    /// Lock name → (holder, until).
+    locks: std::collections::HashMap<String, (String, std::time::Instant)>,
 }
 
 /// Changes the memory store's log keeps.
@@ -169,6 +182,33 @@ impl RegistryStore for MemoryStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn try_lock(
+        &self,
+        name: &str,
+        token: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        let now = std::time::Instant::now();
+        let mut inner = self.lock();
+        match inner.locks.get(name) {
+            Some((held, until)) if held != token && *until > now => Ok(false),
+            _ => {
+                inner
+                    .locks
+                    .insert(name.to_string(), (token.to_string(), now + ttl));
+                Ok(true)
+            }
+        }
+    }
+
+    async fn unlock(&self, name: &str, token: &str) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        if inner.locks.get(name).is_some_and(|(held, _)| held == token) {
+            inner.locks.remove(name);
+        }
         Ok(())
     }
 }

@@ -135,6 +135,151 @@ impl Sink for ClickHouseSink {
     }
 }
 
+/// A ledger row's current status as ClickHouse answers it: text columns, parsed here
+/// (18.16 has no typed RowBinary header to check against).
+#[derive(Debug, clickhouse::Row, serde::Deserialize)]
+struct EntryText {
+    commission_id: String,
+    conversion_id: String,
+    program_id: String,
+    partner_id: String,
+    kind: String,
+    amount: String,
+    currency: String,
+    status: String,
+    step: u8,
+    reason: String,
+    actor: String,
+    at_ms: i64,
+    payout_id: String,
+}
+
+#[derive(Debug, clickhouse::Row, serde::Deserialize)]
+struct PayoutText {
+    partner_id: String,
+    amount: String,
+    currency: String,
+    rows: u32,
+    up_to: u32,
+    created_at: u32,
+}
+
+fn corrupt(what: &str) -> SinkError {
+    SinkError::Transient(format!("unreadable {what} in ClickHouse"))
+}
+
+#[async_trait]
+impl crate::ledger::LedgerView for ClickHouseSink {
+    async fn entries(
+        &self,
+        f: &crate::ledger::Filter,
+    ) -> Result<Vec<crate::ledger::Entry>, SinkError> {
+        // The current status is that of the highest step; a step written twice is the
+        // same row, so argMax needs no FINAL.
+        let mut sql = String::from(
+            "SELECT toString(commission_id) AS id, toString(argMax(conversion_id, step)), \
+             argMax(program_id, step), argMax(partner_id, step), argMax(kind, step), \
+             toString(argMax(amount, step)), argMax(currency, step), argMax(status, step) AS st, \
+             max(step), argMax(reason, step), argMax(actor, step), \
+             toInt64(toUInt32(argMax(at, step))) * 1000 + argMax(at_ms, step), \
+             argMax(payout_id, step) \
+             FROM commission_status WHERE program_id = ?",
+        );
+        if f.partner_id.is_some() {
+            sql.push_str(" AND partner_id = ?");
+        }
+        if !f.ids.is_empty() {
+            // Formatted from parsed uuids: nothing but hex digits and dashes.
+            let ids: Vec<String> = f.ids.iter().map(|u| format!("'{u}'")).collect();
+            sql.push_str(&format!(
+                " AND toString(commission_id) IN ({})",
+                ids.join(",")
+            ));
+        }
+        sql.push_str(" GROUP BY commission_id HAVING 1");
+        if f.status.is_some() {
+            sql.push_str(" AND st = ?");
+        }
+        if f.after.is_some() {
+            sql.push_str(" AND id > ?");
+        }
+        sql.push_str(&format!(" ORDER BY id LIMIT {}", f.limit));
+        let mut q = self.client.query(&sql).bind(f.program_id.as_str());
+        if let Some(p) = &f.partner_id {
+            q = q.bind(p.as_str());
+        }
+        if let Some(s) = f.status {
+            q = q.bind(s.as_str());
+        }
+        if let Some(a) = f.after {
+            q = q.bind(a.to_string());
+        }
+        let rows: Vec<EntryText> = q.fetch_all().await.map_err(classify)?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(crate::ledger::Entry {
+                    commission_id: r
+                        .commission_id
+                        .parse()
+                        .map_err(|_| corrupt("commission_id"))?,
+                    conversion_id: r
+                        .conversion_id
+                        .parse()
+                        .map_err(|_| corrupt("conversion_id"))?,
+                    program_id: r.program_id,
+                    partner_id: r.partner_id,
+                    kind: r.kind,
+                    amount: r.amount.parse().map_err(|_| corrupt("amount"))?,
+                    currency: r.currency,
+                    status: crate::engine::Status::parse(&r.status)
+                        .ok_or_else(|| corrupt("status"))?,
+                    step: r.step,
+                    reason: r.reason,
+                    actor: r.actor,
+                    at: chrono::DateTime::from_timestamp_millis(r.at_ms)
+                        .ok_or_else(|| corrupt("at"))?,
+                    payout_id: r.payout_id,
+                })
+            })
+            .collect()
+    }
+
+    async fn payout_lines(
+        &self,
+        program: &str,
+        id: uuid::Uuid,
+    ) -> Result<Vec<super::PayoutRow>, SinkError> {
+        let rows: Vec<PayoutText> = self
+            .client
+            .query(
+                "SELECT partner_id, toString(any(amount)), any(currency), any(rows), \
+                 toUInt32(any(up_to)), toUInt32(any(created_at)) \
+                 FROM payouts WHERE program_id = ? AND toString(payout_id) = ? \
+                 GROUP BY partner_id ORDER BY partner_id",
+            )
+            .bind(program)
+            .bind(id.to_string())
+            .fetch_all()
+            .await
+            .map_err(classify)?;
+        let time = |s: u32| chrono::DateTime::from_timestamp(i64::from(s), 0).unwrap_or_default();
+        rows.into_iter()
+            .map(|r| {
+                Ok(super::PayoutRow {
+                    payout_id: id,
+                    program_id: program.to_string(),
+                    up_to: time(r.up_to),
+                    partner_id: r.partner_id,
+                    amount: r.amount.parse().map_err(|_| corrupt("amount"))?,
+                    currency: r.currency,
+                    rows: r.rows,
+                    created_at: time(r.created_at),
+                })
+            })
+            .collect()
+    }
+}
+
 /// Statements of the schema for database `db`, comments dropped.
 pub fn statements(db: &str) -> Vec<String> {
     SCHEMA

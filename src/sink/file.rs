@@ -17,6 +17,8 @@ use crate::metrics as m;
 pub struct FileSink {
     dir: PathBuf,
     files: Arc<Mutex<Vec<File>>>,
+    /// The ledger's current statuses and payouts, for the review and payout API.
+    ledger: Arc<crate::ledger::MemoryLedger>,
 }
 
 impl FileSink {
@@ -32,10 +34,18 @@ impl FileSink {
                     .open(dir.join(format!("{t}.jsonl")))
             })
             .collect::<std::io::Result<Vec<_>>>()?;
+        let ledger = Arc::new(crate::ledger::MemoryLedger::default());
+        ledger.record(&load_ledger(dir)?);
         Ok(FileSink {
             dir: dir.to_path_buf(),
             files: Arc::new(Mutex::new(files)),
+            ledger,
         })
+    }
+
+    /// The ledger as written so far (SPEC §3.5).
+    pub fn ledger(&self) -> Arc<crate::ledger::MemoryLedger> {
+        Arc::clone(&self.ledger)
     }
 
     /// The file of `table`.
@@ -87,6 +97,12 @@ impl Sink for FileSink {
             ("payouts", batch.payouts.len(), encode(&batch.payouts)?),
         ];
         let files = Arc::clone(&self.files);
+        let ledger = (!batch.statuses.is_empty() || !batch.payouts.is_empty()).then(|| Batch {
+            statuses: batch.statuses.clone(),
+            payouts: batch.payouts.clone(),
+            ..Batch::default()
+        });
+        let index = Arc::clone(&self.ledger);
         // Writing and fsync block: off the runtime's threads.
         tokio::task::spawn_blocking(move || {
             let mut files = files.lock().unwrap_or_else(|e| e.into_inner());
@@ -98,6 +114,10 @@ impl Sink for FileSink {
                 file.write_all(&bytes).map_err(io)?;
                 file.sync_data().map_err(io)?;
                 metrics::counter!(m::SINK_ROWS_TOTAL, "table" => table).increment(rows as u64);
+            }
+            // Durable first, then visible to the API.
+            if let Some(b) = ledger {
+                index.record(&b);
             }
             Ok(())
         })
@@ -163,6 +183,99 @@ struct AttributionLine {
     #[serde(deserialize_with = "decimal_from_raw")]
     credited_amount: rust_decimal::Decimal,
     occurred_at: String,
+}
+
+#[derive(serde::Deserialize)]
+struct StatusLine {
+    event_id: uuid::Uuid,
+    commission_id: uuid::Uuid,
+    conversion_id: uuid::Uuid,
+    program_id: String,
+    partner_id: String,
+    kind: String,
+    #[serde(deserialize_with = "decimal_from_raw")]
+    amount: rust_decimal::Decimal,
+    currency: String,
+    status: String,
+    step: u8,
+    reason: String,
+    actor: String,
+    at: String,
+    at_ms: u16,
+    payout_id: String,
+}
+
+#[derive(serde::Deserialize)]
+struct PayoutLine {
+    payout_id: uuid::Uuid,
+    program_id: String,
+    up_to: String,
+    partner_id: String,
+    #[serde(deserialize_with = "decimal_from_raw")]
+    amount: rust_decimal::Decimal,
+    currency: String,
+    rows: u32,
+    created_at: String,
+}
+
+/// `YYYY-MM-DD hh:mm:ss` (UTC), as the rows write it.
+fn parse_time(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S")
+        .ok()
+        .map(|t| t.and_utc())
+}
+
+/// The audit trail and payouts the files under `dir` hold, for the ledger index.
+fn load_ledger(dir: &Path) -> std::io::Result<Batch> {
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
+    let mut batch = Batch::default();
+    let mut lines = Vec::new();
+    read_lines(&dir.join("commission_status.jsonl"), |l: StatusLine| {
+        lines.push(l)
+    })?;
+    for l in lines {
+        let status = crate::engine::Status::parse(&l.status)
+            .ok_or_else(|| bad("commission_status.jsonl: unknown status"))?;
+        let kind = match l.kind.as_str() {
+            "direct" => "direct",
+            "override" => "override",
+            _ => "reversal",
+        };
+        let at = parse_time(&l.at).ok_or_else(|| bad("commission_status.jsonl: bad time"))?
+            + chrono::Duration::milliseconds(i64::from(l.at_ms));
+        let mut row = super::StatusRow::step(
+            l.commission_id,
+            l.conversion_id,
+            &l.program_id,
+            &l.partner_id,
+            kind,
+            l.amount,
+            &l.currency,
+            l.step,
+            status,
+            &l.reason,
+            &l.actor,
+            at,
+        );
+        row.event_id = l.event_id;
+        row.payout_id = l.payout_id;
+        batch.statuses.push(row);
+    }
+    let mut payouts = Vec::new();
+    read_lines(&dir.join("payouts.jsonl"), |l: PayoutLine| payouts.push(l))?;
+    for l in payouts {
+        batch.payouts.push(super::PayoutRow {
+            payout_id: l.payout_id,
+            program_id: l.program_id,
+            up_to: parse_time(&l.up_to).ok_or_else(|| bad("payouts.jsonl: bad time"))?,
+            partner_id: l.partner_id,
+            amount: l.amount,
+            currency: l.currency,
+            rows: l.rows,
+            created_at: parse_time(&l.created_at).ok_or_else(|| bad("payouts.jsonl: bad time"))?,
+        });
+    }
+    Ok(batch)
 }
 
 #[derive(serde::Deserialize)]

@@ -155,7 +155,7 @@ pub async fn start_edge(config: &Config) -> RunningEdge {
                 config.redis.url
             )
         });
-    let registry = touchline::app::registry(config, store, shutdown.clone())
+    let registry = touchline::app::registry(config, Arc::clone(&store), shutdown.clone())
         .await
         .unwrap();
     let bus = touchline::app::kafka_bus(config).await.unwrap();
@@ -165,6 +165,7 @@ pub async fn start_edge(config: &Config) -> RunningEdge {
         config.clone(),
         Arc::clone(&registry),
         bus.clone(),
+        touchline::app::clickhouse_ledger(config, store),
         listener,
         shutdown,
     );
