@@ -129,3 +129,58 @@ async fn the_default_configuration_recovers_from_kill_dash_nine() {
     child.wait().unwrap();
     assert_same(&expected, &snapshot(&crashing).await);
 }
+
+/// SPEC §5.7: holds end by the settled frontier, in event time. A stream placed nine
+/// days back (holds of seven days) has every hold end while the pipeline runs; killed
+/// with SIGKILL while it approves rows, restarted, it leaves the same audit trail and
+/// balances as an undisturbed run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_dash_nine_while_holds_end_changes_nothing() {
+    let base = chrono::Utc::now() - chrono::Duration::days(9);
+    let (reference, crashing, stream) = setup_pair_at(29, &[], base).await;
+    let mut p = spawn_pipeline_process(&reference, &[]);
+    wait_done(&reference, &stream).await;
+    wait_holds_ended(&reference).await;
+    p.kill().unwrap();
+    p.wait().unwrap();
+    let expected = snapshot(&reference).await;
+    let approvals = "SELECT count() FROM commission_status WHERE step = 1 AND status = 'approved'";
+    let approved: u64 = ch_query(&reference, approvals).await[0][0].parse().unwrap();
+    assert!(approved > 100, "holds ended during the run: {approved}");
+
+    // Small writes, so that approving takes long enough to be interrupted (the rows
+    // written do not depend on how they are batched).
+    let instance = [
+        ("TOUCHLINE__PIPELINE__INSTANCE_ID", "pipeline-h"),
+        ("TOUCHLINE__PIPELINE__POLL_BATCH", "10"),
+        ("TOUCHLINE__PIPELINE__BATCH_ROWS", "10"),
+    ];
+    let mut mid_approval = false;
+    for _ in 0..3 {
+        let running: u64 = ch_query(&crashing, HOLDS_RUNNING).await[0][0]
+            .parse()
+            .unwrap();
+        let before: u64 = ch_query(&crashing, approvals).await[0][0].parse().unwrap();
+        if before > 0 && running == 0 {
+            break;
+        }
+        let mut child = spawn_pipeline_process(&crashing, &instance);
+        wait_count(&crashing, approvals, before + 1, Duration::from_secs(60)).await;
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let running: u64 = ch_query(&crashing, HOLDS_RUNNING).await[0][0]
+            .parse()
+            .unwrap();
+        mid_approval |= running > 0;
+    }
+    assert!(
+        mid_approval,
+        "a kill must land while rows are being approved"
+    );
+    let mut child = spawn_pipeline_process(&crashing, &instance);
+    wait_done(&crashing, &stream).await;
+    wait_holds_ended(&crashing).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_same(&expected, &snapshot(&crashing).await);
+}

@@ -570,6 +570,15 @@ pub const VISITORS: usize = 400;
 pub const PARTNERS: usize = 12;
 
 pub async fn setup_pair(seed: u64, extra: &[(&str, &str)]) -> (Config, Config, Stream) {
+    setup_pair_at(seed, extra, chrono::Utc::now() - chrono::Duration::hours(3)).await
+}
+
+/// [`setup_pair`] with the stream's first click at `base`.
+pub async fn setup_pair_at(
+    seed: u64,
+    extra: &[(&str, &str)],
+    base: chrono::DateTime<chrono::Utc>,
+) -> (Config, Config, Stream) {
     let mut small = vec![
         ("TOUCHLINE__PIPELINE__LATE_GRACE_SECS", "30"),
         ("TOUCHLINE__PIPELINE__POLL_BATCH", "100"),
@@ -584,7 +593,16 @@ pub async fn setup_pair(seed: u64, extra: &[(&str, &str)]) -> (Config, Config, S
     migrate(&other).await;
     seed_registry_direct(&reference, PARTNERS).await;
     seed_registry_direct(&other, PARTNERS).await;
-    let stream = produce_stream(&reference, seed, VISITORS, PARTNERS).await;
+    let stream = touchline::synthetic::produce_in(
+        &reference.kafka,
+        seed,
+        VISITORS,
+        PARTNERS,
+        base,
+        touchline::synthetic::Order::Intake,
+    )
+    .await
+    .expect("broker acknowledged");
     (reference, other, stream)
 }
 
@@ -615,6 +633,27 @@ pub async fn wait_done(config: &Config, stream: &Stream) {
     // Let the last write land everywhere (attributions and commissions follow conversions
     // in the same batch write).
     tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+/// Pending rows whose hold has not ended yet (no step after their creation).
+pub const HOLDS_RUNNING: &str = "SELECT count() FROM (SELECT commission_id, max(step) AS last, \
+     argMin(status, step) AS created FROM commission_status GROUP BY commission_id) \
+     WHERE created = 'pending' AND last = 0";
+
+/// Waits until every hold of a stream placed more than a week back has ended.
+pub async fn wait_holds_ended(config: &Config) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let running: u64 = ch_query(config, HOLDS_RUNNING).await[0][0].parse().unwrap();
+        if running == 0 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{running} holds still running"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 pub fn assert_same(a: &[(String, Vec<Vec<String>>)], b: &[(String, Vec<Vec<String>>)]) {
