@@ -18,6 +18,17 @@ use crate::registry::{Link, LinkEntry, Partner, Program};
 /// Keys besides a conversion's own fields ([`FIELDS`]).
 const KEYS: &[&str] = &[
     "customer_email_sha256",
+    "commission_ids",
+    "action",
+    "note",
+    "up_to",
+    "hold_days",
+    "min_payout",
+    "fraud",
+    "review_above",
+    "self_referral",
+    "min_click_to_conversion_secs",
+    "email_sha256",
     "name",
     "secret",
     "fallback_url",
@@ -142,6 +153,8 @@ proptest! {
                 parse_known::<Program>(input).err(),
                 parse_known::<Partner>(input).err(),
                 parse_known::<Link>(input).err(),
+                parse_known::<super::lifecycle::ReviewRequest>(input).err(),
+                parse_known::<super::lifecycle::PayoutRequest>(input).err(),
             ].into_iter().flatten() {
                 prop_assert_eq!(refused.status.as_u16(), 400);
             }
@@ -158,6 +171,18 @@ proptest! {
             }
             if let Ok(l) = parse_known::<Link>(input) {
                 let _ = l.validate();
+            }
+        }
+    }
+
+    #[test]
+    fn ledger_listings_take_any_query_string(q in "\\PC{0,160}|(program_id|status|limit|cursor|partner_id)=[a-z0-9%=&-]{0,40}") {
+        let pairs = super::lifecycle::url_pairs(&q);
+        match super::lifecycle::filter_of(&pairs) {
+            Ok(f) => prop_assert!((1..=crate::ledger::MAX_LIMIT).contains(&f.limit) && !f.program_id.is_empty()),
+            Err(e) => {
+                prop_assert_eq!(e.status.as_u16(), 400);
+                prop_assert!(e.field.is_some());
             }
         }
     }

@@ -28,7 +28,7 @@ impl From<LedgerError> for ApiError {
 
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct ReviewRequest {
+pub(crate) struct ReviewRequest {
     program_id: String,
     commission_ids: Vec<Uuid>,
     action: Action,
@@ -38,7 +38,7 @@ struct ReviewRequest {
 
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct PayoutRequest {
+pub(crate) struct PayoutRequest {
     program_id: String,
     #[serde(with = "crate::events::rfc3339_millis")]
     up_to: DateTime<Utc>,
@@ -58,7 +58,7 @@ fn query_params(req: &Request<Incoming>) -> Result<Vec<(String, String)>, ApiErr
 
 /// `a=1&b=x%20y` → pairs, percent-decoded; a pair that does not decode is kept raw
 /// (and then fails validation by name).
-fn url_pairs(q: &str) -> Vec<(String, String)> {
+pub(crate) fn url_pairs(q: &str) -> Vec<(String, String)> {
     q.split('&')
         .filter(|p| !p.is_empty())
         .map(|p| {
@@ -88,7 +88,7 @@ fn percent_decode(s: &str) -> Option<String> {
 }
 
 /// The listing's filter from its query string.
-fn filter_of(params: &[(String, String)]) -> Result<Filter, ApiError> {
+pub(crate) fn filter_of(params: &[(String, String)]) -> Result<Filter, ApiError> {
     let mut f = Filter {
         limit: 100,
         ..Filter::default()

@@ -70,8 +70,29 @@ pub const CLICK_SPAM_WINDOW_MS: i64 = 3_600_000;
 pub const REFUND_RATE_WINDOW_MS: i64 = 30 * 86_400_000;
 
 impl FraudRules {
-    /// Checks the bounds; the error names the field under `fraud`.
+    /// Checks the bounds, and that every rule set is one this version applies; the
+    /// error names the field under `fraud`.
     pub fn validate(&self) -> Result<(), (&'static str, &'static str)> {
+        self.bounds()?;
+        // Not applied by this version: refused rather than accepted and silently
+        // ignored, so that nobody believes a rule protects them when it does not.
+        if self.max_clicks_per_ip_hour.is_some() {
+            return Err((
+                "max_clicks_per_ip_hour",
+                "click_spam is not applied by this version yet; leave it out",
+            ));
+        }
+        if self.refund_rate.is_some() {
+            return Err((
+                "refund_rate",
+                "refund_rate is not applied by this version yet; leave it out",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks the bounds of every rule, applied or not.
+    fn bounds(&self) -> Result<(), (&'static str, &'static str)> {
         if self
             .max_clicks_per_ip_hour
             .is_some_and(|n| !(1..=1_000_000).contains(&n))
@@ -181,7 +202,15 @@ mod tests {
             review_above: Some(d("1000")),
             refund_rate: Some(d("0.5")),
         };
-        rules.validate().unwrap();
+        rules.bounds().unwrap();
+        // Not applied yet: refused by name rather than accepted and ignored.
+        assert_eq!(rules.validate().unwrap_err().0, "max_clicks_per_ip_hour");
+        let applied = FraudRules {
+            max_clicks_per_ip_hour: None,
+            refund_rate: None,
+            ..rules.clone()
+        };
+        applied.validate().unwrap();
         // Three clicks are allowed; the fourth within the hour is suspicious.
         assert!(!rules.click_spam(2));
         assert!(rules.click_spam(3));
