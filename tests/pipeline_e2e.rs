@@ -519,6 +519,7 @@ async fn migrate_brings_older_tables_their_millisecond_columns() {
         vec![
             "attributions occurred_at_ms UInt16",
             "clicks ts_ms UInt16",
+            "commission_status at_ms UInt16",
             "commissions created_at_ms UInt16",
             "commissions occurred_at_ms UInt16",
             "conversions occurred_at_ms UInt16",
