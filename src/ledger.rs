@@ -18,7 +18,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::engine::Status;
+use crate::engine::{LedgerKind, Status};
 use crate::registry::RegistryStore;
 use crate::sink::rows::{PayoutRow, StatusRow};
 use crate::sink::{Batch, Sink, SinkError};
@@ -39,7 +39,7 @@ pub struct Entry {
     pub conversion_id: Uuid,
     pub program_id: String,
     pub partner_id: String,
-    pub kind: String,
+    pub kind: LedgerKind,
     #[serde(with = "rust_decimal::serde::str")]
     pub amount: Decimal,
     pub currency: String,
@@ -61,7 +61,7 @@ impl Entry {
             conversion_id: r.conversion_id,
             program_id: r.program_id.clone(),
             partner_id: r.partner_id.clone(),
-            kind: r.kind.to_string(),
+            kind: LedgerKind::parse(r.kind)?,
             amount: r.amount,
             currency: r.currency.clone(),
             status: Status::parse(r.status)?,
@@ -75,17 +75,12 @@ impl Entry {
 
     /// The next step of this row.
     fn next(&self, status: Status, reason: &str, actor: &str, at: DateTime<Utc>) -> StatusRow {
-        let kind = match self.kind.as_str() {
-            "direct" => "direct",
-            "override" => "override",
-            _ => "reversal",
-        };
         StatusRow::step(
             self.commission_id,
             self.conversion_id,
             &self.program_id,
             &self.partner_id,
-            kind,
+            self.kind.as_str(),
             self.amount,
             &self.currency,
             self.step.saturating_add(1),
@@ -239,6 +234,22 @@ impl Ledger {
         out
     }
 
+    /// Writes review or payout steps, all to `status`, and counts them.
+    async fn write_steps(&self, status: Status, steps: Vec<StatusRow>) -> Result<(), LedgerError> {
+        if steps.is_empty() {
+            return Ok(());
+        }
+        metrics::counter!(crate::metrics::EDGE_LIFECYCLE_STEPS_TOTAL, "status" => status.as_str())
+            .increment(steps.len() as u64);
+        self.sink
+            .write(&Batch {
+                statuses: steps,
+                ..Batch::default()
+            })
+            .await?;
+        Ok(())
+    }
+
     /// Approves or rejects held rows (SPEC §3.5). All or nothing: a row that is not
     /// held and not already so decided is a conflict, and nothing is written.
     pub async fn review(
@@ -259,8 +270,7 @@ impl Ledger {
                     ..Filter::default()
                 })
                 .await?;
-            let by_id: HashMap<Uuid, &Entry> =
-                found.iter().map(|e| (e.commission_id, e)).collect();
+            let by_id: HashMap<Uuid, &Entry> = found.iter().map(|e| (e.commission_id, e)).collect();
             let target = match action {
                 Action::Approve => Status::Approved,
                 Action::Reject => Status::Rejected,
@@ -290,16 +300,7 @@ impl Ledger {
                     }
                 }
             }
-            if !steps.is_empty() {
-                metrics::counter!(crate::metrics::EDGE_LIFECYCLE_STEPS_TOTAL, "status" => target.as_str())
-                    .increment(steps.len() as u64);
-                self.sink
-                    .write(&Batch {
-                        statuses: steps,
-                        ..Batch::default()
-                    })
-                    .await?;
-            }
+            self.write_steps(target, steps).await?;
             Ok(out)
         })
         .await
@@ -383,15 +384,8 @@ impl Ledger {
                 });
             }
             if !lines.is_empty() {
-                metrics::counter!(crate::metrics::EDGE_LIFECYCLE_STEPS_TOTAL, "status" => "paid")
-                    .increment(steps.len() as u64);
                 // The steps before the lines: a batch found is a batch complete.
-                self.sink
-                    .write(&Batch {
-                        statuses: steps,
-                        ..Batch::default()
-                    })
-                    .await?;
+                self.write_steps(Status::Paid, steps).await?;
                 self.sink
                     .write(&Batch {
                         payouts: lines.clone(),

@@ -189,6 +189,17 @@ impl LedgerKind {
             LedgerKind::Reversal => "reversal",
         }
     }
+
+    /// The kind a stored name stands for.
+    pub fn parse(name: &str) -> Option<LedgerKind> {
+        [
+            LedgerKind::Direct,
+            LedgerKind::Override,
+            LedgerKind::Reversal,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == name)
+    }
 }
 
 /// One commission row of a conversion, before and after rounding.

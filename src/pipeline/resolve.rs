@@ -922,24 +922,17 @@ mod tests {
         }
     }
 
-    /// A program stored before today's bounds (an FX rate of 10²⁵) cannot stop the
-    /// pipeline: its conversion is dead-lettered and the next one settles.
-    #[tokio::test]
-    async fn a_conversion_beyond_the_ledger_is_dead_lettered_and_the_rest_settles() {
+    /// A registry holding `program` (as `acme`), partner `alice` of it and her link
+    /// `alice-1`, stored directly (bypassing the API's validation where a test needs to).
+    pub(super) async fn registry_with(
+        mut program: Program,
+        alice: serde_json::Value,
+    ) -> Arc<Registry> {
         let store = Arc::new(MemoryStore::new());
-        let mut program: Program =
-            serde_json::from_value(crate::registry::model::tests_support::program_json()).unwrap();
         program.id = "acme".into();
-        program.fx.insert(
-            "EUR".into(),
-            Decimal::from_str("10000000000000000000000000").unwrap(),
-        );
         store.put(&Entity::Program(program)).await.unwrap();
         store
-            .put(&Entity::Partner(
-                serde_json::from_value(serde_json::json!({"id": "alice", "program_id": "acme"}))
-                    .unwrap(),
-            ))
+            .put(&Entity::Partner(serde_json::from_value(alice).unwrap()))
             .await
             .unwrap();
         store
@@ -950,7 +943,24 @@ mod tests {
             ))
             .await
             .unwrap();
-        let registry = Registry::open(store).await.unwrap();
+        Registry::open(store).await.unwrap()
+    }
+
+    /// A program stored before today's bounds (an FX rate of 10²⁵) cannot stop the
+    /// pipeline: its conversion is dead-lettered and the next one settles.
+    #[tokio::test]
+    async fn a_conversion_beyond_the_ledger_is_dead_lettered_and_the_rest_settles() {
+        let mut program: Program =
+            serde_json::from_value(crate::registry::model::tests_support::program_json()).unwrap();
+        program.fx.insert(
+            "EUR".into(),
+            Decimal::from_str("10000000000000000000000000").unwrap(),
+        );
+        let registry = registry_with(
+            program,
+            serde_json::json!({"id": "alice", "program_id": "acme"}),
+        )
+        .await;
         let state = MemoryState::new();
         let batch: Vec<(Mark, ConversionEvent)> = [sale(1, "EUR"), sale(2, "USD")]
             .into_iter()
@@ -983,7 +993,6 @@ mod lifecycle_tests {
 
     use super::*;
     use crate::pipeline::store::MemoryState;
-    use crate::registry::{Entity, MemoryStore, RegistryStore};
     use chrono::{Duration, TimeZone, Utc};
     use std::str::FromStr;
 
@@ -998,31 +1007,17 @@ mod lifecycle_tests {
     }
 
     async fn registry() -> Arc<Registry> {
-        let store = Arc::new(MemoryStore::new());
         let mut json = crate::registry::model::tests_support::program_json();
         json["hold_days"] = serde_json::json!(30);
         json["fraud"] = serde_json::json!({"review_above": "500", "self_referral": true});
         let mut program: Program = serde_json::from_value(json).unwrap();
         program.id = "acme".into();
         program.validate().unwrap();
-        store.put(&Entity::Program(program)).await.unwrap();
-        store
-            .put(&Entity::Partner(
-                serde_json::from_value(serde_json::json!({"id": "alice", "program_id": "acme",
-                    "email_sha256": ALICE_EMAIL}))
-                .unwrap(),
-            ))
-            .await
-            .unwrap();
-        store
-            .put(&Entity::Link(
-                serde_json::from_value(serde_json::json!({"code": "alice-1", "program_id": "acme",
-                    "partner_id": "alice", "destination": "https://shop.example/"}))
-                .unwrap(),
-            ))
-            .await
-            .unwrap();
-        Registry::open(store).await.unwrap()
+        super::tests::registry_with(
+            program,
+            serde_json::json!({"id": "alice", "program_id": "acme", "email_sha256": ALICE_EMAIL}),
+        )
+        .await
     }
 
     fn conversion(

@@ -228,7 +228,8 @@ impl crate::ledger::LedgerView for ClickHouseSink {
                         .map_err(|_| corrupt("conversion_id"))?,
                     program_id: r.program_id,
                     partner_id: r.partner_id,
-                    kind: r.kind,
+                    kind: crate::engine::LedgerKind::parse(&r.kind)
+                        .ok_or_else(|| corrupt("kind"))?,
                     amount: r.amount.parse().map_err(|_| corrupt("amount"))?,
                     currency: r.currency,
                     status: crate::engine::Status::parse(&r.status)

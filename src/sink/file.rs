@@ -236,11 +236,9 @@ fn load_ledger(dir: &Path) -> std::io::Result<Batch> {
     for l in lines {
         let status = crate::engine::Status::parse(&l.status)
             .ok_or_else(|| bad("commission_status.jsonl: unknown status"))?;
-        let kind = match l.kind.as_str() {
-            "direct" => "direct",
-            "override" => "override",
-            _ => "reversal",
-        };
+        let kind = crate::engine::LedgerKind::parse(&l.kind)
+            .ok_or_else(|| bad("commission_status.jsonl: unknown kind"))?
+            .as_str();
         let at = parse_time(&l.at).ok_or_else(|| bad("commission_status.jsonl: bad time"))?
             + chrono::Duration::milliseconds(i64::from(l.at_ms));
         let mut row = super::StatusRow::step(
