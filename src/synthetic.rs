@@ -14,7 +14,8 @@ use crate::events::{to_millis, ClickEvent, ClickStatus, ConversionEvent, Convers
 use crate::registry::{Link, LinkStatus, Partner, PartnerStatus, Program, Registry, RegistryError};
 use crate::rng::Rng;
 
-/// Writes program `acme` (a week's hold, sales above 450 held for review), `partners`
+/// Writes program `acme` (a week's hold, every fraud rule that counts history on),
+/// `partners`
 /// partners (every fourth the parent of the next three) and one link per partner.
 pub async fn seed_registry(registry: &Registry, partners: usize) -> Result<(), RegistryError> {
     let program: Program = serde_json::from_value(serde_json::json!({
@@ -25,9 +26,11 @@ pub async fn seed_registry(registry: &Registry, partners: usize) -> Result<(), R
         "commission": crate::engine::commission::example_plan(),
         // A week's hold: last month's signups are past it when they arrive (approved at
         // once), this month's sales pending, holds ending only for streams placed more
-        // than a week back. The largest sales (EUR) go to review.
+        // than a week back. The largest sales (EUR) go to review; a visitor's third click
+        // on one partner's links is suspicious; partners with many refunds are held: the
+        // rules that count what came before, exercised in every run over this stream.
         "hold_days": 7,
-        "fraud": {"review_above": "450"}
+        "fraud": {"review_above": "450", "max_clicks_per_ip_hour": 2, "refund_rate": "0.25"}
     }))
     .expect("a valid program");
     registry.put_program("acme", program).await?;

@@ -289,3 +289,192 @@ async fn fraud_holds_review_and_payouts_on_the_stack() {
     pipeline.stop().await;
     edge.stop().await;
 }
+
+/// The two rules that count what came before (SPEC §5.8) on the real stack, Redis
+/// tallies and all: click_spam marks the clicks past the hourly limit from one address
+/// suspicious, so a sale following one finds no touchpoint; refund_rate holds a
+/// partner's new commissions once more than half of her recent sales were refunded,
+/// and review releases them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn click_spam_and_refund_rate_on_the_stack() {
+    let config = config(&[("TOUCHLINE__PIPELINE__LATE_GRACE_SECS", "2")]);
+    create_topics(&config).await;
+    migrate(&config).await;
+    let edge = start_edge(&config).await;
+    let url = edge.url("");
+    let url = url.trim_end_matches('/');
+    let mut program = program_json();
+    program["hold_days"] = json!(0);
+    program["fraud"] = json!({"max_clicks_per_ip_hour": 2, "refund_rate": "0.5"});
+    let r = admin(Method::PUT, &format!("{url}/api/v1/programs/acme"), program).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    seed_partner_and_link(url).await;
+    let pipeline = start_pipeline(&config);
+
+    // Four clicks from this address, each its own browser (distinct fingerprints).
+    let mut clicks = Vec::new();
+    for i in 0..4 {
+        let agent =
+            format!("Mozilla/5.0 (X11; Linux x86_64; rv:12{i}.0) Gecko/20100101 Firefox/12{i}.0");
+        let r = send(
+            Method::GET,
+            &format!("{url}/r/alice-spring"),
+            &[("user-agent", &agent)],
+            "",
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::FOUND);
+        let location = r.headers["location"].to_str().unwrap().to_string();
+        clicks.push(
+            location
+                .split("tl_click=")
+                .nth(1)
+                .and_then(|q| q.split('&').next())
+                .expect("the redirect carries the click id")
+                .to_string(),
+        );
+        // Distinct milliseconds: the limit applies in (ts, click id) order.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    // One request each, so that intake order is the order below.
+    let sale = |order: &str| {
+        json!([{"program_id": "acme", "order_id": order, "kind": "sale", "amount": "40.00",
+            "referral_code": "alice-spring"}])
+    };
+    let refund = |order: &str, of: &str| {
+        json!([{"program_id": "acme", "order_id": order, "kind": "refund", "amount": "40.00",
+            "original_order_id": of}])
+    };
+    let by_click = |order: &str, click: &str| {
+        json!([{"program_id": "acme", "order_id": order, "kind": "sale", "amount": "40.00",
+            "click_id": click}])
+    };
+    for body in [
+        sale("R1"),
+        sale("R2"),
+        refund("RF1", "R1"),
+        // 1 of 2 refunded: not above half.
+        sale("R3"),
+        refund("RF2", "R2"),
+        // 2 of 3: above half, held.
+        sale("R4"),
+        // 2 of 4: not above.
+        by_click("C1", &clicks[0]),
+        // A suspicious click is no touchpoint.
+        by_click("C3", &clicks[2]),
+    ] {
+        let r = post_conversions(url, &body.to_string()).await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    wait_count(
+        &config,
+        "SELECT count() FROM conversions FINAL",
+        8,
+        Duration::from_secs(60),
+    )
+    .await;
+    wait_count(
+        &config,
+        "SELECT count() FROM clicks FINAL",
+        4,
+        Duration::from_secs(60),
+    )
+    .await;
+
+    let stored = ch_query(
+        &config,
+        "SELECT toString(click_id), status, is_unique FROM clicks FINAL ORDER BY ts, ts_ms, click_id",
+    )
+    .await;
+    let want: Vec<Vec<String>> = clicks
+        .iter()
+        .zip([
+            ("ok", "1"),
+            ("ok", "1"),
+            ("suspicious", "0"),
+            ("suspicious", "0"),
+        ])
+        .map(|(id, (status, unique))| vec![id.clone(), status.into(), unique.into()])
+        .collect();
+    assert_eq!(stored, want);
+    let stored = ch_query(
+        &config,
+        "SELECT order_id, status FROM conversions FINAL WHERE kind = 'sale' ORDER BY order_id",
+    )
+    .await;
+    assert_eq!(
+        stored,
+        [
+            ["C1", "attributed"],
+            ["C3", "unattributed"],
+            ["R1", "attributed"],
+            ["R2", "attributed"],
+            ["R3", "attributed"],
+            ["R4", "attributed"]
+        ]
+    );
+
+    let r4 = row_of(&config, "R4").await;
+    let held = get(&format!(
+        "{url}/api/v1/commissions?program_id=acme&status=held"
+    ))
+    .await;
+    let held: Vec<(&str, &str)> = held["commissions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["commission_id"].as_str().unwrap(),
+                r["reason"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(held, [(r4.as_str(), "refund_rate")]);
+    let r = admin(
+        Method::POST,
+        &format!("{url}/api/v1/commissions/review"),
+        json!({"program_id": "acme", "commission_ids": [r4], "action": "approve"}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let statuses: Vec<String> = rows(url).await.into_iter().map(|r| r.2).collect();
+    assert!(
+        statuses.iter().all(|s| s == "approved"),
+        "every row approved after review: {statuses:?}"
+    );
+
+    let metrics = send(Method::GET, &edge.url("/metrics"), &[], "").await;
+    let metrics = String::from_utf8(metrics.body.to_vec()).unwrap();
+    for rule in ["click_spam", "refund_rate"] {
+        assert!(
+            metrics.contains(&format!(
+                "touchline_pipeline_fraud_flags_total{{rule=\"{rule}\"}}"
+            )),
+            "{rule} counted"
+        );
+    }
+    pipeline.stop().await;
+    edge.stop().await;
+}
+
+/// Partner `alice` (gold) and her link `alice-spring` in program `acme`.
+async fn seed_partner_and_link(url: &str) {
+    let r = admin(
+        Method::PUT,
+        &format!("{url}/api/v1/partners/alice"),
+        json!({"program_id": "acme", "tier": "gold"}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let r = admin(
+        Method::POST,
+        &format!("{url}/api/v1/links"),
+        json!({"program_id": "acme", "partner_id": "alice", "code": "alice-spring",
+            "destination": "https://shop.example/"}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+}

@@ -33,6 +33,9 @@ pub enum ClickVerdict {
     Bot,
     /// Paused or banned link or partner.
     Inactive,
+    /// Past the program's `click_spam` limit (SPEC §5.8): never unique, never a
+    /// touchpoint.
+    Suspicious,
 }
 
 impl ClickVerdict {
@@ -43,6 +46,7 @@ impl ClickVerdict {
             ClickVerdict::Duplicate => "duplicate",
             ClickVerdict::Bot => "bot",
             ClickVerdict::Inactive => "inactive",
+            ClickVerdict::Suspicious => "suspicious",
         }
     }
 }

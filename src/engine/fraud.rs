@@ -26,7 +26,8 @@ pub struct FraudRules {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub review_above: Option<Decimal>,
     /// `refund_rate`: a partner whose refunded share of the last 30 days' sales exceeds
-    /// this fraction has its new commissions held.
+    /// this fraction has its new commissions held. The share counts sales: the orders
+    /// first refunded in the window over the sales credited in it, both in intake order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refund_rate: Option<Decimal>,
 }
@@ -70,29 +71,8 @@ pub const CLICK_SPAM_WINDOW_MS: i64 = 3_600_000;
 pub const REFUND_RATE_WINDOW_MS: i64 = 30 * 86_400_000;
 
 impl FraudRules {
-    /// Checks the bounds, and that every rule set is one this version applies; the
-    /// error names the field under `fraud`.
+    /// Checks the bounds of every rule; the error names the field under `fraud`.
     pub fn validate(&self) -> Result<(), (&'static str, &'static str)> {
-        self.bounds()?;
-        // Not applied by this version: refused rather than accepted and silently
-        // ignored, so that nobody believes a rule protects them when it does not.
-        if self.max_clicks_per_ip_hour.is_some() {
-            return Err((
-                "max_clicks_per_ip_hour",
-                "click_spam is not applied by this version yet; leave it out",
-            ));
-        }
-        if self.refund_rate.is_some() {
-            return Err((
-                "refund_rate",
-                "refund_rate is not applied by this version yet; leave it out",
-            ));
-        }
-        Ok(())
-    }
-
-    /// Checks the bounds of every rule, applied or not.
-    fn bounds(&self) -> Result<(), (&'static str, &'static str)> {
         if self
             .max_clicks_per_ip_hour
             .is_some_and(|n| !(1..=1_000_000).contains(&n))
@@ -160,11 +140,11 @@ impl FraudRules {
         self.review_above.is_some_and(|v| settled_amount > v)
     }
 
-    /// `refund_rate`: refunded (a positive amount) over sold, in the window, exceeds the
-    /// rate. No sales, no rate.
-    pub fn refund_rate(&self, sold: Decimal, refunded: Decimal) -> bool {
+    /// `refund_rate`: the sales refunded over the sales, in the window, exceed the rate.
+    /// No sales, no rate.
+    pub fn refund_rate(&self, sold: u64, refunded: u64) -> bool {
         match self.refund_rate {
-            Some(rate) if sold > Decimal::ZERO => refunded > sold * rate,
+            Some(rate) if sold > 0 => Decimal::from(refunded) > Decimal::from(sold) * rate,
             _ => false,
         }
     }
@@ -190,7 +170,7 @@ mod tests {
         assert!(!off.fast_conversion(Some(0), 0));
         assert!(!off.self_referral(Some("a"), [Some("a")]));
         assert!(!off.review_above(d("1e12")));
-        assert!(!off.refund_rate(d("1"), d("1")));
+        assert!(!off.refund_rate(1, 1));
     }
 
     #[test]
@@ -202,15 +182,7 @@ mod tests {
             review_above: Some(d("1000")),
             refund_rate: Some(d("0.5")),
         };
-        rules.bounds().unwrap();
-        // Not applied yet: refused by name rather than accepted and ignored.
-        assert_eq!(rules.validate().unwrap_err().0, "max_clicks_per_ip_hour");
-        let applied = FraudRules {
-            max_clicks_per_ip_hour: None,
-            refund_rate: None,
-            ..rules.clone()
-        };
-        applied.validate().unwrap();
+        rules.validate().unwrap();
         // Three clicks are allowed; the fourth within the hour is suspicious.
         assert!(!rules.click_spam(2));
         assert!(rules.click_spam(3));
@@ -222,9 +194,10 @@ mod tests {
         assert!(!rules.self_referral(Some("ab"), [Some("cd")]));
         assert!(!rules.review_above(d("1000")));
         assert!(rules.review_above(d("1000.01")));
-        assert!(!rules.refund_rate(d("100"), d("50")));
-        assert!(rules.refund_rate(d("100"), d("50.01")));
-        assert!(!rules.refund_rate(Decimal::ZERO, d("5")));
+        assert!(!rules.refund_rate(10, 5));
+        assert!(rules.refund_rate(10, 6));
+        assert!(rules.refund_rate(1, 2));
+        assert!(!rules.refund_rate(0, 5));
     }
 
     #[test]

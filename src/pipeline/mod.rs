@@ -29,7 +29,7 @@ use serde::Serialize;
 use crate::bus::{BusError, Delivered, EventBus, EventSource, Position, Topic};
 use crate::config::PipelineConfig;
 use crate::engine::dedup;
-use crate::engine::fraud::Rule;
+use crate::engine::fraud::{Rule, CLICK_SPAM_WINDOW_MS};
 use crate::engine::settle::ConversionStatus;
 use crate::engine::Status;
 use crate::events::{ClickEvent, ConversionEvent};
@@ -41,7 +41,9 @@ use crate::sink::rows::{conversion_rows, ClickRow, StatusRow};
 use crate::sink::{Batch, Sink, SinkError};
 use resolve::{Memo, Outcome};
 use schedule::{Part, Pending, Progress, View};
-use store::{Candidate, ClickRecord, Decide, Mark, StateError, StateStore, StoredTouch};
+use store::{
+    Answer, Candidate, ClickRecord, Decide, Mark, Read, StateError, StateStore, StoredTouch, Tally,
+};
 
 /// Longest pause between retries of a failing dependency.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -119,6 +121,49 @@ struct DeadLetter<'a> {
 }
 
 /// Retries a state operation until it succeeds; `None` when stopping first.
+/// `click_spam` (SPEC §5.8): which of these candidate clicks come past their program's
+/// limit of clicks from one ip_hash on one partner's links within the hour up to them,
+/// counting every click recorded before each (all are: the clicks are released).
+async fn click_spam(
+    registry: &Registry,
+    state: &dyn StateStore,
+    clicks: &[(Mark, PendingClick)],
+) -> Result<Vec<bool>, StateError> {
+    let mut reads = Vec::new();
+    let mut asked = Vec::with_capacity(clicks.len());
+    for (mark, p) in clicks {
+        let c = &p.event;
+        let program = registry
+            .program(&c.program_id)
+            .filter(|p| p.fraud.max_clicks_per_ip_hour.is_some());
+        asked.push(program.map(|program| {
+            reads.push(Read::Count {
+                tally: Tally::IpClicks {
+                    program: c.program_id.clone(),
+                    partner: c.partner_id.clone(),
+                    ip_hash: c.ip_hash.clone(),
+                },
+                from_ms: mark.ms - CLICK_SPAM_WINDOW_MS + 1,
+                before: *mark,
+            });
+            (reads.len() - 1, program)
+        }));
+    }
+    if reads.is_empty() {
+        return Ok(vec![false; clicks.len()]);
+    }
+    let answers = state.read(&reads).await?;
+    Ok(asked
+        .iter()
+        .map(|a| match a {
+            Some((i, program)) => {
+                matches!(answers[*i], Answer::Count(n) if program.fraud.click_spam(n))
+            }
+            None => false,
+        })
+        .collect())
+}
+
 async fn retry<T, F, Fut>(shutdown: &Shutdown, mut op: F) -> Option<T>
 where
     F: FnMut() -> Fut,
@@ -377,11 +422,22 @@ impl Pipeline {
                 mark: Mark::new(c.ts, c.click_id),
                 window_ms: program.click_dedup_window_secs.saturating_mul(1000),
             });
+            // click_spam counts every click of the partner's links from the ip_hash.
+            let ip = program
+                .fraud
+                .max_clicks_per_ip_hour
+                .map(|_| Tally::IpClicks {
+                    program: c.program_id.clone(),
+                    partner: c.partner_id.clone(),
+                    ip_hash: c.ip_hash.clone(),
+                });
             records.push(ClickRecord {
                 click_id: c.click_id,
+                mark: Mark::new(c.ts, c.click_id),
                 visitor_id: c.visitor_id,
                 keep,
                 candidate: candidate.clone(),
+                ip,
             });
             match candidate {
                 Some(candidate) => candidates.push((
@@ -538,10 +594,18 @@ impl Pipeline {
         let mut more = released.items.len() == limit;
         let released_clicks = released.items.len();
         if !released.items.is_empty() {
+            let registry = &self.registry;
+            let Some(suspicious) =
+                retry(shutdown, || click_spam(registry, &*state, &released.items)).await
+            else {
+                self.commit_blocked = true;
+                return false;
+            };
             let decides: Vec<Decide> = released
                 .items
                 .iter()
-                .map(|(_, p)| Decide {
+                .zip(&suspicious)
+                .map(|((_, p), suspicious)| Decide {
                     candidate: p.candidate.clone(),
                     program_id: p.event.program_id.clone(),
                     visitor_id: p.event.visitor_id,
@@ -552,14 +616,21 @@ impl Pipeline {
                         ts: p.event.ts,
                     },
                     keep: p.keep,
+                    touchpoint: !suspicious,
                 })
                 .collect();
             let Some(verdicts) = retry(shutdown, || state.decide_clicks(&decides)).await else {
                 self.commit_blocked = true;
                 return false;
             };
-            for ((_, p), unique) in released.items.into_iter().zip(verdicts) {
-                let verdict = if unique {
+            for (((_, p), unique), suspicious) in
+                released.items.into_iter().zip(verdicts).zip(suspicious)
+            {
+                let verdict = if suspicious {
+                    metrics::counter!(m::PIPELINE_FRAUD_FLAGS_TOTAL, "rule" => Rule::ClickSpam.as_str())
+                        .increment(1);
+                    dedup::ClickVerdict::Suspicious
+                } else if unique {
                     dedup::ClickVerdict::Unique
                 } else {
                     dedup::ClickVerdict::Duplicate
@@ -744,9 +815,7 @@ impl Pipeline {
         metrics::counter!(m::PIPELINE_CLICK_DEDUP_TOTAL, "result" => verdict.as_str()).increment(1);
         metrics::counter!(m::PIPELINE_MESSAGES_TOTAL, "topic" => "clicks", "result" => "ok")
             .increment(1);
-        self.rows
-            .clicks
-            .push(ClickRow::new(c, verdict == dedup::ClickVerdict::Unique));
+        self.rows.clicks.push(ClickRow::new(c, verdict));
     }
 
     fn emit_conversion(&mut self, e: &ConversionEvent, memo: &Memo) {
@@ -1013,6 +1082,91 @@ mod tests {
             registry_version: 0,
             customer_email_sha256: None,
         }
+    }
+
+    /// click_spam (SPEC §5.8) with a limit of 2 an hour: the third and fourth clicks
+    /// from one ip_hash on alice's links are stored suspicious, neither unique nor a
+    /// touchpoint; another ip, and the same one an hour later, are not.
+    #[tokio::test(start_paused = true)]
+    async fn clicks_past_the_hourly_limit_are_suspicious_and_not_touchpoints() {
+        let registry = registry().await;
+        let mut program: Program =
+            serde_json::from_value(crate::registry::model::tests_support::program_json()).unwrap();
+        program.fraud.max_clicks_per_ip_hour = Some(2);
+        registry.put_program("acme", program).await.unwrap();
+        let bus = MemoryBus::new(1000);
+        let sink = Arc::new(Capture::default());
+        let mut config = crate::config::Config::embedded().pipeline;
+        config.late_grace_secs = 1;
+        let (trigger, shutdown) = crate::shutdown::channel();
+        let pipeline = Pipeline::new(
+            config,
+            registry,
+            Arc::new(store::MemoryState::new()),
+            Arc::clone(&sink) as Arc<dyn Sink>,
+            Arc::clone(&bus) as Arc<dyn EventBus>,
+        );
+        let task = tokio::spawn(pipeline.run(Box::new(bus.source()), shutdown));
+        let t0 = Utc::now() - chrono::Duration::hours(3);
+        let min = |m: i64| t0 + chrono::Duration::minutes(m);
+        let spammer = "5".repeat(32);
+        let clicks = [
+            (1, min(0), &spammer),
+            (2, min(1), &spammer),
+            (3, min(2), &spammer),
+            (4, min(3), &spammer),
+            (5, min(3), &"6".repeat(32)),
+            // 60 minutes after click 4, plus a millisecond: the hour before is empty.
+            (6, min(63) + chrono::Duration::milliseconds(1), &spammer),
+        ];
+        for (id, ts, ip) in clicks {
+            let mut c = click(id, Uuid::from_u128(100 + id), ts);
+            c.ip_hash = ip.clone();
+            c.user_agent = format!("agent {id}");
+            bus.publish_click(
+                c.visitor_id.to_string().as_bytes(),
+                &serde_json::to_vec(&c).unwrap(),
+            )
+            .unwrap();
+        }
+        // Sales following a suspicious click and an ordinary one.
+        for (id, click) in [(31, 3), (32, 2)] {
+            let s = sale(id, click, Utc::now());
+            bus.publish_conversions(&[(s.partition_key(), serde_json::to_vec(&s).unwrap())])
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        trigger.fire();
+        task.await.unwrap().unwrap();
+
+        let rows = sink.0.lock().unwrap();
+        let mut clicks: Vec<(u128, &str, u8)> = rows
+            .clicks
+            .iter()
+            .map(|c| (c.click_id.as_u128(), c.status, c.is_unique))
+            .collect();
+        clicks.sort();
+        assert_eq!(
+            clicks,
+            [
+                (1, "ok", 1),
+                (2, "ok", 1),
+                (3, "suspicious", 0),
+                (4, "suspicious", 0),
+                (5, "ok", 1),
+                (6, "ok", 1)
+            ]
+        );
+        let status: HashMap<u128, &str> = rows
+            .conversions
+            .iter()
+            .map(|c| (c.conversion_id.as_u128(), c.status))
+            .collect();
+        assert_eq!(
+            status,
+            HashMap::from([(31, "unattributed"), (32, "attributed")])
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -22,10 +22,10 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::store::{Answer, Mark, Read, StateError, StateStore, StoredTouch, Write};
+use super::store::{Answer, Mark, Read, StateError, StateStore, StoredTouch, Tally, Write};
 use crate::engine::attribution::Touch;
 use crate::engine::dedup;
-use crate::engine::fraud::Rule;
+use crate::engine::fraud::{Rule, REFUND_RATE_WINDOW_MS};
 use crate::engine::journey;
 use crate::engine::lifecycle::{self, BookedRefund, Lifecycle, RowRef, Standing, Status};
 use crate::engine::settle::{self, ConversionStatus, Credit, Decision, FirstSale, OrderRecord};
@@ -43,6 +43,9 @@ pub struct Memo {
     /// Memos written before the lifecycle existed have none: their rows read approved.
     #[serde(default)]
     pub lifecycle: Lifecycle,
+    /// A refund that is the first booked on its order: `refund_rate` counts it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub first_refund: bool,
 }
 
 /// An order whose hold ends at `due_ms`, queued until the settled frontier passes it.
@@ -234,33 +237,42 @@ pub async fn settle_batch(
         });
     }
 
-    // 4. Last month's counts of the partners sales may credit.
+    // 4. Tallies as of each conversion: last month's counts of the partners sales may
+    //    credit, and the refund rates of the partners it may credit.
     let mut count_reads = Vec::new();
-    let mut counts_of: Vec<Vec<(String, usize)>> = Vec::with_capacity(fresh.len());
+    let mut counts_of: Vec<Vec<(Read, usize)>> = Vec::with_capacity(fresh.len());
     for (k, &i) in fresh.iter().enumerate() {
         let (mark, e) = &batch[i];
         let mut mine = Vec::new();
+        let Some(program) = programs[k].as_deref() else {
+            counts_of.push(mine);
+            continue;
+        };
+        let mut partners: Vec<String> = selected[k].iter().map(|t| t.partner_id.clone()).collect();
+        if partners.is_empty() {
+            partners.extend(referral_partner(registry, program, e));
+        }
+        partners.sort();
+        partners.dedup();
+        let mut tallies = Vec::new();
         if e.kind == ConversionKind::Sale {
-            let mut partners: Vec<String> =
-                selected[k].iter().map(|t| t.partner_id.clone()).collect();
-            if partners.is_empty() {
-                partners.extend(
-                    programs[k]
-                        .as_deref()
-                        .and_then(|p| referral_partner(registry, p, e)),
-                );
+            tallies.extend(partners.iter().map(|p| volume_read(e, p, *mark)));
+        }
+        if program.fraud.refund_rate.is_some() && e.kind != ConversionKind::Refund {
+            // A recurring payment's partners are its first sale's: those stored are read
+            // now, one of this batch later (rate_reads below).
+            if let Some(Answer::Marked(Some((_, j)))) = asked[k].first_sale.map(|r| &answers[r]) {
+                if let Ok(f) = serde_json::from_str::<FirstSale>(j) {
+                    partners.extend(f.shares.into_iter().map(|(p, _)| p));
+                }
             }
-            partners.sort();
-            partners.dedup();
-            for p in partners {
-                count_reads.push(Read::CountBefore {
-                    program: e.program_id.clone(),
-                    partner: p.clone(),
-                    month: settle::previous_month(e.occurred_at),
-                    before: *mark,
-                });
-                mine.push((p, count_reads.len() - 1));
+            for p in &partners {
+                tallies.extend(rate_reads(e, p, *mark));
             }
+        }
+        for read in tallies {
+            count_reads.push(read.clone());
+            mine.push((read, count_reads.len() - 1));
         }
         counts_of.push(mine);
     }
@@ -268,7 +280,7 @@ pub async fn settle_batch(
 
     // 5. Decisions in mark order, over an overlay of what the batch changed.
     let mut claims: HashMap<String, Uuid> = HashMap::new();
-    let mut counted: HashMap<(String, String, u32), Vec<Mark>> = HashMap::new();
+    let mut tallied: HashMap<Tally, Vec<Mark>> = HashMap::new();
     let mut first_sales: HashMap<(String, String), (Mark, FirstSale)> = HashMap::new();
     let mut orders: HashMap<(String, String), OrderState> = HashMap::new();
     let mut decided: Vec<(usize, Memo)> = Vec::with_capacity(fresh.len());
@@ -279,6 +291,7 @@ pub async fn settle_batch(
                 decision: Decision::uncredited(ConversionStatus::Unattributed, Decimal::ZERO, ""),
                 campaigns: Vec::new(),
                 lifecycle: Lifecycle::default(),
+                first_refund: false,
             }),
             Some(program) => {
                 let key = dedup::conversion_key(&e.program_id, e.kind.as_str(), &e.order_id);
@@ -300,6 +313,7 @@ pub async fn settle_batch(
                             ),
                             campaigns: Vec::new(),
                             lifecycle: Lifecycle::default(),
+                            first_refund: false,
                         }),
                     }
                 } else {
@@ -348,21 +362,51 @@ pub async fn settle_batch(
                         }
                         _ => None,
                     };
-                    let volume = |partner: &str| -> u64 {
-                        let stored = counts_of[k]
-                            .iter()
-                            .find(|(p, _)| p == partner)
-                            .map(|(_, r)| match counts[*r] {
+                    // Tallies read in step 4, and any a first sale of this batch adds.
+                    let mut stored: HashMap<Read, u64> = counts_of[k]
+                        .iter()
+                        .map(|(read, r)| {
+                            let n = match counts[*r] {
                                 Answer::Count(n) => n,
                                 _ => 0,
-                            })
-                            .unwrap_or(0);
-                        let month = settle::previous_month(e.occurred_at);
-                        let batch = counted
-                            .get(&(e.program_id.clone(), partner.to_string(), month))
-                            .map(|marks| marks.iter().filter(|m| *m < mark).count() as u64)
-                            .unwrap_or(0);
-                        stored + batch
+                            };
+                            (read.clone(), n)
+                        })
+                        .collect();
+                    let rate_partners: Vec<String> = match (&first_sale, program.fraud.refund_rate)
+                    {
+                        (Some(f), Some(_)) => f.shares.iter().map(|(p, _)| p.clone()).collect(),
+                        _ => Vec::new(),
+                    };
+                    let missing: Vec<Read> = rate_partners
+                        .iter()
+                        .flat_map(|p| rate_reads(e, p, *mark))
+                        .filter(|r| !stored.contains_key(r))
+                        .collect();
+                    if !missing.is_empty() {
+                        for (read, answer) in missing.iter().zip(state.read(&missing).await?) {
+                            if let Answer::Count(n) = answer {
+                                stored.insert(read.clone(), n);
+                            }
+                        }
+                    }
+                    // Stored as of the mark, plus what this batch added before it.
+                    let count = |read: &Read| -> u64 {
+                        let Read::Count {
+                            tally,
+                            from_ms,
+                            before,
+                        } = read
+                        else {
+                            return 0;
+                        };
+                        let batch = tallied.get(tally).map_or(0, |marks| {
+                            marks
+                                .iter()
+                                .filter(|m| m.ms >= *from_ms && *m < before)
+                                .count() as u64
+                        });
+                        stored.get(read).copied().unwrap_or(0) + batch
                     };
                     decide(
                         registry,
@@ -371,12 +415,20 @@ pub async fn settle_batch(
                         &selected[k],
                         first_sale.as_ref(),
                         order.as_ref().map(|o| (o, earlier.as_slice())),
-                        volume,
+                        &AsOf { mark: *mark, count },
                     )
                     .inspect(|memo| {
                         // The overlay: what later conversions of the batch must see.
                         claims.insert(key, e.conversion_id);
-                        overlay(e, *mark, memo, &mut counted, &mut first_sales, &mut orders);
+                        overlay(
+                            program,
+                            e,
+                            *mark,
+                            memo,
+                            &mut tallied,
+                            &mut first_sales,
+                            &mut orders,
+                        );
                     })
                 }
             }
@@ -569,7 +621,7 @@ fn decide(
     selected: &[StoredTouch],
     first_sale: Option<&FirstSale>,
     order: Option<(&OrderRecord, &[BookedRefund])>,
-    volume: impl Fn(&str) -> u64,
+    as_of: &AsOf<impl Fn(&Read) -> u64>,
 ) -> Result<Memo, String> {
     let mut campaigns = Vec::new();
     let credit = match e.kind {
@@ -613,7 +665,7 @@ fn decide(
         Credit::Journey(touches) => touches.iter().map(|t| t.ts.timestamp_millis()).max(),
         _ => None,
     };
-    let decision = settle::settle(program, e, credit, registry, |p, _| volume(p))
+    let decision = settle::settle(program, e, credit, registry, |p, _| as_of.volume(e, p))
         .map_err(|why| format!("{OUT_OF_RANGE}: {why}"))?;
     // Within Decimal's range is not yet within the ledger's columns.
     crate::sink::rows::fits(e, &decision).map_err(|why| format!("{OUT_OF_RANGE}: {why}"))?;
@@ -641,7 +693,9 @@ fn decide(
         }
         _ if decision.rows.is_empty() => Lifecycle::default(),
         _ => {
-            let flags = flags(registry, program, e, &decision, last_touch_ms);
+            let flags = flags(registry, program, e, &decision, last_touch_ms, |p| {
+                as_of.refund_rate(program, e, p)
+            });
             let standing = Standing::new(
                 flags,
                 program.hold_days,
@@ -658,11 +712,119 @@ fn decide(
             }
         }
     };
+    let first_refund = e.kind == ConversionKind::Refund
+        && !decision.rows.is_empty()
+        && order.is_some_and(|(_, earlier)| earlier.is_empty());
     Ok(Memo {
         decision,
         campaigns,
         lifecycle,
+        first_refund,
     })
+}
+
+/// The tallies as a conversion at `mark` sees them (`count` answers [`Read::Count`]s).
+struct AsOf<F> {
+    mark: Mark,
+    count: F,
+}
+
+impl<F: Fn(&Read) -> u64> AsOf<F> {
+    /// The partner's conversions in the month before the conversion's (volume tiers).
+    fn volume(&self, e: &ConversionEvent, partner: &str) -> u64 {
+        (self.count)(&volume_read(e, partner, self.mark))
+    }
+
+    /// Whether the partner's refunded share of recent sales is above the program's rate.
+    fn refund_rate(&self, program: &Program, e: &ConversionEvent, partner: &str) -> bool {
+        let [sales, refunds] = rate_reads(e, partner, self.mark);
+        program
+            .fraud
+            .refund_rate((self.count)(&sales), (self.count)(&refunds))
+    }
+}
+
+/// The partners a decision credits directly (its level-0 rows), each once.
+fn direct_partners(d: &Decision) -> Vec<String> {
+    let mut out: Vec<String> = d
+        .rows
+        .iter()
+        .filter(|r| r.level == 0)
+        .map(|r| r.partner_id.clone())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The partner's conversions in the month before the conversion's, as of its mark.
+fn volume_read(e: &ConversionEvent, partner: &str, mark: Mark) -> Read {
+    Read::Count {
+        tally: Tally::Volume {
+            program: e.program_id.clone(),
+            partner: partner.to_string(),
+            month: settle::previous_month(e.occurred_at),
+        },
+        from_ms: 0,
+        before: mark,
+    }
+}
+
+/// The partner's sales and first refunds in the 30 days before the mark.
+fn rate_reads(e: &ConversionEvent, partner: &str, mark: Mark) -> [Read; 2] {
+    let from_ms = mark.ms.saturating_sub(REFUND_RATE_WINDOW_MS);
+    let read = |tally| Read::Count {
+        tally,
+        from_ms,
+        before: mark,
+    };
+    [
+        read(Tally::Sales {
+            program: e.program_id.clone(),
+            partner: partner.to_string(),
+        }),
+        read(Tally::Refunds {
+            program: e.program_id.clone(),
+            partner: partner.to_string(),
+        }),
+    ]
+}
+
+/// The tallies a settled conversion adds to (at its mark): volumes of the partners of
+/// an attributed sale, lead or signup; with `refund_rate` on, the sales and first
+/// refunds of the partners credited directly.
+fn tallies(program: Option<&Program>, e: &ConversionEvent, memo: &Memo) -> Vec<Tally> {
+    let d = &memo.decision;
+    let mut out = Vec::new();
+    if d.status != ConversionStatus::Attributed {
+        return out;
+    }
+    if e.kind.is_journey_kind() {
+        let month = settle::month_of(e.occurred_at);
+        out.extend(d.shares().into_iter().map(|(partner, _)| Tally::Volume {
+            program: e.program_id.clone(),
+            partner,
+            month,
+        }));
+    }
+    if program.is_some_and(|p| p.fraud.refund_rate.is_some()) {
+        let rate = match e.kind {
+            ConversionKind::Sale => Some(true),
+            ConversionKind::Refund if memo.first_refund => Some(false),
+            _ => None,
+        };
+        if let Some(sale) = rate {
+            out.extend(direct_partners(d).into_iter().map(|partner| {
+                let program = e.program_id.clone();
+                if sale {
+                    Tally::Sales { program, partner }
+                } else {
+                    Tally::Refunds { program, partner }
+                }
+            }));
+        }
+    }
+    out
 }
 
 /// The fraud rules (SPEC §5.8) a conversion that earns commissions trips.
@@ -672,6 +834,7 @@ fn flags(
     e: &ConversionEvent,
     d: &Decision,
     last_touch_ms: Option<i64>,
+    refund_rate: impl Fn(&str) -> bool,
 ) -> Vec<String> {
     let rules = &program.fraud;
     let mut out = Vec::new();
@@ -701,15 +864,19 @@ fn flags(
     if e.kind == ConversionKind::Sale && rules.review_above(d.settled_amount) {
         out.push(Rule::ReviewAbove.as_str().to_string());
     }
+    if rules.refund_rate.is_some() && direct_partners(d).iter().any(|p| refund_rate(p)) {
+        out.push(Rule::RefundRate.as_str().to_string());
+    }
     out
 }
 
 /// Records in the batch overlay what `memo` changes for later conversions.
 fn overlay(
+    program: &Program,
     e: &ConversionEvent,
     mark: Mark,
     memo: &Memo,
-    counted: &mut HashMap<(String, String, u32), Vec<Mark>>,
+    tallied: &mut HashMap<Tally, Vec<Mark>>,
     first_sales: &mut HashMap<(String, String), (Mark, FirstSale)>,
     orders: &mut HashMap<(String, String), OrderState>,
 ) {
@@ -725,17 +892,11 @@ fn overlay(
             slot.record = Some(order_record(e, memo));
         }
     }
+    for tally in tallies(Some(program), e, memo) {
+        tallied.entry(tally).or_default().push(mark);
+    }
     if d.status != ConversionStatus::Attributed {
         return;
-    }
-    if e.kind.is_journey_kind() {
-        let month = settle::month_of(e.occurred_at);
-        for (partner, _) in d.shares() {
-            counted
-                .entry((e.program_id.clone(), partner, month))
-                .or_default()
-                .push(mark);
-        }
     }
     if let (ConversionKind::Sale, Some(customer)) = (e.kind, &e.customer_id) {
         let slot = first_sales.entry((e.program_id.clone(), customer.clone()));
@@ -844,24 +1005,19 @@ fn effects(registry: &Registry, mark: Mark, e: &ConversionEvent, memo: &Memo) ->
             }
         }
     }
+    let program = registry.program(&e.program_id);
+    out.extend(
+        tallies(program.as_deref(), e, memo)
+            .into_iter()
+            .map(|tally| Write::Tally { tally, mark }),
+    );
     if d.status != ConversionStatus::Attributed {
         return out;
     }
-    if e.kind.is_journey_kind() {
-        let month = settle::month_of(e.occurred_at);
-        for (partner, _) in d.shares() {
-            out.push(Write::Count {
-                program: e.program_id.clone(),
-                partner,
-                month,
-                mark,
-            });
-        }
-    }
     if let (ConversionKind::Sale, Some(customer)) = (e.kind, &e.customer_id) {
         // Lifetime plans need the first sale for good; others until the term ends.
-        let ttl = registry
-            .program(&e.program_id)
+        let ttl = program
+            .as_deref()
             .and_then(|p| p.commission.recurring.months)
             .map(|m| std::time::Duration::from_secs(u64::from(m + 1) * 31 * 86_400));
         if let Ok(json) = serde_json::to_string(&first_sale(e, memo)) {
@@ -1007,9 +1163,13 @@ mod lifecycle_tests {
     }
 
     async fn registry() -> Arc<Registry> {
+        registry_with_fraud(serde_json::json!({"review_above": "500", "self_referral": true})).await
+    }
+
+    async fn registry_with_fraud(fraud: serde_json::Value) -> Arc<Registry> {
         let mut json = crate::registry::model::tests_support::program_json();
         json["hold_days"] = serde_json::json!(30);
-        json["fraud"] = serde_json::json!({"review_above": "500", "self_referral": true});
+        json["fraud"] = fraud;
         let mut program: Program = serde_json::from_value(json).unwrap();
         program.id = "acme".into();
         program.validate().unwrap();
@@ -1087,6 +1247,72 @@ mod lifecycle_tests {
 
     fn statuses(memo: &Memo) -> Vec<(Status, String)> {
         memo.lifecycle.created.clone()
+    }
+
+    /// refund_rate 0.5: a partner's new commissions are held once more than half of
+    /// the sales credited to her in the 30 days before are refunded (each order counted
+    /// at its first refund); one batch decides exactly what one-at-a-time does.
+    #[tokio::test]
+    async fn refund_rate_holds_a_partners_new_commissions_in_its_window() {
+        let registry = registry_with_fraud(serde_json::json!({"refund_rate": "0.5"})).await;
+        let h = |n: i64| t0() + Duration::hours(n);
+        let events = vec![
+            conversion(1, ConversionKind::Sale, "100", h(0)),
+            conversion(2, ConversionKind::Sale, "100", h(1)),
+            refund(3, 1, "10", h(2)),
+            // A second refund of order 1: still one refunded sale.
+            refund(4, 1, "10", h(3)),
+            // 1 refunded of 2: not above half.
+            conversion(5, ConversionKind::Sale, "100", h(4)),
+            refund(6, 2, "100", h(5)),
+            // 2 refunded of 3: above half.
+            conversion(7, ConversionKind::Sale, "100", h(6)),
+            // 2 of 4 (sale 7 counts, held or not): exactly half is not above it.
+            conversion(8, ConversionKind::Sale, "100", h(7)),
+            // 30 days on, those sales are out of the window.
+            conversion(9, ConversionKind::Sale, "100", h(30 * 24 + 7)),
+        ];
+        let reasons = |memos: &[Memo]| -> Vec<String> {
+            memos
+                .iter()
+                .map(|m| m.lifecycle.standing.held.join(","))
+                .collect()
+        };
+        let state = MemoryState::new();
+        let mut one_by_one = Vec::new();
+        for e in &events {
+            one_by_one.push(settle(&registry, &state, e.clone()).await);
+        }
+        assert_eq!(
+            reasons(&one_by_one),
+            ["", "", "", "", "", "", "refund_rate", "", ""]
+        );
+        assert_eq!(
+            one_by_one
+                .iter()
+                .map(|m| m.first_refund)
+                .collect::<Vec<_>>(),
+            [false, false, true, false, false, true, false, false, false]
+        );
+        assert_eq!(
+            statuses(&one_by_one[6]),
+            vec![(Status::Held, "refund_rate".into())]
+        );
+
+        let batch: Vec<(Mark, ConversionEvent)> = events
+            .iter()
+            .map(|e| (Mark::new(e.received_at, e.conversion_id), e.clone()))
+            .collect();
+        let together: Vec<Memo> = settle_batch(&registry, &MemoryState::new(), &batch)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| match o {
+                Outcome::Settled(m) => *m,
+                Outcome::DeadLetter(r) => panic!("{r}"),
+            })
+            .collect();
+        assert_eq!(together, one_by_one);
     }
 
     #[tokio::test]

@@ -9,6 +9,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::engine::commission::LedgerRow;
+use crate::engine::dedup::ClickVerdict;
 use crate::engine::settle::{AttributionLine, Decision};
 use crate::events::{ClickEvent, ConversionEvent};
 
@@ -157,7 +158,8 @@ pub struct ClickRow {
 }
 
 impl ClickRow {
-    pub fn new(e: ClickEvent, is_unique: bool) -> Self {
+    /// The row of a decided click; a suspicious one is stored with that status.
+    pub fn new(e: ClickEvent, verdict: ClickVerdict) -> Self {
         ClickRow {
             click_id: e.click_id,
             ts_ms: millis(e.ts),
@@ -176,8 +178,11 @@ impl ClickRow {
             utm_term: e.utm_term,
             utm_content: e.utm_content,
             is_bot: u8::from(e.is_bot),
-            status: e.status.as_str(),
-            is_unique: u8::from(is_unique),
+            status: match verdict {
+                ClickVerdict::Suspicious => ClickVerdict::Suspicious.as_str(),
+                _ => e.status.as_str(),
+            },
+            is_unique: u8::from(verdict == ClickVerdict::Unique),
         }
     }
 }

@@ -9,7 +9,7 @@
 --   layout), the last decided candidate ("ms:id"), [the visitor's journey (zset)]
 -- and 6 arguments from ARGV[6i+3]:
 --   ts ms, click id (32 hex), window ms, how long decided marks are kept (ms, event
---   time and TTL), journey member, journey TTL ms
+--   time and TTL), journey member (empty: not a touchpoint), journey TTL ms
 local max_journey = tonumber(ARGV[1])
 local stride = tonumber(ARGV[2])
 local out = {}
@@ -51,7 +51,7 @@ for i = 0, #KEYS / stride - 1 do
   end
   if redis.call('ZSCORE', ku, tid) then
     out[i + 1] = 1
-    if stride == 4 then
+    if stride == 4 and ARGV[a + 5] ~= '' then
       redis.call('ZADD', kj, tms, ARGV[a + 5])
       if redis.call('ZCARD', kj) > max_journey then
         redis.call('ZREMRANGEBYRANK', kj, 0, -max_journey - 1)

@@ -14,7 +14,7 @@ use uuid::Uuid;
 use tokio::time::{Duration, Instant};
 
 use super::{
-    Answer, ClickRecord, Decide, Mark, Read, StateError, StateStore, StoredTouch, Write,
+    Answer, ClickRecord, Decide, Mark, Read, StateError, StateStore, StoredTouch, Tally, Write,
     MAX_JOURNEY, MEMO_TTL,
 };
 
@@ -94,7 +94,8 @@ struct Inner {
     /// conversion → (memo, expiry)
     memos: HashMap<Uuid, (String, Instant)>,
     claims: HashMap<String, String>,
-    counts: HashMap<(String, String, u32), BTreeSet<Mark>>,
+    /// tally → (marks, expiry)
+    tallies: HashMap<Tally, (BTreeSet<Mark>, Instant)>,
     first_sales: HashMap<(String, String), BTreeMap<Mark, String>>,
     orders: HashMap<(String, String), Option<String>>,
     refunds: HashMap<(String, String), BTreeMap<Mark, String>>,
@@ -115,6 +116,16 @@ impl Inner {
         self.fingerprints.retain(|_, f| f.expires > now);
         self.journeys.retain(|_, j| j.expires > now);
         self.memos.retain(|_, (_, e)| *e > now);
+        self.tallies.retain(|_, (_, e)| *e > now);
+    }
+
+    fn tally(&mut self, t: &Tally, mark: Mark) {
+        let slot = self
+            .tallies
+            .entry(t.clone())
+            .or_insert_with(|| (BTreeSet::new(), Instant::now()));
+        slot.0.insert(mark);
+        slot.1 = Instant::now() + t.keep();
     }
 }
 
@@ -153,6 +164,9 @@ impl StateStore for MemoryState {
                 fp.candidates.insert(cand.mark);
                 fp.expires = now + Duration::from_millis(cand.keep_ms());
             }
+            if let Some(ip) = &c.ip {
+                inner.tally(ip, c.mark);
+            }
         }
         Ok(())
     }
@@ -166,7 +180,7 @@ impl StateStore for MemoryState {
             let fp = inner.fingerprints.entry(c.fingerprint.clone()).or_default();
             let unique = fp.decide(c.mark, c.window_ms, c.keep_ms());
             fp.expires = now + Duration::from_millis(c.keep_ms());
-            if unique {
+            if unique && d.touchpoint {
                 let journey = inner
                     .journeys
                     .entry((d.program_id.clone(), d.visitor_id))
@@ -196,7 +210,17 @@ impl StateStore for MemoryState {
     }
 
     async fn read(&self, reads: &[Read]) -> Result<Vec<Answer>, StateError> {
-        let inner = self.lock();
+        let mut inner = self.lock();
+        // Windowed tallies forget what lies behind their keep, as in Redis.
+        for r in reads {
+            if let Read::Count { tally, before, .. } = r {
+                if tally.windowed() {
+                    if let Some((marks, _)) = inner.tallies.get_mut(tally) {
+                        *marks = marks.split_off(&Mark::at(tally.horizon(*before)));
+                    }
+                }
+            }
+        }
         Ok(reads
             .iter()
             .map(|r| match r {
@@ -222,16 +246,16 @@ impl StateStore for MemoryState {
                         })
                         .unwrap_or_default(),
                 ),
-                Read::CountBefore {
-                    program,
-                    partner,
-                    month,
+                Read::Count {
+                    tally,
+                    from_ms,
                     before,
                 } => Answer::Count(
                     inner
-                        .counts
-                        .get(&(program.clone(), partner.clone(), *month))
-                        .map(|s| s.range(..*before).count() as u64)
+                        .tallies
+                        .get(tally)
+                        .filter(|_| Mark::at(*from_ms) < *before)
+                        .map(|(s, _)| s.range(Mark::at(*from_ms)..*before).count() as u64)
                         .unwrap_or(0),
                 ),
                 Read::FirstSale {
@@ -294,17 +318,8 @@ impl StateStore for MemoryState {
                         .or_insert_with(|| holder.clone());
                     None
                 }
-                Write::Count {
-                    program,
-                    partner,
-                    month,
-                    mark,
-                } => {
-                    inner
-                        .counts
-                        .entry((program.clone(), partner.clone(), *month))
-                        .or_default()
-                        .insert(*mark);
+                Write::Tally { tally, mark } => {
+                    inner.tally(tally, *mark);
                     None
                 }
                 Write::FirstSale {
@@ -392,6 +407,8 @@ mod tests {
             visitor_id: Uuid::from_u128(7),
             keep: Duration::from_secs(3600),
             candidate: None,
+            mark: Mark::at(0),
+            ip: None,
         };
         s.record_clicks(&[click(1)]).await.unwrap();
         tokio::time::advance(Duration::from_secs(1800)).await;

@@ -19,12 +19,19 @@
 //! | `{p}:j:{program}:{visitor}`       | zset   | lookback + 1 day         | [`StateStore::decide_clicks`]: unique clicks, ≤ [`MAX_JOURNEY`] |
 //! | `{p}:m:{conversion}`              | string | [`MEMO_TTL`]             | [`Write::Memo`]: the decision, set once |
 //! | `{p}:d:{program}:{kind}:{order}`  | string | [`CLAIM_TTL`]            | [`Write::Claim`]: the conversion holding the dedup key |
-//! | `{p}:v:{program}:{yyyymm}:{partner}` | zset | [`COUNT_TTL`]           | [`Write::Count`]: attributed conversions (score received ms) |
+//! | `{p}:v:{program}:{yyyymm}:{partner}` | zset | [`COUNT_TTL`]           | [`Write::Tally`] ([`Tally::Volume`]): attributed conversions (score received ms) |
+//! | `{p}:t:s:{program}:{partner}`     | zset   | [`RATE_KEEP`]            | [`Write::Tally`] ([`Tally::Sales`]): sales crediting the partner, when `refund_rate` is on |
+//! | `{p}:t:r:{program}:{partner}`     | zset   | [`RATE_KEEP`]            | [`Write::Tally`] ([`Tally::Refunds`]): first refunds of those sales |
+//! | `{p}:t:ip:{program}:{partner}:{ip}` | zset | [`IP_KEEP`]              | [`StateStore::record_clicks`] ([`Tally::IpClicks`]): clicks, when `click_spam` is on |
 //! | `{p}:fs:{program}:{customer}`     | zset   | recurring months + 1, or none | [`Write::FirstSale`]: attributed sales (score received ms) |
 //! | `{p}:o:{{program:order}}`         | string | [`ORDER_TTL`]            | [`Write::Order`]: what the order earned |
 //! | `{p}:o:{{program:order}}:r`       | hash   | [`ORDER_TTL`]            | [`Write::Refund`]: reversals booked, by the refund's mark |
 //! | `{p}:due`                         | zset   | none (members removed once done) | [`Write::Due`]: orders whose hold ends (score due ms, member the entry) |
 //! | `{p}:wm`                          | hash   | none                     | [`StateStore::publish`]: partition frontiers |
+//!
+//! Tallies (`v`, `t`) hold marks (score ms, member id as 32 hex) and are counted as of a
+//! mark. The windowed ones (`t`) are read in settlement order, so a read forgets what
+//! lies further behind it than the key's keep: nothing later reads that far back.
 //!
 //! Keys that one script or one read touches together share a hash tag (`{…}`), so the
 //! layout runs on a Redis Cluster as well as on one Redis: there the Redis store decides
@@ -54,6 +61,11 @@ pub const ORDER_TTL: Duration = Duration::from_secs(400 * 86_400);
 pub const COUNT_TTL: Duration = Duration::from_secs(70 * 86_400);
 /// Most unique clicks kept per journey (more than any `max_touches`).
 pub const MAX_JOURNEY: usize = 256;
+/// How long the tallies of `refund_rate` keep a mark: its 30-day window and two days
+/// for settlement to lag behind the newest read.
+pub const RATE_KEEP: Duration = Duration::from_secs(32 * 86_400);
+/// How long `click_spam`'s tally keeps a click: its hour and a day of lag.
+pub const IP_KEEP: Duration = Duration::from_secs(25 * 3600);
 /// Decided candidate clicks are kept at least this long behind the newest decided one,
 /// so that a replay finds its verdict.
 pub const MIN_FINGERPRINT_KEEP_MS: u64 = 86_400_000;
@@ -134,10 +146,14 @@ impl Mark {
 #[derive(Debug, Clone)]
 pub struct ClickRecord {
     pub click_id: Uuid,
+    /// `(ts, click_id)`.
+    pub mark: Mark,
     pub visitor_id: Uuid,
     /// How long the click index must remember it.
     pub keep: Duration,
     pub candidate: Option<Candidate>,
+    /// The [`Tally::IpClicks`] it is counted in, when its program has `click_spam`.
+    pub ip: Option<Tally>,
 }
 
 /// A click whose fingerprint's window decides whether it is unique.
@@ -195,6 +211,51 @@ pub struct Decide {
     pub touch: StoredTouch,
     /// How long the journey must remember it.
     pub keep: Duration,
+    /// Whether it joins the journey when unique (a suspicious click does not).
+    pub touchpoint: bool,
+}
+
+/// Marks counted as of a mark: each key holds the marks (ms, id) of what it counts.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Tally {
+    /// Attributed conversions crediting the partner in month `yyyymm` (volume tiers).
+    Volume {
+        program: String,
+        partner: String,
+        month: u32,
+    },
+    /// Attributed sales crediting the partner directly (`refund_rate`).
+    Sales { program: String, partner: String },
+    /// Orders of those sales at their first refund (`refund_rate`).
+    Refunds { program: String, partner: String },
+    /// Clicks from one ip_hash on the partner's links (`click_spam`).
+    IpClicks {
+        program: String,
+        partner: String,
+        ip_hash: String,
+    },
+}
+
+impl Tally {
+    /// How long a mark is kept: the key's TTL, and for windowed tallies how far
+    /// behind a read's mark marks are forgotten.
+    pub fn keep(&self) -> Duration {
+        match self {
+            Tally::Volume { .. } => COUNT_TTL,
+            Tally::Sales { .. } | Tally::Refunds { .. } => RATE_KEEP,
+            Tally::IpClicks { .. } => IP_KEEP,
+        }
+    }
+
+    /// Whether reads forget marks further behind them than [`Tally::keep`].
+    pub fn windowed(&self) -> bool {
+        !matches!(self, Tally::Volume { .. })
+    }
+
+    /// The ms below which a read at `before` forgets marks.
+    pub(crate) fn horizon(&self, before: Mark) -> i64 {
+        before.ms.saturating_sub(ms(self.keep()) as i64)
+    }
 }
 
 /// A read, as of what it says.
@@ -211,12 +272,11 @@ pub enum Read {
         from_ms: i64,
         to_ms: i64,
     },
-    /// Conversions counted for the partner in month `yyyymm` before `before` →
-    /// [`Answer::Count`].
-    CountBefore {
-        program: String,
-        partner: String,
-        month: u32,
+    /// Marks of the tally with `from_ms ≤ ms` and before `before` → [`Answer::Count`].
+    /// A windowed tally forgets marks older than its keep behind `before`.
+    Count {
+        tally: Tally,
+        from_ms: i64,
         before: Mark,
     },
     /// The customer's first attributed sale, if it lies before `before` →
@@ -255,13 +315,8 @@ pub enum Write {
     Memo { conversion_id: Uuid, json: String },
     /// Takes the dedup key for `holder` unless taken.
     Claim { key: String, holder: String },
-    /// Counts the conversion (at `mark`) for the partner's month.
-    Count {
-        program: String,
-        partner: String,
-        month: u32,
-        mark: Mark,
-    },
+    /// Adds a mark to a tally.
+    Tally { tally: Tally, mark: Mark },
     /// Adds an attributed sale (at `mark`) to the customer's sales; the first one
     /// (lowest mark) is the one recurring payments follow.
     FirstSale {
@@ -293,12 +348,13 @@ pub enum Write {
 /// Pipeline state.
 #[async_trait]
 pub trait StateStore: Send + Sync + 'static {
-    /// Indexes each click's visitor and adds candidates to their fingerprint.
-    /// Idempotent per click.
+    /// Indexes each click's visitor, adds candidates to their fingerprint and clicks to
+    /// their ip tally. Idempotent per click.
     async fn record_clicks(&self, clicks: &[ClickRecord]) -> Result<(), StateError>;
     /// Decides candidates (in mark order) and adds the unique ones to their journeys: a
     /// candidate is unique when no unique click of its fingerprint lies in the window
-    /// before it (SPEC §5.1). Every recorded candidate of the fingerprint up to the one
+    /// before it (SPEC §5.1); unique touchpoints join their journey. Every recorded
+    /// candidate of the fingerprint up to the one
     /// asked about is decided first, in mark order, whoever recorded it, so verdicts do
     /// not depend on which instance asks first. The caller asks only once every click
     /// partition has recorded everything before these marks. Idempotent.
@@ -350,6 +406,7 @@ pub mod suite {
                 ts: Utc.timestamp_millis_opt(c.mark.ms).unwrap(),
             },
             keep: Duration::from_secs(3600),
+            touchpoint: true,
         }
     }
 
@@ -363,6 +420,8 @@ pub mod suite {
             visitor_id: Uuid::from_u128(7),
             keep: Duration::from_secs(3600),
             candidate: Some(c.clone()),
+            mark: c.mark,
+            ip: None,
         }
     }
 
@@ -491,19 +550,21 @@ pub mod suite {
             vec![Some("one".to_string()), None]
         );
 
-        let count = |ms: i64, id: u128| Write::Count {
+        let volume = Tally::Volume {
             program: "acme".into(),
             partner: "p".into(),
             month: 202610,
+        };
+        let count = |ms: i64, id: u128| Write::Tally {
+            tally: volume.clone(),
             mark: Mark { ms, id },
         };
         s.write(&[count(T, 2), count(T, 4), count(T + 1, 1), count(T, 2)])
             .await
             .unwrap();
-        let before = |ms: i64, id: u128| Read::CountBefore {
-            program: "acme".into(),
-            partner: "p".into(),
-            month: 202610,
+        let before = |ms: i64, id: u128| Read::Count {
+            tally: volume.clone(),
+            from_ms: 0,
             before: Mark { ms, id },
         };
         assert_eq!(
@@ -599,6 +660,91 @@ pub mod suite {
         );
     }
 
+    /// Windowed tallies: counted from a bound, forgetting what lies behind their keep;
+    /// a suspicious click is not a touchpoint; clicks are counted in their ip tally.
+    pub async fn tallies_count_in_windows(s: &dyn StateStore) {
+        let sales = Tally::Sales {
+            program: "acme".into(),
+            partner: "q".into(),
+        };
+        let keep = ms(sales.keep()) as i64;
+        let at = |ms: i64, id: u128| Write::Tally {
+            tally: sales.clone(),
+            mark: Mark { ms, id },
+        };
+        // Ids are unique in a tally (conversions', clicks').
+        s.write(&[at(T - 10, 1), at(T, 2), at(T, 4), at(T + 5, 5), at(T, 2)])
+            .await
+            .unwrap();
+        let count = |from_ms: i64, ms: i64, id: u128| Read::Count {
+            tally: sales.clone(),
+            from_ms,
+            before: Mark { ms, id },
+        };
+        assert_eq!(
+            s.read(&[
+                count(T - 10, T, 3),
+                count(T - 9, T, 3),
+                count(T, T + 5, 0),
+                count(T + 6, T + 5, 0),
+                count(0, T + 6, 0)
+            ])
+            .await
+            .unwrap(),
+            vec![
+                Answer::Count(2),
+                Answer::Count(1),
+                Answer::Count(2),
+                Answer::Count(0),
+                Answer::Count(4)
+            ]
+        );
+        // A read far ahead forgets marks further behind it than the keep.
+        s.read(&[count(0, T + keep - 1, 0)]).await.unwrap();
+        assert_eq!(
+            s.read(&[count(0, T + 6, 0)]).await.unwrap(),
+            vec![Answer::Count(3)]
+        );
+
+        let ip = Tally::IpClicks {
+            program: "acme".into(),
+            partner: "q".into(),
+            ip_hash: "abc".into(),
+        };
+        let spam = cand("spam", T, 77, 0);
+        let mut rec = record(&spam);
+        rec.visitor_id = Uuid::from_u128(70);
+        rec.ip = Some(ip.clone());
+        s.record_clicks(&[rec]).await.unwrap();
+        let mut d = decide(&spam);
+        d.visitor_id = Uuid::from_u128(70);
+        d.touchpoint = false;
+        assert_eq!(s.decide_clicks(&[d]).await.unwrap(), vec![true]);
+        assert_eq!(
+            s.read(&[
+                Read::Journey {
+                    program: "acme".into(),
+                    visitor: Uuid::from_u128(70),
+                    from_ms: 0,
+                    to_ms: T + 1,
+                },
+                Read::Count {
+                    tally: ip.clone(),
+                    from_ms: T - 3_599_999,
+                    before: Mark { ms: T, id: 78 },
+                },
+                Read::Count {
+                    tally: ip,
+                    from_ms: T - 3_599_999,
+                    before: Mark { ms: T, id: 77 },
+                }
+            ])
+            .await
+            .unwrap(),
+            vec![Answer::Touches(vec![]), Answer::Count(1), Answer::Count(0)]
+        );
+    }
+
     /// Frontiers: published values read back.
     pub async fn frontiers(s: &dyn StateStore) {
         s.publish(&[("a/0/s".into(), Mark { ms: T, id: 3 })])
@@ -659,6 +805,7 @@ pub mod suite {
         journeys(s).await;
         conversions_read_as_of_a_mark(s).await;
         due_queue(s).await;
+        tallies_count_in_windows(s).await;
         frontiers(s).await;
         s.ping().await.unwrap();
     }

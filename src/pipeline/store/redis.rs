@@ -13,8 +13,8 @@ use uuid::Uuid;
 use crate::kv::Redis;
 
 use super::{
-    ms, Answer, ClickRecord, Decide, Mark, Read, StateError, StateStore, StoredTouch, Write,
-    CLAIM_TTL, COUNT_TTL, MAX_JOURNEY, MEMO_TTL, ORDER_TTL,
+    ms, Answer, ClickRecord, Decide, Mark, Read, StateError, StateStore, StoredTouch, Tally, Write,
+    CLAIM_TTL, MAX_JOURNEY, MEMO_TTL, ORDER_TTL,
 };
 
 const DECIDE_CLICKS: &str = include_str!("decide_clicks.lua");
@@ -52,8 +52,33 @@ impl RedisState {
     fn claim(&self, key: &str) -> String {
         format!("{}:d:{key}", self.prefix)
     }
-    fn count(&self, program: &str, month: u32, partner: &str) -> String {
-        format!("{}:v:{program}:{month}:{partner}", self.prefix)
+    fn tally(&self, t: &Tally) -> String {
+        let p = &self.prefix;
+        match t {
+            Tally::Volume {
+                program,
+                partner,
+                month,
+            } => format!("{p}:v:{program}:{month}:{partner}"),
+            Tally::Sales { program, partner } => format!("{p}:t:s:{program}:{partner}"),
+            Tally::Refunds { program, partner } => format!("{p}:t:r:{program}:{partner}"),
+            Tally::IpClicks {
+                program,
+                partner,
+                ip_hash,
+            } => format!("{p}:t:ip:{program}:{partner}:{ip_hash}"),
+        }
+    }
+
+    /// Adds a mark to a tally (set once) and keeps the key its keep.
+    fn tally_cmds(&self, pipe: &mut Cmds, t: &Tally, mark: Mark) {
+        let key = self.tally(t);
+        pipe.cmd("ZADD")
+            .arg(&key)
+            .arg("NX")
+            .arg(mark.ms)
+            .arg(mark.id_hex());
+        pipe.cmd("PEXPIRE").arg(&key).arg(ms(t.keep()));
     }
     fn first_sale(&self, program: &str, customer: &str) -> String {
         format!("{}:fs:{program}:{customer}", self.prefix)
@@ -111,7 +136,12 @@ impl RedisState {
                 .arg(c.mark.id_hex())
                 .arg(c.window_ms)
                 .arg(c.keep_ms())
-                .arg(d.touch.member())
+                // No member: not a touchpoint.
+                .arg(if d.touchpoint {
+                    d.touch.member()
+                } else {
+                    String::new()
+                })
                 .arg(ms(d.keep));
         }
         cmd
@@ -154,28 +184,27 @@ fn int(v: &Value) -> Result<u64, StateError> {
 #[async_trait]
 impl StateStore for RedisState {
     async fn record_clicks(&self, clicks: &[ClickRecord]) -> Result<(), StateError> {
-        let mut cmds = Vec::with_capacity(clicks.len() * 3);
+        let mut pipe = Cmds(Vec::with_capacity(clicks.len() * 3));
         for c in clicks {
-            let mut index = redis::cmd("SET");
-            index
+            pipe.cmd("SET")
                 .arg(self.click(c.click_id))
                 .arg(c.visitor_id.to_string())
                 .arg("PX")
                 .arg(ms(c.keep));
-            cmds.push(index);
             if let Some(cand) = &c.candidate {
                 let key = self.fingerprint(&cand.fingerprint, "c");
-                let mut add = redis::cmd("ZADD");
-                add.arg(&key)
+                pipe.cmd("ZADD")
+                    .arg(&key)
                     .arg("NX")
                     .arg(cand.mark.ms)
                     .arg(cand.mark.id_hex());
-                let mut expire = redis::cmd("PEXPIRE");
-                expire.arg(&key).arg(cand.keep_ms());
-                cmds.extend([add, expire]);
+                pipe.cmd("PEXPIRE").arg(&key).arg(cand.keep_ms());
+            }
+            if let Some(ip) = &c.ip {
+                self.tally_cmds(&mut pipe, ip, c.mark);
             }
         }
-        self.run(cmds).await?;
+        self.run(pipe.0).await?;
         Ok(())
     }
 
@@ -214,7 +243,7 @@ impl StateStore for RedisState {
             let cmds: Vec<Cmd> = clicks
                 .iter()
                 .zip(&verdicts)
-                .filter(|(_, unique)| **unique)
+                .filter(|(d, unique)| **unique && d.touchpoint)
                 .flat_map(|(d, _)| self.journey_cmds(d))
                 .collect();
             self.run(cmds).await?;
@@ -262,16 +291,21 @@ impl StateStore for RedisState {
                         .arg(*to_ms)
                         .arg("WITHSCORES");
                 }
-                Read::CountBefore {
-                    program,
-                    partner,
-                    month,
+                Read::Count {
+                    tally,
+                    from_ms,
                     before,
                 } => {
-                    let key = self.count(program, *month, partner);
+                    let key = self.tally(tally);
+                    if tally.windowed() {
+                        pipe.cmd("ZREMRANGEBYSCORE")
+                            .arg(&key)
+                            .arg("-inf")
+                            .arg(format!("({}", tally.horizon(*before)));
+                    }
                     pipe.cmd("ZCOUNT")
                         .arg(&key)
-                        .arg("-inf")
+                        .arg(*from_ms)
                         .arg(format!("({}", before.ms));
                     pipe.cmd("ZRANGEBYSCORE")
                         .arg(&key)
@@ -322,11 +356,23 @@ impl StateStore for RedisState {
                             .collect(),
                     )
                 }
-                Read::CountBefore { before, .. } => {
+                Read::Count {
+                    tally,
+                    from_ms,
+                    before,
+                } => {
+                    if tally.windowed() {
+                        next()?;
+                    }
                     let earlier = int(next()?)?;
                     let same_ms: Vec<String> = redis::from_redis_value_ref(next()?)?;
                     let id = before.id_hex();
-                    Answer::Count(earlier + same_ms.iter().filter(|m| **m < id).count() as u64)
+                    let same = if *from_ms <= before.ms {
+                        same_ms.iter().filter(|m| **m < id).count() as u64
+                    } else {
+                        0
+                    };
+                    Answer::Count(earlier + same)
                 }
                 Read::FirstSale { before, .. } => {
                     let first: Vec<(String, f64)> = redis::from_redis_value_ref(next()?)?;
@@ -385,20 +431,7 @@ impl StateStore for RedisState {
                         .arg("PX")
                         .arg(ms(CLAIM_TTL));
                 }
-                Write::Count {
-                    program,
-                    partner,
-                    month,
-                    mark,
-                } => {
-                    let key = self.count(program, *month, partner);
-                    pipe.cmd("ZADD")
-                        .arg(&key)
-                        .arg("NX")
-                        .arg(mark.ms)
-                        .arg(mark.id_hex());
-                    pipe.cmd("PEXPIRE").arg(&key).arg(ms(COUNT_TTL));
-                }
+                Write::Tally { tally, mark } => self.tally_cmds(&mut pipe, tally, *mark),
                 Write::FirstSale {
                     program,
                     customer,
