@@ -48,13 +48,9 @@ pub async fn registry(
 /// The Kafka bus, after checking that its topics exist.
 pub async fn kafka_bus(config: &Config) -> anyhow::Result<Arc<KafkaBus>> {
     let t = &config.kafka.topics;
-    kafka::check_topics(
-        &config.kafka,
-        &[&t.clicks, &t.conversions, &t.dlq],
-        Duration::from_secs(10),
-    )
-    .await
-    .context("broker check failed")?;
+    kafka::check_topics(&config.kafka, &t.all(), Duration::from_secs(10))
+        .await
+        .context("broker check failed")?;
     Ok(Arc::new(KafkaBus::new(
         &config.kafka,
         config.edge.buffer_events,
@@ -76,7 +72,7 @@ pub async fn run_edge(config: Config, shutdown: Shutdown) -> anyhow::Result<()> 
         .await
         .with_context(|| format!("cannot listen on edge.listen {}", config.edge.listen))?;
     tracing::info!(listen = %config.edge.listen, "edge listening");
-    let ledger = clickhouse_ledger(&config, store);
+    let ledger = clickhouse_ledger(&config, store, Arc::clone(&registry), Arc::clone(&bus));
     crate::edge::spawn(config, registry, bus, ledger, listener, shutdown).await?;
     Ok(())
 }
@@ -87,6 +83,8 @@ pub async fn run_edge(config: Config, shutdown: Shutdown) -> anyhow::Result<()> 
 pub fn clickhouse_ledger(
     config: &Config,
     locks: Arc<dyn crate::registry::RegistryStore>,
+    registry: Arc<Registry>,
+    bus: Arc<dyn EventBus>,
 ) -> Option<Arc<crate::ledger::Ledger>> {
     if config.sink.kind != crate::config::SinkKind::Clickhouse {
         return None;
@@ -98,6 +96,7 @@ pub fn clickhouse_ledger(
         view: ch.clone(),
         sink: ch,
         locks,
+        outbox: Some(crate::ledger::LedgerOutbox { registry, bus }),
     }))
 }
 
@@ -285,12 +284,13 @@ pub async fn run_migrate(config: Config) -> anyhow::Result<()> {
     }
     if config.bus.kind == BusKind::Kafka {
         let t = &config.kafka.topics;
-        kafka::create_topics(&config.kafka, &[&t.clicks, &t.conversions, &t.dlq])
+        kafka::create_topics(&config.kafka, &t.all())
             .await
             .context("topic creation failed")?;
         println!(
-            "kafka: topics {}, {}, {} exist ({} partitions for new ones)",
-            t.clicks, t.conversions, t.dlq, config.kafka.partitions
+            "kafka: topics {} exist ({} partitions for new ones)",
+            t.all().join(", "),
+            config.kafka.partitions
         );
     }
     Ok(())
@@ -314,11 +314,6 @@ pub async fn run_serve(
     let registry = registry(&config, Arc::clone(&store), shutdown.clone()).await?;
     let state = state_store(&config).await?;
     let (sink, view) = sink_and_ledger(&config).await?;
-    let ledger = Arc::new(crate::ledger::Ledger {
-        view,
-        sink: Arc::clone(&sink),
-        locks: store,
-    });
     let (bus, source, draining): (Arc<dyn EventBus>, Box<dyn crate::bus::EventSource>, bool) =
         match config.bus.kind {
             BusKind::Memory => {
@@ -331,6 +326,15 @@ pub async fn run_serve(
                 (bus, Box::new(kafka_source(&config).await?), false)
             }
         };
+    let ledger = Arc::new(crate::ledger::Ledger {
+        view,
+        sink: Arc::clone(&sink),
+        locks: store,
+        outbox: Some(crate::ledger::LedgerOutbox {
+            registry: Arc::clone(&registry),
+            bus: Arc::clone(&bus),
+        }),
+    });
     let edge_listener = TcpListener::bind(config.edge.listen)
         .await
         .with_context(|| format!("cannot listen on edge.listen {}", config.edge.listen))?;

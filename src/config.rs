@@ -115,6 +115,14 @@ pub struct TopicsConfig {
     pub clicks: String,
     pub conversions: String,
     pub dlq: String,
+    pub webhooks: String,
+}
+
+impl TopicsConfig {
+    /// Every topic touchline writes or reads.
+    pub fn all(&self) -> [&str; 4] {
+        [&self.clicks, &self.conversions, &self.dlq, &self.webhooks]
+    }
 }
 
 /// Where registry and pipeline state live.
@@ -283,6 +291,7 @@ impl Config {
             ("kafka.topics.clicks", &self.kafka.topics.clicks),
             ("kafka.topics.conversions", &self.kafka.topics.conversions),
             ("kafka.topics.dlq", &self.kafka.topics.dlq),
+            ("kafka.topics.webhooks", &self.kafka.topics.webhooks),
         ] {
             let valid = !topic.is_empty()
                 && topic.len() <= 249

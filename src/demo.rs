@@ -469,6 +469,7 @@ async fn lifecycle(dir: &std::path::Path) -> anyhow::Result<()> {
         view: view.clone(),
         sink: Arc::new(file),
         locks: Arc::new(crate::registry::MemoryStore::new()),
+        outbox: None,
     };
     let all = |view: Arc<crate::ledger::MemoryLedger>| async move {
         crate::ledger::LedgerView::entries(

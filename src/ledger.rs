@@ -18,10 +18,12 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::bus::EventBus;
 use crate::engine::{LedgerKind, Status};
-use crate::registry::RegistryStore;
+use crate::registry::{Registry, RegistryStore};
 use crate::sink::rows::{PayoutRow, StatusRow};
 use crate::sink::{Batch, Sink, SinkError};
+use crate::webhooks::Outbox;
 
 /// Namespace of payout ids: uuid v5 of (program, up_to ms).
 const PAYOUT_NS: Uuid = Uuid::from_u128(0x9d3a_5c71_e2b8_4a06_b1f4_6e28_0c9d_57a3);
@@ -73,8 +75,26 @@ impl Entry {
         })
     }
 
+    /// The step that gave this row its status, as written.
+    fn current_step(&self) -> StatusRow {
+        let mut row = self.step(self.step, self.status, &self.reason, &self.actor, self.at);
+        row.payout_id = self.payout_id.clone();
+        row
+    }
+
     /// The next step of this row.
     fn next(&self, status: Status, reason: &str, actor: &str, at: DateTime<Utc>) -> StatusRow {
+        self.step(self.step.saturating_add(1), status, reason, actor, at)
+    }
+
+    fn step(
+        &self,
+        step: u8,
+        status: Status,
+        reason: &str,
+        actor: &str,
+        at: DateTime<Utc>,
+    ) -> StatusRow {
         StatusRow::step(
             self.commission_id,
             self.conversion_id,
@@ -83,7 +103,7 @@ impl Entry {
             self.kind.as_str(),
             self.amount,
             &self.currency,
-            self.step.saturating_add(1),
+            step,
             status,
             reason,
             actor,
@@ -213,6 +233,15 @@ pub struct Ledger {
     pub view: Arc<dyn LedgerView>,
     pub sink: Arc<dyn Sink>,
     pub locks: Arc<dyn RegistryStore>,
+    /// Where webhook events of review and payout steps go (SPEC §3.6); none in the
+    /// demo and in tests of the ledger alone.
+    pub outbox: Option<LedgerOutbox>,
+}
+
+/// The registry that says who subscribes, and the bus whose outbox topic carries them.
+pub struct LedgerOutbox {
+    pub registry: Arc<Registry>,
+    pub bus: Arc<dyn EventBus>,
 }
 
 impl Ledger {
@@ -232,6 +261,55 @@ impl Ledger {
             tracing::warn!(error = %e, lock = %name, "ledger lock not released");
         }
         out
+    }
+
+    /// Publishes the webhook events `fill` gathers, acknowledged, before the request is
+    /// answered. Events are derived from what is written, after it is: a request
+    /// repeated after a failure publishes them again from the ledger, with the same ids.
+    async fn publish(&self, fill: impl FnOnce(&mut Outbox, &Registry)) -> Result<(), LedgerError> {
+        let Some(o) = &self.outbox else {
+            return Ok(());
+        };
+        let mut outbox = Outbox::default();
+        fill(&mut outbox, &o.registry);
+        if outbox.is_empty() {
+            return Ok(());
+        }
+        o.bus
+            .publish_outbox(&outbox.take())
+            .await
+            .map_err(|e| LedgerError::Unavailable(format!("webhook outbox: {e}")))
+    }
+
+    /// Every row of the program (with `status`, if given) that `keep` admits, a page
+    /// at a time.
+    async fn all(
+        &self,
+        program: &str,
+        status: Option<Status>,
+        keep: impl Fn(&Entry) -> bool,
+    ) -> Result<Vec<Entry>, LedgerError> {
+        const PAGE: usize = 100_000;
+        let mut rows = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self
+                .view
+                .entries(&Filter {
+                    program_id: program.to_string(),
+                    status,
+                    after,
+                    limit: PAGE,
+                    ..Filter::default()
+                })
+                .await?;
+            let full = page.len() == PAGE;
+            after = page.last().map(|e| e.commission_id);
+            rows.extend(page.into_iter().filter(|e| keep(e)));
+            if !full {
+                return Ok(rows);
+            }
+        }
     }
 
     /// Writes review or payout steps, all to `status`, and counts them.
@@ -280,6 +358,7 @@ impl Ledger {
                 unchanged: Vec::new(),
             };
             let mut steps = Vec::new();
+            let mut steps_before = Vec::new();
             for id in ids {
                 let Some(e) = by_id.get(id) else {
                     return Err(LedgerError::NotFound(format!(
@@ -291,7 +370,12 @@ impl Ledger {
                         steps.push(e.next(target, note, "admin", now));
                         out.changed.push(*id);
                     }
-                    s if s == target && e.actor == "admin" => out.unchanged.push(*id),
+                    s if s == target && e.actor == "admin" => {
+                        // Its events again: the request that made it may have stopped
+                        // before publishing them.
+                        steps_before.push(e.current_step());
+                        out.unchanged.push(*id);
+                    }
                     s => {
                         return Err(LedgerError::Conflict(format!(
                             "commission {id} is {}, only held rows are reviewed",
@@ -300,7 +384,12 @@ impl Ledger {
                     }
                 }
             }
-            self.write_steps(target, steps).await?;
+            self.write_steps(target, steps.clone()).await?;
+            self.publish(|o, r| {
+                o.steps(r, &steps_before);
+                o.steps(r, &steps);
+            })
+            .await?;
             Ok(out)
         })
         .await
@@ -330,47 +419,54 @@ impl Ledger {
         self.locked(program, async {
             let made = self.view.payout_lines(program, id).await?;
             if !made.is_empty() {
+                if self.outbox.is_some() {
+                    // Made before: its events again, from the ledger (the request that
+                    // made it may have stopped before publishing them).
+                    let paid: Vec<StatusRow> = self
+                        .all(program, Some(Status::Paid), |e| {
+                            e.payout_id == id.to_string()
+                        })
+                        .await?
+                        .iter()
+                        .map(Entry::current_step)
+                        .collect();
+                    self.publish(|o, r| {
+                        o.steps(r, &paid);
+                        o.payouts(r, &made);
+                    })
+                    .await?;
+                }
                 return Ok(payout_of(id, program, up_to, &made));
             }
             // Approved by then and unpaid, or paid by this very batch (a request that
             // stopped between its steps and its lines).
-            let mut rows = Vec::new();
-            let mut after = None;
-            loop {
-                let page = self
-                    .view
-                    .entries(&Filter {
-                        program_id: program.to_string(),
-                        after,
-                        limit: 100_000,
-                        ..Filter::default()
-                    })
-                    .await?;
-                let full = page.len() == 100_000;
-                after = page.last().map(|e| e.commission_id);
-                rows.extend(page.into_iter().filter(|e| {
+            let rows = self
+                .all(program, None, |e| {
                     (e.status == Status::Approved && e.at <= up_to)
                         || (e.status == Status::Paid && e.payout_id == id.to_string())
-                }));
-                if !full {
-                    break;
-                }
-            }
+                })
+                .await?;
             let mut by_partner: BTreeMap<&str, Vec<&Entry>> = BTreeMap::new();
             for e in &rows {
                 by_partner.entry(e.partner_id.as_str()).or_default().push(e);
             }
             let mut steps = Vec::new();
+            let mut steps_before = Vec::new();
             let mut lines = Vec::new();
             for (partner, entries) in by_partner {
                 let amount: Decimal = entries.iter().map(|e| e.amount).sum();
                 if amount <= Decimal::ZERO || amount < min_payout {
                     continue;
                 }
-                for e in entries.iter().filter(|e| e.status == Status::Approved) {
-                    let mut step = e.next(Status::Paid, "payout", "admin", now);
-                    step.payout_id = id.to_string();
-                    steps.push(step);
+                for e in entries.iter() {
+                    if e.status == Status::Approved {
+                        let mut step = e.next(Status::Paid, "payout", "admin", now);
+                        step.payout_id = id.to_string();
+                        steps.push(step);
+                    } else if e.status == Status::Paid {
+                        // Paid by this batch in a request that stopped before its lines.
+                        steps_before.push(e.current_step());
+                    }
                 }
                 lines.push(PayoutRow {
                     payout_id: id,
@@ -385,13 +481,19 @@ impl Ledger {
             }
             if !lines.is_empty() {
                 // The steps before the lines: a batch found is a batch complete.
-                self.write_steps(Status::Paid, steps).await?;
+                self.write_steps(Status::Paid, steps.clone()).await?;
                 self.sink
                     .write(&Batch {
                         payouts: lines.clone(),
                         ..Batch::default()
                     })
                     .await?;
+                self.publish(|o, r| {
+                    o.steps(r, &steps_before);
+                    o.steps(r, &steps);
+                    o.payouts(r, &lines);
+                })
+                .await?;
             }
             Ok(payout_of(id, program, up_to, &lines))
         })
@@ -528,6 +630,7 @@ mod tests {
             view: view.clone(),
             sink: Arc::new(Recording(view.clone())),
             locks: Arc::new(MemoryStore::new()),
+            outbox: None,
         };
         (ledger, view)
     }

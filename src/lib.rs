@@ -25,3 +25,4 @@ pub mod shutdown;
 pub mod signature;
 pub mod sink;
 pub mod synthetic;
+pub mod webhooks;

@@ -459,22 +459,3 @@ async fn click_spam_and_refund_rate_on_the_stack() {
     pipeline.stop().await;
     edge.stop().await;
 }
-
-/// Partner `alice` (gold) and her link `alice-spring` in program `acme`.
-async fn seed_partner_and_link(url: &str) {
-    let r = admin(
-        Method::PUT,
-        &format!("{url}/api/v1/partners/alice"),
-        json!({"program_id": "acme", "tier": "gold"}),
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-    let r = admin(
-        Method::POST,
-        &format!("{url}/api/v1/links"),
-        json!({"program_id": "acme", "partner_id": "alice", "code": "alice-spring",
-            "destination": "https://shop.example/"}),
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-}

@@ -187,6 +187,14 @@ impl EventBus for KafkaBus {
             .await
     }
 
+    async fn publish_outbox(&self, batch: &[(String, Vec<u8>)]) -> Result<(), BusError> {
+        let refs: Vec<(&[u8], &[u8])> = batch
+            .iter()
+            .map(|(k, p)| (k.as_bytes(), p.as_slice()))
+            .collect();
+        self.publish_acked(&self.topics.webhooks, &refs).await
+    }
+
     fn buffered(&self) -> usize {
         usize::try_from(self.clicks.in_flight_count()).unwrap_or(0)
     }
@@ -496,6 +504,7 @@ impl KafkaSource {
             Topic::Clicks => &self.topics.clicks,
             Topic::Conversions => &self.topics.conversions,
             Topic::Dlq => &self.topics.dlq,
+            Topic::Webhooks => &self.topics.webhooks,
         }
     }
 

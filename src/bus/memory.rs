@@ -47,6 +47,7 @@ pub struct MemoryBus {
     clicks: Queue,
     conversions: Queue,
     dlq: Queue,
+    outbox: Queue,
     capacity: usize,
     notify: Notify,
 }
@@ -58,6 +59,7 @@ impl MemoryBus {
             clicks: Queue::new(),
             conversions: Queue::new(),
             dlq: Queue::new(),
+            outbox: Queue::new(),
             capacity,
             notify: Notify::new(),
         })
@@ -78,6 +80,11 @@ impl MemoryBus {
     /// Messages the pipeline sent to the dead-letter topic.
     pub fn dead_letters(&self) -> Vec<Delivered> {
         self.dlq.lock().iter().cloned().collect()
+    }
+
+    /// Webhook events published to the outbox (the newest `capacity`).
+    pub fn outbox(&self) -> Vec<Delivered> {
+        self.outbox.lock().iter().cloned().collect()
     }
 }
 
@@ -113,6 +120,18 @@ impl EventBus for MemoryBus {
         let mut letters = self.dlq.lock();
         while letters.len() > self.capacity {
             letters.pop_front();
+        }
+        Ok(())
+    }
+
+    async fn publish_outbox(&self, batch: &[(String, Vec<u8>)]) -> Result<(), BusError> {
+        for (key, payload) in batch {
+            self.outbox.push(Topic::Webhooks, key.as_bytes(), payload);
+        }
+        // No embedded delivery reads it yet: bounded like the DLQ, newest kept.
+        let mut events = self.outbox.lock();
+        while events.len() > self.capacity {
+            events.pop_front();
         }
         Ok(())
     }

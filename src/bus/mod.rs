@@ -14,6 +14,8 @@ pub enum Topic {
     Clicks,
     Conversions,
     Dlq,
+    /// The outbox of ledger events for webhook endpoints (SPEC §3.6).
+    Webhooks,
 }
 
 impl Topic {
@@ -23,6 +25,7 @@ impl Topic {
             Topic::Clicks => "clicks",
             Topic::Conversions => "conversions",
             Topic::Dlq => "dlq",
+            Topic::Webhooks => "webhooks",
         }
     }
 }
@@ -52,6 +55,9 @@ pub trait EventBus: Send + Sync + 'static {
     async fn publish_conversions(&self, batch: &[(String, Vec<u8>)]) -> Result<(), BusError>;
     /// Publishes one message to the dead-letter topic, acknowledged.
     async fn publish_dlq(&self, key: &[u8], payload: &[u8]) -> Result<(), BusError>;
+    /// Publishes webhook events to the outbox, in order per key, and resolves once the
+    /// broker acknowledged every one.
+    async fn publish_outbox(&self, batch: &[(String, Vec<u8>)]) -> Result<(), BusError>;
     /// Click events waiting for the broker.
     fn buffered(&self) -> usize;
     /// Is the broker reachable?

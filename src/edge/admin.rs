@@ -8,7 +8,9 @@ use serde::Serialize;
 
 use super::Edge;
 use crate::http::{self, ApiError, HttpResponse, MAX_BODY_BYTES};
-use crate::registry::{Link, LinkEntry, LinkPatch, Partner, PartnerPatch, Program, RegistryError};
+use crate::registry::{
+    Link, LinkEntry, LinkPatch, Partner, PartnerPatch, Program, RegistryError, Webhook,
+};
 
 impl From<RegistryError> for ApiError {
     fn from(e: RegistryError) -> Self {
@@ -65,6 +67,13 @@ pub(crate) fn parse_known<T: DeserializeOwned + serde::Serialize>(
 struct ProgramView<'a> {
     #[serde(flatten)]
     program: &'a Program,
+}
+
+/// A webhook endpoint as the API shows it: the secret is write-only.
+fn webhook_view(w: &Webhook) -> serde_json::Value {
+    serde_json::json!({
+        "program_id": w.program_id, "name": w.name, "url": w.url, "events": w.events,
+    })
 }
 
 fn program_view(p: &Program) -> serde_json::Value {
@@ -205,6 +214,50 @@ impl Edge {
                 let entry = self.registry.patch_link(code, patch).await?;
                 Ok(http::json(StatusCode::OK, &self.link_view(&entry)))
             }
+            (Method::PUT, ["programs", id, "webhooks", name]) => {
+                let hook: Webhook = parse_known(&http::read_body(req, MAX_BODY_BYTES).await?)?;
+                let created = self.registry.put_webhook(id, name, hook).await?;
+                let w = self
+                    .registry
+                    .webhooks(id)
+                    .into_iter()
+                    .find(|w| w.name == *name)
+                    .ok_or_else(|| ApiError::internal("webhook vanished"))?;
+                Ok(http::json(
+                    if created {
+                        StatusCode::CREATED
+                    } else {
+                        StatusCode::OK
+                    },
+                    &webhook_view(&w),
+                ))
+            }
+            (Method::GET, ["programs", id, "webhooks", name]) => {
+                let w = self
+                    .registry
+                    .webhooks(id)
+                    .into_iter()
+                    .find(|w| w.name == *name)
+                    .ok_or_else(|| ApiError::not_found("webhook not found"))?;
+                Ok(http::json(StatusCode::OK, &webhook_view(&w)))
+            }
+            (Method::GET, ["programs", id, "webhooks"]) => {
+                if self.registry.program(id).is_none() {
+                    return Err(ApiError::not_found("program not found"));
+                }
+                let hooks: Vec<serde_json::Value> = self
+                    .registry
+                    .webhooks(id)
+                    .iter()
+                    .map(|w| webhook_view(w))
+                    .collect();
+                Ok(http::json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "webhooks": hooks }),
+                ))
+            }
+            (_, ["programs", _, "webhooks", _]) => Err(ApiError::method_not_allowed("GET, PUT")),
+            (_, ["programs", _, "webhooks"]) => Err(ApiError::method_not_allowed("GET")),
             (_, ["programs", _]) => Err(ApiError::method_not_allowed("GET, PUT")),
             (_, ["partners", _]) => Err(ApiError::method_not_allowed("GET, PUT, PATCH")),
             (_, ["links", _]) => Err(ApiError::method_not_allowed("GET, PATCH")),

@@ -39,6 +39,7 @@ use crate::registry::{Program, Registry};
 use crate::shutdown::Shutdown;
 use crate::sink::rows::{conversion_rows, ClickRow, StatusRow};
 use crate::sink::{Batch, Sink, SinkError};
+use crate::webhooks::Outbox;
 use resolve::{Memo, Outcome};
 use schedule::{Part, Pending, Progress, View};
 use store::{
@@ -81,6 +82,7 @@ pub struct Pipeline {
     registry: Arc<Registry>,
     state: Arc<dyn StateStore>,
     sink: Arc<dyn Sink>,
+    /// The dead-letter topic and the webhook outbox.
     dlq: Arc<dyn EventBus>,
     /// Topic names as frontiers are published under (instances sharing state must
     /// agree on them).
@@ -92,6 +94,8 @@ pub struct Pipeline {
     /// Next offset per partition after the messages taken so far.
     taken: BTreeMap<Part, i64>,
     rows: Batch,
+    /// Webhook events of `rows`, published once they are written.
+    outbox: Outbox,
     /// Hold ends whose approvals are among `rows`: removed from the queue once written.
     due_done: Vec<String>,
     last_write: Instant,
@@ -207,6 +211,7 @@ impl Pipeline {
             conversions: Pending::default(),
             taken: BTreeMap::new(),
             rows: Batch::default(),
+            outbox: Outbox::default(),
             due_done: Vec::new(),
             last_write: Instant::now(),
             started: (Utc::now(), Instant::now()),
@@ -348,7 +353,7 @@ impl Pipeline {
                         Err(e) => format!("undecodable conversion: {e}"),
                     }
                 }
-                Topic::Dlq => continue,
+                Topic::Dlq | Topic::Webhooks => continue,
             };
             // Undecodable: dead-lettered with the original bytes.
             self.dead_letter(
@@ -725,6 +730,7 @@ impl Pipeline {
                 if let Some(rows) = retry(shutdown, || resolve::approvals(&*state, &fresh)).await {
                     metrics::counter!(m::PIPELINE_LIFECYCLE_STEPS_TOTAL, "status" => "approved")
                         .increment(rows.len() as u64);
+                    self.outbox.steps(&self.registry, &rows);
                     self.rows.statuses.extend(rows);
                     self.due_done.extend(fresh);
                 }
@@ -822,6 +828,7 @@ impl Pipeline {
         let d = &memo.decision;
         let life = &memo.lifecycle;
         let (conversion, attributions, commissions) = conversion_rows(e, d, &memo.campaigns, life);
+        let first_step = self.rows.statuses.len();
         // The lifecycle: each row's creation, and the rows a refund cancels.
         for (i, c) in commissions.iter().enumerate() {
             let (status, reason) = life.created(i);
@@ -876,6 +883,12 @@ impl Pipeline {
             metrics::counter!(m::PIPELINE_COMMISSION_MINOR_UNITS_TOTAL, "currency" => currency_label(&d.currency), "kind" => r.kind.as_str())
                 .increment(units);
         }
+        self.outbox.conversion(
+            &self.registry,
+            &conversion,
+            &commissions,
+            &self.rows.statuses[first_step..],
+        );
         self.rows.conversions.push(conversion);
         self.rows.attributions.extend(attributions);
         self.rows.commissions.extend(commissions);
@@ -909,6 +922,29 @@ impl Pipeline {
         }
         self.rows = Batch::default();
         self.last_write = Instant::now();
+        // Webhook events of the rows written, before the offsets that made them are
+        // committed: a crash in between replays the rows and so the same events.
+        if !self.outbox.is_empty() {
+            let events = self.outbox.take();
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                match self.dlq.publish_outbox(&events).await {
+                    Ok(()) => break,
+                    Err(BusError::Fatal(e)) => return Err(BusError::Fatal(e).into()),
+                    Err(e) => {
+                        if shutdown.is_fired() {
+                            tracing::warn!(error = %e, "stopping with webhook events unpublished; they will be replayed");
+                            return Ok(());
+                        }
+                        tracing::warn!(error = %e, events = events.len(), "outbox unavailable, retrying");
+                        metrics::counter!(m::PIPELINE_RETRIES_TOTAL, "dependency" => "kafka")
+                            .increment(1);
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    }
+                }
+            }
+        }
         if !self.due_done.is_empty() {
             let done: Vec<store::Write> = std::mem::take(&mut self.due_done)
                 .into_iter()

@@ -149,7 +149,7 @@ impl View<'_> {
                     settled = settled.min(s);
                     everywhere = everywhere.min(done);
                 }
-                Topic::Dlq => {}
+                Topic::Dlq | Topic::Webhooks => {}
             }
         }
         Bounds {

@@ -14,7 +14,9 @@ use dashmap::DashMap;
 
 use crate::engine::settle::Directory;
 use crate::shutdown::Shutdown;
-pub use model::{Invalid, Link, LinkStatus, Partner, PartnerStatus, Program};
+pub use model::{
+    Invalid, Link, LinkStatus, Partner, PartnerStatus, Program, Webhook, WebhookEventType,
+};
 pub use store::{version, Changes, Entity, MemoryStore, RegistryStore, StoreError};
 
 /// Why a registry write was refused.
@@ -106,6 +108,8 @@ pub struct Registry {
     programs: DashMap<String, Arc<Program>>,
     partners: DashMap<String, Arc<Partner>>,
     links: DashMap<String, Arc<LinkEntry>>,
+    /// program → name → endpoint
+    webhooks: DashMap<String, std::collections::BTreeMap<String, Arc<Webhook>>>,
     cursor: tokio::sync::Mutex<String>,
     /// Version of the cursor: every change up to it is applied here.
     applied: AtomicU64,
@@ -124,6 +128,7 @@ impl Registry {
             programs: DashMap::new(),
             partners: DashMap::new(),
             links: DashMap::new(),
+            webhooks: DashMap::new(),
             cursor: tokio::sync::Mutex::new(String::new()),
             applied: AtomicU64::new(0),
             seen: AtomicU64::new(0),
@@ -147,18 +152,27 @@ impl Registry {
             std::collections::HashSet::new(),
             std::collections::HashSet::new(),
             std::collections::HashSet::new(),
+            std::collections::HashSet::new(),
         );
         for e in entities {
             match &e {
                 Entity::Program(p) => keep.0.insert(p.id.clone()),
                 Entity::Partner(p) => keep.1.insert(p.id.clone()),
                 Entity::Link(l) => keep.2.insert(l.code.clone()),
+                Entity::Webhook(w) => keep.3.insert(w.key()),
             };
             self.apply(e);
         }
         self.programs.retain(|k, _| keep.0.contains(k));
         self.partners.retain(|k, _| keep.1.contains(k));
         self.links.retain(|k, _| keep.2.contains(k));
+        for mut hooks in self.webhooks.iter_mut() {
+            let program = hooks.key().clone();
+            hooks
+                .value_mut()
+                .retain(|name, _| keep.3.contains(&Webhook::key_of(&program, name)));
+        }
+        self.webhooks.retain(|_, hooks| !hooks.is_empty());
         self.advance(&next);
         *cursor = next;
         Ok(())
@@ -273,7 +287,52 @@ impl Registry {
                 self.links
                     .insert(l.code.clone(), Arc::new(LinkEntry::new(l)));
             }
+            Entity::Webhook(w) => {
+                self.webhooks
+                    .entry(w.program_id.clone())
+                    .or_default()
+                    .insert(w.name.clone(), Arc::new(w));
+            }
         }
+    }
+
+    /// The program's webhook endpoints, by name.
+    pub fn webhooks(&self, program_id: &str) -> Vec<Arc<Webhook>> {
+        self.webhooks
+            .get(program_id)
+            .map(|h| h.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether any endpoint of the program subscribes to `event`: the pipeline and the
+    /// ledger publish only such events to the outbox.
+    pub fn subscribed(&self, program_id: &str, event: WebhookEventType) -> bool {
+        self.webhooks
+            .get(program_id)
+            .is_some_and(|h| h.values().any(|w| w.events.contains(&event)))
+    }
+
+    /// Creates or replaces a program's webhook endpoint; `true` when it is new.
+    pub async fn put_webhook(
+        &self,
+        program_id: &str,
+        name: &str,
+        mut webhook: Webhook,
+    ) -> Result<bool, RegistryError> {
+        webhook.program_id = program_id.to_string();
+        webhook.name = name.to_string();
+        webhook.validate()?;
+        let _w = self.writes.lock().await;
+        self.refresh().await?;
+        if self.program(program_id).is_none() {
+            return Err(RegistryError::NotFound("program"));
+        }
+        let created = !self
+            .webhooks
+            .get(program_id)
+            .is_some_and(|h| h.contains_key(name));
+        self.put(Entity::Webhook(webhook)).await?;
+        Ok(created)
     }
 
     pub fn program(&self, id: &str) -> Option<Arc<Program>> {

@@ -1,4 +1,5 @@
-//! Registry entities: programs, partners and links, with their validation.
+//! Registry entities: programs, partners, links and webhook endpoints, with their
+//! validation.
 
 use std::collections::BTreeMap;
 
@@ -494,5 +495,156 @@ mod tests {
         assert!(!valid_id("."));
         assert!(!valid_id(".."));
         assert!(valid_id("a.b"));
+    }
+}
+
+/// What a webhook endpoint can subscribe to (SPEC §3.6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum WebhookEventType {
+    #[serde(rename = "conversion.settled")]
+    ConversionSettled,
+    #[serde(rename = "commission.created")]
+    CommissionCreated,
+    #[serde(rename = "commission.status_changed")]
+    CommissionStatusChanged,
+    #[serde(rename = "payout.created")]
+    PayoutCreated,
+}
+
+impl WebhookEventType {
+    pub const ALL: [WebhookEventType; 4] = [
+        WebhookEventType::ConversionSettled,
+        WebhookEventType::CommissionCreated,
+        WebhookEventType::CommissionStatusChanged,
+        WebhookEventType::PayoutCreated,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookEventType::ConversionSettled => "conversion.settled",
+            WebhookEventType::CommissionCreated => "commission.created",
+            WebhookEventType::CommissionStatusChanged => "commission.status_changed",
+            WebhookEventType::PayoutCreated => "payout.created",
+        }
+    }
+}
+
+/// An outgoing webhook endpoint of a program (SPEC §3.6).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    /// From the path.
+    #[serde(default)]
+    pub program_id: String,
+    /// From the path.
+    #[serde(default)]
+    pub name: String,
+    /// Where deliveries are POSTed: http(s) only.
+    pub url: String,
+    /// Signs every delivery as §3.2 signs conversions. Write-only: never shown by the API.
+    pub secret: String,
+    /// The event types delivered, each once.
+    pub events: Vec<WebhookEventType>,
+}
+
+impl Webhook {
+    /// Its key among the registry's entities.
+    pub fn key(&self) -> String {
+        Self::key_of(&self.program_id, &self.name)
+    }
+
+    pub fn key_of(program_id: &str, name: &str) -> String {
+        // Ids cannot contain `/`.
+        format!("{program_id}/{name}")
+    }
+
+    /// Validates and normalizes (events sorted, each once).
+    pub fn validate(&mut self) -> Result<(), Invalid> {
+        if !valid_id(&self.name) {
+            return Err(Invalid::new("name", "must be 1-64 of A-Z a-z 0-9 _ . -"));
+        }
+        if !valid_http_url(&self.url) {
+            return Err(Invalid::new(
+                "url",
+                "must be an absolute http(s) URL with a host, at most 2048 ASCII characters",
+            ));
+        }
+        if !(16..=256).contains(&self.secret.len())
+            || !self.secret.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(Invalid::new(
+                "secret",
+                "must be 16-256 printable ASCII characters, no spaces",
+            ));
+        }
+        self.events.sort();
+        self.events.dedup();
+        if self.events.is_empty() {
+            return Err(Invalid::new(
+                "events",
+                "must name at least one of conversion.settled, commission.created, \
+                 commission.status_changed, payout.created",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod webhook_tests {
+    use super::*;
+
+    fn hook(url: &str, secret: &str, events: serde_json::Value) -> Result<Webhook, Invalid> {
+        let mut w: Webhook = serde_json::from_value(
+            serde_json::json!({"url": url, "secret": secret, "events": events}),
+        )
+        .map_err(|e| Invalid::new("body", e.to_string()))?;
+        w.name = "crm".into();
+        w.validate().map(|()| w)
+    }
+
+    #[test]
+    fn endpoints_are_validated_and_normalized() {
+        let secret = "whsec-0123456789abcdef";
+        let w = hook(
+            "https://partner.example/hooks",
+            secret,
+            serde_json::json!(["payout.created", "conversion.settled", "payout.created"]),
+        )
+        .unwrap();
+        assert_eq!(
+            w.events,
+            [
+                WebhookEventType::ConversionSettled,
+                WebhookEventType::PayoutCreated
+            ]
+        );
+        let field = |r: Result<Webhook, Invalid>| r.unwrap_err().field;
+        let any = serde_json::json!(["commission.created"]);
+        assert_eq!(field(hook("ftp://x.example/", secret, any.clone())), "url");
+        assert_eq!(
+            field(hook("https://a@evil.example/", secret, any.clone())),
+            "url"
+        );
+        assert_eq!(
+            field(hook("https://x.example/", "short", any.clone())),
+            "secret"
+        );
+        assert_eq!(
+            field(hook("https://x.example/", secret, serde_json::json!([]))),
+            "events"
+        );
+        assert_eq!(
+            field(hook(
+                "https://x.example/",
+                secret,
+                serde_json::json!(["sale"])
+            )),
+            "body"
+        );
+        for t in WebhookEventType::ALL {
+            let json = serde_json::to_value(t).unwrap();
+            assert_eq!(json, serde_json::json!(t.as_str()));
+        }
     }
 }

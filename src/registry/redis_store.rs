@@ -99,6 +99,7 @@ fn field(entity: &Entity) -> String {
         Entity::Program(p) => format!("program:{}", p.id),
         Entity::Partner(p) => format!("partner:{}", p.id),
         Entity::Link(l) => format!("link:{}", l.code),
+        Entity::Webhook(w) => format!("webhook:{}", w.key()),
     }
 }
 

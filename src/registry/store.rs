@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use super::model::{Link, Partner, Program};
+use super::model::{Link, Partner, Program, Webhook};
 
 /// One registry entity, as stored and as carried in the change log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -16,6 +16,7 @@ pub enum Entity {
     Program(Program),
     Partner(Partner),
     Link(Link),
+    Webhook(Webhook),
 }
 
 /// A store failure; always retryable from the caller's point of view.
@@ -120,6 +121,7 @@ fn entity_key(e: &Entity) -> (u8, String) {
         Entity::Program(p) => (0, p.id.clone()),
         Entity::Partner(p) => (1, p.id.clone()),
         Entity::Link(l) => (2, l.code.clone()),
+        Entity::Webhook(w) => (3, w.key()),
     }
 }
 

@@ -57,6 +57,10 @@ pub fn config(extra: &[(&str, &str)]) -> Config {
             "TOUCHLINE__KAFKA__TOPICS__DLQ".into(),
             format!("t{short}.dlq"),
         ),
+        (
+            "TOUCHLINE__KAFKA__TOPICS__WEBHOOKS".into(),
+            format!("t{short}.webhooks"),
+        ),
         ("TOUCHLINE__REDIS__PREFIX".into(), format!("t{short}")),
         (
             "TOUCHLINE__CLICKHOUSE__DATABASE".into(),
@@ -91,6 +95,10 @@ pub fn env_for(config: &Config) -> Vec<(String, String)> {
         ),
         ("TOUCHLINE__KAFKA__TOPICS__DLQ".into(), t.dlq.clone()),
         (
+            "TOUCHLINE__KAFKA__TOPICS__WEBHOOKS".into(),
+            t.webhooks.clone(),
+        ),
+        (
             "TOUCHLINE__REDIS__PREFIX".into(),
             config.redis.prefix.clone(),
         ),
@@ -113,7 +121,7 @@ pub fn env_for(config: &Config) -> Vec<(String, String)> {
 /// Creates the test's topics; panics with a clear message when no broker answers.
 pub async fn create_topics(config: &Config) {
     let t = &config.kafka.topics;
-    touchline::bus::kafka::create_topics(&config.kafka, &[&t.clicks, &t.conversions, &t.dlq])
+    touchline::bus::kafka::create_topics(&config.kafka, &t.all())
         .await
         .unwrap_or_else(|e| {
             panic!(
@@ -165,7 +173,7 @@ pub async fn start_edge(config: &Config) -> RunningEdge {
         config.clone(),
         Arc::clone(&registry),
         bus.clone(),
-        touchline::app::clickhouse_ledger(config, store),
+        touchline::app::clickhouse_ledger(config, store, Arc::clone(&registry), bus.clone()),
         listener,
         shutdown,
     );
@@ -813,4 +821,23 @@ pub fn assert_promtool_clean(text: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Partner `alice` (gold) and her link `alice-spring` in program `acme`.
+pub async fn seed_partner_and_link(url: &str) {
+    let r = admin(
+        Method::PUT,
+        &format!("{url}/api/v1/partners/alice"),
+        serde_json::json!({"program_id": "acme", "tier": "gold"}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let r = admin(
+        Method::POST,
+        &format!("{url}/api/v1/links"),
+        serde_json::json!({"program_id": "acme", "partner_id": "alice", "code": "alice-spring",
+            "destination": "https://shop.example/"}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
 }

@@ -1,0 +1,175 @@
+//! Outgoing webhooks (SPEC §3.6): the events the ledger produces for a program's
+//! endpoints, and the outbox they wait in.
+//!
+//! Events come from the ledger, never from request handlers: the pipeline builds them
+//! with the rows it settles and publishes them to the outbox topic once the rows are
+//! durable and before it commits the offsets that produced them; the ledger API does the
+//! same with review and payout steps before it answers. A crash in between replays the
+//! same rows and so the same events, with the same ids: the outbox is at least once,
+//! and its consumers deduplicate on the id. Only events some endpoint of the program
+//! subscribes to are published, so programs without webhooks cost nothing.
+//!
+//! Messages are keyed `{program_id}|{partner_id}`: one partner's events share a
+//! partition and keep the order the ledger made them in.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::registry::{Registry, WebhookEventType};
+use crate::sink::rows::{CommissionRow, ConversionRow, PayoutRow, StatusRow};
+
+/// Ids of `payout.created` events: one per payout line, so per partner.
+const PAYOUT_EVENT_NS: Uuid = Uuid::from_u128(0x5d8c_1f0e_7b2a_4c61_9e3d_a4b5_c6d7_e8f9);
+
+/// One event, as published to the outbox and as delivered (the request body).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebhookEvent {
+    /// Schema version, 1 (SPEC §4).
+    pub v: u8,
+    /// Stable across replays and retries (`X-Touchline-Event-Id`): the conversion's,
+    /// the ledger row's, the status step's, or the payout line's id.
+    pub id: Uuid,
+    #[serde(rename = "type")]
+    pub kind: WebhookEventType,
+    pub program_id: String,
+    /// The partner it concerns; empty for a conversion that credits nobody.
+    pub partner_id: String,
+    /// When it happened in the ledger (event time), RFC 3339 UTC with milliseconds.
+    #[serde(with = "crate::events::rfc3339_millis")]
+    pub created_at: DateTime<Utc>,
+    /// The row as stored in its table (`conversions`, `commissions`,
+    /// `commission_status`, `payouts`), in the tables' JSON form.
+    pub data: serde_json::Value,
+}
+
+impl WebhookEvent {
+    /// The outbox message key: one partner's events keep their order.
+    pub fn key(&self) -> String {
+        format!("{}|{}", self.program_id, self.partner_id)
+    }
+}
+
+/// Events gathered in ledger order until their rows are durable.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    events: Vec<WebhookEvent>,
+}
+
+impl Outbox {
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    /// A settled conversion: `conversion.settled`, then `commission.created` per row,
+    /// then the status changes it caused (`steps` with step 0 are creations and carried
+    /// by `commission.created`).
+    pub fn conversion(
+        &mut self,
+        registry: &Registry,
+        conversion: &ConversionRow,
+        commissions: &[CommissionRow],
+        steps: &[StatusRow],
+    ) {
+        let program = &conversion.program_id;
+        if registry.subscribed(program, WebhookEventType::ConversionSettled) {
+            let partner = commissions
+                .iter()
+                .find(|c| c.level == 0)
+                .map(|c| c.partner_id.clone())
+                .unwrap_or_default();
+            self.push(
+                conversion.conversion_id,
+                WebhookEventType::ConversionSettled,
+                program,
+                partner,
+                conversion.received_at,
+                conversion,
+            );
+        }
+        if registry.subscribed(program, WebhookEventType::CommissionCreated) {
+            for c in commissions {
+                self.push(
+                    c.commission_id,
+                    WebhookEventType::CommissionCreated,
+                    program,
+                    c.partner_id.clone(),
+                    c.created_at,
+                    c,
+                );
+            }
+        }
+        self.steps(registry, steps);
+    }
+
+    /// Status changes (steps after the first): `commission.status_changed`.
+    pub fn steps(&mut self, registry: &Registry, steps: &[StatusRow]) {
+        for s in steps.iter().filter(|s| s.step > 0) {
+            if registry.subscribed(&s.program_id, WebhookEventType::CommissionStatusChanged) {
+                self.push(
+                    s.event_id,
+                    WebhookEventType::CommissionStatusChanged,
+                    &s.program_id,
+                    s.partner_id.clone(),
+                    s.at,
+                    s,
+                );
+            }
+        }
+    }
+
+    /// A payout's lines: one `payout.created` per partner paid.
+    pub fn payouts(&mut self, registry: &Registry, lines: &[PayoutRow]) {
+        for l in lines {
+            if registry.subscribed(&l.program_id, WebhookEventType::PayoutCreated) {
+                self.push(
+                    Uuid::new_v5(
+                        &PAYOUT_EVENT_NS,
+                        format!("{}|{}", l.payout_id, l.partner_id).as_bytes(),
+                    ),
+                    WebhookEventType::PayoutCreated,
+                    &l.program_id,
+                    l.partner_id.clone(),
+                    l.created_at,
+                    l,
+                );
+            }
+        }
+    }
+
+    fn push(
+        &mut self,
+        id: Uuid,
+        kind: WebhookEventType,
+        program: &str,
+        partner_id: String,
+        created_at: DateTime<Utc>,
+        row: &impl Serialize,
+    ) {
+        match serde_json::to_value(row) {
+            Ok(data) => self.events.push(WebhookEvent {
+                v: crate::events::EVENT_VERSION,
+                id,
+                kind,
+                program_id: program.to_string(),
+                partner_id,
+                created_at,
+                data,
+            }),
+            // Rows are plain data; this cannot happen short of a bug, which must show.
+            Err(e) => tracing::error!(error = %e, %id, "webhook event not encodable, skipped"),
+        }
+    }
+
+    /// The outbox messages (key, JSON), in order; the outbox is left empty.
+    pub fn take(&mut self) -> Vec<(String, Vec<u8>)> {
+        std::mem::take(&mut self.events)
+            .into_iter()
+            .filter_map(|e| Some((e.key(), serde_json::to_vec(&e).ok()?)))
+            .collect()
+    }
+}

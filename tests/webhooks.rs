@@ -1,0 +1,177 @@
+//! Webhooks on the real stack (SPEC §3.6), first part: endpoints through the admin API
+//! and the outbox the ledger fills. Events come from the ledger: the pipeline publishes
+//! them with the rows it settles, review and payouts with their steps; ids are stable,
+//! so a repeated payout publishes the same events again; only subscribed types go out.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::*;
+use hyper::{Method, StatusCode};
+use serde_json::{json, Value};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_and_the_outbox_the_ledger_fills() {
+    let config = config(&[("TOUCHLINE__PIPELINE__LATE_GRACE_SECS", "2")]);
+    create_topics(&config).await;
+    migrate(&config).await;
+    let edge = start_edge(&config).await;
+    let url = edge.url("");
+    let url = url.trim_end_matches('/');
+    let hook_url = format!("{url}/api/v1/programs/acme/webhooks/crm");
+    let hook = json!({"url": "https://crm.example/touchline", "secret": "whsec-0123456789abcdef",
+        "events": ["commission.created", "commission.status_changed", "payout.created"]});
+
+    // No program yet; then bad values name their field.
+    let r = admin(Method::PUT, &hook_url, hook.clone()).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{:?}", r.body);
+    let mut program = program_json();
+    program["hold_days"] = json!(0);
+    program["fraud"] = json!({"review_above": "100"});
+    let r = admin(Method::PUT, &format!("{url}/api/v1/programs/acme"), program).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    for (field, bad) in [
+        ("url", json!({"url": "ftp://crm.example/"})),
+        ("secret", json!({"secret": "short"})),
+        ("events", json!({"events": []})),
+    ] {
+        let mut body = hook.clone();
+        body.as_object_mut()
+            .unwrap()
+            .extend(bad.as_object().unwrap().clone());
+        let r = admin(Method::PUT, &hook_url, body).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{field}: {:?}", r.body);
+        assert_eq!(r.json()["error"]["field"], json!(field), "{:?}", r.body);
+    }
+    let r = admin(Method::PUT, &hook_url, hook.clone()).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let shown = r.json();
+    assert_eq!(shown["url"], hook["url"]);
+    assert!(shown.get("secret").is_none(), "the secret is write-only");
+    assert_eq!(
+        admin(Method::PUT, &hook_url, hook.clone()).await.status,
+        StatusCode::OK
+    );
+    let listed = admin(
+        Method::GET,
+        &format!("{url}/api/v1/programs/acme/webhooks"),
+        Value::Null,
+    )
+    .await
+    .json();
+    assert_eq!(listed["webhooks"].as_array().unwrap().len(), 1);
+    assert!(
+        !String::from_utf8_lossy(&admin(Method::GET, &hook_url, Value::Null).await.body)
+            .contains("whsec")
+    );
+
+    seed_partner_and_link(url).await;
+    let pipeline = start_pipeline(&config);
+
+    // Gold 25%: 37.50 held for review, 10.00 approved at once.
+    let sales = json!([
+        {"program_id": "acme", "order_id": "S1", "kind": "sale", "amount": "150.00", "referral_code": "alice-spring"},
+        {"program_id": "acme", "order_id": "S2", "kind": "sale", "amount": "40.00", "referral_code": "alice-spring"}
+    ]);
+    let r = post_conversions(url, &sales.to_string()).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
+    wait_count(
+        &config,
+        "SELECT count() FROM commission_status FINAL",
+        2,
+        Duration::from_secs(60),
+    )
+    .await;
+    let held = ch_query(
+        &config,
+        "SELECT toString(commission_id) FROM commission_status FINAL WHERE status = 'held'",
+    )
+    .await;
+    let r = admin(
+        Method::POST,
+        &format!("{url}/api/v1/commissions/review"),
+        json!({"program_id": "acme", "commission_ids": [held[0][0]], "action": "approve"}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let up_to = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let payouts_url = format!("{url}/api/v1/payouts");
+    let payout = |up_to: String| {
+        admin(
+            Method::POST,
+            &payouts_url,
+            json!({"program_id": "acme", "up_to": up_to}),
+        )
+    };
+    let r = payout(up_to.clone()).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.json()["lines"][0]["amount"], json!("47.5000"));
+
+    let topic = &config.kafka.topics.webhooks;
+    let events = read_topic(&config.kafka.brokers, topic, 6, Duration::from_secs(30)).await;
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|(_, e)| e["type"].as_str().unwrap())
+        .collect();
+    // One partner: one key, one partition, the ledger's order. No conversion.settled:
+    // nobody subscribed to it.
+    assert_eq!(
+        kinds,
+        [
+            "commission.created",
+            "commission.created",
+            "commission.status_changed",
+            "commission.status_changed",
+            "commission.status_changed",
+            "payout.created"
+        ],
+        "{events:?}"
+    );
+    assert!(events
+        .iter()
+        .all(|(k, e)| k.as_deref() == Some(b"acme|alice".as_slice())
+            && e["program_id"] == "acme"
+            && e["partner_id"] == "alice"));
+    let statuses: Vec<(&str, &str)> = events[2..5]
+        .iter()
+        .map(|(_, e)| {
+            (
+                e["data"]["status"].as_str().unwrap(),
+                e["data"]["actor"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        statuses,
+        [("approved", "admin"), ("paid", "admin"), ("paid", "admin")]
+    );
+    // Status events carry the audit trail's step ids.
+    let steps: HashSet<String> = ch_query(
+        &config,
+        "SELECT toString(event_id) FROM commission_status FINAL WHERE step > 0",
+    )
+    .await
+    .into_iter()
+    .map(|r| r[0].clone())
+    .collect();
+    let ids: HashSet<String> = events[2..5]
+        .iter()
+        .map(|(_, e)| e["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, steps);
+
+    // The same payout again: the same batch, and its events again with the same ids
+    // (a request that stopped before publishing loses nothing).
+    let r = payout(up_to).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let again = read_topic(&config.kafka.brokers, topic, 9, Duration::from_secs(30)).await;
+    assert_eq!(again.len(), 9);
+    let first: HashSet<&Value> = events[3..].iter().map(|(_, e)| &e["id"]).collect();
+    let second: HashSet<&Value> = again[6..].iter().map(|(_, e)| &e["id"]).collect();
+    assert_eq!(first, second);
+    pipeline.stop().await;
+    edge.stop().await;
+}
