@@ -103,23 +103,7 @@ async fn fraud_holds_review_and_payouts_on_the_stack() {
 
     // A click, and at once a sale with its click id: fast_conversion.
     let browser = "Mozilla/5.0 (X11; Linux x86_64; rv:127.0) Gecko/20100101 Firefox/127.0";
-    let r = send(
-        Method::GET,
-        &format!("{url}/r/alice-spring"),
-        &[("user-agent", browser)],
-        "",
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::FOUND);
-    let location = r.headers["location"].to_str().unwrap().to_string();
-    let click = location
-        .split("tl_click=")
-        .nth(1)
-        .expect("the redirect carries the click id")
-        .split('&')
-        .next()
-        .unwrap()
-        .to_string();
+    let click = click_through(url, "alice-spring", browser).await;
     let sales = json!([
         // Gold (25%) on 150.00: 37.50, above review_above 100.
         {"program_id": "acme", "order_id": "S1", "kind": "sale", "amount": "150.00", "referral_code": "alice-spring"},
@@ -316,23 +300,7 @@ async fn click_spam_and_refund_rate_on_the_stack() {
     for i in 0..4 {
         let agent =
             format!("Mozilla/5.0 (X11; Linux x86_64; rv:12{i}.0) Gecko/20100101 Firefox/12{i}.0");
-        let r = send(
-            Method::GET,
-            &format!("{url}/r/alice-spring"),
-            &[("user-agent", &agent)],
-            "",
-        )
-        .await;
-        assert_eq!(r.status, StatusCode::FOUND);
-        let location = r.headers["location"].to_str().unwrap().to_string();
-        clicks.push(
-            location
-                .split("tl_click=")
-                .nth(1)
-                .and_then(|q| q.split('&').next())
-                .expect("the redirect carries the click id")
-                .to_string(),
-        );
+        clicks.push(click_through(url, "alice-spring", &agent).await);
         // Distinct milliseconds: the limit applies in (ts, click id) order.
         tokio::time::sleep(Duration::from_millis(5)).await;
     }

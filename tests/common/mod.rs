@@ -841,3 +841,23 @@ pub async fn seed_partner_and_link(url: &str) {
     .await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
 }
+
+/// Follows referral link `code` as a browser with `user_agent`; the click id the
+/// redirect carries (`tl_click`).
+pub async fn click_through(url: &str, code: &str, user_agent: &str) -> String {
+    let r = send(
+        Method::GET,
+        &format!("{url}/r/{code}"),
+        &[("user-agent", user_agent)],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FOUND);
+    let location = r.headers["location"].to_str().unwrap();
+    location
+        .split("tl_click=")
+        .nth(1)
+        .and_then(|q| q.split('&').next())
+        .expect("the redirect carries the click id")
+        .to_string()
+}
