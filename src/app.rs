@@ -120,16 +120,19 @@ pub async fn state_store(
 
 /// The sink the configuration names, checked at start-up.
 pub async fn sink(config: &Config) -> anyhow::Result<Arc<dyn crate::sink::Sink>> {
-    Ok(sink_and_ledger(config).await?.0)
+    Ok(sinks(config).await?.sink)
 }
 
-/// The sink the configuration names, with the ledger view over what it writes.
-pub async fn sink_and_ledger(
-    config: &Config,
-) -> anyhow::Result<(
-    Arc<dyn crate::sink::Sink>,
-    Arc<dyn crate::ledger::LedgerView>,
-)> {
+/// What one sink gives a process: the table writer, the ledger view over what it
+/// writes, and the webhook delivery log.
+pub struct Sinks {
+    pub sink: Arc<dyn crate::sink::Sink>,
+    pub view: Arc<dyn crate::ledger::LedgerView>,
+    pub log: Arc<dyn crate::sink::DeliveryLog>,
+}
+
+/// The sink the configuration names, checked at start-up.
+pub async fn sinks(config: &Config) -> anyhow::Result<Sinks> {
     use crate::config::SinkKind;
     Ok(match config.sink.kind {
         SinkKind::File => {
@@ -141,7 +144,12 @@ pub async fn sink_and_ledger(
                     )
                 })?;
             let view = file.ledger();
-            (Arc::new(file), view)
+            let file = Arc::new(file);
+            Sinks {
+                sink: file.clone(),
+                log: file,
+                view,
+            }
         }
         SinkKind::Clickhouse => {
             let ch = &config.clickhouse;
@@ -157,7 +165,11 @@ pub async fn sink_and_ledger(
                         ch.database
                     )
                 })?;
-            (sink.clone(), sink)
+            Sinks {
+                sink: sink.clone(),
+                view: sink.clone(),
+                log: sink,
+            }
         }
     })
 }
@@ -170,17 +182,29 @@ async fn pipeline_admin(
     sink: Arc<dyn crate::sink::Sink>,
     shutdown: Shutdown,
 ) -> anyhow::Result<(tokio::task::JoinHandle<()>, std::net::SocketAddr)> {
-    let listen = config.pipeline.admin_listen;
+    let admin = crate::pipeline::admin::ServiceAdmin::pipeline(state, sink);
+    serve_admin(
+        "pipeline.admin_listen",
+        config.pipeline.admin_listen,
+        admin,
+        shutdown,
+    )
+    .await
+}
+
+/// Serves `admin` on `listen` (the `key` it came from); returns the task and address.
+async fn serve_admin(
+    key: &str,
+    listen: std::net::SocketAddr,
+    admin: crate::pipeline::admin::ServiceAdmin,
+    shutdown: Shutdown,
+) -> anyhow::Result<(tokio::task::JoinHandle<()>, std::net::SocketAddr)> {
     let listener = TcpListener::bind(listen)
         .await
-        .with_context(|| format!("cannot listen on pipeline.admin_listen {listen}"))?;
+        .with_context(|| format!("cannot listen on {key} {listen}"))?;
     let addr = listener.local_addr()?;
-    tracing::info!(listen = %addr, "pipeline admin listening");
-    let admin = Arc::new(crate::pipeline::admin::PipelineAdmin {
-        state,
-        sink,
-        metrics: crate::metrics::install(),
-    });
+    tracing::info!(listen = %addr, "{key}: admin listening");
+    let admin = Arc::new(admin);
     let task = tokio::spawn(crate::http::serve(
         listener,
         admin,
@@ -195,7 +219,7 @@ async fn kafka_source(config: &Config) -> anyhow::Result<kafka::KafkaSource> {
     let partitions = kafka::partitions_of(&config.kafka, Duration::from_secs(10))
         .await
         .context("cannot read the topics' partitions")?;
-    let instance = instance_id(config);
+    let instance = instance_id(&config.pipeline.instance_id, config.pipeline.admin_listen);
     if instance.is_empty() {
         tracing::warn!("no pipeline.instance_id and an ephemeral admin port: dynamic group membership, which some brokers do not recover from after a crash");
     } else {
@@ -214,11 +238,11 @@ async fn kafka_source(config: &Config) -> anyhow::Result<kafka::KafkaSource> {
 /// host cannot share an admin port), so that a restarted pipeline takes its partitions
 /// back at once on Kafka and on Tansu alike. Empty (dynamic membership) only when the
 /// admin port is ephemeral.
-pub fn instance_id(config: &Config) -> String {
-    if !config.pipeline.instance_id.is_empty() {
-        return config.pipeline.instance_id.clone();
+pub fn instance_id(explicit: &str, admin_listen: std::net::SocketAddr) -> String {
+    if !explicit.is_empty() {
+        return explicit.to_string();
     }
-    let port = config.pipeline.admin_listen.port();
+    let port = admin_listen.port();
     if port == 0 {
         return String::new();
     }
@@ -270,6 +294,83 @@ pub async fn run_pipeline(config: Config, shutdown: Shutdown) -> anyhow::Result<
     Ok(())
 }
 
+/// Where webhook events wait for delivery: Redis with `store.kind = "redis"`.
+pub async fn delivery_queue(
+    config: &Config,
+) -> anyhow::Result<Arc<dyn crate::webhooks::queue::DeliveryQueue>> {
+    Ok(match config.store.kind {
+        StoreKind::Memory => Arc::new(crate::webhooks::queue::MemoryQueue::new()),
+        StoreKind::Redis => Arc::new(crate::webhooks::queue::RedisQueue::new(
+            redis_connection(config).await?,
+            &config.redis.prefix,
+        )),
+    })
+}
+
+/// The outbox consumer-group member of webhook delivery, as static member `instance`
+/// unless empty.
+fn outbox_source(
+    config: &Config,
+    instance: &str,
+) -> anyhow::Result<Box<dyn crate::bus::EventSource>> {
+    let w = &config.webhooks;
+    Ok(Box::new(kafka::KafkaSource::outbox(
+        &config.kafka,
+        &w.group_id,
+        instance,
+    )?))
+}
+
+/// Runs webhook delivery alone until `shutdown` (SPEC §3.6); start several with one
+/// group to share the work.
+pub async fn run_webhooks(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
+    if config.bus.kind != BusKind::Kafka || config.store.kind != StoreKind::Redis {
+        anyhow::bail!("`touchline webhooks` needs bus.kind = \"kafka\" and store.kind = \"redis\"; `touchline serve` delivers webhooks on the embedded ones");
+    }
+    kafka::check_topics(
+        &config.kafka,
+        &[config.kafka.topics.webhooks.as_str()],
+        Duration::from_secs(10),
+    )
+    .await
+    .context("broker check failed")?;
+    let store = registry_store(&config).await?;
+    let registry = registry(&config, store, shutdown.clone()).await?;
+    let queue = delivery_queue(&config).await?;
+    let Sinks { sink, log, .. } = sinks(&config).await?;
+    let probe_queue = Arc::clone(&queue);
+    let admin = crate::pipeline::admin::ServiceAdmin::new(crate::metrics::install())
+        .check("queue", move || {
+            let q = Arc::clone(&probe_queue);
+            async move { q.ping().await.map_err(|e| e.to_string()) }
+        })
+        .check("sink", move || {
+            let sink = Arc::clone(&sink);
+            async move { sink.ping().await.map_err(|e| e.to_string()) }
+        });
+    let (admin, _) = serve_admin(
+        "webhooks.admin_listen",
+        config.webhooks.admin_listen,
+        admin,
+        shutdown.clone(),
+    )
+    .await?;
+    let w = &config.webhooks;
+    let source = outbox_source(&config, &instance_id(&w.instance_id, w.admin_listen))?;
+    tracing::info!(group = %config.webhooks.group_id, "webhook delivery consuming");
+    crate::webhooks::delivery::Delivery::run(
+        config.webhooks.clone(),
+        registry,
+        queue,
+        log,
+        source,
+        shutdown,
+    )
+    .await?;
+    let _ = admin.await;
+    Ok(())
+}
+
 /// Creates or upgrades the ClickHouse schema and the Kafka topics; idempotent.
 pub async fn run_migrate(config: Config) -> anyhow::Result<()> {
     if config.sink.kind == crate::config::SinkKind::Clickhouse {
@@ -313,17 +414,27 @@ pub async fn run_serve(
     let store = registry_store(&config).await?;
     let registry = registry(&config, Arc::clone(&store), shutdown.clone()).await?;
     let state = state_store(&config).await?;
-    let (sink, view) = sink_and_ledger(&config).await?;
-    let (bus, source, draining): (Arc<dyn EventBus>, Box<dyn crate::bus::EventSource>, bool) =
+    let Sinks { sink, view, log } = sinks(&config).await?;
+    type Source = Box<dyn crate::bus::EventSource>;
+    let (bus, source, outbox, draining): (Arc<dyn EventBus>, Source, Source, bool) =
         match config.bus.kind {
             BusKind::Memory => {
                 let bus = memory_bus(&config);
-                let source = bus.source();
-                (bus, Box::new(source), true)
+                let (source, outbox) = (bus.source(), bus.outbox_source());
+                (bus, Box::new(source), Box::new(outbox), true)
             }
             BusKind::Kafka => {
                 let bus = kafka_bus(&config).await?;
-                (bus, Box::new(kafka_source(&config).await?), false)
+                // Named after the pipeline's port: serve does not listen on
+                // webhooks.admin_listen, which a `touchline webhooks` beside it may.
+                let w = &config.webhooks;
+                let instance = match instance_id("", config.pipeline.admin_listen) {
+                    _ if !w.instance_id.is_empty() => w.instance_id.clone(),
+                    dynamic if dynamic.is_empty() => dynamic,
+                    host_port => format!("{host_port}-webhooks"),
+                };
+                let outbox = outbox_source(&config, &instance)?;
+                (bus, Box::new(kafka_source(&config).await?), outbox, false)
             }
         };
     let ledger = Arc::new(crate::ledger::Ledger {
@@ -362,6 +473,16 @@ pub async fn run_serve(
         pipeline = pipeline.topics(&t.clicks, &t.conversions);
     }
     let mut pipeline_task = tokio::spawn(pipeline.run(source, pipeline_shutdown));
+    // Delivery stops after the pipeline, so that it takes the pipeline's last events.
+    let (delivery_trigger, delivery_shutdown) = crate::shutdown::channel();
+    let mut delivery_task = tokio::spawn(crate::webhooks::delivery::Delivery::run(
+        config.webhooks.clone(),
+        Arc::clone(&registry),
+        delivery_queue(&config).await?,
+        log,
+        outbox,
+        delivery_shutdown,
+    ));
     tracing::info!(edge = %edge_addr, admin = %admin_addr, "serving");
     let (sink_kind, data_dir) = (config.sink.kind, config.sink.data_dir.clone());
     let mut edge_task =
@@ -379,15 +500,27 @@ pub async fn run_serve(
         // must not stay up looking healthy.
         r = &mut pipeline_task => {
             edge_task.abort();
+            delivery_trigger.fire();
             return Err(match r {
                 Ok(Ok(())) => anyhow::anyhow!("the pipeline stopped while the edge was serving"),
                 Ok(Err(e)) => anyhow::Error::new(e).context("the pipeline stopped"),
                 Err(e) => anyhow::anyhow!("the pipeline task failed: {e}"),
             });
         }
+        r = &mut delivery_task => {
+            edge_task.abort();
+            pipeline_trigger.fire();
+            return Err(match r {
+                Ok(Ok(())) => anyhow::anyhow!("webhook delivery stopped while the edge was serving"),
+                Ok(Err(e)) => anyhow::Error::new(e).context("webhook delivery stopped"),
+                Err(e) => anyhow::anyhow!("the webhook delivery task failed: {e}"),
+            });
+        }
     }
     pipeline_trigger.fire();
     pipeline_task.await??;
+    delivery_trigger.fire();
+    delivery_task.await??;
     let _ = admin_task.await;
     if sink_kind == crate::config::SinkKind::File {
         // The file sink's stand-in for the ClickHouse view, recomputed from its tables.

@@ -51,6 +51,7 @@ pub struct Config {
     pub clickhouse: ClickHouseConfig,
     pub sink: SinkConfig,
     pub pipeline: PipelineConfig,
+    pub webhooks: WebhooksConfig,
     pub log: LogConfig,
 }
 
@@ -188,6 +189,23 @@ pub struct PipelineConfig {
     pub batch_rows: u64,
     pub flush_interval_ms: u64,
     pub poll_batch: usize,
+}
+
+/// `[webhooks]`: delivery of ledger events to webhook endpoints.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhooksConfig {
+    pub group_id: String,
+    pub instance_id: String,
+    pub admin_listen: SocketAddr,
+    pub concurrency: usize,
+    pub timeout_ms: u64,
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+    pub give_up_after_secs: u64,
+    pub breaker_failures: u32,
+    pub breaker_open_ms: u64,
+    pub poll_ms: u64,
 }
 
 /// Log output format.
@@ -344,6 +362,38 @@ impl Config {
         }
         if self.pipeline.flush_interval_ms == 0 {
             return Err(bad("pipeline.flush_interval_ms", "must be at least 1"));
+        }
+        let w = &self.webhooks;
+        if w.group_id.is_empty() {
+            return Err(bad("webhooks.group_id", "must not be empty"));
+        }
+        if !(1..=1024).contains(&w.concurrency) {
+            return Err(bad("webhooks.concurrency", "must be 1..=1024"));
+        }
+        if !(100..=60_000).contains(&w.timeout_ms) {
+            return Err(bad("webhooks.timeout_ms", "must be 100..=60000"));
+        }
+        if w.retry_base_ms < 10 {
+            return Err(bad("webhooks.retry_base_ms", "must be at least 10"));
+        }
+        if w.retry_max_ms < w.retry_base_ms || w.retry_max_ms > 86_400_000 {
+            return Err(bad(
+                "webhooks.retry_max_ms",
+                "must be at least webhooks.retry_base_ms and at most a day",
+            ));
+        }
+        // Events are remembered 8 days against replays (webhooks::queue::KNOWN_TTL).
+        if !(1..=7 * 86_400).contains(&w.give_up_after_secs) {
+            return Err(bad("webhooks.give_up_after_secs", "must be 1..=604800"));
+        }
+        if w.breaker_failures == 0 {
+            return Err(bad("webhooks.breaker_failures", "must be at least 1"));
+        }
+        if w.breaker_open_ms < 100 {
+            return Err(bad("webhooks.breaker_open_ms", "must be at least 100"));
+        }
+        if !(10..=5_000).contains(&w.poll_ms) {
+            return Err(bad("webhooks.poll_ms", "must be 10..=5000"));
         }
         if self
             .log

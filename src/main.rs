@@ -34,6 +34,11 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Webhook delivery alone (SPEC §3.6); start several with one group to share it.
+    Webhooks {
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Create or upgrade the ClickHouse database and the Kafka topics (idempotent).
     Migrate {
         #[arg(long)]
@@ -122,9 +127,10 @@ fn main() -> ExitCode {
     let config_path = match &cli.command {
         Command::Serve { config } => config.clone(),
         Command::Demo { .. } | Command::Loadgen { .. } => None,
-        Command::Edge { config } | Command::Pipeline { config } | Command::Migrate { config } => {
-            Some(config.clone())
-        }
+        Command::Edge { config }
+        | Command::Pipeline { config }
+        | Command::Webhooks { config }
+        | Command::Migrate { config } => Some(config.clone()),
     };
     let mut config = match load(config_path.as_ref()) {
         Ok(c) => c,
@@ -160,6 +166,7 @@ fn main() -> ExitCode {
             Command::Serve { .. } => touchline::app::run_serve(config, shutdown, None).await,
             Command::Edge { .. } => touchline::app::run_edge(config, shutdown).await,
             Command::Pipeline { .. } => touchline::app::run_pipeline(config, shutdown).await,
+            Command::Webhooks { .. } => touchline::app::run_webhooks(config, shutdown).await,
             Command::Migrate { .. } => touchline::app::run_migrate(config).await,
             Command::Demo {
                 visitors,

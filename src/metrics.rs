@@ -65,6 +65,24 @@ pub const PIPELINE_RETRIES_TOTAL: &str = "touchline_pipeline_retries_total";
 pub const SINK_ROWS_TOTAL: &str = "touchline_sink_rows_total";
 /// Duration of one sink write, by `table`.
 pub const SINK_INSERT_DURATION_SECONDS: &str = "touchline_sink_insert_duration_seconds";
+/// Outbox events taken by webhook delivery, by `result` (parked, known, unsubscribed,
+/// unreadable).
+pub const WEBHOOK_EVENTS_TOTAL: &str = "touchline_webhooks_events_total";
+/// Outbox offset commits of webhook delivery.
+pub const WEBHOOK_COMMITS_TOTAL: &str = "touchline_webhooks_commits_total";
+/// Delivery attempts recorded, by `outcome` (acknowledged, failed, given_up).
+pub const WEBHOOK_ATTEMPTS_TOTAL: &str = "touchline_webhooks_attempts_total";
+/// Failed delivery attempts, by `reason` (status, timeout, connect, io, request).
+pub const WEBHOOK_FAILURES_TOTAL: &str = "touchline_webhooks_failures_total";
+/// Duration of one delivery request.
+pub const WEBHOOK_REQUEST_DURATION_SECONDS: &str = "touchline_webhooks_request_duration_seconds";
+/// Age of the oldest event not yet acknowledged or given up.
+pub const WEBHOOK_OLDEST_UNDELIVERED_SECONDS: &str =
+    "touchline_webhooks_oldest_undelivered_seconds";
+/// (endpoint, partner) queues holding events.
+pub const WEBHOOK_QUEUES: &str = "touchline_webhooks_queues";
+/// Endpoints whose circuit breaker is open in this process.
+pub const WEBHOOK_OPEN_CIRCUITS: &str = "touchline_webhooks_open_circuits";
 
 /// Every metric with its kind and help text, for `describe_*` and the README.
 pub const ALL: &[(&str, &str, &str)] = &[
@@ -205,6 +223,46 @@ pub const ALL: &[(&str, &str, &str)] = &[
     ),
     (SINK_ROWS_TOTAL, "counter", "Rows written, by table."),
     (
+        WEBHOOK_EVENTS_TOTAL,
+        "counter",
+        "Outbox events taken by webhook delivery, by result (parked per endpoint, known from before, unsubscribed, unreadable).",
+    ),
+    (
+        WEBHOOK_COMMITS_TOTAL,
+        "counter",
+        "Outbox offset commits after events were parked.",
+    ),
+    (
+        WEBHOOK_ATTEMPTS_TOTAL,
+        "counter",
+        "Webhook delivery attempts recorded in webhook_deliveries, by outcome.",
+    ),
+    (
+        WEBHOOK_FAILURES_TOTAL,
+        "counter",
+        "Failed webhook delivery attempts, by reason (status, timeout, connect, io, request).",
+    ),
+    (
+        WEBHOOK_REQUEST_DURATION_SECONDS,
+        "histogram",
+        "Duration of one webhook delivery request.",
+    ),
+    (
+        WEBHOOK_OLDEST_UNDELIVERED_SECONDS,
+        "gauge",
+        "Age of the oldest webhook event neither acknowledged nor given up.",
+    ),
+    (
+        WEBHOOK_QUEUES,
+        "gauge",
+        "Webhook queues (one per endpoint and partner) holding events.",
+    ),
+    (
+        WEBHOOK_OPEN_CIRCUITS,
+        "gauge",
+        "Webhook endpoints whose circuit breaker is open in this process.",
+    ),
+    (
         SINK_INSERT_DURATION_SECONDS,
         "histogram",
         "Duration of one sink write, by table.",
@@ -230,6 +288,12 @@ pub fn install() -> PrometheusHandle {
                 .and_then(|b| {
                     b.set_buckets_for_metric(
                         Matcher::Full(SINK_INSERT_DURATION_SECONDS.into()),
+                        &latency,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(WEBHOOK_REQUEST_DURATION_SECONDS.into()),
                         &latency,
                     )
                 })

@@ -1,7 +1,9 @@
-//! Webhooks on the real stack (SPEC §3.6), first part: endpoints through the admin API
-//! and the outbox the ledger fills. Events come from the ledger: the pipeline publishes
-//! them with the rows it settles, review and payouts with their steps; ids are stable,
-//! so a repeated payout publishes the same events again; only subscribed types go out.
+//! Webhooks on the real stack (SPEC §3.6), end to end: endpoints through the admin API,
+//! the outbox the ledger fills, and delivery to a receiver. Events come from the ledger:
+//! the pipeline publishes them with the rows it settles, review and payouts with their
+//! steps; ids are stable, so a repeated payout publishes the same events again, and
+//! delivery sends none of them twice; only subscribed types go out.
+//! (tests/webhook_delivery.rs covers failing receivers and crashes.)
 
 mod common;
 
@@ -21,7 +23,8 @@ async fn endpoints_and_the_outbox_the_ledger_fills() {
     let url = edge.url("");
     let url = url.trim_end_matches('/');
     let hook_url = format!("{url}/api/v1/programs/acme/webhooks/crm");
-    let hook = json!({"url": "https://crm.example/touchline", "secret": "whsec-0123456789abcdef",
+    let receiver = Receiver::start(Behavior::Ok).await;
+    let hook = json!({"url": receiver.url("/touchline"), "secret": "whsec-0123456789abcdef",
         "events": ["commission.created", "commission.status_changed", "payout.created"]});
 
     // No program yet; then bad values name their field.
@@ -69,6 +72,7 @@ async fn endpoints_and_the_outbox_the_ledger_fills() {
 
     seed_partner_and_link(url).await;
     let pipeline = start_pipeline(&config);
+    let delivery = start_webhooks(&config);
 
     // Gold 25%: 37.50 held for review, 10.00 approved at once.
     let sales = json!([
@@ -172,6 +176,24 @@ async fn endpoints_and_the_outbox_the_ledger_fills() {
     let first: HashSet<&Value> = events[3..].iter().map(|(_, e)| &e["id"]).collect();
     let second: HashSet<&Value> = again[6..].iter().map(|(_, e)| &e["id"]).collect();
     assert_eq!(first, second);
+
+    // Delivered: each event once, signed with the endpoint's secret, in ledger order, the
+    // body as published; the republished payout events are known and not sent again.
+    let got = receiver.wait_acknowledged(6, Duration::from_secs(30)).await;
+    assert_signed(&got, "whsec-0123456789abcdef");
+    let sent: Vec<&Value> = events.iter().map(|(_, e)| e).collect();
+    let bodies: Vec<Value> = got.iter().map(Received::json).collect();
+    assert_eq!(bodies.iter().collect::<Vec<_>>(), sent);
+    wait_count(
+        &config,
+        "SELECT count() FROM webhook_deliveries FINAL WHERE outcome = 'acknowledged'",
+        6,
+        Duration::from_secs(30),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(receiver.received().len(), 6, "nothing sent twice");
+    delivery.stop().await;
     pipeline.stop().await;
     edge.stop().await;
 }

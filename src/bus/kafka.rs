@@ -316,6 +316,15 @@ pub async fn create_topics(cfg: &KafkaConfig, topics: &[&str]) -> Result<(), Bus
     Ok(())
 }
 
+fn topic_name(topics: &crate::config::TopicsConfig, t: Topic) -> &str {
+    match t {
+        Topic::Clicks => &topics.clicks,
+        Topic::Conversions => &topics.conversions,
+        Topic::Dlq => &topics.dlq,
+        Topic::Webhooks => &topics.webhooks,
+    }
+}
+
 /// Tracks rebalances, and the lag and read positions librdkafka reports in its
 /// statistics.
 pub struct ConsumerState {
@@ -445,6 +454,27 @@ impl KafkaSource {
         instance_id: &str,
         partitions: Vec<(Topic, i32)>,
     ) -> Result<Self, BusError> {
+        Self::subscribe(
+            cfg,
+            group_id,
+            instance_id,
+            &[Topic::Clicks, Topic::Conversions],
+            partitions,
+        )
+    }
+
+    /// Joins `group_id` reading the webhook outbox (SPEC §3.6).
+    pub fn outbox(cfg: &KafkaConfig, group_id: &str, instance_id: &str) -> Result<Self, BusError> {
+        Self::subscribe(cfg, group_id, instance_id, &[Topic::Webhooks], Vec::new())
+    }
+
+    fn subscribe(
+        cfg: &KafkaConfig,
+        group_id: &str,
+        instance_id: &str,
+        topics: &[Topic],
+        partitions: Vec<(Topic, i32)>,
+    ) -> Result<Self, BusError> {
         let state = Arc::new(ConsumerState {
             generation: AtomicU64::new(0),
             lag: Mutex::new(Vec::new()),
@@ -464,13 +494,12 @@ impl KafkaSource {
             .set("fetch.wait.max.ms", "50")
             .create_with_context(ConsumerCtx(Arc::clone(&state)))
             .map_err(fatal)?;
-        consumer
-            .subscribe(&[&cfg.topics.clicks, &cfg.topics.conversions])
-            .map_err(fatal)?;
-        let names = HashMap::from([
-            (cfg.topics.clicks.clone(), Topic::Clicks),
-            (cfg.topics.conversions.clone(), Topic::Conversions),
-        ]);
+        let names: HashMap<String, Topic> = topics
+            .iter()
+            .map(|t| (topic_name(&cfg.topics, *t).to_string(), *t))
+            .collect();
+        let subscribed: Vec<&str> = names.keys().map(String::as_str).collect();
+        consumer.subscribe(&subscribed).map_err(fatal)?;
         let consumer = Arc::new(consumer);
         let ends = Arc::new(Mutex::new(HashMap::new()));
         let stop_watcher = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -500,12 +529,7 @@ impl KafkaSource {
     }
 
     fn topic_name(&self, t: Topic) -> &str {
-        match t {
-            Topic::Clicks => &self.topics.clicks,
-            Topic::Conversions => &self.topics.conversions,
-            Topic::Dlq => &self.topics.dlq,
-            Topic::Webhooks => &self.topics.webhooks,
-        }
+        topic_name(&self.topics, t)
     }
 
     fn convert(&self, msg: &rdkafka::message::BorrowedMessage<'_>) -> Option<Delivered> {

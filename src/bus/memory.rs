@@ -50,6 +50,7 @@ pub struct MemoryBus {
     outbox: Queue,
     capacity: usize,
     notify: Notify,
+    outbox_notify: Notify,
 }
 
 impl MemoryBus {
@@ -62,13 +63,23 @@ impl MemoryBus {
             outbox: Queue::new(),
             capacity,
             notify: Notify::new(),
+            outbox_notify: Notify::new(),
         })
     }
 
-    /// The single consumer of this bus.
+    /// The single consumer of clicks and conversions (the embedded pipeline).
     pub fn source(self: &Arc<Self>) -> MemorySource {
         MemorySource {
             bus: Arc::clone(self),
+            outbox: false,
+        }
+    }
+
+    /// The single consumer of the webhook outbox (the embedded delivery).
+    pub fn outbox_source(self: &Arc<Self>) -> MemorySource {
+        MemorySource {
+            bus: Arc::clone(self),
+            outbox: true,
         }
     }
 
@@ -82,7 +93,7 @@ impl MemoryBus {
         self.dlq.lock().iter().cloned().collect()
     }
 
-    /// Webhook events published to the outbox (the newest `capacity`).
+    /// Webhook events published to the outbox and not yet consumed.
     pub fn outbox(&self) -> Vec<Delivered> {
         self.outbox.lock().iter().cloned().collect()
     }
@@ -125,14 +136,16 @@ impl EventBus for MemoryBus {
     }
 
     async fn publish_outbox(&self, batch: &[(String, Vec<u8>)]) -> Result<(), BusError> {
+        // Bounded: when delivery falls behind, the pipeline waits (it retries).
+        if self.outbox.lock().len() + batch.len() > self.capacity {
+            return Err(BusError::Unavailable(
+                "in-process webhook outbox is full".into(),
+            ));
+        }
         for (key, payload) in batch {
             self.outbox.push(Topic::Webhooks, key.as_bytes(), payload);
         }
-        // No embedded delivery reads it yet: bounded like the DLQ, newest kept.
-        let mut events = self.outbox.lock();
-        while events.len() > self.capacity {
-            events.pop_front();
-        }
+        self.outbox_notify.notify_one();
         Ok(())
     }
 
@@ -149,14 +162,28 @@ impl EventBus for MemoryBus {
     }
 }
 
-/// The embedded pipeline's consumer.
+/// The embedded pipeline's consumer, or the embedded delivery's (`outbox`).
 pub struct MemorySource {
     bus: Arc<MemoryBus>,
+    outbox: bool,
 }
 
 #[async_trait]
 impl EventSource for MemorySource {
     async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivered>, BusError> {
+        if self.outbox {
+            let take = |bus: &MemoryBus| {
+                let mut items = bus.outbox.lock();
+                let n = items.len().min(max);
+                items.drain(..n).collect::<Vec<_>>()
+            };
+            let batch = take(&self.bus);
+            if !batch.is_empty() {
+                return Ok(batch);
+            }
+            let _ = tokio::time::timeout(wait, self.bus.outbox_notify.notified()).await;
+            return Ok(take(&self.bus));
+        }
         let take = |bus: &MemoryBus| {
             // Clicks first, so that conversions find the clicks sent before them.
             let mut out: Vec<Delivered> = Vec::new();
@@ -184,6 +211,9 @@ impl EventSource for MemorySource {
     }
 
     fn lag(&self) -> Vec<(Topic, i32, i64)> {
+        if self.outbox {
+            return vec![(Topic::Webhooks, 0, self.bus.outbox.lock().len() as i64)];
+        }
         vec![
             (Topic::Clicks, 0, self.bus.clicks.lock().len() as i64),
             (
@@ -195,10 +225,16 @@ impl EventSource for MemorySource {
     }
 
     fn partitions(&self) -> Vec<(Topic, i32)> {
+        if self.outbox {
+            return vec![(Topic::Webhooks, 0)];
+        }
         vec![(Topic::Clicks, 0), (Topic::Conversions, 0)]
     }
 
     fn owned(&self) -> Vec<((Topic, i32), bool)> {
+        if self.outbox {
+            return vec![((Topic::Webhooks, 0), self.bus.outbox.lock().is_empty())];
+        }
         vec![
             ((Topic::Clicks, 0), self.bus.clicks.lock().is_empty()),
             (

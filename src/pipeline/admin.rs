@@ -1,7 +1,10 @@
-//! The pipeline's operational endpoints on `pipeline.admin_listen`: `/healthz`,
-//! `/readyz` (state store and sink reachable) and `/metrics`.
+//! The operational endpoints of the pipeline (`pipeline.admin_listen`) and of webhook
+//! delivery (`webhooks.admin_listen`): `/healthz`, `/readyz` (every dependency
+//! reachable) and `/metrics`.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use hyper::body::Incoming;
@@ -12,30 +15,70 @@ use super::store::StateStore;
 use crate::http::{self, ApiError, Handler, HttpResponse};
 use crate::sink::Sink;
 
-/// Serves the pipeline's health and metrics.
-pub struct PipelineAdmin {
-    pub state: Arc<dyn StateStore>,
-    pub sink: Arc<dyn Sink>,
-    pub metrics: PrometheusHandle,
+type Probe = Box<
+    dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'static>> + Send + Sync,
+>;
+
+/// Serves health and metrics of a process whose readiness is its dependencies'.
+pub struct ServiceAdmin {
+    checks: Vec<(&'static str, Probe)>,
+    metrics: PrometheusHandle,
 }
 
-impl Handler for PipelineAdmin {
+impl ServiceAdmin {
+    pub fn new(metrics: PrometheusHandle) -> Self {
+        ServiceAdmin {
+            checks: Vec::new(),
+            metrics,
+        }
+    }
+
+    /// `/readyz` also asks `probe`, reported under `name`.
+    pub fn check<F, Fut>(mut self, name: &'static str, probe: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        self.checks
+            .push((name, Box::new(move || Box::pin(probe()))));
+        self
+    }
+
+    /// The pipeline's: its state store and its sink.
+    pub fn pipeline(state: Arc<dyn StateStore>, sink: Arc<dyn Sink>) -> Self {
+        Self::new(crate::metrics::install())
+            .check("state", move || {
+                let state = Arc::clone(&state);
+                async move { state.ping().await.map_err(|e| e.to_string()) }
+            })
+            .check("sink", move || {
+                let sink = Arc::clone(&sink);
+                async move { sink.ping().await.map_err(|e| e.to_string()) }
+            })
+    }
+}
+
+impl Handler for ServiceAdmin {
     async fn handle(&self, req: Request<Incoming>, _peer: SocketAddr) -> HttpResponse {
         match req.uri().path() {
             "/healthz" => http::text(StatusCode::OK, "text/plain", "ok\n"),
             "/readyz" => {
-                let state = self.state.ping().await;
-                let sink = self.sink.ping().await;
-                let body = serde_json::json!({
-                    "state": state.as_ref().map(|_| "ok".to_string()).unwrap_or_else(|e| e.to_string()),
-                    "sink": sink.as_ref().map(|_| "ok".to_string()).unwrap_or_else(|e| e.to_string()),
-                });
-                let status = if state.is_ok() && sink.is_ok() {
+                let mut body = serde_json::Map::new();
+                let mut ready = true;
+                for (name, probe) in &self.checks {
+                    let answer = probe().await;
+                    ready &= answer.is_ok();
+                    body.insert(
+                        (*name).to_string(),
+                        answer.err().unwrap_or_else(|| "ok".into()).into(),
+                    );
+                }
+                let status = if ready {
                     StatusCode::OK
                 } else {
                     StatusCode::SERVICE_UNAVAILABLE
                 };
-                http::json(status, &body)
+                http::json(status, &serde_json::Value::Object(body))
             }
             "/metrics" => http::text(
                 StatusCode::OK,

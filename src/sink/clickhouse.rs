@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use clickhouse::Client;
 use serde::Serialize;
 
-use super::{Batch, Sink, SinkError};
+use super::{Batch, DeliveryLog, DeliveryRow, Sink, SinkError};
 use crate::config::ClickHouseConfig;
 use crate::metrics as m;
 
@@ -26,6 +26,10 @@ pub const SCHEMA: &[(&str, &str)] = &[
     (
         "003_lifecycle.sql",
         include_str!("../../schemas/clickhouse/003_lifecycle.sql"),
+    ),
+    (
+        "004_webhook_deliveries.sql",
+        include_str!("../../schemas/clickhouse/004_webhook_deliveries.sql"),
     ),
 ];
 
@@ -132,6 +136,13 @@ impl Sink for ClickHouseSink {
             .execute()
             .await
             .map_err(classify)
+    }
+}
+
+#[async_trait]
+impl DeliveryLog for ClickHouseSink {
+    async fn record(&self, rows: &[DeliveryRow]) -> Result<(), SinkError> {
+        self.insert("webhook_deliveries", rows).await
     }
 }
 
@@ -352,7 +363,7 @@ pub async fn migrate(cfg: &ClickHouseConfig) -> Result<(), SinkError> {
 /// Checks that every table exists, so that a missing migration is named at start-up.
 pub async fn check_tables(cfg: &ClickHouseConfig) -> Result<(), SinkError> {
     let c = client(cfg);
-    for table in super::TABLES {
+    for table in super::TABLES.iter().chain(&["webhook_deliveries"]) {
         c.query(&format!("SELECT 1 FROM {table} LIMIT 0"))
             .execute()
             .await
@@ -384,7 +395,7 @@ mod tests {
     #[test]
     fn statements_split_and_substitute() {
         let s = statements("tl_test");
-        assert_eq!(s.len(), 8);
+        assert_eq!(s.len(), 9);
         assert!(s[0].starts_with("CREATE DATABASE IF NOT EXISTS tl_test"));
         assert!(s.iter().all(|x| !x.contains("{db}")));
         assert!(s
@@ -393,7 +404,7 @@ mod tests {
         assert!(s
             .last()
             .unwrap()
-            .contains("CREATE TABLE IF NOT EXISTS tl_test.payouts"));
+            .contains("CREATE TABLE IF NOT EXISTS tl_test.webhook_deliveries"));
     }
 }
 

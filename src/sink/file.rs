@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use serde::Serialize;
 
-use super::{Batch, Sink, SinkError, TABLES};
+use super::{Batch, DeliveryLog, DeliveryRow, Sink, SinkError, TABLES};
 use crate::metrics as m;
 
 /// Appends rows to JSONEachRow files.
@@ -19,6 +19,8 @@ pub struct FileSink {
     files: Arc<Mutex<Vec<File>>>,
     /// The ledger's current statuses and payouts, for the review and payout API.
     ledger: Arc<crate::ledger::MemoryLedger>,
+    /// `webhook_deliveries.jsonl`, opened at the first delivery.
+    deliveries: Arc<Mutex<Option<File>>>,
 }
 
 impl FileSink {
@@ -40,6 +42,7 @@ impl FileSink {
             dir: dir.to_path_buf(),
             files: Arc::new(Mutex::new(files)),
             ledger,
+            deliveries: Arc::new(Mutex::new(None)),
         })
     }
 
@@ -127,6 +130,42 @@ impl Sink for FileSink {
 
     async fn ping(&self) -> Result<(), SinkError> {
         Ok(())
+    }
+}
+
+#[async_trait]
+impl DeliveryLog for FileSink {
+    async fn record(&self, rows: &[DeliveryRow]) -> Result<(), SinkError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let bytes = encode(rows)?;
+        let (n, file, path) = (
+            rows.len(),
+            Arc::clone(&self.deliveries),
+            self.path("webhook_deliveries"),
+        );
+        tokio::task::spawn_blocking(move || {
+            let io = |e: std::io::Error| SinkError::Transient(format!("{}: {e}", path.display()));
+            let mut file = file.lock().unwrap_or_else(|e| e.into_inner());
+            if file.is_none() {
+                *file = Some(
+                    OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&path)
+                        .map_err(io)?,
+                );
+            }
+            let f = file.as_mut().expect("opened above");
+            f.write_all(&bytes).map_err(io)?;
+            f.sync_data().map_err(io)?;
+            metrics::counter!(m::SINK_ROWS_TOTAL, "table" => "webhook_deliveries")
+                .increment(n as u64);
+            Ok(())
+        })
+        .await
+        .map_err(|e| SinkError::Transient(format!("file writer: {e}")))?
     }
 }
 

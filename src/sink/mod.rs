@@ -7,7 +7,9 @@ pub mod rows;
 
 use async_trait::async_trait;
 
-pub use rows::{AttributionRow, ClickRow, CommissionRow, ConversionRow, PayoutRow, StatusRow};
+pub use rows::{
+    AttributionRow, ClickRow, CommissionRow, ConversionRow, DeliveryRow, PayoutRow, StatusRow,
+};
 
 /// The tables the pipeline and the review and payout API write, in the order they are
 /// written: a ledger row before its steps, a payout's steps before its lines (a payout
@@ -77,4 +79,11 @@ pub trait Sink: Send + Sync + 'static {
     async fn write(&self, batch: &Batch) -> Result<(), SinkError>;
     /// Is the sink reachable?
     async fn ping(&self) -> Result<(), SinkError>;
+}
+
+/// Where webhook delivery attempts are recorded (`webhook_deliveries`, SPEC §3.6).
+#[async_trait]
+pub trait DeliveryLog: Send + Sync + 'static {
+    /// Writes the rows durably. Writing a final row again collapses under FINAL.
+    async fn record(&self, rows: &[DeliveryRow]) -> Result<(), SinkError>;
 }

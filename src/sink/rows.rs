@@ -496,3 +496,32 @@ mod tests {
         assert_ne!(commission_id(c, 0), commission_id(Uuid::now_v7(), 0));
     }
 }
+
+/// A row of `webhook_deliveries`: one attempt to deliver one event to one endpoint
+/// (SPEC §3.6).
+#[derive(Debug, Clone, PartialEq, Serialize, clickhouse::Row)]
+pub struct DeliveryRow {
+    pub program_id: String,
+    pub endpoint: String,
+    #[serde(with = "ser::uuid")]
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub partner_id: String,
+    /// `acknowledged`, `failed` or `given_up`.
+    pub outcome: &'static str,
+    /// The attempt for `failed` rows, 0 for the final ones: with the event and the
+    /// outcome it is the table's key, so an event acknowledged twice (the process died
+    /// between recording the answer and dropping the event) is one row under FINAL.
+    pub seq: u32,
+    /// Which attempt this was, from 1.
+    pub attempt: u32,
+    /// The HTTP status, 0 when there was none (timeout, refused, …).
+    pub status_code: u16,
+    /// Why it failed, bounded; empty when acknowledged.
+    pub error: String,
+    pub duration_ms: u32,
+    pub url: String,
+    #[serde(with = "ser::datetime")]
+    pub attempted_at: DateTime<Utc>,
+    pub attempted_at_ms: u16,
+}

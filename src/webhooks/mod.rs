@@ -12,6 +12,9 @@
 //! Messages are keyed `{program_id}|{partner_id}`: one partner's events share a
 //! partition and keep the order the ledger made them in.
 
+pub mod delivery;
+pub mod queue;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
