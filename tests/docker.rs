@@ -37,6 +37,7 @@ fn compose_agrees_with_config_docker_toml() {
         "migrate",
         "edge",
         "pipeline",
+        "webhooks",
         "prometheus",
         "grafana",
     ] {
@@ -75,6 +76,7 @@ fn compose_agrees_with_config_docker_toml() {
         ("migrate", "migrate"),
         ("edge", "edge"),
         ("pipeline", "pipeline"),
+        ("webhooks", "webhooks"),
     ] {
         let s = &compose["services"][service];
         let cmd: Vec<&str> = s["command"]
@@ -143,6 +145,7 @@ fn compose_agrees_with_config_docker_toml() {
         "reachable from other containers"
     );
     assert_eq!(config.pipeline.admin_listen.ip().to_string(), "0.0.0.0");
+    assert_eq!(config.webhooks.admin_listen.ip().to_string(), "0.0.0.0");
 
     // Prometheus scrapes both, on the ports they listen on.
     let prom = yaml("docker/prometheus/prometheus.yml");
@@ -166,6 +169,15 @@ fn compose_agrees_with_config_docker_toml() {
     assert_eq!(
         pipeline_job["dns_sd_configs"][0]["port"].as_u64(),
         Some(u64::from(config.pipeline.admin_listen.port()))
+    );
+
+    let webhooks_job = jobs
+        .iter()
+        .find(|j| j["job_name"] == "touchline-webhooks")
+        .unwrap();
+    assert_eq!(
+        webhooks_job["dns_sd_configs"][0]["port"].as_u64(),
+        Some(u64::from(config.webhooks.admin_listen.port()))
     );
 
     // Grafana reads the same database the pipeline writes, and its dashboard parses and

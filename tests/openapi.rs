@@ -184,6 +184,27 @@ async fn the_document_matches_the_running_edge() {
             Value::Null,
         ),
         probe(
+            "/api/v1/programs/{id}/webhooks/{name}",
+            Method::DELETE,
+            "/api/v1/programs/acme/webhooks/crm",
+            false,
+            Value::Null,
+        ),
+        probe(
+            "/api/v1/programs/{id}/webhooks/{name}",
+            Method::DELETE,
+            "/api/v1/programs/acme/webhooks/crm",
+            true,
+            Value::Null,
+        ),
+        probe(
+            "/api/v1/programs/{id}/webhooks/{name}",
+            Method::DELETE,
+            "/api/v1/programs/acme/webhooks/crm",
+            true,
+            Value::Null,
+        ),
+        probe(
             "/api/v1/partners/{id}",
             Method::PUT,
             "/api/v1/partners/alice",
@@ -434,4 +455,52 @@ async fn the_document_matches_the_running_edge() {
         }
     }
     edge.stop().await;
+}
+
+/// The document's webhooks section (OpenAPI 3.1) lists every event type an endpoint
+/// can subscribe to, with the body delivered and the headers that sign it.
+#[test]
+fn the_webhooks_section_describes_every_event_type() {
+    let spec = spec();
+    let hooks = spec["webhooks"].as_object().expect("a webhooks section");
+    let documented: BTreeSet<&str> = hooks.keys().map(String::as_str).collect();
+    let types: BTreeSet<&str> = touchline::registry::WebhookEventType::ALL
+        .iter()
+        .map(|t| t.as_str())
+        .collect();
+    assert_eq!(documented, types);
+    let event = touchline::webhooks::WebhookEvent {
+        v: 1,
+        id: uuid::Uuid::new_v4(),
+        kind: touchline::registry::WebhookEventType::PayoutCreated,
+        program_id: "acme".into(),
+        partner_id: "alice".into(),
+        created_at: chrono::Utc::now(),
+        data: json!({}),
+    };
+    let body = serde_json::to_value(&event).unwrap();
+    for (name, item) in hooks {
+        let post = &item["post"];
+        let schema = resolve(
+            &spec,
+            &post["requestBody"]["content"]["application/json"]["schema"],
+        );
+        for required in schema["required"].as_array().unwrap() {
+            let key = required.as_str().unwrap();
+            assert!(body.get(key).is_some(), "{name}: {key} is not delivered");
+        }
+        let headers: BTreeSet<String> = post["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| resolve(&spec, p)["name"].as_str().unwrap().to_lowercase())
+            .collect();
+        for h in [
+            touchline::signature::HEADER,
+            touchline::webhooks::delivery::EVENT_ID_HEADER,
+            touchline::webhooks::delivery::EVENT_TYPE_HEADER,
+        ] {
+            assert!(headers.contains(h), "{name}: {h} not documented");
+        }
+    }
 }

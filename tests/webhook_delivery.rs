@@ -50,6 +50,7 @@ async fn registry_with(config: &Config, endpoints: &[(&str, String)]) -> Arc<Reg
             url: url.clone(),
             secret: HOOK_SECRET.into(),
             events: WebhookEventType::ALL.to_vec(),
+            deleted: false,
         };
         registry.put_webhook("acme", name, hook).await.unwrap();
     }
@@ -321,14 +322,19 @@ async fn events_past_the_window_are_given_up_and_recorded() {
     let config = delivery_config(&[("TOUCHLINE__WEBHOOKS__GIVE_UP_AFTER_SECS", "3")]);
     create_topics(&config).await;
     migrate(&config).await;
-    let refused = free_port();
-    let _registry = registry_with(
-        &config,
-        &[("gone", format!("http://127.0.0.1:{refused}/hook"))],
-    )
-    .await;
+    let refused = format!("http://127.0.0.1:{}/hook", free_port());
+    let registry = registry_with(&config, &[("gone", refused.clone()), ("removed", refused)]).await;
     let delivery = start_webhooks(&config);
     let events = publish(&config, &["alice", "bob"], 3).await;
+    // An endpoint removed while its events wait: they are given up at their next turn.
+    wait_count(
+        &config,
+        "SELECT count() FROM webhook_deliveries WHERE endpoint = 'removed'",
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
+    registry.delete_webhook("acme", "removed").await.unwrap();
     wait_logged(
         &config,
         "gone",
@@ -337,10 +343,30 @@ async fn events_past_the_window_are_given_up_and_recorded() {
         Duration::from_secs(60),
     )
     .await;
+    wait_logged(
+        &config,
+        "removed",
+        "given_up",
+        events.len() as u64,
+        Duration::from_secs(60),
+    )
+    .await;
+    let reasons = ch_query(
+        &config,
+        "SELECT DISTINCT error FROM webhook_deliveries FINAL \
+         WHERE endpoint = 'removed' AND outcome = 'given_up'",
+    )
+    .await;
+    assert_eq!(
+        reasons,
+        vec![vec![
+            "the endpoint no longer subscribes to this event".to_string()
+        ]]
+    );
     let rows = ch_query(
         &config,
         "SELECT toString(event_id), status_code FROM webhook_deliveries FINAL \
-         WHERE outcome = 'given_up'",
+         WHERE outcome = 'given_up' AND endpoint = 'gone'",
     )
     .await;
     let mut given_up: Vec<String> = rows.iter().map(|r| r[0].clone()).collect();

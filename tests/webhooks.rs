@@ -193,6 +193,26 @@ async fn endpoints_and_the_outbox_the_ledger_fills() {
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(receiver.received().len(), 6, "nothing sent twice");
+
+    // Removed: gone from the API, and removing it again is a 404.
+    let r = admin(Method::DELETE, &hook_url, Value::Null).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{:?}", r.body);
+    assert_eq!(
+        admin(Method::GET, &hook_url, Value::Null).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        admin(Method::DELETE, &hook_url, Value::Null).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let listed = admin(
+        Method::GET,
+        &format!("{url}/api/v1/programs/acme/webhooks"),
+        Value::Null,
+    )
+    .await
+    .json();
+    assert_eq!(listed["webhooks"], json!([]));
     delivery.stop().await;
     pipeline.stop().await;
     edge.stop().await;

@@ -241,6 +241,10 @@ impl Edge {
                     .ok_or_else(|| ApiError::not_found("webhook not found"))?;
                 Ok(http::json(StatusCode::OK, &webhook_view(&w)))
             }
+            (Method::DELETE, ["programs", id, "webhooks", name]) => {
+                self.registry.delete_webhook(id, name).await?;
+                Ok(http::text(StatusCode::NO_CONTENT, "text/plain", ""))
+            }
             (Method::GET, ["programs", id, "webhooks"]) => {
                 if self.registry.program(id).is_none() {
                     return Err(ApiError::not_found("program not found"));
@@ -256,7 +260,9 @@ impl Edge {
                     &serde_json::json!({ "webhooks": hooks }),
                 ))
             }
-            (_, ["programs", _, "webhooks", _]) => Err(ApiError::method_not_allowed("GET, PUT")),
+            (_, ["programs", _, "webhooks", _]) => {
+                Err(ApiError::method_not_allowed("GET, PUT, DELETE"))
+            }
             (_, ["programs", _, "webhooks"]) => Err(ApiError::method_not_allowed("GET")),
             (_, ["programs", _]) => Err(ApiError::method_not_allowed("GET, PUT")),
             (_, ["partners", _]) => Err(ApiError::method_not_allowed("GET, PUT, PATCH")),

@@ -287,6 +287,11 @@ impl Registry {
                 self.links
                     .insert(l.code.clone(), Arc::new(LinkEntry::new(l)));
             }
+            Entity::Webhook(w) if w.deleted => {
+                if let Some(mut hooks) = self.webhooks.get_mut(&w.program_id) {
+                    hooks.remove(&w.name);
+                }
+            }
             Entity::Webhook(w) => {
                 self.webhooks
                     .entry(w.program_id.clone())
@@ -321,6 +326,7 @@ impl Registry {
     ) -> Result<bool, RegistryError> {
         webhook.program_id = program_id.to_string();
         webhook.name = name.to_string();
+        webhook.deleted = false;
         webhook.validate()?;
         let _w = self.writes.lock().await;
         self.refresh().await?;
@@ -333,6 +339,21 @@ impl Registry {
             .is_some_and(|h| h.contains_key(name));
         self.put(Entity::Webhook(webhook)).await?;
         Ok(created)
+    }
+
+    /// Removes a program's webhook endpoint: its events are no longer published, and
+    /// those waiting for it are given up.
+    pub async fn delete_webhook(&self, program_id: &str, name: &str) -> Result<(), RegistryError> {
+        let _w = self.writes.lock().await;
+        self.refresh().await?;
+        let existing = self
+            .webhooks(program_id)
+            .into_iter()
+            .find(|w| w.name == name)
+            .ok_or(RegistryError::NotFound("webhook"))?;
+        let mut tombstone = (*existing).clone();
+        tombstone.deleted = true;
+        self.put(Entity::Webhook(tombstone)).await
     }
 
     pub fn program(&self, id: &str) -> Option<Arc<Program>> {

@@ -545,6 +545,10 @@ pub struct Webhook {
     pub secret: String,
     /// The event types delivered, each once.
     pub events: Vec<WebhookEventType>,
+    /// A tombstone: the registry is a log of puts, so removing an endpoint is a put.
+    /// Never accepted from the API.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
 }
 
 impl Webhook {
