@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod money;
 pub mod pipeline;
 pub mod registry;
+pub mod retry;
 pub mod rng;
 pub mod shutdown;
 pub mod signature;

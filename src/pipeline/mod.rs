@@ -47,7 +47,6 @@ use store::{
 };
 
 /// Longest pause between retries of a failing dependency.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Conversions resolved per state round trip, at most.
 const SETTLE_CHUNK: usize = 10_000;
 /// How long stopping may retry dependencies before giving up on its last write.
@@ -168,26 +167,15 @@ async fn click_spam(
         .collect())
 }
 
-async fn retry<T, F, Fut>(shutdown: &Shutdown, mut op: F) -> Option<T>
+/// State store calls wait out an unavailable store; `None` once stopping.
+async fn retry<T, F, Fut>(shutdown: &Shutdown, op: F) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, StateError>>,
 {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        match op().await {
-            Ok(v) => return Some(v),
-            Err(e) => {
-                if shutdown.is_fired() {
-                    return None;
-                }
-                tracing::warn!(error = %e, "state store unavailable, pausing");
-                metrics::counter!(m::PIPELINE_RETRIES_TOTAL, "dependency" => "redis").increment(1);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
-        }
-    }
+    crate::retry::until_ok("redis", "state store", shutdown, crate::retry::never, op)
+        .await
+        .unwrap_or(None)
 }
 
 impl Pipeline {
@@ -801,17 +789,19 @@ impl Pipeline {
         };
         let letter = serde_json::to_vec(&letter).unwrap_or_default();
         let key = format!("{}:{partition}:{offset}", topic.label());
-        let mut backoff = Duration::from_millis(100);
         // The message's offset is committed with the batch: the letter must be written.
-        while let Err(e) = self.dlq.publish_dlq(key.as_bytes(), &letter).await {
-            if shutdown.is_fired() {
-                self.commit_blocked = true;
-                return;
-            }
-            tracing::warn!(error = %e, "dead-letter topic unavailable, retrying");
-            metrics::counter!(m::PIPELINE_RETRIES_TOTAL, "dependency" => "kafka").increment(1);
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+        let dlq = &self.dlq;
+        let written = crate::retry::until_ok(
+            "kafka",
+            "dead-letter topic",
+            shutdown,
+            crate::retry::never,
+            || dlq.publish_dlq(key.as_bytes(), &letter),
+        )
+        .await;
+        if !matches!(written, Ok(Some(()))) {
+            self.commit_blocked = true;
+            return;
         }
         metrics::counter!(m::PIPELINE_MESSAGES_TOTAL, "topic" => topic.label(), "result" => "dlq")
             .increment(1);
@@ -901,24 +891,14 @@ impl Pipeline {
         source: &mut dyn EventSource,
         shutdown: &Shutdown,
     ) -> Result<(), PipelineError> {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match self.sink.write(&self.rows).await {
-                Ok(()) => break,
-                Err(SinkError::Fatal(e)) => return Err(SinkError::Fatal(e).into()),
-                Err(e) => {
-                    if shutdown.is_fired() {
-                        // Nothing is committed: the rows come back after the restart.
-                        tracing::warn!(error = %e, "stopping with rows unwritten; they will be replayed");
-                        return Ok(());
-                    }
-                    tracing::warn!(error = %e, rows = self.rows.len(), "sink unavailable, retrying");
-                    metrics::counter!(m::PIPELINE_RETRIES_TOTAL, "dependency" => "clickhouse")
-                        .increment(1);
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-            }
+        let (sink, rows) = (&self.sink, &self.rows);
+        let fatal = |e: &SinkError| matches!(e, SinkError::Fatal(_));
+        if crate::retry::until_ok("clickhouse", "sink", shutdown, fatal, || sink.write(rows))
+            .await?
+            .is_none()
+        {
+            // Nothing is committed: the rows come back after the restart.
+            return Ok(());
         }
         self.rows = Batch::default();
         self.last_write = Instant::now();
@@ -926,23 +906,15 @@ impl Pipeline {
         // committed: a crash in between replays the rows and so the same events.
         if !self.outbox.is_empty() {
             let events = self.outbox.take();
-            let mut backoff = Duration::from_millis(100);
-            loop {
-                match self.dlq.publish_outbox(&events).await {
-                    Ok(()) => break,
-                    Err(BusError::Fatal(e)) => return Err(BusError::Fatal(e).into()),
-                    Err(e) => {
-                        if shutdown.is_fired() {
-                            tracing::warn!(error = %e, "stopping with webhook events unpublished; they will be replayed");
-                            return Ok(());
-                        }
-                        tracing::warn!(error = %e, events = events.len(), "outbox unavailable, retrying");
-                        metrics::counter!(m::PIPELINE_RETRIES_TOTAL, "dependency" => "kafka")
-                            .increment(1);
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
-                    }
-                }
+            let (bus, events) = (&self.dlq, &events);
+            let fatal = |e: &BusError| matches!(e, BusError::Fatal(_));
+            if crate::retry::until_ok("kafka", "webhook outbox", shutdown, fatal, || {
+                bus.publish_outbox(events)
+            })
+            .await?
+            .is_none()
+            {
+                return Ok(());
             }
         }
         if !self.due_done.is_empty() {

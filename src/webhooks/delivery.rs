@@ -49,8 +49,6 @@ pub const EVENT_TYPE_HEADER: &str = "x-touchline-event-type";
 
 /// Outbox messages taken per intake round.
 const INTAKE_BATCH: usize = 500;
-/// Longest pause between retries of an unavailable dependency.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Most bytes of a receiver's answer kept in a failure's `error`.
 const ERROR_TEXT: usize = 256;
 /// How long delivery rows wait for others to share their insert.
@@ -268,7 +266,7 @@ async fn write_rows(log: Arc<dyn DeliveryLog>, mut rx: mpsc::Receiver<Pending>) 
                     metrics::counter!(m::PIPELINE_RETRIES_TOTAL, "dependency" => "clickhouse")
                         .increment(1);
                     tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(MAX_BACKOFF);
+                    pause = (pause * 2).min(crate::retry::MAX_PAUSE);
                 }
             }
         }
@@ -309,11 +307,16 @@ impl Delivery {
             queue,
             rows: tx,
         });
-        let gauges = tokio::spawn(Arc::clone(&delivery).watch_backlog(shutdown.clone()));
-        let dispatch = tokio::spawn(Arc::clone(&delivery).dispatch(shutdown.clone()));
+        // Dispatch stops when intake does, for whatever reason: a process that can no
+        // longer take events must not look busy delivering the last ones forever.
+        let (stop_trigger, stop) = crate::shutdown::channel();
+        let gauges = tokio::spawn(Arc::clone(&delivery).watch_backlog(stop.clone()));
+        let dispatch = tokio::spawn(Arc::clone(&delivery).dispatch(stop));
         let intake = delivery.intake(source, shutdown).await;
+        stop_trigger.fire();
         let dispatched = dispatch.await;
-        gauges.abort();
+        let _ = gauges.await;
+        // The last holder of the row sender: the writer ends once it wrote what is left.
         drop(delivery);
         let _ = writer.await;
         intake?;
@@ -345,7 +348,7 @@ impl Delivery {
                     metrics::counter!(m::PIPELINE_RETRIES_TOTAL, "dependency" => "kafka")
                         .increment(1);
                     tokio::time::sleep(bus_pause).await;
-                    bus_pause = (bus_pause * 2).min(MAX_BACKOFF);
+                    bus_pause = (bus_pause * 2).min(crate::retry::MAX_PAUSE);
                     continue;
                 }
                 Err(e) => return Err(e.into()),
@@ -354,30 +357,24 @@ impl Delivery {
                 continue;
             }
             let items = self.fan_out(&batch).await;
-            let mut pause = Duration::from_millis(100);
-            loop {
-                match self.queue.park(&items, now_ms()).await {
-                    Ok(parked) => {
-                        metrics::counter!(m::WEBHOOK_EVENTS_TOTAL, "result" => "parked")
-                            .increment(parked as u64);
-                        metrics::counter!(m::WEBHOOK_EVENTS_TOTAL, "result" => "known")
-                            .increment((items.len() - parked) as u64);
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "webhook queue unavailable, retrying");
-                        metrics::counter!(m::PIPELINE_RETRIES_TOTAL, "dependency" => "redis")
-                            .increment(1);
-                        // Stopping here is safe: nothing was committed, the events come
-                        // back with the next process.
-                        if shutdown.is_fired() {
-                            return Ok(());
-                        }
-                        tokio::time::sleep(pause).await;
-                        pause = (pause * 2).min(MAX_BACKOFF);
-                    }
-                }
-            }
+            let queue = &self.queue;
+            let parked = crate::retry::until_ok(
+                "redis",
+                "webhook queue",
+                &shutdown,
+                crate::retry::never,
+                || queue.park(&items, now_ms()),
+            )
+            .await;
+            // Stopping before parking is safe: nothing was committed, the events come
+            // back with the next process.
+            let Ok(Some(parked)) = parked else {
+                return Ok(());
+            };
+            metrics::counter!(m::WEBHOOK_EVENTS_TOTAL, "result" => "parked")
+                .increment(parked as u64);
+            metrics::counter!(m::WEBHOOK_EVENTS_TOTAL, "result" => "known")
+                .increment((items.len() - parked) as u64);
             let mut next: HashMap<(crate::bus::Topic, i32), i64> = HashMap::new();
             for d in &batch {
                 let at = next.entry((d.topic, d.partition)).or_insert(0);
@@ -492,7 +489,7 @@ impl Delivery {
                         metrics::counter!(m::PIPELINE_RETRIES_TOTAL, "dependency" => "redis")
                             .increment(1);
                         tokio::time::sleep(pause).await;
-                        pause = (pause * 2).min(MAX_BACKOFF);
+                        pause = (pause * 2).min(crate::retry::MAX_PAUSE);
                         continue;
                     }
                 }
