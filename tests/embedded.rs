@@ -104,10 +104,7 @@ async fn demo_files_load_into_clickhouse_and_agree() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_answers_on_both_ports_and_its_metrics_lint_clean() {
     let dir = std::env::temp_dir().join(format!("touchline-serve-{}", uuid::Uuid::new_v4()));
-    let mut config = touchline::config::Config::embedded();
-    config.edge.listen = "127.0.0.1:0".parse().unwrap();
-    config.pipeline.admin_listen = "127.0.0.1:0".parse().unwrap();
-    config.sink.data_dir = dir.clone();
+    let config = embedded_config(&dir);
     let (trigger, shutdown) = touchline::shutdown::channel();
     let (tx, rx) = tokio::sync::oneshot::channel();
     let serve = tokio::spawn(touchline::app::run_serve(config, shutdown, Some(tx)));

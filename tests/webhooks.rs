@@ -217,3 +217,67 @@ async fn endpoints_and_the_outbox_the_ledger_fills() {
     pipeline.stop().await;
     edge.stop().await;
 }
+
+/// The embedded default delivers too: `touchline serve` with the in-process bus, memory
+/// queues and the file sink's `webhook_deliveries.jsonl`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_serve_delivers_webhooks() {
+    let dir = std::env::temp_dir().join(format!("touchline-hooks-{}", uuid::Uuid::new_v4()));
+    let mut config = embedded_config(&dir);
+    config.pipeline.late_grace_secs = 2;
+    config.admin.token = ADMIN_TOKEN.into();
+    let (trigger, shutdown) = touchline::shutdown::channel();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let serve = tokio::spawn(touchline::app::run_serve(config, shutdown, Some(tx)));
+    let url = format!("http://{}", rx.await.unwrap().edge);
+    let receiver = Receiver::start(Behavior::FailFirst(1)).await;
+    seed(&url).await;
+    let r = admin(
+        Method::PUT,
+        &format!("{url}/api/v1/programs/acme/webhooks/shop"),
+        json!({"url": receiver.url("/hooks"), "secret": "whsec-embedded-0123456789",
+            "events": ["conversion.settled", "commission.created"]}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let sale = json!({"program_id": "acme", "order_id": "E1", "kind": "sale",
+        "amount": "80.00", "referral_code": "alice-spring"});
+    let r = post_conversions(&url, &sale.to_string()).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
+
+    // 500 first, then 2xx: both events arrive, in ledger order, signed.
+    let got = receiver.wait_acknowledged(2, Duration::from_secs(30)).await;
+    assert_signed(&got, "whsec-embedded-0123456789");
+    let acked: Vec<String> = got
+        .iter()
+        .filter(|r| r.status < 300)
+        .map(|r| r.json()["type"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(acked, ["conversion.settled", "commission.created"]);
+    trigger.fire();
+    serve.await.unwrap().unwrap();
+    let log = std::fs::read_to_string(dir.join("webhook_deliveries.jsonl")).unwrap();
+    let rows: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let outcomes: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["event_type"].as_str().unwrap(),
+                r["outcome"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("conversion.settled", "failed"),
+            ("conversion.settled", "acknowledged"),
+            ("commission.created", "failed"),
+            ("commission.created", "acknowledged"),
+        ]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -84,6 +84,16 @@ pub fn config(extra: &[(&str, &str)]) -> Config {
     Config::load(Some(&local), vars).expect("test configuration is valid")
 }
 
+/// The embedded default (in-process bus, memory stores) on ephemeral ports, writing its
+/// files under `dir`.
+pub fn embedded_config(dir: &Path) -> Config {
+    let mut config = Config::embedded();
+    config.edge.listen = "127.0.0.1:0".parse().unwrap();
+    config.pipeline.admin_listen = "127.0.0.1:0".parse().unwrap();
+    config.sink.data_dir = dir.to_path_buf();
+    config
+}
+
 /// The environment variables that reproduce `config` for a child process.
 pub fn env_for(config: &Config) -> Vec<(String, String)> {
     let t = &config.kafka.topics;
