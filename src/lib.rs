@@ -27,3 +27,9 @@ pub mod signature;
 pub mod sink;
 pub mod synthetic;
 pub mod webhooks;
+
+/// Every binary that links touchline allocates with mimalloc: the pipeline and the edge
+/// allocate per event on several threads, where glibc's malloc spent about half of the
+/// pipeline's CPU (docs/BENCHMARKS.md, "Where the time goes").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

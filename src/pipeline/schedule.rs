@@ -174,6 +174,9 @@ struct Item<T> {
 pub struct Pending<T> {
     items: BTreeMap<Mark, Item<T>>,
     by_part: HashMap<Part, BTreeSet<Mark>>,
+    /// Offsets of the pending items per partition (offset → items at it), so that the
+    /// commit position is found without a scan of everything pending.
+    offsets: HashMap<Part, BTreeMap<i64, u32>>,
     /// Insertion order with the time of insertion, to find who waited too long.
     arrivals: VecDeque<(Instant, Mark)>,
     /// Everything up to this mark has waited too long (or follows what has).
@@ -185,6 +188,7 @@ impl<T> Default for Pending<T> {
         Pending {
             items: BTreeMap::new(),
             by_part: HashMap::new(),
+            offsets: HashMap::new(),
             arrivals: VecDeque::new(),
             overdue: None,
         }
@@ -201,20 +205,35 @@ pub struct Released<T> {
 
 impl<T> Pending<T> {
     pub fn insert(&mut self, mark: Mark, part: Part, offset: i64, value: T) {
-        if self
-            .items
-            .insert(
-                mark,
-                Item {
-                    value,
-                    part,
-                    offset,
-                },
-            )
-            .is_none()
-        {
-            self.by_part.entry(part).or_default().insert(mark);
-            self.arrivals.push_back((Instant::now(), mark));
+        let item = Item {
+            value,
+            part,
+            offset,
+        };
+        match self.items.insert(mark, item) {
+            None => {
+                self.by_part.entry(part).or_default().insert(mark);
+                self.arrivals.push_back((Instant::now(), mark));
+            }
+            // The same event again (a replay): it waits at its newer offset.
+            Some(old) => self.forget_offset(old.part, old.offset),
+        }
+        *self
+            .offsets
+            .entry(part)
+            .or_default()
+            .entry(offset)
+            .or_default() += 1;
+    }
+
+    fn forget_offset(&mut self, part: Part, offset: i64) {
+        if let Some(at) = self.offsets.get_mut(&part) {
+            if let Some(n) = at.get_mut(&offset) {
+                *n -= 1;
+                if *n == 0 {
+                    at.remove(&offset);
+                }
+            }
         }
     }
 
@@ -233,11 +252,10 @@ impl<T> Pending<T> {
 
     /// The lowest offset pending on a partition: commits stop there.
     pub fn first_offset_of(&self, part: Part) -> Option<i64> {
-        self.by_part
+        self.offsets
             .get(&part)?
-            .iter()
-            .filter_map(|m| self.items.get(m).map(|i| i.offset))
-            .min()
+            .first_key_value()
+            .map(|(offset, _)| *offset)
     }
 
     /// Releases, in mark order and at most `limit` at once, everything before `below`,
@@ -280,6 +298,7 @@ impl<T> Pending<T> {
             if let Some(set) = self.by_part.get_mut(&item.part) {
                 set.remove(&mark);
             }
+            self.forget_offset(item.part, item.offset);
             items.push((mark, item.value));
         }
         if self.arrivals.len() > 2 * self.items.len() + 1024 {
@@ -294,6 +313,7 @@ impl<T> Pending<T> {
     pub fn clear(&mut self) {
         self.items.clear();
         self.by_part.clear();
+        self.offsets.clear();
         self.arrivals.clear();
         self.overdue = None;
     }
@@ -423,6 +443,30 @@ mod tests {
         );
         assert_eq!(r.forced, 1);
         assert!(p.is_empty());
+        assert_eq!(p.first_offset_of(V0), None);
+    }
+
+    #[test]
+    fn commits_stop_at_the_lowest_pending_offset() {
+        let mut p: Pending<&str> = Pending::default();
+        // Offsets need not follow marks.
+        p.insert(Mark::at(10), V0, 7, "a");
+        p.insert(Mark::at(20), V0, 5, "b");
+        p.insert(Mark::at(30), V0, 9, "c");
+        assert_eq!(p.first_offset_of(V0), Some(5));
+        assert_eq!(p.first_offset_of(V1), None);
+        // The same event read again (a replay): it waits at its newer offset.
+        p.insert(Mark::at(20), V0, 12, "b");
+        assert_eq!(p.len(), 3);
+        assert_eq!(p.first_offset_of(V0), Some(7));
+        let r = p.release(Mark::at(15), Duration::from_secs(60), 10, 10);
+        assert_eq!(r.items.len(), 1);
+        assert_eq!(p.first_offset_of(V0), Some(9));
+        let r = p.release(Mark::MAX, Duration::from_secs(60), 10, 10);
+        assert_eq!(r.items.len(), 2);
+        assert_eq!(p.first_offset_of(V0), None);
+        p.insert(Mark::at(40), V0, 13, "d");
+        p.clear();
         assert_eq!(p.first_offset_of(V0), None);
     }
 }

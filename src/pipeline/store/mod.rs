@@ -30,8 +30,9 @@
 //! | `{p}:wm`                          | hash   | none                     | [`StateStore::publish`]: partition frontiers |
 //!
 //! Tallies (`v`, `t`) hold marks (score ms, member id as 32 hex) and are counted as of a
-//! mark. The windowed ones (`t`) are read in settlement order, so a read forgets what
-//! lies further behind it than the key's keep: nothing later reads that far back.
+//! mark. The windowed ones (`t`) are read in settlement order, so a read may forget what
+//! lies further behind it than the key's keep: nothing later reads that far back (the
+//! Redis store trims on one read in 16, which changes no count, only the sets' length).
 //!
 //! Keys that one script or one read touches together share a hash tag (`{…}`), so the
 //! layout runs on a Redis Cluster as well as on one Redis: there the Redis store decides

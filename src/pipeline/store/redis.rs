@@ -20,6 +20,8 @@ use super::{
 const DECIDE_CLICKS: &str = include_str!("decide_clicks.lua");
 /// Clicks decided per script call.
 const DECIDE_CHUNK: usize = 500;
+/// Windowed tallies are trimmed by one read in this many.
+const TRIM_ONE_IN: u128 = 16;
 
 /// State in Redis.
 pub struct RedisState {
@@ -173,6 +175,12 @@ impl Cmds {
     }
 }
 
+/// Whether a count read of `tally` as of `before` also trims it: reads of windowed
+/// tallies, one in [`TRIM_ONE_IN`] by the mark's random low bits.
+fn trims(tally: &Tally, before: Mark) -> bool {
+    tally.windowed() && before.id % TRIM_ONE_IN == 0
+}
+
 fn text(v: &Value) -> Result<Option<String>, StateError> {
     Ok(redis::from_redis_value_ref::<Option<String>>(v)?)
 }
@@ -297,7 +305,10 @@ impl StateStore for RedisState {
                     before,
                 } => {
                     let key = self.tally(tally);
-                    if tally.windowed() {
+                    // Trimming changes no count (counts start at `from_ms`, and later
+                    // reads never reach behind the horizon): one read in 16, picked by
+                    // the mark's random low bits, keeps the sets short.
+                    if trims(tally, *before) {
                         pipe.cmd("ZREMRANGEBYSCORE")
                             .arg(&key)
                             .arg("-inf")
@@ -361,7 +372,7 @@ impl StateStore for RedisState {
                     from_ms,
                     before,
                 } => {
-                    if tally.windowed() {
+                    if trims(tally, *before) {
                         next()?;
                     }
                     let earlier = int(next()?)?;
