@@ -436,3 +436,49 @@ async fn a_killed_delivery_process_loses_nothing_and_acknowledges_once() {
     .await;
     assert_eq!(twice[0][0], "0");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unavailable_delivery_log_pauses_delivery_and_resends_nothing() {
+    let direct = delivery_config(&[]);
+    create_topics(&direct).await;
+    migrate(&direct).await;
+    // Delivery reaches ClickHouse through a proxy the test switches off.
+    let proxy = Proxy::start("127.0.0.1:8123").await;
+    let mut config = direct.clone();
+    config.clickhouse.url = format!("http://{}", proxy.addr);
+    let receiver = Receiver::start(Behavior::Ok).await;
+    let _registry = registry_with(&config, &[("crm", receiver.url("/hook"))]).await;
+    let delivery = start_webhooks(&config);
+    let partners = ["alice", "bob"];
+    let first = publish(&config, &partners, 5).await;
+    receiver
+        .wait_acknowledged(first.len(), Duration::from_secs(30))
+        .await;
+    wait_logged(&direct, "crm", "acknowledged", 10, Duration::from_secs(30)).await;
+
+    proxy.cut();
+    let second = publish(&config, &partners, 5).await;
+    // While the log cannot record, at most the attempts already under way (one per
+    // queue) go out; none starts after.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let during = receiver.received().len() - first.len();
+    assert!(
+        during <= partners.len(),
+        "{during} requests while the log was down"
+    );
+    proxy.restore();
+
+    let n = first.len() + second.len();
+    let got = receiver.wait_acknowledged(n, Duration::from_secs(60)).await;
+    wait_logged(
+        &direct,
+        "crm",
+        "acknowledged",
+        n as u64,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(got.len(), n, "an acknowledged event is never sent again");
+    assert_signed(&got, HOOK_SECRET);
+    delivery.stop().await;
+}

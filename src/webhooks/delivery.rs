@@ -19,6 +19,7 @@
 //! of the others.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -235,8 +236,17 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 /// A row waiting for its insert, and who waits for it.
 type Pending = (DeliveryRow, oneshot::Sender<bool>);
 
-/// Writes delivery rows in batches: attempts finishing together share one insert.
-async fn write_rows(log: Arc<dyn DeliveryLog>, mut rx: mpsc::Receiver<Pending>) {
+/// Writes delivery rows in batches: attempts finishing together share one insert. A
+/// failing log is retried until it heals, with `down` raised meanwhile so that no new
+/// attempt starts: an acknowledgement that cannot be recorded must not be followed by
+/// more of them. Once `stop` fires, a failing write gives up: its attempts leave their
+/// queues as they are and are made again by the next process.
+async fn write_rows(
+    log: Arc<dyn DeliveryLog>,
+    mut rx: mpsc::Receiver<Pending>,
+    down: Arc<AtomicBool>,
+    stop: Shutdown,
+) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         let linger = tokio::time::sleep(LOG_LINGER);
@@ -252,24 +262,26 @@ async fn write_rows(log: Arc<dyn DeliveryLog>, mut rx: mpsc::Receiver<Pending>) 
         }
         let rows: Vec<DeliveryRow> = batch.iter().map(|(r, _)| r.clone()).collect();
         let mut pause = Duration::from_millis(100);
-        let mut ok = false;
-        // A few tries here; past them the attempts keep their queues where they are
-        // and are made again when their leases end.
-        for _ in 0..5 {
+        let ok = loop {
             match log.record(&rows).await {
                 Ok(()) => {
-                    ok = true;
-                    break;
+                    down.store(false, Ordering::SeqCst);
+                    break true;
+                }
+                Err(e) if stop.is_fired() => {
+                    tracing::warn!(error = %e, rows = rows.len(), "delivery log unavailable while stopping; those attempts will be made again");
+                    break false;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, rows = rows.len(), "delivery log unavailable, retrying");
+                    down.store(true, Ordering::SeqCst);
+                    tracing::warn!(error = %e, rows = rows.len(), "delivery log unavailable, retrying; no new attempts meanwhile");
                     metrics::counter!(m::PIPELINE_RETRIES_TOTAL, "dependency" => "clickhouse")
                         .increment(1);
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(crate::retry::MAX_PAUSE);
                 }
             }
-        }
+        };
         for (_, tx) in batch {
             let _ = tx.send(ok);
         }
@@ -284,6 +296,8 @@ pub struct Delivery {
     client: HttpsClient,
     breakers: Breakers,
     rows: mpsc::Sender<Pending>,
+    /// The delivery log is failing: no new attempts until it heals.
+    log_down: Arc<AtomicBool>,
 }
 
 impl Delivery {
@@ -297,8 +311,12 @@ impl Delivery {
         source: Box<dyn EventSource>,
         shutdown: Shutdown,
     ) -> Result<(), DeliveryError> {
+        // Dispatch stops when intake does, for whatever reason: a process that can no
+        // longer take events must not look busy delivering the last ones forever.
+        let (stop_trigger, stop) = crate::shutdown::channel();
         let (tx, rx) = mpsc::channel(LOG_BATCH * 4);
-        let writer = tokio::spawn(write_rows(log, rx));
+        let log_down = Arc::new(AtomicBool::new(false));
+        let writer = tokio::spawn(write_rows(log, rx, Arc::clone(&log_down), stop.clone()));
         let delivery = Arc::new(Delivery {
             client: http_client(Duration::from_millis(cfg.timeout_ms))?,
             breakers: Breakers::new(cfg.breaker_failures, cfg.breaker_open_ms, cfg.retry_max_ms),
@@ -306,10 +324,8 @@ impl Delivery {
             registry,
             queue,
             rows: tx,
+            log_down,
         });
-        // Dispatch stops when intake does, for whatever reason: a process that can no
-        // longer take events must not look busy delivering the last ones forever.
-        let (stop_trigger, stop) = crate::shutdown::channel();
         let gauges = tokio::spawn(Arc::clone(&delivery).watch_backlog(stop.clone()));
         let dispatch = tokio::spawn(Arc::clone(&delivery).dispatch(stop));
         let intake = delivery.intake(source, shutdown).await;
@@ -460,8 +476,9 @@ impl Delivery {
         hooks
     }
 
-    /// How long a claim holds: the attempt, then writing its row (a few retries). A
-    /// crashed worker's queues wait this long before another worker takes them.
+    /// How long a claim holds: the attempt, then writing its row. A crashed worker's
+    /// queues wait this long before another worker takes them. (While the log is down
+    /// nobody starts attempts, so a claim outliving its lease is not taken meanwhile.)
     fn lease_ms(&self) -> u64 {
         self.cfg.timeout_ms + 15_000
     }
@@ -475,7 +492,7 @@ impl Delivery {
             while inflight.try_join_next().is_some() {}
             let free = self.cfg.concurrency.saturating_sub(inflight.len());
             let mut short = true;
-            if free > 0 {
+            if free > 0 && !self.log_down.load(Ordering::SeqCst) {
                 match self.queue.claim(now_ms(), self.lease_ms(), free).await {
                     Ok(claims) => {
                         pause = Duration::from_millis(100);
