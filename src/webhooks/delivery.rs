@@ -628,9 +628,10 @@ impl Delivery {
         };
         let (tx, rx) = oneshot::channel();
         if self.rows.send((row, tx)).await.is_err() || !rx.await.unwrap_or(false) {
-            // Not recorded: leave the queue as it is; the lease runs out and the event
-            // is attempted again, so no acknowledged event is missing from the log.
-            tracing::error!(event = %claim.head.event_id, "delivery attempt not recorded; it will be made again");
+            // Not recorded (stopping while the log is down): leave the queue as it is;
+            // the next process makes the attempt again once the lease runs out, so no
+            // acknowledged event is missing from the log.
+            tracing::warn!(event = %claim.head.event_id, "delivery attempt not recorded; it will be made again");
             return;
         }
         metrics::counter!(m::WEBHOOK_ATTEMPTS_TOTAL, "outcome" => outcome).increment(1);
