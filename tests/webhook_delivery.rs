@@ -482,3 +482,52 @@ async fn an_unavailable_delivery_log_pauses_delivery_and_resends_nothing() {
     assert_signed(&got, HOOK_SECRET);
     delivery.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_delivery_processes_share_the_queues_and_one_takes_over_from_the_other() {
+    let config = delivery_config(&[("TOUCHLINE__WEBHOOKS__CONCURRENCY", "4")]);
+    create_topics(&config).await;
+    migrate(&config).await;
+    let receiver = Receiver::start(Behavior::Delay(Duration::from_millis(50))).await;
+    let _registry = registry_with(&config, &[("crm", receiver.url("/hook"))]).await;
+    let partners = ["p1", "p2", "p3", "p4", "p5", "p6"];
+    let events = publish(&config, &partners, 30).await;
+    let n = events.len();
+    // Two members of one group: each parks its partitions' events, both send from the
+    // shared queues, one queue at a time each.
+    let mut first = spawn_webhooks_process(&config, free_port());
+    let _second = spawn_webhooks_process(&config, free_port());
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while receiver.received().len() < n / 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "delivery did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // One dies; the other takes its queues over when their leases run out.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let got = receiver
+        .wait_acknowledged(n, Duration::from_secs(120))
+        .await;
+    assert_signed(&got, HOOK_SECRET);
+    assert_in_order(&got, &partners, 30);
+    let resent = got.len() - n;
+    assert!(resent <= 4, "{resent} events sent twice");
+    wait_logged(
+        &config,
+        "crm",
+        "acknowledged",
+        n as u64,
+        Duration::from_secs(30),
+    )
+    .await;
+    let twice = ch_query(
+        &config,
+        "SELECT count() FROM (SELECT event_id FROM webhook_deliveries FINAL \
+         WHERE outcome = 'acknowledged' GROUP BY event_id HAVING count() > 1)",
+    )
+    .await;
+    assert_eq!(twice[0][0], "0");
+}
