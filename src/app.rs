@@ -131,7 +131,7 @@ pub struct Sinks {
     pub log: Arc<dyn crate::sink::DeliveryLog>,
 }
 
-/// The sink the configuration names, checked at start-up.
+/// The sink, ledger view and delivery log the configuration names, checked at start-up.
 pub async fn sinks(config: &Config) -> anyhow::Result<Sinks> {
     use crate::config::SinkKind;
     Ok(match config.sink.kind {

@@ -204,6 +204,24 @@ impl Breakers {
     }
 }
 
+/// How an attempt ends in the log: `Failed` keeps the event for another attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Acknowledged,
+    Failed,
+    GivenUp,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Acknowledged => "acknowledged",
+            Outcome::Failed => "failed",
+            Outcome::GivenUp => "given_up",
+        }
+    }
+}
+
 /// How one attempt ended.
 #[derive(Debug)]
 struct Answer {
@@ -534,7 +552,7 @@ impl Delivery {
             self.finish(
                 &claim,
                 None,
-                "given_up",
+                Outcome::GivenUp,
                 0,
                 "the endpoint no longer subscribes to this event",
                 0,
@@ -559,14 +577,14 @@ impl Delivery {
         let acknowledged = answer.error.is_empty();
         self.breakers.record(&endpoint_key, acknowledged, now);
         let outcome = if acknowledged {
-            "acknowledged"
+            Outcome::Acknowledged
         } else {
             metrics::counter!(m::WEBHOOK_FAILURES_TOTAL, "reason" => answer.reason).increment(1);
             let waited = now.saturating_sub(event.parked_ms);
             if waited >= (self.cfg.give_up_after_secs as i64).saturating_mul(1000) {
-                "given_up"
+                Outcome::GivenUp
             } else {
-                "failed"
+                Outcome::Failed
             }
         };
         let duration_ms = u32::try_from(took.as_millis()).unwrap_or(u32::MAX);
@@ -603,7 +621,7 @@ impl Delivery {
         &self,
         claim: &Claim,
         url: Option<&str>,
-        outcome: &'static str,
+        outcome: Outcome,
         status: u16,
         error: &str,
         duration_ms: u32,
@@ -616,8 +634,12 @@ impl Delivery {
             event_id: claim.head.event_id,
             event_type: claim.head.event_type.clone(),
             partner_id: claim.queue.partner_id.clone(),
-            outcome,
-            seq: if outcome == "failed" { attempt } else { 0 },
+            outcome: outcome.as_str(),
+            seq: if outcome == Outcome::Failed {
+                attempt
+            } else {
+                0
+            },
             attempt,
             status_code: status,
             error: bounded(error),
@@ -634,9 +656,9 @@ impl Delivery {
             tracing::warn!(event = %claim.head.event_id, "delivery attempt not recorded; it will be made again");
             return;
         }
-        metrics::counter!(m::WEBHOOK_ATTEMPTS_TOTAL, "outcome" => outcome).increment(1);
+        metrics::counter!(m::WEBHOOK_ATTEMPTS_TOTAL, "outcome" => outcome.as_str()).increment(1);
         let now = now_ms();
-        let moved = if outcome == "failed" {
+        let moved = if outcome == Outcome::Failed {
             let wait = backoff(
                 self.cfg.retry_base_ms,
                 self.cfg.retry_max_ms,
