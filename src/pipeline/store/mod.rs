@@ -15,24 +15,29 @@
 //! | `{p}:c:{click}`                   | string | lookback + 1 day         | [`StateStore::record_clicks`]: the click's visitor |
 //! | `{p}:fp:{{fp}}:c`                 | zset   | max(2 × window, 1 day)   | [`StateStore::record_clicks`]: candidate clicks (score ts, member click id) |
 //! | `{p}:fp:{{fp}}:u`                 | zset   | max(2 × window, 1 day)   | [`StateStore::decide_clicks`]: the unique ones |
-//! | `{p}:fp:{{fp}}:d`                 | string | max(2 × window, 1 day)   | [`StateStore::decide_clicks`]: last decided candidate |
+//! | `{p}:fp:{{fp}}:p`                 | string | max(2 × window, 1 day)   | [`StateStore::decide_clicks`]: progress, `ms:id:ms` (last decided candidate, newest unique click) |
 //! | `{p}:j:{program}:{visitor}`       | zset   | lookback + 1 day         | [`StateStore::decide_clicks`]: unique clicks, ≤ [`MAX_JOURNEY`] |
 //! | `{p}:m:{conversion}`              | string | [`MEMO_TTL`]             | [`Write::Memo`]: the decision, set once |
 //! | `{p}:d:{program}:{kind}:{order}`  | string | [`CLAIM_TTL`]            | [`Write::Claim`]: the conversion holding the dedup key |
-//! | `{p}:v:{program}:{yyyymm}:{partner}` | zset | [`COUNT_TTL`]           | [`Write::Tally`] ([`Tally::Volume`]): attributed conversions (score received ms) |
-//! | `{p}:t:s:{program}:{partner}`     | zset   | [`RATE_KEEP`]            | [`Write::Tally`] ([`Tally::Sales`]): sales crediting the partner, when `refund_rate` is on |
-//! | `{p}:t:r:{program}:{partner}`     | zset   | [`RATE_KEEP`]            | [`Write::Tally`] ([`Tally::Refunds`]): first refunds of those sales |
-//! | `{p}:t:ip:{program}:{partner}:{ip}` | zset | [`IP_KEEP`]              | [`StateStore::record_clicks`] ([`Tally::IpClicks`]): clicks, when `click_spam` is on |
+//! | `{p}:tv:{program}:{yyyymm}:{partner}` | zset | [`COUNT_TTL`]          | [`Write::Tally`] ([`Tally::Volume`]): attributed conversions (their received marks) |
+//! | `{p}:ts:{program}:{partner}`      | zset   | [`RATE_KEEP`]            | [`Write::Tally`] ([`Tally::Sales`]): sales crediting the partner, when `refund_rate` is on |
+//! | `{p}:tr:{program}:{partner}`      | zset   | [`RATE_KEEP`]            | [`Write::Tally`] ([`Tally::Refunds`]): first refunds of those sales |
+//! | `{p}:ti:{program}:{partner}:{ip}` | zset   | [`IP_KEEP`]              | [`StateStore::record_clicks`] ([`Tally::IpClicks`]): clicks, when `click_spam` is on |
 //! | `{p}:fs:{program}:{customer}`     | zset   | recurring months + 1, or none | [`Write::FirstSale`]: attributed sales (score received ms) |
 //! | `{p}:o:{{program:order}}`         | string | [`ORDER_TTL`]            | [`Write::Order`]: what the order earned |
 //! | `{p}:o:{{program:order}}:r`       | hash   | [`ORDER_TTL`]            | [`Write::Refund`]: reversals booked, by the refund's mark |
 //! | `{p}:due`                         | zset   | none (members removed once done) | [`Write::Due`]: orders whose hold ends (score due ms, member the entry) |
 //! | `{p}:wm`                          | hash   | none                     | [`StateStore::publish`]: partition frontiers |
 //!
-//! Tallies (`v`, `t`) hold marks (score ms, member id as 32 hex) and are counted as of a
-//! mark. The windowed ones (`t`) are read in settlement order, so a read may forget what
-//! lies further behind it than the key's keep: nothing later reads that far back (the
-//! Redis store trims on one read in 16, which changes no count, only the sets' length).
+//! Tallies (`tv`, `ts`, `tr`, `ti`) hold marks (score 0, member [`Mark::encode`], so that
+//! one `ZLEXCOUNT` counts as of a mark) and are counted as of a mark. The windowed ones
+//! (`ts`, `tr`, `ti`) are read in settlement order, so a read may forget what lies
+//! further behind it than the key's keep: nothing later reads that far back (the Redis
+//! store trims on one read in 16, which changes no count, only the sets' length).
+//!
+//! A key outlives its last write by at least its TTL. The Redis store renews the TTL of
+//! a tally, a fingerprint's candidates, a first sale or a refund record at most once a
+//! minute per key and process, to the TTL plus that minute.
 //!
 //! Keys that one script or one read touches together share a hash tag (`{…}`), so the
 //! layout runs on a Redis Cluster as well as on one Redis: there the Redis store decides

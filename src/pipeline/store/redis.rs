@@ -5,6 +5,8 @@
 //! fingerprint, which share a hash tag, and journeys are written beside it.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use redis::{Cmd, Value};
@@ -22,12 +24,50 @@ const DECIDE_CLICKS: &str = include_str!("decide_clicks.lua");
 const DECIDE_CHUNK: usize = 500;
 /// Windowed tallies are trimmed by one read in this many.
 const TRIM_ONE_IN: u128 = 16;
+/// A key's TTL is renewed by the first write to it in this long; the TTL set is the
+/// key's keep plus this, so the key outlives every write by its keep.
+const RENEW_EVERY: Duration = Duration::from_secs(60);
+/// Renewals remembered at most (keys written within [`RENEW_EVERY`]).
+const MAX_RENEWALS: usize = 100_000;
+
+/// When this process last renewed each key's TTL. A tally or a fingerprint takes a
+/// write per event, and a TTL command after each was a fifth of all Redis commands;
+/// one per key and minute keeps the same bound. Forgotten whenever Redis fails, so
+/// a key a lost write or a restart left without its TTL gets it at the next write.
+#[derive(Default)]
+struct Renewals(Mutex<HashMap<String, Instant>>);
+
+impl Renewals {
+    /// Whether `key` needs its TTL renewed now; if so it counts as renewed.
+    fn due(&self, key: &str, now: Instant) -> bool {
+        let mut at = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if at
+            .get(key)
+            .is_some_and(|t| now.duration_since(*t) < RENEW_EVERY)
+        {
+            return false;
+        }
+        if at.len() >= MAX_RENEWALS {
+            at.retain(|_, t| now.duration_since(*t) < RENEW_EVERY);
+            if at.len() >= MAX_RENEWALS {
+                at.clear();
+            }
+        }
+        at.insert(key.to_string(), now);
+        true
+    }
+
+    fn forget(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
 
 /// State in Redis.
 pub struct RedisState {
     redis: Redis,
     prefix: String,
     decide: redis::Script,
+    renewals: Renewals,
 }
 
 impl RedisState {
@@ -36,6 +76,7 @@ impl RedisState {
             redis,
             prefix: prefix.to_string(),
             decide: redis::Script::new(DECIDE_CLICKS),
+            renewals: Renewals::default(),
         }
     }
 
@@ -61,26 +102,31 @@ impl RedisState {
                 program,
                 partner,
                 month,
-            } => format!("{p}:v:{program}:{month}:{partner}"),
-            Tally::Sales { program, partner } => format!("{p}:t:s:{program}:{partner}"),
-            Tally::Refunds { program, partner } => format!("{p}:t:r:{program}:{partner}"),
+            } => format!("{p}:tv:{program}:{month}:{partner}"),
+            Tally::Sales { program, partner } => format!("{p}:ts:{program}:{partner}"),
+            Tally::Refunds { program, partner } => format!("{p}:tr:{program}:{partner}"),
             Tally::IpClicks {
                 program,
                 partner,
                 ip_hash,
-            } => format!("{p}:t:ip:{program}:{partner}:{ip_hash}"),
+            } => format!("{p}:ti:{program}:{partner}:{ip_hash}"),
         }
     }
 
     /// Adds a mark to a tally (set once) and keeps the key its keep.
-    fn tally_cmds(&self, pipe: &mut Cmds, t: &Tally, mark: Mark) {
+    fn tally_cmds(&self, pipe: &mut Cmds, t: &Tally, mark: Mark, now: Instant) {
         let key = self.tally(t);
-        pipe.cmd("ZADD")
-            .arg(&key)
-            .arg("NX")
-            .arg(mark.ms)
-            .arg(mark.id_hex());
-        pipe.cmd("PEXPIRE").arg(&key).arg(ms(t.keep()));
+        // Score 0, member the mark: members sort as marks, so one ZLEXCOUNT counts
+        // up to a mark, ties of a millisecond included.
+        pipe.cmd("ZADD").arg(&key).arg(0).arg(mark.encode());
+        self.renew(pipe, key, t.keep(), now);
+    }
+
+    /// Renews `key`'s TTL to `keep` (and a little) unless this process did lately.
+    fn renew(&self, pipe: &mut Cmds, key: String, keep: Duration, now: Instant) {
+        if self.renewals.due(&key, now) {
+            pipe.cmd("PEXPIRE").arg(key).arg(ms(keep + RENEW_EVERY));
+        }
     }
     fn first_sale(&self, program: &str, customer: &str) -> String {
         format!("{}:fs:{program}:{customer}", self.prefix)
@@ -99,7 +145,11 @@ impl RedisState {
     }
 
     async fn run(&self, cmds: Vec<Cmd>) -> Result<Vec<Value>, StateError> {
-        Ok(self.redis.run(cmds).await?)
+        self.redis.run(cmds).await.map_err(|e| {
+            // Some of the batch's writes, TTLs among them, may not have happened.
+            self.renewals.forget();
+            e.into()
+        })
     }
 
     /// Runs script calls, loading the script first if the server lost it (a restart).
@@ -126,7 +176,7 @@ impl RedisState {
             let fp = &d.candidate.fingerprint;
             cmd.arg(self.fingerprint(fp, "c"))
                 .arg(self.fingerprint(fp, "u"))
-                .arg(self.fingerprint(fp, "d"));
+                .arg(self.fingerprint(fp, "p"));
             if journeys {
                 cmd.arg(self.journey(&d.program_id, d.visitor_id));
             }
@@ -193,6 +243,7 @@ fn int(v: &Value) -> Result<u64, StateError> {
 impl StateStore for RedisState {
     async fn record_clicks(&self, clicks: &[ClickRecord]) -> Result<(), StateError> {
         let mut pipe = Cmds(Vec::with_capacity(clicks.len() * 3));
+        let now = Instant::now();
         for c in clicks {
             pipe.cmd("SET")
                 .arg(self.click(c.click_id))
@@ -206,10 +257,10 @@ impl StateStore for RedisState {
                     .arg("NX")
                     .arg(cand.mark.ms)
                     .arg(cand.mark.id_hex());
-                pipe.cmd("PEXPIRE").arg(&key).arg(cand.keep_ms());
+                self.renew(&mut pipe, key, Duration::from_millis(cand.keep_ms()), now);
             }
             if let Some(ip) = &c.ip {
-                self.tally_cmds(&mut pipe, ip, c.mark);
+                self.tally_cmds(&mut pipe, ip, c.mark, now);
             }
         }
         self.run(pipe.0).await?;
@@ -309,19 +360,16 @@ impl StateStore for RedisState {
                     // reads never reach behind the horizon): one read in 16, picked by
                     // the mark's random low bits, keeps the sets short.
                     if trims(tally, *before) {
-                        pipe.cmd("ZREMRANGEBYSCORE")
+                        let horizon = Mark::at(tally.horizon(*before));
+                        pipe.cmd("ZREMRANGEBYLEX")
                             .arg(&key)
-                            .arg("-inf")
-                            .arg(format!("({}", tally.horizon(*before)));
+                            .arg("-")
+                            .arg(format!("({}", horizon.encode()));
                     }
-                    pipe.cmd("ZCOUNT")
+                    pipe.cmd("ZLEXCOUNT")
                         .arg(&key)
-                        .arg(*from_ms)
-                        .arg(format!("({}", before.ms));
-                    pipe.cmd("ZRANGEBYSCORE")
-                        .arg(&key)
-                        .arg(before.ms)
-                        .arg(before.ms);
+                        .arg(format!("[{}", Mark::at(*from_ms).encode()))
+                        .arg(format!("({}", before.encode()));
                 }
                 Read::FirstSale {
                     program, customer, ..
@@ -367,23 +415,11 @@ impl StateStore for RedisState {
                             .collect(),
                     )
                 }
-                Read::Count {
-                    tally,
-                    from_ms,
-                    before,
-                } => {
+                Read::Count { tally, before, .. } => {
                     if trims(tally, *before) {
                         next()?;
                     }
-                    let earlier = int(next()?)?;
-                    let same_ms: Vec<String> = redis::from_redis_value_ref(next()?)?;
-                    let id = before.id_hex();
-                    let same = if *from_ms <= before.ms {
-                        same_ms.iter().filter(|m| **m < id).count() as u64
-                    } else {
-                        0
-                    };
-                    Answer::Count(earlier + same)
+                    Answer::Count(int(next()?)?)
                 }
                 Read::FirstSale { before, .. } => {
                     let first: Vec<(String, f64)> = redis::from_redis_value_ref(next()?)?;
@@ -417,6 +453,7 @@ impl StateStore for RedisState {
             return Ok(Vec::new());
         }
         let mut pipe = Cmds::default();
+        let now = Instant::now();
         let mut memo_at = Vec::with_capacity(writes.len());
         for w in writes {
             memo_at.push(matches!(w, Write::Memo { .. }).then_some(pipe.0.len()));
@@ -442,7 +479,7 @@ impl StateStore for RedisState {
                         .arg("PX")
                         .arg(ms(CLAIM_TTL));
                 }
-                Write::Tally { tally, mark } => self.tally_cmds(&mut pipe, tally, *mark),
+                Write::Tally { tally, mark } => self.tally_cmds(&mut pipe, tally, *mark, now),
                 Write::FirstSale {
                     program,
                     customer,
@@ -457,10 +494,12 @@ impl StateStore for RedisState {
                         .arg(mark.ms)
                         .arg(format!("{}{json}", mark.id_hex()));
                     match ttl {
-                        Some(t) => pipe.cmd("PEXPIRE").arg(&key).arg(ms(*t)),
+                        Some(t) => self.renew(&mut pipe, key, *t, now),
                         // A lifetime plan follows the first sale for good.
-                        None => pipe.cmd("PERSIST").arg(&key),
-                    };
+                        None => {
+                            pipe.cmd("PERSIST").arg(&key);
+                        }
+                    }
                 }
                 Write::Order {
                     program,
@@ -482,7 +521,7 @@ impl StateStore for RedisState {
                 } => {
                     let key = self.refunds(program, order);
                     pipe.cmd("HSET").arg(&key).arg(mark.encode()).arg(json);
-                    pipe.cmd("PEXPIRE").arg(&key).arg(ms(ORDER_TTL));
+                    self.renew(&mut pipe, key, ORDER_TTL, now);
                 }
                 Write::Due { due_ms, json } => {
                     pipe.cmd("ZADD").arg(self.due()).arg(*due_ms).arg(json);
