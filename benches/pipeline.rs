@@ -36,14 +36,25 @@ fn main() {
 }
 
 async fn count(config: &Config, table: &str) -> u64 {
+    clickhouse(
+        config,
+        &format!("SELECT count() FROM {table} FORMAT TabSeparated"),
+    )
+    .await
+    .trim()
+    .parse()
+    .unwrap_or(0)
+}
+
+async fn clickhouse(config: &Config, sql: &str) -> String {
     let url = format!(
         "{}/?database={}",
         config.clickhouse.url, config.clickhouse.database
     );
     let req = hyper::Request::post(url)
-        .body(http_body_util::Full::new(bytes::Bytes::from(format!(
-            "SELECT count() FROM {table} FORMAT TabSeparated"
-        ))))
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            sql.to_string(),
+        )))
         .unwrap();
     let resp = touchline::http::client()
         .request(req)
@@ -53,7 +64,48 @@ async fn count(config: &Config, table: &str) -> u64 {
         .await
         .unwrap()
         .to_bytes();
-    String::from_utf8_lossy(&body).trim().parse().unwrap_or(0)
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// Removes the run's state and rows: each run leaves ~2.6 M Redis keys (months of TTL)
+/// and a database, which on a development machine pile up run after run.
+async fn clean_up(config: &Config) {
+    let client = redis::Client::open(config.redis.url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut cursor = 0u64;
+    let mut removed = 0usize;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{}:*", config.redis.prefix))
+            .arg("COUNT")
+            .arg(10_000)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if !keys.is_empty() {
+            removed += keys.len();
+            let _: u64 = redis::cmd("UNLINK")
+                .arg(&keys)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    clickhouse(
+        config,
+        &format!("DROP DATABASE IF EXISTS {}", config.clickhouse.database),
+    )
+    .await;
+    println!(
+        "cleaned up: {removed} redis keys, database {}",
+        config.clickhouse.database
+    );
 }
 
 async fn run(visitors: usize) {
@@ -219,6 +271,7 @@ async fn run(visitors: usize) {
             println!("  {line}");
         }
     }
+    clean_up(&config).await;
     broker.kill().unwrap();
     let _ = broker.wait();
 }

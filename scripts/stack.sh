@@ -39,6 +39,32 @@ redis_answers() {
   ) 2>/dev/null
 }
 
+# A server replaying a large append-only file answers -LOADING until it is done: alive,
+# and worth waiting for (a development machine's file grows with every bench run).
+redis_loading() {
+  (
+    exec 3<>"/dev/tcp/127.0.0.1/$REDIS_PORT" || exit 1
+    printf 'PING\r\n' >&3
+    reply=$(timeout 2 head -c 8 <&3) || exit 1
+    [[ "$reply" == "-LOADING"* ]]
+  ) 2>/dev/null
+}
+
+# Waits for redis to answer: 20 s to start, then as long as it says it is loading
+# (up to 15 minutes), so that a big data set is not mistaken for a dead server.
+wait_for_redis() {
+  for ((i = 0; i < 200; i++)); do
+    if redis_answers; then return 0; fi
+    if redis_loading; then
+      log "redis is loading its data set; waiting for it"
+      wait_for "redis (loading its data set)" redis_answers 900
+      return 0
+    fi
+    sleep 0.1
+  done
+  die "redis did not answer within 20s (logs under $STACK/)"
+}
+
 clickhouse_answers() {
   (
     exec 3<>"/dev/tcp/127.0.0.1/$CH_HTTP_PORT" || exit 1
@@ -130,11 +156,16 @@ start_redis() {
     log "redis already answers on 127.0.0.1:$REDIS_PORT, using it"
     return
   fi
+  if redis_loading; then
+    wait_for_redis
+    log "redis already answers on 127.0.0.1:$REDIS_PORT, using it"
+    return
+  fi
   mkdir -p "$STACK/redis"
   redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$STACK/redis" \
     --appendonly yes --save '' --daemonize yes \
     --pidfile "$STACK/redis/redis.pid" --logfile "$STACK/redis/redis.log"
-  wait_for redis redis_answers 20
+  wait_for_redis
   # Only a server we started is ours to stop.
   touch "$STACK/redis/started-by-stack"
 }
