@@ -5,7 +5,9 @@
 //! Needs Redis and ClickHouse (`scripts/stack.sh up`) and the tansu binary; starts its
 //! own Tansu with `memory://` storage on a free port.
 //!
-//! `cargo bench --bench pipeline -- [visitors]` (default 60000 visitors ≈ 280k events)
+//! `cargo bench --bench pipeline -- [visitors]` (default 60000 visitors ≈ 300k events).
+//! `BENCH_STATE=memory` keeps the pipeline's state in process memory instead of Redis
+//! (the registry stays in Redis): the same run without the state layer's cost.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -67,7 +69,32 @@ async fn clickhouse(config: &Config, sql: &str) -> String {
     String::from_utf8_lossy(&body).into_owned()
 }
 
-/// Removes the run's state and rows: each run leaves ~2.6 M Redis keys (months of TTL)
+/// Commands Redis has run since its start (or `CONFIG RESETSTAT`), and its main
+/// thread's CPU seconds.
+async fn redis_figures(config: &Config) -> (u64, f64) {
+    let client = redis::Client::open(config.redis.url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("all")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let field = |name: &str| -> Option<&str> {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+    };
+    let commands = field("total_commands_processed")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let cpu = ["used_cpu_user_main_thread", "used_cpu_sys_main_thread"]
+        .iter()
+        .filter_map(|f| field(f)?.parse::<f64>().ok())
+        .sum();
+    (commands, cpu)
+}
+
+/// Removes the run's state and rows: each run leaves ~1.3 M Redis keys (months of TTL)
 /// and a database, which on a development machine pile up run after run.
 async fn clean_up(config: &Config) {
     let client = redis::Client::open(config.redis.url.as_str()).unwrap();
@@ -233,9 +260,22 @@ async fn run(visitors: usize) {
     drop(consumer);
 
     // The pipeline, end to end into ClickHouse.
+    let state: std::sync::Arc<dyn touchline::pipeline::store::StateStore> =
+        match std::env::var("BENCH_STATE").as_deref() {
+            Ok("memory") => {
+                println!("pipeline state in process memory (BENCH_STATE=memory)");
+                std::sync::Arc::new(touchline::pipeline::store::MemoryState::new())
+            }
+            _ => touchline::app::state_store(&config).await.unwrap(),
+        };
+    let redis_before = redis_figures(&config).await;
     let (trigger, shutdown) = touchline::shutdown::channel();
     let started = Instant::now();
-    let task = tokio::spawn(touchline::app::run_pipeline(config.clone(), shutdown));
+    let task = tokio::spawn(touchline::app::run_pipeline_on(
+        config.clone(),
+        state,
+        shutdown,
+    ));
     loop {
         let clicks = count(&config, "clicks").await;
         let conversions = count(&config, "conversions").await;
@@ -253,6 +293,13 @@ async fn run(visitors: usize) {
     task.await.unwrap().unwrap();
     println!("pipeline end to end: {total} events in {secs:.2}s: {rate:.0} events/s");
     println!("ratio to the raw read: {:.2}", rate / raw_rate);
+    let redis_after = redis_figures(&config).await;
+    let commands = redis_after.0.saturating_sub(redis_before.0);
+    println!(
+        "redis during the run: {commands} commands ({:.1} per event), main thread CPU {:.2}s",
+        commands as f64 / total as f64,
+        redis_after.1 - redis_before.1
+    );
     println!(
         "rows: attributions {}, commissions {}",
         count(&config, "attributions").await,

@@ -268,13 +268,29 @@ pub fn instance_id(explicit: &str, admin_listen: std::net::SocketAddr) -> String
 
 /// Runs the consumer pipeline alone until `shutdown`.
 pub async fn run_pipeline(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
+    pipeline_bus_is_kafka(&config)?;
+    let state = state_store(&config).await?;
+    run_pipeline_on(config, state, shutdown).await
+}
+
+fn pipeline_bus_is_kafka(config: &Config) -> anyhow::Result<()> {
     if config.bus.kind != BusKind::Kafka {
         anyhow::bail!("`touchline pipeline` needs bus.kind = \"kafka\"; use `touchline serve` for the embedded bus");
     }
+    Ok(())
+}
+
+/// [`run_pipeline`] on a given state store (the pipeline bench measures it on process
+/// memory too, to tell the state layer's cost from the rest).
+pub async fn run_pipeline_on(
+    config: Config,
+    state: Arc<dyn crate::pipeline::store::StateStore>,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    pipeline_bus_is_kafka(&config)?;
     let bus = kafka_bus(&config).await?;
     let store = registry_store(&config).await?;
     let registry = registry(&config, store, shutdown.clone()).await?;
-    let state = state_store(&config).await?;
     let sink = sink(&config).await?;
     let (admin, _) = pipeline_admin(
         &config,
