@@ -69,9 +69,9 @@ async fn clickhouse(config: &Config, sql: &str) -> String {
     String::from_utf8_lossy(&body).into_owned()
 }
 
-/// Commands Redis has run since its start (or `CONFIG RESETSTAT`), and its main
-/// thread's CPU seconds.
-async fn redis_figures(config: &Config) -> (u64, f64) {
+/// Commands Redis has run since its start (or `CONFIG RESETSTAT`), its main thread's
+/// CPU seconds and the memory it uses (bytes).
+async fn redis_figures(config: &Config) -> (u64, f64, u64) {
     let client = redis::Client::open(config.redis.url.as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let info: String = redis::cmd("INFO")
@@ -91,7 +91,10 @@ async fn redis_figures(config: &Config) -> (u64, f64) {
         .iter()
         .filter_map(|f| field(f)?.parse::<f64>().ok())
         .sum();
-    (commands, cpu)
+    let memory = field("used_memory")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    (commands, cpu, memory)
 }
 
 /// Removes the run's state and rows: each run leaves ~1.3 M Redis keys (months of TTL)
@@ -295,10 +298,14 @@ async fn run(visitors: usize) {
     println!("ratio to the raw read: {:.2}", rate / raw_rate);
     let redis_after = redis_figures(&config).await;
     let commands = redis_after.0.saturating_sub(redis_before.0);
+    let grown = redis_after.2.saturating_sub(redis_before.2);
     println!(
-        "redis during the run: {commands} commands ({:.1} per event), main thread CPU {:.2}s",
+        "redis during the run: {commands} commands ({:.1} per event), main thread CPU {:.2}s, \
+         memory +{:.1} MiB ({:.0} bytes per event)",
         commands as f64 / total as f64,
-        redis_after.1 - redis_before.1
+        redis_after.1 - redis_before.1,
+        grown as f64 / (1024.0 * 1024.0),
+        grown as f64 / total as f64
     );
     println!(
         "rows: attributions {}, commissions {}",
