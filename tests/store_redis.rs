@@ -67,3 +67,60 @@ async fn redis_store_passes_the_suite() {
 async fn redis_cluster_store_passes_the_suite() {
     suite(CLUSTER).await;
 }
+
+/// A trim that removes every mark of a windowed tally must not leave the next write to
+/// create the key afresh without a TTL (renewals are skipped for a minute per key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tally_trimmed_empty_keeps_its_ttl() {
+    use touchline::pipeline::store::{Answer, Mark, Read, RedisState, StateStore, Tally, Write};
+    let config = config(&[]);
+    let conn = touchline::app::redis_connection(&config)
+        .await
+        .expect("redis is required (scripts/stack.sh up)");
+    let store = RedisState::new(conn, &config.redis.prefix);
+    let tally = Tally::Sales {
+        program: "acme".into(),
+        partner: "p".into(),
+    };
+    const DAY: i64 = 86_400_000;
+    let t = 1_790_000_000_000;
+    let write = |ms: i64, id: u128| Write::Tally {
+        tally: tally.clone(),
+        mark: Mark { ms, id },
+    };
+    store.write(&[write(t, 1)]).await.unwrap();
+    // 40 days on, past the tally's keep; an id divisible by 16 makes the read trim.
+    let later = Mark {
+        ms: t + 40 * DAY,
+        id: 32,
+    };
+    let count = store
+        .read(&[Read::Count {
+            tally: tally.clone(),
+            from_ms: later.ms - 30 * DAY,
+            before: later,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(count, vec![Answer::Count(0)]);
+    store.write(&[write(later.ms, 33)]).await.unwrap();
+
+    let client = redis::Client::open(config.redis.url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let key = format!("{}:ts:acme:p", config.redis.prefix);
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(ttl > 0, "{key} has no TTL ({ttl})");
+    let marks: u64 = redis::cmd("ZCARD")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        marks, 2,
+        "the trimmed mark is gone, the new one and the anchor stay"
+    );
+}

@@ -30,7 +30,8 @@
 //! | `{p}:wm`                          | hash   | none                     | [`StateStore::publish`]: partition frontiers |
 //!
 //! Tallies (`tv`, `ts`, `tr`, `ti`) hold marks (score 0, member [`Mark::encode`], so that
-//! one `ZLEXCOUNT` counts as of a mark) and are counted as of a mark. The windowed ones
+//! one `ZLEXCOUNT` counts as of a mark, and an empty member no trim removes) and are
+//! counted as of a mark. The windowed ones
 //! (`ts`, `tr`, `ti`) are read in settlement order, so a read may forget what lies
 //! further behind it than the key's keep: nothing later reads that far back (the Redis
 //! store trims on one read in 16, which changes no count, only the sets' length).

@@ -117,8 +117,15 @@ impl RedisState {
     fn tally_cmds(&self, pipe: &mut Cmds, t: &Tally, mark: Mark, now: Instant) {
         let key = self.tally(t);
         // Score 0, member the mark: members sort as marks, so one ZLEXCOUNT counts
-        // up to a mark, ties of a millisecond included.
-        pipe.cmd("ZADD").arg(&key).arg(0).arg(mark.encode());
+        // up to a mark, ties of a millisecond included. The empty member sorts before
+        // every mark and is never trimmed: a trim cannot delete the key, so it is never
+        // created again by a write whose TTL renewal this or another process skipped.
+        pipe.cmd("ZADD")
+            .arg(&key)
+            .arg(0)
+            .arg("")
+            .arg(0)
+            .arg(mark.encode());
         self.renew(pipe, key, t.keep(), now);
     }
 
@@ -361,9 +368,10 @@ impl StateStore for RedisState {
                     // the mark's random low bits, keeps the sets short.
                     if trims(tally, *before) {
                         let horizon = Mark::at(tally.horizon(*before));
+                        // From just after the empty member (see `tally_cmds`).
                         pipe.cmd("ZREMRANGEBYLEX")
                             .arg(&key)
-                            .arg("-")
+                            .arg("(")
                             .arg(format!("({}", horizon.encode()));
                     }
                     pipe.cmd("ZLEXCOUNT")
