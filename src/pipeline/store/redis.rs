@@ -151,26 +151,37 @@ impl RedisState {
         format!("{}:wm", self.prefix)
     }
 
+    /// A Redis failure. A batch may have been cut short, or the server restarted and
+    /// lost its last writes: the TTLs this process remembers setting may not be there,
+    /// so renewals start over.
+    fn failed(&self, e: redis::RedisError) -> StateError {
+        self.renewals.forget();
+        e.into()
+    }
+
     async fn run(&self, cmds: Vec<Cmd>) -> Result<Vec<Value>, StateError> {
-        self.redis.run(cmds).await.map_err(|e| {
-            // Some of the batch's writes, TTLs among them, may not have happened.
-            self.renewals.forget();
-            e.into()
-        })
+        self.redis.run(cmds).await.map_err(|e| self.failed(e))
+    }
+
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StateError> {
+        self.redis.query(cmd).await.map_err(|e| self.failed(e))
     }
 
     /// Runs script calls, loading the script first if the server lost it (a restart).
     async fn run_scripts(&self, cmds: Vec<Cmd>) -> Result<Vec<Value>, StateError> {
         match self.redis.run(cmds.clone()).await {
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                // Deciding twice is harmless. On a cluster SCRIPT LOAD reaches every node.
+                // The server restarted: what it lost with its scripts, it may have lost
+                // of our TTLs. Deciding twice is harmless. On a cluster SCRIPT LOAD
+                // reaches every node.
+                self.renewals.forget();
                 let _: Value = self
-                    .redis
                     .query(redis::cmd("SCRIPT").arg("LOAD").arg(DECIDE_CLICKS))
                     .await?;
-                Ok(self.redis.run(cmds).await?)
+                self.run(cmds).await
             }
-            r => Ok(r?),
+            Err(e) => Err(self.failed(e)),
+            Ok(r) => Ok(r),
         }
     }
 
@@ -555,7 +566,6 @@ impl StateStore for RedisState {
 
     async fn frontiers(&self) -> Result<HashMap<String, Mark>, StateError> {
         let raw: HashMap<String, String> = self
-            .redis
             .query(redis::cmd("HGETALL").arg(self.frontiers_key()))
             .await?;
         Ok(raw
@@ -573,12 +583,12 @@ impl StateStore for RedisState {
         for (k, m) in frontiers {
             cmd.arg(k).arg(m.encode());
         }
-        let _: u64 = self.redis.query(&cmd).await?;
+        let _: u64 = self.query(&cmd).await?;
         Ok(())
     }
 
     async fn ping(&self) -> Result<(), StateError> {
-        let _: String = self.redis.query(&redis::cmd("PING")).await?;
+        let _: String = self.query(&redis::cmd("PING")).await?;
         Ok(())
     }
 }
