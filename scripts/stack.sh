@@ -30,25 +30,19 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # Probes talk raw TCP through bash, so that no client needs to be installed to check;
 # they run in a subshell whose stderr is silenced (a refused connect is expected).
-redis_answers() {
+redis_ping_reply() {
   (
     exec 3<>"/dev/tcp/127.0.0.1/$REDIS_PORT" || exit 1
     printf 'PING\r\n' >&3
-    reply=$(timeout 2 head -c 7 <&3) || exit 1
-    [[ "$reply" == "+PONG"* ]]
+    timeout 2 head -n 1 <&3
   ) 2>/dev/null
 }
 
+redis_answers() { [[ "$(redis_ping_reply)" == "+PONG"* ]]; }
+
 # A server replaying a large append-only file answers -LOADING until it is done: alive,
 # and worth waiting for (a development machine's file grows with every bench run).
-redis_loading() {
-  (
-    exec 3<>"/dev/tcp/127.0.0.1/$REDIS_PORT" || exit 1
-    printf 'PING\r\n' >&3
-    reply=$(timeout 2 head -c 8 <&3) || exit 1
-    [[ "$reply" == "-LOADING"* ]]
-  ) 2>/dev/null
-}
+redis_loading() { [[ "$(redis_ping_reply)" == "-LOADING"* ]]; }
 
 # Waits for redis to answer: 20 s to start, then as long as it says it is loading
 # (up to 15 minutes), so that a big data set is not mistaken for a dead server.

@@ -21,6 +21,11 @@ async fn suite(extra: &[(&str, &str)]) -> touchline::config::Config {
     config
 }
 
+/// A key's time to live in ms (-1: none, -2: no such key).
+async fn pttl(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> i64 {
+    redis::cmd("PTTL").arg(key).query_async(conn).await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_store_passes_the_suite() {
     let config = suite(&[]).await;
@@ -51,11 +56,7 @@ async fn redis_store_passes_the_suite() {
     assert!(keys.len() > 20, "{keys:?}");
     let p = &config.redis.prefix;
     for key in keys {
-        let ttl: i64 = redis::cmd("PTTL")
-            .arg(&key)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        let ttl = pttl(&mut conn, &key).await;
         let lives_on = key == format!("{p}:due")
             || key == format!("{p}:wm")
             || key.starts_with(&format!("{p}:fs:"));
@@ -108,11 +109,7 @@ async fn a_tally_trimmed_empty_keeps_its_ttl() {
     let client = redis::Client::open(config.redis.url.as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let key = format!("{}:ts:acme:p", config.redis.prefix);
-    let ttl: i64 = redis::cmd("PTTL")
-        .arg(&key)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let ttl = pttl(&mut conn, &key).await;
     assert!(ttl > 0, "{key} has no TTL ({ttl})");
     let marks: u64 = redis::cmd("ZCARD")
         .arg(&key)
