@@ -211,14 +211,20 @@ impl StateStore for MemoryState {
 
     async fn read(&self, reads: &[Read]) -> Result<Vec<Answer>, StateError> {
         let mut inner = self.lock();
-        // Windowed tallies forget what lies behind their keep, as in Redis.
+        // Windowed tallies forget what lies behind their keep, as in Redis: behind the
+        // earliest read's, which a later read of a call spanning days would pass.
+        let mut earliest: HashMap<&Tally, Mark> = HashMap::new();
         for r in reads {
             if let Read::Count { tally, before, .. } = r {
                 if tally.windowed() {
-                    if let Some((marks, _)) = inner.tallies.get_mut(tally) {
-                        *marks = marks.split_off(&Mark::at(tally.horizon(*before)));
-                    }
+                    let at = earliest.entry(tally).or_insert(*before);
+                    *at = (*at).min(*before);
                 }
+            }
+        }
+        for (tally, before) in earliest {
+            if let Some((marks, _)) = inner.tallies.get_mut(tally) {
+                *marks = marks.split_off(&Mark::at(tally.horizon(before)));
             }
         }
         Ok(reads

@@ -752,6 +752,133 @@ pub mod suite {
         );
     }
 
+    /// Many counts of a few tallies in one call (a batch's), as the stores answer
+    /// them together, equal the counts read one at a time and the marks' own count:
+    /// ties within a millisecond, empty windows, more marks than one answer takes,
+    /// and a call spanning days whose later reads' trims must not take marks its
+    /// earlier reads count.
+    pub async fn counts_in_one_call(s: &dyn StateStore) {
+        const DAY: i64 = 86_400_000;
+        let window = 30 * DAY;
+        let sales = Tally::Sales {
+            program: "calls".into(),
+            partner: "p".into(),
+        };
+        let volume = Tally::Volume {
+            program: "calls".into(),
+            partner: "p".into(),
+            month: 202609,
+        };
+        let dense = Tally::Refunds {
+            program: "calls".into(),
+            partner: "p".into(),
+        };
+        // Sales: one mark every 7 hours for 40 days, and three in one millisecond.
+        let mut sales_marks: Vec<Mark> = (0..137)
+            .map(|k| Mark {
+                ms: T - 40 * DAY + k * 7 * 3_600_000,
+                id: 1_000 + k as u128,
+            })
+            .collect();
+        sales_marks.extend((1..=3).map(|id| Mark {
+            ms: T,
+            id: id * 16 + 1,
+        }));
+        let volume_marks: Vec<Mark> = (0..50).map(|k| Mark { ms: T + k, id: 7 }).collect();
+        // More marks in a millisecond range than a store fetches at once.
+        let dense_marks: Vec<Mark> = (0..10_050u128)
+            .map(|k| Mark {
+                ms: T + 1,
+                id: k + 1,
+            })
+            .collect();
+        let mut writes = Vec::new();
+        for (tally, marks) in [
+            (&sales, &sales_marks),
+            (&volume, &volume_marks),
+            (&dense, &dense_marks),
+        ] {
+            writes.extend(marks.iter().map(|m| Write::Tally {
+                tally: tally.clone(),
+                mark: *m,
+            }));
+        }
+        s.write(&writes).await.unwrap();
+
+        let windowed = |ms: i64, id: u128| Read::Count {
+            tally: sales.clone(),
+            from_ms: ms - window,
+            before: Mark { ms, id },
+        };
+        let mut reads = vec![
+            windowed(T, 0),
+            windowed(T, 17),
+            windowed(T, 18),
+            windowed(T, 49),
+            windowed(T - 20 * DAY, 5),
+            windowed(T - 50 * DAY, 3),
+            windowed(T + 3 * DAY, 32),
+        ];
+        reads.extend([0, 1, 2, 25, 49, 50, 60].map(|k| Read::Count {
+            tally: volume.clone(),
+            from_ms: 0,
+            before: Mark { ms: T + k, id: 7 },
+        }));
+        reads.extend(
+            [
+                (T, 0),
+                (T + 1, 1),
+                (T + 1, 5_000),
+                (T + 1, 10_051),
+                (T + 2, 0),
+            ]
+            .map(|(ms, id)| Read::Count {
+                tally: dense.clone(),
+                from_ms: ms - window,
+                before: Mark { ms, id },
+            }),
+        );
+        let expected: Vec<Answer> = reads
+            .iter()
+            .map(|r| {
+                let Read::Count {
+                    tally,
+                    from_ms,
+                    before,
+                } = r
+                else {
+                    unreachable!()
+                };
+                let marks = match tally {
+                    Tally::Sales { .. } => &sales_marks,
+                    Tally::Volume { .. } => &volume_marks,
+                    _ => &dense_marks,
+                };
+                Answer::Count(
+                    marks
+                        .iter()
+                        .filter(|m| m.ms >= *from_ms && *m < before)
+                        .count() as u64,
+                )
+            })
+            .collect();
+        assert_eq!(s.read(&reads).await.unwrap(), expected, "in one call");
+        // One at a time in mark order, as settlement reads (a read may forget what
+        // lies further behind it than the keep).
+        let mut one_by_one: Vec<(&Read, &Answer)> = reads.iter().zip(&expected).collect();
+        one_by_one.sort_by_key(|(r, _)| match r {
+            Read::Count { before, .. } => *before,
+            _ => Mark::MIN,
+        });
+        for (r, want) in one_by_one {
+            assert_eq!(
+                &s.read(std::slice::from_ref(r)).await.unwrap()[0],
+                want,
+                "{r:?}"
+            );
+        }
+    }
+
     /// Frontiers: published values read back.
     pub async fn frontiers(s: &dyn StateStore) {
         s.publish(&[("a/0/s".into(), Mark { ms: T, id: 3 })])
@@ -813,6 +940,7 @@ pub mod suite {
         conversions_read_as_of_a_mark(s).await;
         due_queue(s).await;
         tallies_count_in_windows(s).await;
+        counts_in_one_call(s).await;
         frontiers(s).await;
         s.ping().await.unwrap();
     }
