@@ -13,8 +13,7 @@
 //! | key (`{p}` = `redis.prefix`)      | type   | TTL                      | written by |
 //! |-----------------------------------|--------|--------------------------|------------|
 //! | `{p}:c:{click}`                   | string | lookback + 1 day         | [`StateStore::record_clicks`]: the click's visitor |
-//! | `{p}:fp:{{fp}}:c`                 | zset   | max(2 × window, 1 day)   | [`StateStore::record_clicks`]: candidate clicks (score ts, member click id) |
-//! | `{p}:fp:{{fp}}:u`                 | zset   | max(2 × window, 1 day)   | [`StateStore::decide_clicks`]: the unique ones |
+//! | `{p}:fp:{{fp}}:c`                 | zset   | max(2 × window, 1 day)   | [`StateStore::record_clicks`]: candidate clicks (score ts ms, member click id); [`StateStore::decide_clicks`]: a unique one's score + 0.5 |
 //! | `{p}:fp:{{fp}}:p`                 | string | max(2 × window, 1 day)   | [`StateStore::decide_clicks`]: progress, `ms:id:ms` (last decided candidate, newest unique click) |
 //! | `{p}:j:{program}:{visitor}`       | zset   | lookback + 1 day         | [`StateStore::decide_clicks`]: unique clicks, ≤ [`MAX_JOURNEY`] |
 //! | `{p}:m:{conversion}`              | string | [`MEMO_TTL`]             | [`Write::Memo`]: the decision, set once |
@@ -37,8 +36,8 @@
 //! store trims on one read in 16, which changes no count, only the sets' length).
 //!
 //! A key outlives its last write by at least its TTL. The Redis store renews the TTL of
-//! a tally, a fingerprint's candidates, a first sale or a refund record at most once a
-//! minute per key and process, to the TTL plus that minute.
+//! a tally, a fingerprint's candidates, a journey, a first sale or a refund record at
+//! most once a minute per key and process, to the TTL plus that minute.
 //!
 //! Keys that one script or one read touches together share a hash tag (`{…}`), so the
 //! layout runs on a Redis Cluster as well as on one Redis: there the Redis store decides

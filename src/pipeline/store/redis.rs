@@ -32,38 +32,118 @@ const TRIM_ONE_IN: u128 = 16;
 /// A key's TTL is renewed by the first write to it in this long; the TTL set is the
 /// key's keep plus this, so the key outlives every write by its keep.
 const RENEW_EVERY: Duration = Duration::from_secs(60);
-/// Renewals remembered at most (keys written within [`RENEW_EVERY`]).
-const MAX_RENEWALS: usize = 100_000;
+/// Keys this process remembers renewing at once. As 128-bit digests they fit one
+/// table of 2^20 slots (~18 MB); past it, renewals start over (more TTL commands,
+/// never fewer).
+const MAX_RENEWALS: usize = 900_000;
 
-/// When this process last renewed each key's TTL. A tally or a fingerprint takes a
-/// write per event, and a TTL command after each was a fifth of all Redis commands;
-/// one per key and minute keeps the same bound. Forgotten whenever Redis fails, so
-/// a key a lost write or a restart left without its TTL gets it at the next write.
+/// The keys this process renewed the TTL of in the current period of [`RENEW_EVERY`].
+/// A tally, a fingerprint or a journey takes a write per event, and a TTL command
+/// after each was a fifth of all Redis commands; one per key and period keeps the
+/// same bound. The set is dropped when its period ends, so a key found in it was
+/// renewed less than [`RENEW_EVERY`] ago. Forgotten whenever Redis fails, so a key a
+/// lost write or a restart left without its TTL gets it at the next write.
+///
+/// Keys are remembered by a keyed 128-bit digest: a key string per entry cost ~100
+/// bytes, and the click bench writes ~500,000 keys a minute, which overflowed a map
+/// of 100,000 strings every few seconds. Two digests colliding in a period (odds
+/// ~n²/2^129) would skip one renewal.
 #[derive(Default)]
-struct Renewals(Mutex<HashMap<String, Instant>>);
+struct Renewals {
+    hashers: (std::hash::RandomState, std::hash::RandomState),
+    period: Mutex<Period>,
+}
+
+#[derive(Default)]
+struct Period {
+    started: Option<Instant>,
+    renewed: std::collections::HashSet<u128, BuildDigest>,
+}
 
 impl Renewals {
+    fn digest(&self, key: &str) -> u128 {
+        use std::hash::BuildHasher;
+        (u128::from(self.hashers.0.hash_one(key)) << 64) | u128::from(self.hashers.1.hash_one(key))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Period> {
+        self.period.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Whether `key` needs its TTL renewed now; if so it counts as renewed.
     fn due(&self, key: &str, now: Instant) -> bool {
-        let mut at = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if at
-            .get(key)
-            .is_some_and(|t| now.duration_since(*t) < RENEW_EVERY)
-        {
-            return false;
+        let digest = self.digest(key);
+        let mut period = self.lock();
+        period.roll(now);
+        period.renewed.insert(digest)
+    }
+
+    /// Whether `key` needs its TTL renewed now (it does not count as renewed yet: for
+    /// a script that renews only what it writes, see [`Renewals::renewed`]).
+    fn pending(&self, key: &str, now: Instant) -> bool {
+        let digest = self.digest(key);
+        let period = self.lock();
+        period.over(now) || !period.renewed.contains(&digest)
+    }
+
+    /// `key`'s TTL was renewed at `at` or after.
+    fn renewed(&self, key: &str, at: Instant) {
+        let digest = self.digest(key);
+        let mut period = self.lock();
+        period.roll(at);
+        // Renewed before this period began, perhaps: not remembered, renewed again.
+        if period.started.is_some_and(|s| s <= at) {
+            period.renewed.insert(digest);
         }
-        if at.len() >= MAX_RENEWALS {
-            at.retain(|_, t| now.duration_since(*t) < RENEW_EVERY);
-            if at.len() >= MAX_RENEWALS {
-                at.clear();
-            }
-        }
-        at.insert(key.to_string(), now);
-        true
     }
 
     fn forget(&self) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        let mut period = self.lock();
+        period.renewed.clear();
+        period.started = None;
+    }
+}
+
+impl Period {
+    fn over(&self, now: Instant) -> bool {
+        self.started
+            .is_none_or(|t| now.saturating_duration_since(t) >= RENEW_EVERY)
+    }
+
+    /// Starts a new period if this one is over or full.
+    fn roll(&mut self, now: Instant) {
+        if self.over(now) || self.renewed.len() >= MAX_RENEWALS {
+            self.renewed.clear();
+            self.started = Some(now);
+        }
+    }
+}
+
+/// Digests are uniformly random already: their low bits index the table.
+#[derive(Default, Clone, Copy)]
+struct BuildDigest;
+
+struct DigestHasher(u64);
+
+impl std::hash::BuildHasher for BuildDigest {
+    type Hasher = DigestHasher;
+    fn build_hasher(&self) -> DigestHasher {
+        DigestHasher(0)
+    }
+}
+
+impl std::hash::Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u128s are hashed (write_u128); any other input still hashes.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u128(&mut self, v: u128) {
+        self.0 = v as u64;
     }
 }
 
@@ -173,39 +253,57 @@ impl RedisState {
     }
 
     /// Runs script calls, loading the script first if the server lost it (a restart).
-    async fn run_scripts(&self, cmds: Vec<Cmd>) -> Result<Vec<Value>, StateError> {
-        match self.redis.run(cmds.clone()).await {
+    /// Runs the script calls `build` makes. If the server lost its scripts (a
+    /// restart), loads them and runs calls built again: what it lost with its scripts
+    /// it may have lost of our TTLs, so the renewals are forgotten first and the
+    /// calls renew again. Deciding twice is harmless. On a cluster SCRIPT LOAD
+    /// reaches every node.
+    async fn run_scripts<T>(
+        &self,
+        build: impl Fn() -> (Vec<Cmd>, T),
+    ) -> Result<(Vec<Value>, T), StateError> {
+        let (cmds, made) = build();
+        match self.redis.run(cmds).await {
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                // The server restarted: what it lost with its scripts, it may have lost
-                // of our TTLs. Deciding twice is harmless. On a cluster SCRIPT LOAD
-                // reaches every node.
                 self.renewals.forget();
                 let _: Value = self
                     .query(redis::cmd("SCRIPT").arg("LOAD").arg(DECIDE_CLICKS))
                     .await?;
-                self.run(cmds).await
+                let (cmds, made) = build();
+                Ok((self.run(cmds).await?, made))
             }
             Err(e) => Err(self.failed(e)),
-            Ok(r) => Ok(r),
+            Ok(r) => Ok((r, made)),
         }
     }
 
-    /// One script call deciding `clicks`, with their journeys when `journeys`.
-    fn decide_call(&self, clicks: &[Decide], journeys: bool) -> Cmd {
+    /// One script call deciding `clicks`, with their journeys when `journeys`; the
+    /// keys whose TTLs it may renew, for [`RedisState::decided`].
+    fn decide_call(&self, clicks: &[Decide], journeys: bool, now: Instant) -> DecideCall {
         let mut cmd = redis::cmd("EVALSHA");
-        let stride = if journeys { 4 } else { 3 };
+        let stride = if journeys { 3 } else { 2 };
         cmd.arg(self.decide.get_hash()).arg(clicks.len() * stride);
+        let mut keys = Vec::with_capacity(clicks.len());
         for d in clicks {
             let fp = &d.candidate.fingerprint;
-            cmd.arg(self.fingerprint(fp, "c"))
-                .arg(self.fingerprint(fp, "u"))
-                .arg(self.fingerprint(fp, "p"));
+            let candidates = self.fingerprint(fp, "c");
+            let journey = self.journey(&d.program_id, d.visitor_id);
+            cmd.arg(&candidates).arg(self.fingerprint(fp, "p"));
             if journeys {
-                cmd.arg(self.journey(&d.program_id, d.visitor_id));
+                cmd.arg(&journey);
             }
+            keys.push((journey, candidates));
         }
         cmd.arg(MAX_JOURNEY).arg(stride);
-        for d in clicks {
+        // A TTL to renew, or none when this process renewed the key lately.
+        let ttl = |key: &str, keep: Duration| {
+            if self.renewals.pending(key, now) {
+                ms(keep + RENEW_EVERY).to_string()
+            } else {
+                String::new()
+            }
+        };
+        for (d, (journey, candidates)) in clicks.iter().zip(&keys) {
             let c = &d.candidate;
             cmd.arg(c.mark.ms)
                 .arg(c.mark.id_hex())
@@ -217,23 +315,43 @@ impl RedisState {
                 } else {
                     String::new()
                 })
-                .arg(ms(d.keep));
+                .arg(ttl(journey, d.keep))
+                .arg(ttl(candidates, Duration::from_millis(c.keep_ms())));
         }
-        cmd
+        DecideCall { cmd, keys }
+    }
+
+    /// Verdicts from a script's answer, noting the TTLs it renewed.
+    fn decided(
+        &self,
+        call: &DecideCall,
+        answer: &Value,
+        now: Instant,
+    ) -> Result<Vec<bool>, StateError> {
+        let flags: Vec<i64> = redis::from_redis_value_ref(answer)?;
+        for (f, (journey, candidates)) in flags.iter().zip(&call.keys) {
+            if f & 2 != 0 {
+                self.renewals.renewed(journey, now);
+            }
+            if f & 4 != 0 {
+                self.renewals.renewed(candidates, now);
+            }
+        }
+        Ok(flags.iter().map(|f| f & 1 == 1).collect())
     }
 
     /// Adds a unique click to its journey, keeping the newest MAX_JOURNEY.
-    fn journey_cmds(&self, d: &Decide) -> [Cmd; 3] {
+    fn journey_cmds(&self, pipe: &mut Cmds, d: &Decide, now: Instant) {
         let key = self.journey(&d.program_id, d.visitor_id);
-        let mut add = redis::cmd("ZADD");
-        add.arg(&key)
+        pipe.cmd("ZADD")
+            .arg(&key)
             .arg(d.touch.ts.timestamp_millis())
             .arg(d.touch.member());
-        let mut trim = redis::cmd("ZREMRANGEBYRANK");
-        trim.arg(&key).arg(0).arg(-(MAX_JOURNEY as i64) - 1);
-        let mut expire = redis::cmd("PEXPIRE");
-        expire.arg(&key).arg(ms(d.keep));
-        [add, trim, expire]
+        pipe.cmd("ZREMRANGEBYRANK")
+            .arg(&key)
+            .arg(0)
+            .arg(-(MAX_JOURNEY as i64) - 1);
+        self.renew(pipe, key, d.keep, now);
     }
 
     /// One round trip of reads. With `grouped`, count reads of a tally read
@@ -545,6 +663,12 @@ impl CountGroup {
     }
 }
 
+/// A script call deciding clicks, with each click's journey and candidate set.
+struct DecideCall {
+    cmd: Cmd,
+    keys: Vec<(String, String)>,
+}
+
 /// Commands gathered for one round trip.
 #[derive(Default)]
 struct Cmds(Vec<Cmd>);
@@ -606,21 +730,26 @@ impl StateStore for RedisState {
         // One server: script calls of DECIDE_CHUNK clicks with their journeys, in one
         // round trip, none holding the server for long. A cluster: one call per click
         // on its fingerprint's slot.
-        let calls: Vec<Cmd> = if cluster {
-            clicks
-                .chunks(1)
-                .map(|one| self.decide_call(one, false))
-                .collect()
-        } else {
-            clicks
-                .chunks(DECIDE_CHUNK)
-                .map(|chunk| self.decide_call(chunk, true))
-                .collect()
+        let build = || {
+            let now = Instant::now();
+            let calls: Vec<DecideCall> = if cluster {
+                clicks
+                    .chunks(1)
+                    .map(|one| self.decide_call(one, false, now))
+                    .collect()
+            } else {
+                clicks
+                    .chunks(DECIDE_CHUNK)
+                    .map(|chunk| self.decide_call(chunk, true, now))
+                    .collect()
+            };
+            let cmds = calls.iter().map(|c| c.cmd.clone()).collect();
+            (cmds, (calls, now))
         };
+        let (answers, (calls, now)) = self.run_scripts(build).await?;
         let mut verdicts = Vec::with_capacity(clicks.len());
-        for answer in self.run_scripts(calls).await? {
-            let part: Vec<i64> = redis::from_redis_value_ref(&answer)?;
-            verdicts.extend(part.into_iter().map(|v| v == 1));
+        for (call, answer) in calls.iter().zip(&answers) {
+            verdicts.extend(self.decided(call, answer, now)?);
         }
         if verdicts.len() != clicks.len() {
             return Err(StateError(format!(
@@ -630,13 +759,16 @@ impl StateStore for RedisState {
             )));
         }
         if cluster {
-            let cmds: Vec<Cmd> = clicks
+            let mut pipe = Cmds::default();
+            let now = Instant::now();
+            for (d, _) in clicks
                 .iter()
                 .zip(&verdicts)
                 .filter(|(d, unique)| **unique && d.touchpoint)
-                .flat_map(|(d, _)| self.journey_cmds(d))
-                .collect();
-            self.run(cmds).await?;
+            {
+                self.journey_cmds(&mut pipe, d, now);
+            }
+            self.run(pipe.0).await?;
         }
         Ok(verdicts)
     }
@@ -797,5 +929,33 @@ impl StateStore for RedisState {
     async fn ping(&self) -> Result<(), StateError> {
         let _: String = self.query(&redis::cmd("PING")).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewals_last_a_period_and_only_what_was_renewed_in_it() {
+        let r = Renewals::default();
+        let t0 = Instant::now();
+        let later = |secs| t0 + Duration::from_secs(secs);
+        assert!(r.due("a", t0));
+        assert!(!r.due("a", later(59)));
+        assert!(r.pending("b", later(1)));
+        // Asked, not renewed: still pending.
+        assert!(r.pending("b", later(2)));
+        r.renewed("b", later(2));
+        assert!(!r.pending("b", later(3)));
+        // The period is over: everything is due again.
+        assert!(r.pending("b", later(60)));
+        assert!(r.due("a", later(60)));
+        // A renewal from before the current period began is not remembered.
+        r.renewed("c", later(30));
+        assert!(r.pending("c", later(61)));
+        r.forget();
+        assert!(r.pending("a", later(61)));
+        assert!(r.due("a", later(61)));
     }
 }
