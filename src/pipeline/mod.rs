@@ -46,7 +46,6 @@ use store::{
     Answer, Candidate, ClickRecord, Decide, Mark, Read, StateError, StateStore, StoredTouch, Tally,
 };
 
-/// Longest pause between retries of a failing dependency.
 /// Conversions resolved per state round trip, at most.
 const SETTLE_CHUNK: usize = 10_000;
 /// How long stopping may retry dependencies before giving up on its last write.
