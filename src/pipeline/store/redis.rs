@@ -252,7 +252,6 @@ impl RedisState {
         self.redis.query(cmd).await.map_err(|e| self.failed(e))
     }
 
-    /// Runs script calls, loading the script first if the server lost it (a restart).
     /// Runs the script calls `build` makes. If the server lost its scripts (a
     /// restart), loads them and runs calls built again: what it lost with its scripts
     /// it may have lost of our TTLs, so the renewals are forgotten first and the
