@@ -361,23 +361,18 @@ impl RedisState {
         reads: &[Read],
         grouped: bool,
     ) -> Result<Vec<Option<Answer>>, StateError> {
-        let groups = if grouped {
+        let (groups, member) = if grouped {
             self.count_groups(reads)
         } else {
-            HashMap::new()
+            (Vec::new(), vec![None; reads.len()])
         };
-        // Read index → its group (by the group's first read).
-        let mut member: HashMap<usize, usize> = HashMap::new();
-        for (lead, g) in &groups {
-            for i in &g.reads {
-                member.insert(*i, *lead);
-            }
-        }
+        // A group's commands go where its first read's would.
+        let lead = |i: usize| member[i].map(|g| (g, groups[g].reads[0] == i));
         let mut pipe = Cmds::default();
         for (i, r) in reads.iter().enumerate() {
-            match member.get(&i) {
-                Some(lead) if *lead == i => {
-                    groups[lead].cmds(&mut pipe);
+            match lead(i) {
+                Some((g, true)) => {
+                    groups[g].cmds(&mut pipe);
                     continue;
                 }
                 Some(_) => continue,
@@ -412,12 +407,7 @@ impl RedisState {
                     // reads never reach behind the horizon): one read in 16, picked by
                     // the mark's random low bits, keeps the sets short.
                     if trims(tally, *before) {
-                        let horizon = Mark::at(tally.horizon(*before));
-                        // From just after the empty member (see `tally_cmds`).
-                        pipe.cmd("ZREMRANGEBYLEX")
-                            .arg(&key)
-                            .arg("(")
-                            .arg(format!("({}", horizon.encode()));
+                        trim_cmd(&mut pipe, &key, Mark::at(tally.horizon(*before)));
                     }
                     pipe.cmd("ZLEXCOUNT")
                         .arg(&key)
@@ -457,9 +447,9 @@ impl RedisState {
         };
         let mut out: Vec<Option<Answer>> = vec![None; reads.len()];
         for (i, r) in reads.iter().enumerate() {
-            match member.get(&i) {
-                Some(lead) if *lead == i => {
-                    let g = &groups[lead];
+            match lead(i) {
+                Some((g, true)) => {
+                    let g = &groups[g];
                     if let Some(counts) = g.answer(reads, &mut next)? {
                         for (j, n) in g.reads.iter().zip(counts) {
                             out[*j] = Some(Answer::Count(n));
@@ -514,21 +504,27 @@ impl RedisState {
         Ok(out)
     }
 
-    /// The count reads to answer together: those of a tally read [`GROUP_FROM`] times
-    /// or more, by the index of each tally's first read.
-    fn count_groups(&self, reads: &[Read]) -> HashMap<usize, CountGroup> {
+    /// The count reads to answer together (those of a tally read [`GROUP_FROM`] times
+    /// or more), and each read's group.
+    fn count_groups(&self, reads: &[Read]) -> (Vec<CountGroup>, Vec<Option<usize>>) {
         let mut by_key: HashMap<String, Vec<usize>> = HashMap::new();
         for (i, r) in reads.iter().enumerate() {
             if let Read::Count { tally, .. } = r {
                 by_key.entry(self.tally(tally)).or_default().push(i);
             }
         }
-        by_key
+        let groups: Vec<CountGroup> = by_key
             .into_iter()
             .filter(|(_, idx)| idx.len() >= GROUP_FROM)
             .filter_map(|(key, idx)| CountGroup::new(key, idx, reads))
-            .map(|g| (g.reads[0], g))
-            .collect()
+            .collect();
+        let mut member = vec![None; reads.len()];
+        for (g, group) in groups.iter().enumerate() {
+            for i in &group.reads {
+                member[*i] = Some(g);
+            }
+        }
+        (groups, member)
     }
 }
 
@@ -559,6 +555,7 @@ impl CountGroup {
         let mut from = (Mark::MAX, Mark::MIN);
         let mut before = (Mark::MAX, Mark::MIN);
         let mut trims_any = false;
+        let mut kind = None;
         for i in &reads {
             let Read::Count {
                 tally,
@@ -572,13 +569,13 @@ impl CountGroup {
             from = (from.0.min(f), from.1.max(f));
             before = (before.0.min(*b), before.1.max(*b));
             trims_any |= trims(tally, *b);
+            kind = Some(tally);
         }
-        let Read::Count { tally, .. } = &all[reads[0]] else {
-            return None;
-        };
         // Behind the earliest read's horizon: a later read's would take marks the
         // earlier reads of a batch spanning days still count.
-        let trim = trims_any.then(|| Mark::at(tally.horizon(before.0)));
+        let trim = kind
+            .filter(|_| trims_any)
+            .map(|t| Mark::at(t.horizon(before.0)));
         (before.0 >= from.0).then_some(CountGroup {
             key,
             reads,
@@ -592,11 +589,7 @@ impl CountGroup {
 
     fn cmds(&self, pipe: &mut Cmds) {
         if let Some(h) = self.trim {
-            // From just after the empty member (see `tally_cmds`).
-            pipe.cmd("ZREMRANGEBYLEX")
-                .arg(&self.key)
-                .arg("(")
-                .arg(format!("({}", h.encode()));
+            trim_cmd(pipe, &self.key, h);
         }
         pipe.cmd("ZLEXCOUNT")
             .arg(&self.key)
@@ -677,6 +670,15 @@ impl Cmds {
         self.0.push(redis::cmd(name));
         self.0.last_mut().expect("just pushed")
     }
+}
+
+/// Removes a tally's marks before `horizon`, from just after the empty member (see
+/// `tally_cmds`).
+fn trim_cmd(pipe: &mut Cmds, key: &str, horizon: Mark) {
+    pipe.cmd("ZREMRANGEBYLEX")
+        .arg(key)
+        .arg("(")
+        .arg(format!("({}", horizon.encode()));
 }
 
 /// Whether a count read of `tally` as of `before` also trims it: reads of windowed
