@@ -405,9 +405,10 @@ pub async fn run_migrate(config: Config) -> anyhow::Result<()> {
             .await
             .context("topic creation failed")?;
         println!(
-            "kafka: topics {} exist ({} partitions for new ones)",
+            "kafka: topics {} exist (new ones with {} partitions, conversions with {})",
             t.all().join(", "),
-            config.kafka.partitions
+            config.kafka.partitions,
+            config.kafka.conversion_partitions
         );
     }
     Ok(())

@@ -104,6 +104,9 @@ pub struct BusConfig {
 pub struct KafkaConfig {
     pub brokers: String,
     pub partitions: i32,
+    /// Partitions of the conversions topic: one, so that one pipeline instance settles
+    /// every conversion (see [`KafkaConfig::partitions_for`]).
+    pub conversion_partitions: i32,
     pub replication_factor: i32,
     pub linger_ms: u64,
     pub topics: TopicsConfig,
@@ -117,6 +120,22 @@ pub struct TopicsConfig {
     pub conversions: String,
     pub dlq: String,
     pub webhooks: String,
+}
+
+impl KafkaConfig {
+    /// Partitions a new `topic` is created with. Conversions settle one at a time in
+    /// intake order across all instances (SPEC §5 "Determinism"): an instance may settle
+    /// a conversion only once every other conversion partition has settled everything
+    /// before it. Spread over instances, the partitions' settlements interleave and each
+    /// instance waits for the others at almost every conversion; on one partition one
+    /// instance settles them all in batches while every instance decides clicks.
+    pub fn partitions_for(&self, topic: &str) -> i32 {
+        if topic == self.topics.conversions {
+            self.conversion_partitions
+        } else {
+            self.partitions
+        }
+    }
 }
 
 impl TopicsConfig {
@@ -301,6 +320,9 @@ impl Config {
         }
         if self.kafka.partitions < 1 {
             return Err(bad("kafka.partitions", "must be at least 1"));
+        }
+        if self.kafka.conversion_partitions < 1 {
+            return Err(bad("kafka.conversion_partitions", "must be at least 1"));
         }
         if self.kafka.replication_factor < 1 {
             return Err(bad("kafka.replication_factor", "must be at least 1"));
@@ -638,5 +660,31 @@ mod tests {
         let err =
             Config::load(None, env(&[("TOUCHLINE__KAFKA__TOPICS__DLQ", "bad topic")])).unwrap_err();
         assert!(err.to_string().contains("kafka.topics.dlq"), "{err}");
+
+        let err = Config::load(
+            None,
+            env(&[("TOUCHLINE__KAFKA__CONVERSION_PARTITIONS", "0")]),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("kafka.conversion_partitions"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn conversions_get_their_own_partition_count() {
+        let c = Config::load(None, env(&[("TOUCHLINE__KAFKA__PARTITIONS", "6")])).unwrap();
+        let k = &c.kafka;
+        assert_eq!(k.partitions_for(&k.topics.conversions), 1);
+        for topic in [&k.topics.clicks, &k.topics.dlq, &k.topics.webhooks] {
+            assert_eq!(k.partitions_for(topic), 6, "{topic}");
+        }
+        let c = Config::load(
+            None,
+            env(&[("TOUCHLINE__KAFKA__CONVERSION_PARTITIONS", "3")]),
+        )
+        .unwrap();
+        assert_eq!(c.kafka.partitions_for(&c.kafka.topics.conversions), 3);
     }
 }

@@ -23,6 +23,9 @@ async fn shuffled_backlog_read_by_two_instances_matches_intake_order() {
         ("TOUCHLINE__PIPELINE__POLL_BATCH", "100"),
         ("TOUCHLINE__PIPELINE__BATCH_ROWS", "200"),
         ("TOUCHLINE__PIPELINE__FLUSH_INTERVAL_MS", "100"),
+        // Conversions on two partitions, spread over both instances: each settles its
+        // own in lockstep with the other's, where intake order is hardest to keep.
+        ("TOUCHLINE__KAFKA__CONVERSION_PARTITIONS", "2"),
     ];
     let reference = config(&small);
     let shuffled = config(&small);

@@ -79,6 +79,14 @@ async fn two_instances_with_a_rebalance_mid_stream_match_one_on_redis_cluster() 
 
 async fn two_instances(seed: u64, extra: &[(&str, &str)]) {
     let (reference, scaled, stream) = setup_pair(seed, extra).await;
+    // `migrate` gives the conversions topic one partition (kafka.conversion_partitions):
+    // whichever instance owns it settles every conversion, both decide clicks.
+    let parts = touchline::bus::kafka::partitions_of(&scaled.kafka, Duration::from_secs(10))
+        .await
+        .expect("the topics exist");
+    let on = |topic| parts.iter().filter(|(t, _)| *t == topic).count();
+    assert_eq!(on(touchline::bus::Topic::Conversions), 1, "{parts:?}");
+    assert_eq!(on(touchline::bus::Topic::Clicks), 2, "{parts:?}");
     run_reference(&reference, &stream).await;
     let expected = snapshot(&reference).await;
 

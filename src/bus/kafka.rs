@@ -296,7 +296,7 @@ pub async fn create_topics(cfg: &KafkaConfig, topics: &[&str]) -> Result<(), Bus
         .map(|t| {
             NewTopic::new(
                 t,
-                cfg.partitions,
+                cfg.partitions_for(t),
                 TopicReplication::Fixed(cfg.replication_factor),
             )
         })

@@ -101,6 +101,8 @@ pub struct Pipeline {
     /// is their sum with the time since, so that tests can run on tokio's paused clock.
     started: (chrono::DateTime<Utc>, Instant),
     generation: u64,
+    /// The assignment generation whose split conversion partitions were warned about.
+    warned_split: Option<u64>,
     /// On stop, consume what is left and settle everything (the in-process bus keeps
     /// nothing across a restart, so there is nothing to come back for).
     drain_on_stop: bool,
@@ -203,6 +205,7 @@ impl Pipeline {
             last_write: Instant::now(),
             started: (Utc::now(), Instant::now()),
             generation: 0,
+            warned_split: None,
             drain_on_stop: false,
             commit_blocked: false,
         }
@@ -265,6 +268,7 @@ impl Pipeline {
             }
             self.take(messages, &shutdown).await;
             let (all, owned) = (source.partitions(), source.owned());
+            self.warn_split(&all, &owned);
             let more = self.advance(all, owned, false, &shutdown).await;
             // With more already released, go on without waiting for messages.
             wait = if more { Duration::ZERO } else { idle };
@@ -494,6 +498,29 @@ impl Pipeline {
                     partition,
                     offset,
                 },
+            );
+        }
+    }
+
+    /// Warns, once per assignment, when this instance owns some of the conversion
+    /// partitions but not all: their conversions then settle in lockstep with the other
+    /// owners' (each waits for the others' earlier ones), a few per round trip.
+    fn warn_split(&mut self, all: &[Part], owned: &[(Part, bool)]) {
+        if self.warned_split == Some(self.generation) {
+            return;
+        }
+        let conversions = |p: &Part| p.0 == Topic::Conversions;
+        let mine = owned.iter().filter(|(p, _)| conversions(p)).count();
+        let total = all.iter().filter(|p| conversions(p)).count();
+        if mine > 0 && mine < total {
+            self.warned_split = Some(self.generation);
+            tracing::warn!(
+                owned = mine,
+                partitions = total,
+                topic = %self.conversion_topic,
+                "the conversions topic's partitions are split between instances: \
+                 conversions settle in lockstep with the other owners, slowly under load; \
+                 give the topic one partition (kafka.conversion_partitions)"
             );
         }
     }
