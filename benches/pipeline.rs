@@ -37,6 +37,16 @@ fn main() {
     rt.block_on(run(visitors));
 }
 
+/// Batches of messages the pipeline has taken so far, from its own metrics.
+fn batches() -> u64 {
+    touchline::metrics::install()
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix("touchline_pipeline_batch_messages_count "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 async fn count(config: &Config, table: &str) -> u64 {
     clickhouse(
         config,
@@ -204,6 +214,15 @@ async fn run(visitors: usize) {
         ),
         ("TOUCHLINE__LOG__LEVEL".into(), "warn".into()),
     ];
+    // BENCH_CONVERSION_PARTITIONS: the conversions topic spread over partitions, to show
+    // what lockstep settlement costs with BENCH_INSTANCES > 1.
+    let vars: Vec<(String, String)> = vars
+        .into_iter()
+        .chain(std::env::var("BENCH_CONVERSION_PARTITIONS").ok().map(|n| {
+            println!("conversions topic with {n} partitions");
+            ("TOUCHLINE__KAFKA__CONVERSION_PARTITIONS".to_string(), n)
+        }))
+        .collect();
     let local = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/local.toml");
     let config = Config::load(Some(&local), vars).unwrap();
     touchline::app::run_migrate(config.clone())
@@ -262,23 +281,51 @@ async fn run(visitors: usize) {
     println!("raw consumer-group read: {total} messages in {raw_secs:.2}s: {raw_rate:.0} msg/s");
     drop(consumer);
 
-    // The pipeline, end to end into ClickHouse.
-    let state: std::sync::Arc<dyn touchline::pipeline::store::StateStore> =
-        match std::env::var("BENCH_STATE").as_deref() {
-            Ok("memory") => {
-                println!("pipeline state in process memory (BENCH_STATE=memory)");
-                std::sync::Arc::new(touchline::pipeline::store::MemoryState::new())
-            }
-            _ => touchline::app::state_store(&config).await.unwrap(),
-        };
+    // The pipeline, end to end into ClickHouse: BENCH_INSTANCES instances (default 1)
+    // in one consumer group, each with its own state connection, as scaled out.
+    let instances: usize = std::env::var("BENCH_INSTANCES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    let memory = std::env::var("BENCH_STATE").as_deref() == Ok("memory");
+    if memory {
+        assert_eq!(instances, 1, "memory state is one process's own");
+        println!("pipeline state in process memory (BENCH_STATE=memory)");
+    }
     let redis_before = redis_figures(&config).await;
     let (trigger, shutdown) = touchline::shutdown::channel();
     let started = Instant::now();
-    let task = tokio::spawn(touchline::app::run_pipeline_on(
-        config.clone(),
-        state,
-        shutdown,
-    ));
+    let mut tasks = Vec::new();
+    for n in 0..instances {
+        let state: std::sync::Arc<dyn touchline::pipeline::store::StateStore> = if memory {
+            std::sync::Arc::new(touchline::pipeline::store::MemoryState::new())
+        } else {
+            touchline::app::state_store(&config).await.unwrap()
+        };
+        let mut config = config.clone();
+        if instances > 1 {
+            // Static members, joined before any partition is handed out: a dynamic
+            // group rebalances mid-backlog, and Tansu's memory storage, asked to fetch
+            // from an offset inside a record batch (a committed offset usually is),
+            // delivers nothing of that batch: the messages before the next batch would
+            // never arrive, and this bench would wait for them until it gives up.
+            config.pipeline.instance_id = format!("bench-{n}");
+        }
+        tasks.push(tokio::spawn(tracing::Instrument::instrument(
+            touchline::app::run_pipeline_on(config, state, shutdown.clone()),
+            tracing::info_span!("instance", n),
+        )));
+    }
+    if instances > 1 {
+        println!("{instances} pipeline instances");
+    }
+    // The raw read is timed from its first message: so is the pipeline, beside the
+    // time from its start (joining the group, loading the registry).
+    while batches() == 0 && started.elapsed() < Duration::from_secs(900) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let first = Instant::now();
     loop {
         let clicks = count(&config, "clicks").await;
         let conversions = count(&config, "conversions").await;
@@ -292,9 +339,17 @@ async fn run(visitors: usize) {
     }
     let secs = started.elapsed().as_secs_f64();
     let rate = total as f64 / secs;
+    let from_first = first.elapsed().as_secs_f64();
     trigger.fire();
-    task.await.unwrap().unwrap();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
     println!("pipeline end to end: {total} events in {secs:.2}s: {rate:.0} events/s");
+    let first_rate = total as f64 / from_first;
+    println!(
+        "  from its first message: {from_first:.2}s: {first_rate:.0} events/s, {:.2} of the raw read",
+        first_rate / raw_rate
+    );
     println!("ratio to the raw read: {:.2}", rate / raw_rate);
     let redis_after = redis_figures(&config).await;
     let commands = redis_after.0.saturating_sub(redis_before.0);
