@@ -96,6 +96,8 @@ pub struct Pipeline {
     outbox: Outbox,
     /// Hold ends whose approvals are among `rows`: removed from the queue once written.
     due_done: Vec<String>,
+    /// The write under way, if any.
+    flight: Option<Flight>,
     last_write: Instant,
     /// The wall clock when the pipeline started, and the monotonic instant then: "now"
     /// is their sum with the time since, so that tests can run on tokio's paused clock.
@@ -202,6 +204,7 @@ impl Pipeline {
             rows: Batch::default(),
             outbox: Outbox::default(),
             due_done: Vec::new(),
+            flight: None,
             last_write: Instant::now(),
             started: (Utc::now(), Instant::now()),
             generation: 0,
@@ -256,7 +259,7 @@ impl Pipeline {
                 // Partitions moved: what we took of partitions we may have lost will be
                 // delivered again to their new owner. Write what is decided (harmless
                 // either way: identical rows), forget positions and what waits.
-                self.write_and_commit(&mut *source, &shutdown).await?;
+                self.write_and_commit(&mut *source, &shutdown, true).await?;
                 self.generation = source.assignment_generation();
                 self.taken.clear();
                 self.progress.clear();
@@ -280,7 +283,8 @@ impl Pipeline {
                 || self.last_write.elapsed()
                     >= Duration::from_millis(self.config.flush_interval_ms);
             if due {
-                self.write_and_commit(&mut *source, &shutdown).await?;
+                self.write_and_commit(&mut *source, &shutdown, false)
+                    .await?;
             }
         }
         // Stop: write and commit what is settled; what waits stays uncommitted and is
@@ -307,7 +311,7 @@ impl Pipeline {
                 .await
             {}
         }
-        self.write_and_commit(&mut *source, &deadline).await?;
+        self.write_and_commit(&mut *source, &deadline, true).await?;
         tracing::info!(
             clicks = self.clicks.len(),
             conversions = self.conversions.len(),
@@ -737,7 +741,10 @@ impl Pipeline {
                 let full = entries.len() == limit;
                 let fresh: Vec<String> = entries
                     .into_iter()
-                    .filter(|e| !self.due_done.contains(e))
+                    .filter(|e| {
+                        !self.due_done.contains(e)
+                            && !self.flight.as_ref().is_some_and(|f| f.due.contains(e))
+                    })
                     .collect();
                 // Ends already approved wait for the write; only new ones call for more.
                 more |= full && !fresh.is_empty();
@@ -910,54 +917,110 @@ impl Pipeline {
         self.rows.commissions.extend(commissions);
     }
 
-    /// Writes the pending rows (retrying transient failures) and commits the offsets
-    /// they cover, stopping short of any click or conversion still waiting.
+    /// Writes the pending rows and commits the offsets they cover, stopping short of
+    /// any click or conversion still waiting. The write runs in the background while
+    /// the pipeline goes on ([`Flight`]); its offsets are committed when the next write
+    /// starts, or here with `wait`.
     async fn write_and_commit(
         &mut self,
         source: &mut dyn EventSource,
         shutdown: &Shutdown,
+        wait: bool,
     ) -> Result<(), PipelineError> {
-        let (sink, rows) = (&self.sink, &self.rows);
-        let fatal = |e: &SinkError| matches!(e, SinkError::Fatal(_));
-        if crate::retry::until_ok("clickhouse", "sink", shutdown, fatal, || sink.write(rows))
-            .await?
-            .is_none()
-        {
-            // Nothing is committed: the rows come back after the restart.
-            return Ok(());
+        self.land(source).await?;
+        self.launch(shutdown);
+        if wait {
+            self.land(source).await?;
         }
-        self.rows = Batch::default();
+        Ok(())
+    }
+
+    /// Starts writing the pending rows (retrying transient failures), then their
+    /// webhook events, then removing the hold ends they approve from the queue.
+    fn launch(&mut self, shutdown: &Shutdown) {
+        let rows = std::mem::take(&mut self.rows);
         self.last_write = Instant::now();
-        // Webhook events of the rows written, before the offsets that made them are
-        // committed: a crash in between replays the rows and so the same events.
-        if !self.outbox.is_empty() {
-            let events = self.outbox.take();
-            let (bus, events) = (&self.dlq, &events);
-            let fatal = |e: &BusError| matches!(e, BusError::Fatal(_));
-            if crate::retry::until_ok("kafka", "webhook outbox", shutdown, fatal, || {
-                bus.publish_outbox(events)
-            })
-            .await?
-            .is_none()
+        let events = self.outbox.take();
+        let due = std::mem::take(&mut self.due_done);
+        let done: Vec<store::Write> = due
+            .iter()
+            .map(|json| store::Write::DueDone { json: json.clone() })
+            .collect();
+        // The offsets this write covers: everything taken before a waiting click or
+        // conversion. Messages taken later lie after them.
+        let positions = if self.commit_blocked {
+            Vec::new()
+        } else {
+            self.positions()
+        };
+        let (sink, bus, state) = (
+            Arc::clone(&self.sink),
+            Arc::clone(&self.dlq),
+            Arc::clone(&self.state),
+        );
+        let shutdown = shutdown.clone();
+        let task = tokio::spawn(async move {
+            let fatal = |e: &SinkError| matches!(e, SinkError::Fatal(_));
+            if crate::retry::until_ok("clickhouse", "sink", &shutdown, fatal, || sink.write(&rows))
+                .await?
+                .is_none()
             {
-                return Ok(());
+                // Nothing is committed: the rows come back after the restart.
+                return Ok(false);
             }
-        }
-        if !self.due_done.is_empty() {
-            let done: Vec<store::Write> = std::mem::take(&mut self.due_done)
-                .into_iter()
-                .map(|json| store::Write::DueDone { json })
-                .collect();
+            // Webhook events of the rows written, before the offsets that made them
+            // are committed: a crash in between replays the rows and so the same events.
+            if !events.is_empty() {
+                let fatal = |e: &BusError| matches!(e, BusError::Fatal(_));
+                if crate::retry::until_ok("kafka", "webhook outbox", &shutdown, fatal, || {
+                    bus.publish_outbox(&events)
+                })
+                .await?
+                .is_none()
+                {
+                    return Ok(false);
+                }
+            }
             // Left in the queue, a hold end is approved again: the same rows.
-            if let Err(e) = self.state.write(&done).await {
-                tracing::warn!(error = %e, "hold ends left queued; they will be approved again");
+            if !done.is_empty() {
+                if let Err(e) = state.write(&done).await {
+                    tracing::warn!(error = %e, "hold ends left queued; they will be approved again");
+                }
             }
-        }
-        if self.commit_blocked {
+            Ok(true)
+        });
+        self.flight = Some(Flight {
+            task,
+            positions,
+            due,
+        });
+    }
+
+    /// Waits for the write under way and commits the offsets it covers.
+    async fn land(&mut self, source: &mut dyn EventSource) -> Result<(), PipelineError> {
+        let Some(flight) = self.flight.take() else {
+            return Ok(());
+        };
+        let written = match flight.task.await {
+            Ok(written) => written?,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Cancelled: the runtime is going away; nothing is committed.
+            Err(_) => false,
+        };
+        if !written || flight.positions.is_empty() {
             return Ok(());
         }
-        let positions: Vec<Position> = self
-            .taken
+        match source.commit(&flight.positions).await {
+            Ok(()) => metrics::counter!(m::PIPELINE_COMMITS_TOTAL).increment(1),
+            // Uncommitted offsets only mean replays, which are harmless.
+            Err(e) => tracing::warn!(error = %e, "offset commit failed"),
+        }
+        Ok(())
+    }
+
+    /// The next offset to read of every partition taken from, short of what waits.
+    fn positions(&self) -> Vec<Position> {
+        self.taken
             .iter()
             .map(|(&part, &next)| {
                 let waiting = [
@@ -973,17 +1036,18 @@ impl Pipeline {
                     next_offset: waiting.map_or(next, |w| w.min(next)),
                 }
             })
-            .collect();
-        if positions.is_empty() {
-            return Ok(());
-        }
-        match source.commit(&positions).await {
-            Ok(()) => metrics::counter!(m::PIPELINE_COMMITS_TOTAL).increment(1),
-            // Uncommitted offsets only mean replays, which are harmless.
-            Err(e) => tracing::warn!(error = %e, "offset commit failed"),
-        }
-        Ok(())
+            .collect()
     }
+}
+
+/// A write under way: the sink's rows, their webhook events, the hold ends they
+/// approve. Its offsets are committed once it answers `true` (written); rows, events
+/// and the queue's removals are idempotent, so a crash at any point only replays.
+struct Flight {
+    task: tokio::task::JoinHandle<Result<bool, PipelineError>>,
+    positions: Vec<Position>,
+    /// Hold ends whose approvals it writes: not approved again meanwhile.
+    due: Vec<String>,
 }
 
 /// Bounded metric labels.
@@ -1208,6 +1272,43 @@ mod tests {
         assert_eq!(
             status,
             HashMap::from([(31, "unattributed"), (32, "attributed")])
+        );
+    }
+
+    /// A sink refusing rows for good (a schema mismatch, say): the write runs in the
+    /// background, and its failure still stops the pipeline, loudly, without a signal.
+    #[tokio::test(start_paused = true)]
+    async fn a_sink_refusing_rows_stops_the_pipeline() {
+        struct Refusing;
+        #[async_trait::async_trait]
+        impl Sink for Refusing {
+            async fn write(&self, _batch: &Batch) -> Result<(), SinkError> {
+                Err(SinkError::Fatal("no such column".into()))
+            }
+            async fn ping(&self) -> Result<(), SinkError> {
+                Ok(())
+            }
+        }
+        let bus = MemoryBus::new(1000);
+        let (_trigger, shutdown) = crate::shutdown::channel();
+        let pipeline = Pipeline::new(
+            crate::config::Config::embedded().pipeline,
+            registry().await,
+            Arc::new(store::MemoryState::new()),
+            Arc::new(Refusing),
+            Arc::clone(&bus) as Arc<dyn EventBus>,
+        );
+        let task = tokio::spawn(pipeline.run(Box::new(bus.source()), shutdown));
+        let c = click(1, Uuid::from_u128(2), Utc::now());
+        bus.publish_click(b"v", &serde_json::to_vec(&c).unwrap())
+            .unwrap();
+        let stopped = tokio::time::timeout(Duration::from_secs(60), task)
+            .await
+            .expect("the pipeline stops on its own")
+            .unwrap();
+        assert!(
+            matches!(stopped, Err(PipelineError::Sink(SinkError::Fatal(_)))),
+            "{stopped:?}"
         );
     }
 

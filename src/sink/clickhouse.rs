@@ -122,12 +122,18 @@ impl ClickHouseSink {
 #[async_trait]
 impl Sink for ClickHouseSink {
     async fn write(&self, batch: &Batch) -> Result<(), SinkError> {
-        self.insert("clicks", &batch.clicks).await?;
-        self.insert("conversions", &batch.conversions).await?;
-        self.insert("attributions", &batch.attributions).await?;
-        self.insert("commissions", &batch.commissions).await?;
-        self.insert("commission_status", &batch.statuses).await?;
-        self.insert("payouts", &batch.payouts).await
+        // One insert per table, all at once: the server takes them on its own threads
+        // while this process serializes the next. A failure retries the whole batch,
+        // whichever tables it reached (identical rows collapse).
+        tokio::try_join!(
+            self.insert("clicks", &batch.clicks),
+            self.insert("conversions", &batch.conversions),
+            self.insert("attributions", &batch.attributions),
+            self.insert("commissions", &batch.commissions),
+            self.insert("commission_status", &batch.statuses),
+            self.insert("payouts", &batch.payouts),
+        )
+        .map(|_| ())
     }
 
     async fn ping(&self) -> Result<(), SinkError> {
