@@ -129,7 +129,18 @@ impl Mark {
 
     /// Fixed-width hex whose byte order is the marks' order (stored in hashes).
     pub fn encode(self) -> String {
-        format!("{:016x}{:032x}", self.ms, self.id)
+        self.bound("")
+    }
+
+    /// `prefix` and the encoded mark: a bound of a lexicographic range (`[` or `(`).
+    /// Settling encodes marks by the hundred thousand; `format!` spent a tenth of the
+    /// pipeline's time on them.
+    pub fn bound(self, prefix: &str) -> String {
+        let mut s = String::with_capacity(prefix.len() + 48);
+        s.push_str(prefix);
+        push_hex(&mut s, u128::from(self.ms as u64), 16);
+        push_hex(&mut s, self.id, 32);
+        s
     }
 
     pub fn decode(s: &str) -> Option<Self> {
@@ -144,7 +155,17 @@ impl Mark {
 
     /// The id as the 32 hex characters members are stored under (same order as ids).
     pub fn id_hex(self) -> String {
-        format!("{:032x}", self.id)
+        let mut s = String::with_capacity(32);
+        push_hex(&mut s, self.id, 32);
+        s
+    }
+}
+
+/// Appends the low `digits` hex digits of `v`, most significant first, zero-padded.
+fn push_hex(out: &mut String, v: u128, digits: u32) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for i in (0..digits).rev() {
+        out.push(char::from(HEX[((v >> (4 * i)) & 0xf) as usize]));
     }
 }
 
@@ -974,7 +995,23 @@ mod tests {
         }
         for m in marks {
             assert_eq!(Mark::decode(&m.encode()), Some(m));
+            // The same text as the formatting it replaced.
+            assert_eq!(m.encode(), format!("{:016x}{:032x}", m.ms, m.id));
+            assert_eq!(m.id_hex(), format!("{:032x}", m.id));
+            assert_eq!(m.bound("("), format!("({:016x}{:032x}", m.ms, m.id));
         }
+        let odd = Mark {
+            ms: 0x0123_4567_89ab_cdef,
+            id: 0xfedc_ba98_7654_3210_0f1e_2d3c_4b5a_6978,
+        };
+        assert_eq!(
+            odd.encode(),
+            "0123456789abcdeffedcba98765432100f1e2d3c4b5a6978"
+        );
+        assert_eq!(
+            Mark::MAX.encode(),
+            format!("{:016x}{:032x}", i64::MAX, u128::MAX)
+        );
         assert_eq!(Mark::decode("zz"), None);
     }
 }

@@ -411,8 +411,8 @@ impl RedisState {
                     }
                     pipe.cmd("ZLEXCOUNT")
                         .arg(&key)
-                        .arg(format!("[{}", Mark::at(*from_ms).encode()))
-                        .arg(format!("({}", before.encode()));
+                        .arg(Mark::at(*from_ms).bound("["))
+                        .arg(before.bound("("));
                 }
                 Read::FirstSale {
                     program, customer, ..
@@ -593,13 +593,13 @@ impl CountGroup {
         }
         pipe.cmd("ZLEXCOUNT")
             .arg(&self.key)
-            .arg(format!("[{}", self.from_lo.encode()))
-            .arg(format!("({}", self.before_lo.encode()));
+            .arg(self.from_lo.bound("["))
+            .arg(self.before_lo.bound("("));
         let range = |pipe: &mut Cmds, lo: Mark, hi: Mark| {
             pipe.cmd("ZRANGEBYLEX")
                 .arg(&self.key)
-                .arg(format!("[{}", lo.encode()))
-                .arg(format!("({}", hi.encode()))
+                .arg(lo.bound("["))
+                .arg(hi.bound("("))
                 .arg("LIMIT")
                 .arg(0)
                 .arg(GROUP_MARKS);
@@ -678,7 +678,7 @@ fn trim_cmd(pipe: &mut Cmds, key: &str, horizon: Mark) {
     pipe.cmd("ZREMRANGEBYLEX")
         .arg(key)
         .arg("(")
-        .arg(format!("({}", horizon.encode()));
+        .arg(horizon.bound("("));
 }
 
 /// Whether a count read of `tally` as of `before` also trims it: reads of windowed
