@@ -22,7 +22,9 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::store::{Answer, Mark, Read, StateError, StateStore, StoredTouch, Tally, Write};
+use super::store::{
+    Answer, Mark, OrderSlot, Read, StateError, StateStore, StoredTouch, Tally, Write,
+};
 use crate::engine::attribution::Touch;
 use crate::engine::dedup;
 use crate::engine::fraud::{Rule, REFUND_RATE_WINDOW_MS};
@@ -46,6 +48,10 @@ pub struct Memo {
     /// A refund that is the first booked on its order: `refund_rate` counts it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub first_refund: bool,
+    /// Which record of its order a refund reversed: the sale's unless no sale has that
+    /// order id (see [`OrderSlot::PRECEDENCE`]).
+    #[serde(default, skip_serializing_if = "OrderSlot::is_sale")]
+    pub reversed: OrderSlot,
 }
 
 /// An order whose hold ends at `due_ms`, queued until the settled frontier passes it.
@@ -56,6 +62,10 @@ pub struct DueEntry {
     pub program_id: String,
     pub order_id: String,
     pub currency: String,
+    /// The conversion's record of the order (absent: a sale's, as in entries queued
+    /// before slots existed).
+    #[serde(default, skip_serializing_if = "OrderSlot::is_sale")]
+    pub slot: OrderSlot,
 }
 
 /// The reversals a refund booked on its order: earned row index and (negative) amount.
@@ -72,6 +82,8 @@ pub enum Outcome {
 /// State of one order while a batch is resolved.
 #[derive(Clone, Default)]
 struct OrderState {
+    /// The record a refund reverses; its reversals are in `refunds`.
+    slot: OrderSlot,
     record: Option<OrderRecord>,
     /// Refunds booked, with their marks.
     refunds: Vec<(Mark, Booked)>,
@@ -177,6 +189,7 @@ pub async fn settle_batch(
                     Read::Order {
                         program: e.program_id.clone(),
                         order: o.clone(),
+                        slot: None,
                     },
                 )),
                 _ => None,
@@ -282,7 +295,32 @@ pub async fn settle_batch(
     let mut claims: HashMap<String, Uuid> = HashMap::new();
     let mut tallied: HashMap<Tally, Vec<Mark>> = HashMap::new();
     let mut first_sales: HashMap<(String, String), (Mark, FirstSale)> = HashMap::new();
+    // The stored orders refunds reverse, before this batch's conversions add theirs
+    // (the overlay keeps to the order of slots: a sale's record comes before a lead's).
     let mut orders: HashMap<(String, String), OrderState> = HashMap::new();
+    for (k, &i) in fresh.iter().enumerate() {
+        let e = &batch[i].1;
+        let (Some(original), Some(r)) = (&e.original_order_id, asked[k].order) else {
+            continue;
+        };
+        if let Answer::Order {
+            slot,
+            record,
+            refunds,
+        } = &answers[r]
+        {
+            orders
+                .entry((e.program_id.clone(), original.clone()))
+                .or_insert_with(|| OrderState {
+                    slot: *slot,
+                    record: record.as_deref().and_then(|j| serde_json::from_str(j).ok()),
+                    refunds: refunds
+                        .iter()
+                        .filter_map(|(m, j)| Some((*m, serde_json::from_str(j).ok()?)))
+                        .collect(),
+                });
+        }
+    }
     let mut decided: Vec<(usize, Memo)> = Vec::with_capacity(fresh.len());
     for (k, &i) in fresh.iter().enumerate() {
         let (mark, e) = &batch[i];
@@ -292,6 +330,7 @@ pub async fn settle_batch(
                 campaigns: Vec::new(),
                 lifecycle: Lifecycle::default(),
                 first_refund: false,
+                reversed: OrderSlot::Sale,
             }),
             Some(program) => {
                 let key = dedup::conversion_key(&e.program_id, e.kind.as_str(), &e.order_id);
@@ -314,6 +353,7 @@ pub async fn settle_batch(
                             campaigns: Vec::new(),
                             lifecycle: Lifecycle::default(),
                             first_refund: false,
+                            reversed: OrderSlot::Sale,
                         }),
                     }
                 } else {
@@ -321,24 +361,6 @@ pub async fn settle_batch(
                         .original_order_id
                         .as_ref()
                         .map(|o| (e.program_id.clone(), o.clone()));
-                    if let (Some(ok), Some(r)) = (&order_key, asked[k].order) {
-                        orders
-                            .entry(ok.clone())
-                            .or_insert_with(|| match &answers[r] {
-                                Answer::Order { record, refunds } => OrderState {
-                                    record: record
-                                        .as_deref()
-                                        .and_then(|j| serde_json::from_str(j).ok()),
-                                    refunds: refunds
-                                        .iter()
-                                        .filter_map(|(m, j)| {
-                                            Some((*m, serde_json::from_str(j).ok()?))
-                                        })
-                                        .collect(),
-                                },
-                                _ => OrderState::default(),
-                            });
-                    }
                     let order_state = order_key.as_ref().and_then(|ok| orders.get(ok));
                     let order = order_state.and_then(|o| o.as_of(*mark));
                     let earlier = order_state.map_or_else(Vec::new, |o| o.before(*mark));
@@ -414,7 +436,10 @@ pub async fn settle_batch(
                         e,
                         &selected[k],
                         first_sale.as_ref(),
-                        order.as_ref().map(|o| (o, earlier.as_slice())),
+                        order
+                            .as_ref()
+                            .zip(order_state)
+                            .map(|(o, state)| (o, earlier.as_slice(), state.slot)),
                         &AsOf { mark: *mark, count },
                     )
                     .inspect(|memo| {
@@ -497,18 +522,28 @@ pub async fn approvals(
         .map(|d| Read::Order {
             program: d.program_id.clone(),
             order: d.order_id.clone(),
+            slot: Some(d.slot),
         })
         .collect();
     let answers = state.read(&reads).await?;
     let mut rows = Vec::new();
     for (d, answer) in due.iter().zip(answers) {
-        let Answer::Order { record, refunds } = answer else {
+        let Answer::Order {
+            record, refunds, ..
+        } = answer
+        else {
             continue;
         };
         let Some(record) = record.and_then(|j| serde_json::from_str::<OrderRecord>(&j).ok()) else {
             tracing::error!(order = %d.order_id, "hold end of an order not recorded, skipped");
             continue;
         };
+        if record.conversion_id != d.conversion_id {
+            // Stored before each kind kept its own record: another conversion's rows.
+            tracing::error!(order = %d.order_id, conversion = %d.conversion_id,
+                "hold end of a conversion whose order record is another's, skipped");
+            continue;
+        }
         let booked: Vec<BookedRefund> = refunds
             .iter()
             .filter_map(|(m, j)| {
@@ -620,7 +655,7 @@ fn decide(
     e: &ConversionEvent,
     selected: &[StoredTouch],
     first_sale: Option<&FirstSale>,
-    order: Option<(&OrderRecord, &[BookedRefund])>,
+    order: Option<(&OrderRecord, &[BookedRefund], OrderSlot)>,
     as_of: &AsOf<impl Fn(&Read) -> u64>,
 ) -> Result<Memo, String> {
     let mut campaigns = Vec::new();
@@ -658,7 +693,7 @@ fn decide(
             None => Credit::None,
         },
         ConversionKind::Refund => order
-            .map(|(o, _)| Credit::Refund(o))
+            .map(|(o, _, _)| Credit::Refund(o))
             .unwrap_or(Credit::None),
     };
     let last_touch_ms = match &credit {
@@ -670,7 +705,7 @@ fn decide(
     // Within Decimal's range is not yet within the ledger's columns.
     crate::sink::rows::fits(e, &decision).map_err(|why| format!("{OUT_OF_RANGE}: {why}"))?;
     let lifecycle = match (e.kind, order) {
-        (ConversionKind::Refund, Some((order, earlier))) => {
+        (ConversionKind::Refund, Some((order, earlier, _))) => {
             let reverses: Vec<(usize, Decimal)> = decision
                 .reverses
                 .iter()
@@ -714,12 +749,16 @@ fn decide(
     };
     let first_refund = e.kind == ConversionKind::Refund
         && !decision.rows.is_empty()
-        && order.is_some_and(|(_, earlier)| earlier.is_empty());
+        && order.is_some_and(|(_, earlier, _)| earlier.is_empty());
     Ok(Memo {
         decision,
         campaigns,
         lifecycle,
         first_refund,
+        reversed: match (e.kind, order) {
+            (ConversionKind::Refund, Some((_, _, slot))) => slot,
+            _ => OrderSlot::Sale,
+        },
     })
 }
 
@@ -884,12 +923,21 @@ fn overlay(
     if d.status == ConversionStatus::Duplicate {
         return;
     }
-    if e.kind != ConversionKind::Refund {
-        let slot = orders
+    if let Some(slot) = order_slot(e.kind) {
+        let state = orders
             .entry((e.program_id.clone(), e.order_id.clone()))
-            .or_default();
-        if slot.record.is_none() {
-            slot.record = Some(order_record(e, memo));
+            .or_insert_with(|| OrderState {
+                slot,
+                ..OrderState::default()
+            });
+        // Each slot keeps its first record; refunds reverse the first slot recorded.
+        if state.record.is_none() || slot.rank() < state.slot.rank() {
+            if state.slot != slot {
+                // Reversals booked on another slot's record are not this one's.
+                state.refunds.clear();
+            }
+            state.slot = slot;
+            state.record = Some(order_record(e, memo));
         }
     }
     for tally in tallies(Some(program), e, memo) {
@@ -916,6 +964,17 @@ fn overlay(
                 .refunds
                 .push((mark, booked(d)));
         }
+    }
+}
+
+/// The record of its order a conversion keeps (refunds keep none).
+fn order_slot(kind: ConversionKind) -> Option<OrderSlot> {
+    match kind {
+        ConversionKind::Sale => Some(OrderSlot::Sale),
+        ConversionKind::Recurring => Some(OrderSlot::Recurring),
+        ConversionKind::Lead => Some(OrderSlot::Lead),
+        ConversionKind::Signup => Some(OrderSlot::Signup),
+        ConversionKind::Refund => None,
     }
 }
 
@@ -976,12 +1035,13 @@ fn effects(registry: &Registry, mark: Mark, e: &ConversionEvent, memo: &Memo) ->
         key: dedup::conversion_key(&e.program_id, e.kind.as_str(), &e.order_id),
         holder: e.conversion_id.to_string(),
     });
-    if e.kind != ConversionKind::Refund {
+    if let Some(slot) = order_slot(e.kind) {
         // Every settled order is recorded, earning or not: its refunds find it.
         if let Ok(json) = serde_json::to_string(&order_record(e, memo)) {
             out.push(Write::Order {
                 program: e.program_id.clone(),
                 order: e.order_id.clone(),
+                slot,
                 json,
             });
         }
@@ -999,6 +1059,7 @@ fn effects(registry: &Registry, mark: Mark, e: &ConversionEvent, memo: &Memo) ->
                 program_id: e.program_id.clone(),
                 order_id: e.order_id.clone(),
                 currency: d.currency.clone(),
+                slot,
             };
             if let Ok(json) = serde_json::to_string(&entry) {
                 out.push(Write::Due { due_ms, json });
@@ -1036,6 +1097,7 @@ fn effects(registry: &Registry, mark: Mark, e: &ConversionEvent, memo: &Memo) ->
                 out.push(Write::Refund {
                     program: e.program_id.clone(),
                     order: original.clone(),
+                    slot: memo.reversed,
                     mark,
                     json,
                 });
@@ -1412,6 +1474,90 @@ mod lifecycle_tests {
         );
         // The hold ends with nothing left to approve.
         assert!(approve(&state, t0() + Duration::days(31)).await.is_empty());
+    }
+
+    /// Dedup is per kind (SPEC §5.2), so a signup and a sale may share an order id.
+    /// Each keeps its own order record: a refund reverses the sale (a refund before the
+    /// sale, the signup), and each hold end approves its own conversion's rows. One
+    /// batch decides what one conversion at a time does.
+    #[tokio::test]
+    async fn a_signup_and_a_sale_sharing_an_order_id_keep_their_own_records() {
+        let mut json = crate::registry::model::tests_support::program_json();
+        json["hold_days"] = serde_json::json!(30);
+        json["commission"]["signup_bounty"] = serde_json::json!("50");
+        let mut program: Program = serde_json::from_value(json).unwrap();
+        program.id = "acme".into();
+        program.validate().unwrap();
+        let registry = super::tests::registry_with(
+            program,
+            serde_json::json!({"id": "alice", "program_id": "acme"}),
+        )
+        .await;
+        let h = |n: i64| t0() + Duration::hours(n);
+        // Refunds have order ids of their own and name the shared one.
+        let shared = |e: ConversionEvent| match e.kind {
+            ConversionKind::Refund => ConversionEvent {
+                original_order_id: Some("shared".into()),
+                ..e
+            },
+            _ => ConversionEvent {
+                order_id: "shared".into(),
+                ..e
+            },
+        };
+        let events = vec![
+            shared(conversion(1, ConversionKind::Signup, "0", h(0))),
+            // Before the sale: the signup's bounty is what the order earned so far.
+            shared(refund(2, 0, "0", h(1))),
+            shared(conversion(3, ConversionKind::Sale, "100", h(2))),
+            shared(refund(4, 0, "40", h(3))),
+            shared(refund(5, 0, "60", h(4))),
+        ];
+        let rows = |m: &Memo| m.decision.rows.iter().map(|r| r.amount).collect::<Vec<_>>();
+        let one_at_a_time = MemoryState::new();
+        let mut alone = Vec::new();
+        for e in events.clone() {
+            alone.push(settle(&registry, &one_at_a_time, e).await);
+        }
+        assert_eq!(rows(&alone[0]), vec![d("50.00")]);
+        assert_eq!(rows(&alone[1]), vec![d("-50.00")]);
+        assert_eq!(rows(&alone[2]), vec![d("15.00")]);
+        assert_eq!(rows(&alone[3]), vec![d("-6.00")]);
+        assert_eq!(rows(&alone[4]), vec![d("-9.00")]);
+        assert_eq!(
+            approve(&one_at_a_time, t0() + Duration::days(31)).await,
+            Vec::<(Uuid, Decimal)>::new(),
+            "everything was refunded before its hold ended"
+        );
+
+        let together = MemoryState::new();
+        let batch: Vec<(Mark, ConversionEvent)> = events
+            .iter()
+            .map(|e| (Mark::new(e.received_at, e.conversion_id), e.clone()))
+            .collect();
+        let memos: Vec<Memo> = settle_batch(&registry, &together, &batch)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| match o {
+                Outcome::Settled(m) => *m,
+                Outcome::DeadLetter(r) => panic!("dead letter: {r}"),
+            })
+            .collect();
+        assert_eq!(memos, alone);
+
+        // Without the refunds, each hold end approves its own conversion's row.
+        let state = MemoryState::new();
+        settle(&registry, &state, events[0].clone()).await;
+        settle(&registry, &state, events[2].clone()).await;
+        let mut approved = approve(&state, t0() + Duration::days(31)).await;
+        approved.sort();
+        let mut expected = vec![
+            (commission_id(Uuid::from_u128(1), 0), d("50.00")),
+            (commission_id(Uuid::from_u128(3), 0), d("15.00")),
+        ];
+        expected.sort();
+        assert_eq!(approved, expected);
     }
 
     #[tokio::test]

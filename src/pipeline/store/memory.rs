@@ -14,8 +14,8 @@ use uuid::Uuid;
 use tokio::time::{Duration, Instant};
 
 use super::{
-    Answer, ClickRecord, Decide, Mark, Read, StateError, StateStore, StoredTouch, Tally, Write,
-    MAX_JOURNEY, MEMO_TTL,
+    Answer, ClickRecord, Decide, Mark, OrderSlot, Read, StateError, StateStore, StoredTouch, Tally,
+    Write, MAX_JOURNEY, MEMO_TTL,
 };
 
 /// How often expired entries are swept.
@@ -97,8 +97,8 @@ struct Inner {
     /// tally → (marks, expiry)
     tallies: HashMap<Tally, (Marks, Instant)>,
     first_sales: HashMap<(String, String), BTreeMap<Mark, String>>,
-    orders: HashMap<(String, String), Option<String>>,
-    refunds: HashMap<(String, String), BTreeMap<Mark, String>>,
+    orders: HashMap<(String, String, OrderSlot), String>,
+    refunds: HashMap<(String, String, OrderSlot), BTreeMap<Mark, String>>,
     due: BTreeSet<(i64, String)>,
     frontiers: HashMap<String, Mark>,
     last_sweep: Option<Instant>,
@@ -304,13 +304,25 @@ impl StateStore for MemoryState {
                         .filter(|(m, _)| *m < before)
                         .map(|(m, json)| (*m, json.clone())),
                 ),
-                Read::Order { program, order } => {
-                    let key = (program.clone(), order.clone());
+                Read::Order {
+                    program,
+                    order,
+                    slot,
+                } => {
+                    let key = |slot| (program.clone(), order.clone(), slot);
+                    // The slot asked, or the first recorded (a refund's).
+                    let slot = slot.unwrap_or_else(|| {
+                        OrderSlot::PRECEDENCE
+                            .into_iter()
+                            .find(|s| inner.orders.contains_key(&key(*s)))
+                            .unwrap_or_default()
+                    });
                     Answer::Order {
-                        record: inner.orders.get(&key).cloned().flatten(),
+                        slot,
+                        record: inner.orders.get(&key(slot)).cloned(),
                         refunds: inner
                             .refunds
-                            .get(&key)
+                            .get(&key(slot))
                             .map(|r| r.iter().map(|(m, j)| (*m, j.clone())).collect())
                             .unwrap_or_default(),
                     }
@@ -374,26 +386,25 @@ impl StateStore for MemoryState {
                 Write::Order {
                     program,
                     order,
+                    slot,
                     json,
                 } => {
-                    let slot = inner
+                    inner
                         .orders
-                        .entry((program.clone(), order.clone()))
-                        .or_default();
-                    if slot.is_none() {
-                        *slot = Some(json.clone());
-                    }
+                        .entry((program.clone(), order.clone(), *slot))
+                        .or_insert_with(|| json.clone());
                     None
                 }
                 Write::Refund {
                     program,
                     order,
+                    slot,
                     mark,
                     json,
                 } => {
                     inner
                         .refunds
-                        .entry((program.clone(), order.clone()))
+                        .entry((program.clone(), order.clone(), *slot))
                         .or_default()
                         .insert(*mark, json.clone());
                     None

@@ -23,8 +23,8 @@
 //! | `{p}:tr:{program}:{partner}`      | zset   | [`RATE_KEEP`]            | [`Write::Tally`] ([`Tally::Refunds`]): first refunds of those sales |
 //! | `{p}:ti:{program}:{partner}:{ip}` | zset   | [`IP_KEEP`]              | [`StateStore::record_clicks`] ([`Tally::IpClicks`]): clicks, when `click_spam` is on |
 //! | `{p}:fs:{program}:{customer}`     | zset   | recurring months + 1, or none | [`Write::FirstSale`]: attributed sales (score received ms) |
-//! | `{p}:o:{{program:order}}`         | string | [`ORDER_TTL`]            | [`Write::Order`]: what the order earned |
-//! | `{p}:o:{{program:order}}:r`       | hash   | [`ORDER_TTL`]            | [`Write::Refund`]: reversals booked, by the refund's mark |
+//! | `{p}:o:{{program:order}}{slot}`   | string | [`ORDER_TTL`]            | [`Write::Order`]: what the order's sale (slot empty), recurring payment (`:recurring`), lead (`:lead`) or signup (`:signup`) earned |
+//! | `{p}:o:{{program:order}}{slot}:r` | hash   | [`ORDER_TTL`]            | [`Write::Refund`]: reversals booked on that record, by the refund's mark |
 //! | `{p}:due`                         | zset   | none (members removed once done) | [`Write::Due`]: orders whose hold ends (score due ms, member the entry) |
 //! | `{p}:wm`                          | hash   | none                     | [`StateStore::publish`]: partition frontiers |
 //!
@@ -285,6 +285,52 @@ impl Tally {
     }
 }
 
+/// Which record of an order id. Dedup is per kind (SPEC §5.2), so a sale, a recurring
+/// payment, a lead and a signup may share an order id: each keeps its own record, and
+/// the reversals booked on it. A refund reverses the first recorded in
+/// [`OrderSlot::PRECEDENCE`].
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderSlot {
+    /// A sale's; also every record stored before slots existed, whatever its kind.
+    #[default]
+    Sale,
+    Recurring,
+    Lead,
+    Signup,
+}
+
+impl OrderSlot {
+    /// The order in which a refund looks for the record it reverses: money paid first.
+    pub const PRECEDENCE: [OrderSlot; 4] = [
+        OrderSlot::Sale,
+        OrderSlot::Recurring,
+        OrderSlot::Lead,
+        OrderSlot::Signup,
+    ];
+
+    /// Appended to the record's key (a sale's is the key records always had).
+    pub(crate) fn suffix(self) -> &'static str {
+        match self {
+            OrderSlot::Sale => "",
+            OrderSlot::Recurring => ":recurring",
+            OrderSlot::Lead => ":lead",
+            OrderSlot::Signup => ":signup",
+        }
+    }
+
+    pub fn is_sale(&self) -> bool {
+        *self == OrderSlot::Sale
+    }
+
+    /// Its place in [`OrderSlot::PRECEDENCE`].
+    pub fn rank(self) -> usize {
+        self as usize
+    }
+}
+
 /// A read, as of what it says.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Read {
@@ -313,8 +359,13 @@ pub enum Read {
         customer: String,
         before: Mark,
     },
-    /// What the order earned and the reversals booked on it → [`Answer::Order`].
-    Order { program: String, order: String },
+    /// What one record of the order earned and the reversals booked on it →
+    /// [`Answer::Order`]; with no slot, the record a refund reverses.
+    Order {
+        program: String,
+        order: String,
+        slot: Option<OrderSlot>,
+    },
     /// Up to `limit` queued hold ends before `before_ms`, earliest first →
     /// [`Answer::Entries`].
     DueBefore { before_ms: i64, limit: usize },
@@ -329,6 +380,7 @@ pub enum Answer {
     Touches(Vec<StoredTouch>),
     Count(u64),
     Order {
+        slot: OrderSlot,
         record: Option<String>,
         refunds: Vec<(Mark, String)>,
     },
@@ -353,16 +405,19 @@ pub enum Write {
         json: String,
         ttl: Option<Duration>,
     },
-    /// Records what an order earned unless recorded.
+    /// Records what an order earned in its slot unless recorded.
     Order {
         program: String,
         order: String,
+        slot: OrderSlot,
         json: String,
     },
-    /// Books a refund's reversals (at the refund's `mark`) on its order.
+    /// Books a refund's reversals (at the refund's `mark`) on the order's record in
+    /// `slot`.
     Refund {
         program: String,
         order: String,
+        slot: OrderSlot,
         mark: Mark,
         json: String,
     },
@@ -632,33 +687,53 @@ pub mod suite {
             ]
         );
 
-        let order = Read::Order {
+        let order = |slot| Read::Order {
             program: "acme".into(),
             order: "o-1".into(),
+            slot,
         };
+        let record = |slot, json: &str| Write::Order {
+            program: "acme".into(),
+            order: "o-1".into(),
+            slot,
+            json: json.into(),
+        };
+        let refund = |slot, ms: i64, json: &str| Write::Refund {
+            program: "acme".into(),
+            order: "o-1".into(),
+            slot,
+            mark: Mark { ms, id: 1 },
+            json: json.into(),
+        };
+        // Nothing recorded: a refund finds no record, in a sale's slot.
+        assert_eq!(
+            s.read(&[order(None)]).await.unwrap(),
+            vec![Answer::Order {
+                slot: OrderSlot::Sale,
+                record: None,
+                refunds: Vec::new()
+            }]
+        );
         s.write(&[
-            Write::Order {
-                program: "acme".into(),
-                order: "o-1".into(),
-                json: "earned".into(),
-            },
-            Write::Order {
-                program: "acme".into(),
-                order: "o-1".into(),
-                json: "ignored".into(),
-            },
-            Write::Refund {
-                program: "acme".into(),
-                order: "o-1".into(),
-                mark: Mark { ms: T + 2, id: 1 },
-                json: "second".into(),
-            },
-            Write::Refund {
-                program: "acme".into(),
-                order: "o-1".into(),
-                mark: Mark { ms: T + 1, id: 1 },
-                json: "first".into(),
-            },
+            record(OrderSlot::Signup, "signed up"),
+            refund(OrderSlot::Signup, T, "of the signup"),
+        ])
+        .await
+        .unwrap();
+        // Only a signup: a refund reverses it.
+        assert_eq!(
+            s.read(&[order(None)]).await.unwrap(),
+            vec![Answer::Order {
+                slot: OrderSlot::Signup,
+                record: Some("signed up".into()),
+                refunds: vec![(Mark { ms: T, id: 1 }, "of the signup".into())]
+            }]
+        );
+        s.write(&[
+            record(OrderSlot::Sale, "earned"),
+            record(OrderSlot::Sale, "ignored"),
+            refund(OrderSlot::Sale, T + 2, "second"),
+            refund(OrderSlot::Sale, T + 1, "first"),
             Write::Claim {
                 key: "acme:sale:o-1".into(),
                 holder: "x".into(),
@@ -670,17 +745,37 @@ pub mod suite {
         ])
         .await
         .unwrap();
+        let payment = Answer::Order {
+            slot: OrderSlot::Sale,
+            record: Some("earned".into()),
+            refunds: vec![
+                (Mark { ms: T + 1, id: 1 }, "first".into()),
+                (Mark { ms: T + 2, id: 1 }, "second".into()),
+            ],
+        };
+        // The payment comes first; each slot keeps its own record and reversals.
         assert_eq!(
-            s.read(&[order, Read::Claim("acme:sale:o-1".into())])
-                .await
-                .unwrap(),
+            s.read(&[
+                order(None),
+                order(Some(OrderSlot::Sale)),
+                order(Some(OrderSlot::Signup)),
+                order(Some(OrderSlot::Lead)),
+                Read::Claim("acme:sale:o-1".into())
+            ])
+            .await
+            .unwrap(),
             vec![
+                payment.clone(),
+                payment,
                 Answer::Order {
-                    record: Some("earned".into()),
-                    refunds: vec![
-                        (Mark { ms: T + 1, id: 1 }, "first".into()),
-                        (Mark { ms: T + 2, id: 1 }, "second".into())
-                    ]
+                    slot: OrderSlot::Signup,
+                    record: Some("signed up".into()),
+                    refunds: vec![(Mark { ms: T, id: 1 }, "of the signup".into())]
+                },
+                Answer::Order {
+                    slot: OrderSlot::Lead,
+                    record: None,
+                    refunds: Vec::new()
                 },
                 Answer::Text(Some("x".into()))
             ]

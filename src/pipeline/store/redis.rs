@@ -15,8 +15,8 @@ use uuid::Uuid;
 use crate::kv::Redis;
 
 use super::{
-    ms, Answer, ClickRecord, Decide, Mark, Read, StateError, StateStore, StoredTouch, Tally, Write,
-    CLAIM_TTL, MAX_JOURNEY, MEMO_TTL, ORDER_TTL,
+    ms, Answer, ClickRecord, Decide, Mark, OrderSlot, Read, StateError, StateStore, StoredTouch,
+    Tally, Write, CLAIM_TTL, MAX_JOURNEY, MEMO_TTL, ORDER_TTL,
 };
 
 const DECIDE_CLICKS: &str = include_str!("decide_clicks.lua");
@@ -223,11 +223,11 @@ impl RedisState {
     fn first_sale(&self, program: &str, customer: &str) -> String {
         format!("{}:fs:{program}:{customer}", self.prefix)
     }
-    fn order(&self, program: &str, order: &str) -> String {
-        format!("{}:o:{{{program}:{order}}}", self.prefix)
+    fn order(&self, program: &str, order: &str, slot: OrderSlot) -> String {
+        format!("{}:o:{{{program}:{order}}}{}", self.prefix, slot.suffix())
     }
-    fn refunds(&self, program: &str, order: &str) -> String {
-        format!("{}:r", self.order(program, order))
+    fn refunds(&self, program: &str, order: &str, slot: OrderSlot) -> String {
+        format!("{}:r", self.order(program, order, slot))
     }
     fn due(&self) -> String {
         format!("{}:due", self.prefix)
@@ -423,9 +423,16 @@ impl RedisState {
                         .arg(0)
                         .arg("WITHSCORES");
                 }
-                Read::Order { program, order } => {
-                    pipe.cmd("GET").arg(self.order(program, order));
-                    pipe.cmd("HGETALL").arg(self.refunds(program, order));
+                Read::Order {
+                    program,
+                    order,
+                    slot,
+                } => {
+                    // One slot, or all of them to find the refund's.
+                    for slot in slots(*slot) {
+                        pipe.cmd("GET").arg(self.order(program, order, *slot));
+                        pipe.cmd("HGETALL").arg(self.refunds(program, order, *slot));
+                    }
                 }
                 Read::DueBefore { before_ms, limit } => {
                     pipe.cmd("ZRANGEBYSCORE")
@@ -488,15 +495,36 @@ impl RedisState {
                         (mark < *before).then(|| (mark, json.to_string()))
                     }))
                 }
-                Read::Order { .. } => {
-                    let record = text(next()?)?;
-                    let raw: Vec<(String, String)> = redis::from_redis_value_ref(next()?)?;
-                    let mut refunds: Vec<(Mark, String)> = raw
-                        .into_iter()
-                        .filter_map(|(m, j)| Some((Mark::decode(&m)?, j)))
-                        .collect();
-                    refunds.sort();
-                    Answer::Order { record, refunds }
+                Read::Order { slot, .. } => {
+                    let mut answers = Vec::with_capacity(OrderSlot::PRECEDENCE.len());
+                    for slot in slots(*slot) {
+                        let record = text(next()?)?;
+                        let raw: Vec<(String, String)> = redis::from_redis_value_ref(next()?)?;
+                        let mut refunds: Vec<(Mark, String)> = raw
+                            .into_iter()
+                            .filter_map(|(m, j)| Some((Mark::decode(&m)?, j)))
+                            .collect();
+                        refunds.sort();
+                        answers.push(Answer::Order {
+                            slot: *slot,
+                            record,
+                            refunds,
+                        });
+                    }
+                    // The first recorded; none: the first looked at (a sale's).
+                    let at = answers
+                        .iter()
+                        .position(|a| {
+                            matches!(
+                                a,
+                                Answer::Order {
+                                    record: Some(_),
+                                    ..
+                                }
+                            )
+                        })
+                        .unwrap_or(0);
+                    answers.swap_remove(at)
                 }
                 Read::DueBefore { .. } => Answer::Entries(redis::from_redis_value_ref(next()?)?),
             });
@@ -687,6 +715,14 @@ fn trims(tally: &Tally, before: Mark) -> bool {
     tally.windowed() && before.id % TRIM_ONE_IN == 0
 }
 
+/// The slots an order read looks at: the one asked, or all in a refund's precedence.
+fn slots(slot: Option<OrderSlot>) -> &'static [OrderSlot] {
+    match slot {
+        Some(s) => &OrderSlot::PRECEDENCE[s.rank()..=s.rank()],
+        None => &OrderSlot::PRECEDENCE,
+    }
+}
+
 fn text(v: &Value) -> Result<Option<String>, StateError> {
     Ok(redis::from_redis_value_ref::<Option<String>>(v)?)
 }
@@ -863,10 +899,11 @@ impl StateStore for RedisState {
                 Write::Order {
                     program,
                     order,
+                    slot,
                     json,
                 } => {
                     pipe.cmd("SET")
-                        .arg(self.order(program, order))
+                        .arg(self.order(program, order, *slot))
                         .arg(json)
                         .arg("NX")
                         .arg("PX")
@@ -875,10 +912,11 @@ impl StateStore for RedisState {
                 Write::Refund {
                     program,
                     order,
+                    slot,
                     mark,
                     json,
                 } => {
-                    let key = self.refunds(program, order);
+                    let key = self.refunds(program, order, *slot);
                     pipe.cmd("HSET").arg(&key).arg(mark.encode()).arg(json);
                     self.renew(&mut pipe, key, ORDER_TTL, now);
                 }
