@@ -1073,6 +1073,19 @@ mod tests {
     }
 
     #[test]
+    fn order_slots_rank_in_precedence_with_distinct_suffixes() {
+        for (i, slot) in OrderSlot::PRECEDENCE.iter().enumerate() {
+            assert_eq!(slot.rank(), i);
+        }
+        let suffixes: std::collections::HashSet<&str> =
+            OrderSlot::PRECEDENCE.iter().map(|s| s.suffix()).collect();
+        assert_eq!(suffixes.len(), OrderSlot::PRECEDENCE.len());
+        // A sale's record keeps the key every record had before slots.
+        assert_eq!(OrderSlot::Sale.suffix(), "");
+        assert_eq!(OrderSlot::default(), OrderSlot::Sale);
+    }
+
+    #[test]
     fn marks_encode_in_order() {
         let marks = [
             Mark::MIN,
