@@ -118,7 +118,7 @@ pub struct Pipeline {
 
 /// Counter increments gathered over a round and added once per series: every click
 /// and conversion bumps two to eight labelled counters, and each `counter!` is a
-/// lookup in the recorder's registry (4 % of settling's time, measured). The series
+/// lookup in the recorder's registry (3 % of settling's time, measured). The series
 /// are few; a round is a fraction of a second.
 #[derive(Default)]
 struct Counts(HashMap<Series, u64>);
