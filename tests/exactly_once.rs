@@ -28,6 +28,7 @@ async fn kill_dash_nine(seed: u64, extra: &[(&str, &str)]) {
     let mut rng = touchline::rng::Rng::new(42);
     let mut kills = 0;
     let mut partial_seen = false;
+    let mut written = Vec::new();
     // The restarted process is the same static group member as the one killed.
     let instance = [("TOUCHLINE__PIPELINE__INSTANCE_ID", "pipeline-a")];
     // Clicks are decided before the conversions they lead to are settled: kill once
@@ -42,9 +43,18 @@ async fn kill_dash_nine(seed: u64, extra: &[(&str, &str)]) {
         };
         let before: u64 = ch_query(&crashing, rows).await[0][0].parse().unwrap();
         let mut child = spawn_pipeline_process(&crashing, &instance);
-        // Kill at a random moment once this process has written something.
-        wait_count(&crashing, rows, before + 1, Duration::from_secs(60)).await;
-        tokio::time::sleep(Duration::from_millis(rng.below(150))).await;
+        // Kill at a random moment once this process has written something: soon after,
+        // watched closely, so that a process settling fast (a quiet machine) is still
+        // killed before it has written every conversion.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let got: u64 = ch_query(&crashing, rows).await[0][0].parse().unwrap();
+            if got > before || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.below(40))).await;
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         kills += 1;
@@ -52,11 +62,14 @@ async fn kill_dash_nine(seed: u64, extra: &[(&str, &str)]) {
             .parse()
             .unwrap();
         partial_seen |= done > 0 && done < stream.conversions;
+        written.push(done);
     }
     assert_eq!(kills, 4);
     assert!(
         partial_seen,
-        "a kill must land mid-stream, with some but not all conversions written"
+        "a kill must land mid-stream, with some but not all conversions written: \
+         {written:?} of {} after each kill",
+        stream.conversions
     );
     let mut child = spawn_pipeline_process(&crashing, &instance);
     wait_done(&crashing, &stream).await;
