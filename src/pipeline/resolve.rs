@@ -1288,6 +1288,23 @@ mod lifecycle_tests {
         }
     }
 
+    /// The memos of `events` settled as one batch on a fresh store.
+    async fn settle_together(registry: &Registry, events: &[ConversionEvent]) -> Vec<Memo> {
+        let batch: Vec<(Mark, ConversionEvent)> = events
+            .iter()
+            .map(|e| (Mark::new(e.received_at, e.conversion_id), e.clone()))
+            .collect();
+        settle_batch(registry, &MemoryState::new(), &batch)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| match o {
+                Outcome::Settled(m) => *m,
+                Outcome::DeadLetter(r) => panic!("dead letter: {r}"),
+            })
+            .collect()
+    }
+
     /// The approvals of every hold that ended before `before`, as the pipeline makes
     /// them: (commission id, amount).
     async fn approve(state: &MemoryState, before: chrono::DateTime<Utc>) -> Vec<(Uuid, Decimal)> {
@@ -1361,19 +1378,7 @@ mod lifecycle_tests {
             vec![(Status::Held, "refund_rate".into())]
         );
 
-        let batch: Vec<(Mark, ConversionEvent)> = events
-            .iter()
-            .map(|e| (Mark::new(e.received_at, e.conversion_id), e.clone()))
-            .collect();
-        let together: Vec<Memo> = settle_batch(&registry, &MemoryState::new(), &batch)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|o| match o {
-                Outcome::Settled(m) => *m,
-                Outcome::DeadLetter(r) => panic!("{r}"),
-            })
-            .collect();
+        let together = settle_together(&registry, &events).await;
         assert_eq!(together, one_by_one);
     }
 
@@ -1530,21 +1535,7 @@ mod lifecycle_tests {
             "everything was refunded before its hold ended"
         );
 
-        let together = MemoryState::new();
-        let batch: Vec<(Mark, ConversionEvent)> = events
-            .iter()
-            .map(|e| (Mark::new(e.received_at, e.conversion_id), e.clone()))
-            .collect();
-        let memos: Vec<Memo> = settle_batch(&registry, &together, &batch)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|o| match o {
-                Outcome::Settled(m) => *m,
-                Outcome::DeadLetter(r) => panic!("dead letter: {r}"),
-            })
-            .collect();
-        assert_eq!(memos, alone);
+        assert_eq!(settle_together(&registry, &events).await, alone);
 
         // Without the refunds, each hold end approves its own conversion's row.
         let state = MemoryState::new();
