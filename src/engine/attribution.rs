@@ -105,7 +105,7 @@ impl AttributionModel {
                 quantize(&vec![each; n])
             }
             AttributionModel::TimeDecay { half_life_days } => {
-                quantize(&time_decay_raw(touches, *half_life_days))
+                quantize_atto(&time_decay_raw(touches, *half_life_days))
             }
             AttributionModel::PositionBased { first, last } => {
                 if n == 2 {
@@ -136,16 +136,16 @@ const ONE_Q: u128 = 1 << Q;
 /// `2^(−2^−i)` in Q62 for i = 1..=62: multiplying those of the set bits of a fraction f
 /// gives 2^(−f). Computed once with `Decimal` (28 digits), then kept as integers so that
 /// every weight is the same on every machine and every replay (float `exp` is not).
-fn halving_roots() -> &'static [u128; Q as usize] {
-    static TABLE: std::sync::OnceLock<[u128; Q as usize]> = std::sync::OnceLock::new();
+fn halving_roots() -> &'static [u64; Q as usize] {
+    static TABLE: std::sync::OnceLock<[u64; Q as usize]> = std::sync::OnceLock::new();
     TABLE.get_or_init(|| {
-        let mut table = [0u128; Q as usize];
+        let mut table = [0u64; Q as usize];
         let scale = Decimal::from(1u64 << 31) * Decimal::from(1u64 << 31);
         for (i, slot) in table.iter_mut().enumerate() {
             // 2^(−2^−(i+1)) = exp(−ln2 / 2^(i+1))
             let exponent = -(LN_2 / Decimal::from(2u64.pow(i as u32 + 1)));
             let root = exponent.exp();
-            *slot = u128::try_from((root * scale).round().mantissa()).unwrap_or(ONE_Q);
+            *slot = u64::try_from((root * scale).round().mantissa()).unwrap_or(1 << Q);
         }
         table
     })
@@ -159,21 +159,27 @@ fn decay_q(age_ms: u64, half_life_ms: u64) -> u128 {
     if whole >= u128::from(Q) {
         return 0;
     }
-    let frac = x & (ONE_Q - 1);
-    let mut v = ONE_Q;
-    for (bit, root) in halving_roots().iter().enumerate() {
-        // Bit `bit` from the top of the fraction is worth 2^−(bit+1).
-        if frac & (1 << (Q - 1 - bit as u32)) != 0 {
-            v = (v * root) >> Q;
-        }
+    let roots = halving_roots();
+    let mut frac = (x & (ONE_Q - 1)) as u64;
+    // Both factors stay below 2^63, so each product is one 64×64-bit multiplication
+    // (u128 × u128 took three), and only the fraction's set bits cost one: the same
+    // products in the same order as bit by bit from the top, so the same result.
+    let mut v = 1u64 << Q;
+    while frac != 0 {
+        let top = 63 - frac.leading_zeros();
+        // Bit `top` is worth 2^−(Q−top): the root at index Q−1−top.
+        let root = roots[(Q - 1 - top) as usize];
+        v = ((u128::from(v) * u128::from(root)) >> Q) as u64;
+        frac &= !(1u64 << top);
     }
-    v >> whole
+    u128::from(v) >> whole
 }
 
-/// Normalized time-decay shares 2^(−age/half_life). Ages are taken from the newest
-/// touch rather than the conversion: the common factor 2^(−(t_conv − t_newest)/h)
-/// cancels in the normalization, and no share underflows to zero on long journeys.
-fn time_decay_raw(touches: &[Touch], half_life_days: Decimal) -> Vec<Decimal> {
+/// Normalized time-decay shares 2^(−age/half_life), in units of 10^−18. Ages are taken
+/// from the newest touch rather than the conversion: the common factor
+/// 2^(−(t_conv − t_newest)/h) cancels in the normalization, and no share underflows to
+/// zero on long journeys.
+fn time_decay_raw(touches: &[Touch], half_life_days: Decimal) -> Vec<u128> {
     // Half lives resolve to the millisecond, like timestamps.
     let mut half_life_ms = (half_life_days * Decimal::from(86_400_000u64)).round();
     half_life_ms.rescale(0);
@@ -198,11 +204,13 @@ fn time_decay_raw(touches: &[Touch], half_life_days: Decimal) -> Vec<Decimal> {
         .map(|v| {
             // v / total with 18 decimal places: (v << Q) / total ≤ 2^62, × 10^18 < 2^123.
             let w = (v << Q) / total;
-            let scaled = (w * 1_000_000_000_000_000_000) >> Q;
-            Decimal::from_i128_with_scale(scaled as i128, 18)
+            (w * ATTO) >> Q
         })
         .collect()
 }
+
+/// Units of 10^−18 in one.
+const ATTO: u128 = 1_000_000_000_000_000_000;
 
 /// ln 2 to the 28 digits `Decimal` holds.
 const LN_2: Decimal = Decimal::from_parts(2_860_148_159, 2_180_329_217, 375_755_839, false, 28);
@@ -231,6 +239,30 @@ pub fn quantize(raw: &[Decimal]) -> Weights {
         i += 1;
     }
     out
+}
+
+/// [`quantize`] for shares in units of 10^−18 that add up to at most 1 (and fall short
+/// of it by a few units, as normalized shares do), in integers:
+/// the same truncation, the same remainders in the same stable order, the same
+/// weights at the same scale. Time decay's shares took a third of its attribution
+/// time through `Decimal` comparisons (measured).
+fn quantize_atto(raw: &[u128]) -> Weights {
+    const PER_UNIT: u128 = ATTO / 10u128.pow(WEIGHT_SCALE);
+    let mut units: Vec<u128> = raw.iter().map(|r| r / PER_UNIT).collect();
+    let assigned: u128 = units.iter().sum();
+    let missing = (ATTO / PER_UNIT).saturating_sub(assigned) as usize;
+    if missing > 0 {
+        let mut order: Vec<usize> = (0..raw.len()).collect();
+        // Stable: earlier touches first among equal remainders.
+        order.sort_by(|&a, &b| (raw[b] % PER_UNIT).cmp(&(raw[a] % PER_UNIT)));
+        for i in 0..missing {
+            units[order[i % order.len()]] += 1;
+        }
+    }
+    units
+        .into_iter()
+        .map(|u| Decimal::from_i128_with_scale(u as i128, WEIGHT_SCALE))
+        .collect()
 }
 
 #[cfg(test)]
@@ -351,6 +383,80 @@ mod tests {
         assert!(root_half.abs_diff(expected) < 16, "{root_half}");
     }
 
+    /// The bit-by-bit product `decay_q` was first written as: the oracle its faster
+    /// form must match exactly (weights, and so money, must not move by a unit).
+    fn decay_q_bitwise(age_ms: u64, half_life_ms: u64) -> u128 {
+        let x = (u128::from(age_ms.min(1 << 40)) << Q) / u128::from(half_life_ms.max(1));
+        let whole = x >> Q;
+        if whole >= u128::from(Q) {
+            return 0;
+        }
+        let frac = x & (ONE_Q - 1);
+        let mut v = ONE_Q;
+        for (bit, root) in halving_roots().iter().enumerate() {
+            if frac & (1 << (Q - 1 - bit as u32)) != 0 {
+                v = (v * u128::from(*root)) >> Q;
+            }
+        }
+        v >> whole
+    }
+
+    #[test]
+    fn decay_matches_the_bitwise_product() {
+        let cases = [
+            (0, 1),
+            (1, 1),
+            (1, 3),
+            (500, 1_000),
+            (999, 1_000),
+            (1, u64::MAX),
+            (u64::MAX, 1),
+            (1 << 40, (1 << 40) + 1),
+            ((1 << 40) - 1, 1 << 40),
+            (604_800_000 - 1, 604_800_000),
+            (7 * 86_400_000 + 12_345, 86_400_000 / 3),
+        ];
+        for (age, half) in cases {
+            assert_eq!(
+                decay_q(age, half),
+                decay_q_bitwise(age, half),
+                "{age} {half}"
+            );
+        }
+        // A fraction whose top bits are all on: many roots, taken in order.
+        let near = (1u64 << 40) - 1;
+        assert_eq!(decay_q(near - 1, near), decay_q_bitwise(near - 1, near));
+    }
+
+    /// [`quantize_atto`] against [`quantize`] of the same shares as decimals: equal
+    /// weights, equal scales.
+    fn assert_quantized_alike(raw: &[u128]) {
+        let decimals: Vec<Decimal> = raw
+            .iter()
+            .map(|r| Decimal::from_i128_with_scale(*r as i128, 18))
+            .collect();
+        let (fast, slow) = (quantize_atto(raw), quantize(&decimals));
+        assert_eq!(fast, slow, "{raw:?}");
+        let scales = |w: &[Decimal]| w.iter().map(|x| x.scale()).collect::<Vec<_>>();
+        assert_eq!(scales(&fast), scales(&slow), "{raw:?}");
+    }
+
+    #[test]
+    fn integer_quantization_matches_decimal_quantization() {
+        // Sevenths: the largest remainders get the missing units; thirds and halves:
+        // equal remainders, the earlier share first.
+        assert_quantized_alike(&[
+            142_857_142_857_142_857,
+            285_714_285_714_285_714,
+            571_428_571_428_571_428,
+        ]);
+        assert_quantized_alike(&[333_333_333_333_333_333; 3]);
+        assert_quantized_alike(&[500_000_000_000_000_000; 2]);
+        assert_quantized_alike(&[ATTO, 0]);
+        assert_quantized_alike(&[ATTO - 1, 0, 0]);
+        assert_quantized_alike(&[ATTO / 4 - 7, ATTO / 4 - 5, ATTO / 4, ATTO / 4 + 1]);
+    }
+
     #[test]
     fn position_based() {
         let m = AttributionModel::PositionBased {
@@ -458,6 +564,13 @@ mod tests {
 
         proptest! {
             #[test]
+            fn decay_is_the_bitwise_product(age in any::<u64>(), half in 1u64..(1 << 45)) {
+                prop_assert_eq!(decay_q(age, half), decay_q_bitwise(age, half));
+                let age = age % (400 * 86_400_000);
+                prop_assert_eq!(decay_q(age, half), decay_q_bitwise(age, half));
+            }
+
+            #[test]
             fn weights_add_up_to_one(
                 ages in proptest::collection::vec(0i64..(90 * 86_400_000), 1..64),
                 half_life_ms in 1i64..(30 * 86_400_000),
@@ -473,6 +586,10 @@ mod tests {
                 models.push(AttributionModel::TimeDecay {
                     half_life_days: Decimal::from(half_life_ms) / Decimal::from(86_400_000),
                 });
+                assert_quantized_alike(&time_decay_raw(
+                    &j,
+                    Decimal::from(half_life_ms) / Decimal::from(86_400_000),
+                ));
                 for m in models {
                     let w = m.weights(&j);
                     prop_assert_eq!(w.len(), j.len());
