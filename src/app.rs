@@ -358,7 +358,10 @@ pub async fn run_webhooks(config: Config, shutdown: Shutdown) -> anyhow::Result<
     let admin = crate::pipeline::admin::ServiceAdmin::new(crate::metrics::install())
         .check("queue", move || {
             let q = Arc::clone(&probe_queue);
-            async move { q.ping().await.map_err(|e| e.to_string()) }
+            async move {
+                crate::pipeline::admin::retrying("redis")?;
+                q.ping().await.map_err(|e| e.to_string())
+            }
         })
         .check("sink", move || {
             let sink = Arc::clone(&sink);

@@ -1,16 +1,52 @@
 //! Waiting out a dependency that is unavailable for a while: doubling pauses up to
 //! [`MAX_PAUSE`], a warning and `touchline_pipeline_retries_total{dependency}` per
 //! failure, until it answers, refuses for good, or the process is asked to stop.
+//! Meanwhile [`failing`] tells readiness why the process is not getting on.
 
 use std::fmt::Display;
 use std::future::Future;
-use std::time::Duration;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use crate::metrics as m;
 use crate::shutdown::Shutdown;
 
 /// The longest pause between two tries.
 pub const MAX_PAUSE: Duration = Duration::from_secs(5);
+
+/// How long a failure keeps its dependency reported as failing: longer than the
+/// longest pause plus a try cut short by the clients' 5 s timeouts, so a dependency
+/// that keeps failing is never reported ready between two tries.
+pub const FAILING_FOR: Duration = Duration::from_secs(15);
+
+/// The longest error kept for readiness (a server's message can be long).
+const ERROR_CHARS: usize = 300;
+
+/// The latest failure of each dependency retried in this process.
+static FAILURES: Mutex<Vec<(&'static str, Instant, String)>> = Mutex::new(Vec::new());
+
+fn record(dependency: &'static str, error: String) {
+    let error: String = error.chars().take(ERROR_CHARS).collect();
+    let mut all = FAILURES.lock().unwrap_or_else(PoisonError::into_inner);
+    match all.iter_mut().find(|(d, ..)| *d == dependency) {
+        Some(f) => (f.1, f.2) = (Instant::now(), error),
+        None => all.push((dependency, Instant::now(), error)),
+    }
+}
+
+/// Why `dependency` is not ready, when a try failed within [`FAILING_FOR`]. A server
+/// can answer a ping and still refuse the work (Redis at its memory limit refuses
+/// writes, not `PING`): readiness asks this besides the ping, so that a process
+/// retrying for good does not look ready.
+pub fn failing(dependency: &str) -> Option<String> {
+    let all = FAILURES.lock().unwrap_or_else(PoisonError::into_inner);
+    let (_, at, error) = all.iter().find(|(d, ..)| *d == dependency)?;
+    describe(at.elapsed(), error)
+}
+
+fn describe(ago: Duration, error: &str) -> Option<String> {
+    (ago < FAILING_FOR).then(|| format!("retrying (failed {} s ago): {error}", ago.as_secs()))
+}
 
 /// Runs `op` until it succeeds (`Ok(Some)`), fails with an error `fatal` accepts
 /// (`Err`), or fails after `shutdown` was fired (`Ok(None)`: the caller stops without
@@ -39,6 +75,7 @@ where
             }
             Err(e) => {
                 tracing::warn!(error = %e, "{what} unavailable, retrying");
+                record(dependency, format!("{what}: {e}"));
                 metrics::counter!(m::PIPELINE_RETRIES_TOTAL, "dependency" => dependency)
                     .increment(1);
                 tokio::time::sleep(pause).await;
@@ -90,5 +127,40 @@ mod tests {
             })
             .await;
         assert_eq!(r, Ok(None));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_is_reported_until_it_is_old() {
+        let (_trigger, shutdown) = crate::shutdown::channel();
+        assert_eq!(failing("retry-test"), None);
+        let mut tries = 0;
+        let r: Result<Option<()>, String> =
+            until_ok("retry-test", "the test's store", &shutdown, never, || {
+                tries += 1;
+                let n = tries;
+                async move {
+                    if n < 2 {
+                        Err("OOM command not allowed".to_string())
+                    } else {
+                        Ok(())
+                    }
+                }
+            })
+            .await;
+        assert_eq!(r, Ok(Some(())));
+        // A success does not clear it: a read may succeed while writes keep failing.
+        let why = failing("retry-test").expect("reported");
+        assert!(
+            why.contains("the test's store: OOM command not allowed"),
+            "{why}"
+        );
+        assert_eq!(failing("another"), None);
+        let long = "x".repeat(1000);
+        assert!(describe(Duration::from_secs(3), &long)
+            .is_some_and(|w| w.starts_with("retrying (failed 3 s ago): x")));
+        assert_eq!(describe(FAILING_FOR, "gone"), None);
+        record("retry-test", long);
+        let why = failing("retry-test").unwrap();
+        assert!(why.len() < ERROR_CHARS + 40, "{}", why.len());
     }
 }

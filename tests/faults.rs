@@ -7,6 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use hyper::{Method, StatusCode};
 use touchline::config::Config;
 
 /// Runs the disturbed configuration with `disturb` applied once rows flow, then the
@@ -86,6 +87,87 @@ async fn redis_unreachable_for_a_while() {
         p.cut();
         tokio::time::sleep(Duration::from_secs(4)).await;
         p.restore();
+    })
+    .await;
+}
+
+/// Redis answers `PING` but refuses writes (its memory limit reached, `noeviction`):
+/// the pipeline pauses and `/readyz` says why instead of looking ready while it gets
+/// nowhere; with the limit lifted it resumes with the same result. On a Redis of its
+/// own, so that no other test meets the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_refusing_writes_is_not_ready_then_heals() {
+    let port = free_port();
+    let _redis = Proc(
+        std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--maxmemory-policy",
+                "noeviction",
+            ])
+            .stdout(child_log("redis"))
+            .spawn()
+            .expect("redis-server is required (scripts/stack.sh up installs it)"),
+    );
+    wait_port(port, true).await;
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let admin_port = free_port();
+    let (reference, disturbed, stream) = setup_pair_where(
+        24,
+        &[],
+        chrono::Utc::now() - chrono::Duration::hours(3),
+        |c| {
+            c.redis.url = url.clone();
+            c.pipeline.admin_listen = ([127, 0, 0, 1], admin_port).into();
+        },
+    )
+    .await;
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let client = &client;
+    let set_limit = |bytes: &'static str| async move {
+        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory")
+            .arg(bytes)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    };
+    // Until `/readyz` mentions the refused writes (`oom`) or stops mentioning them.
+    let readiness = |oom: bool, within: Duration| async move {
+        let url = format!("http://127.0.0.1:{admin_port}/readyz");
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let resp = send(Method::GET, &url, &[], "").await;
+            let body = String::from_utf8_lossy(&resp.body).to_string();
+            let says = resp.status == StatusCode::SERVICE_UNAVAILABLE && body.contains("OOM");
+            if says == oom {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "/readyz {} the refused writes: {} {body}",
+                if oom { "never named" } else { "still names" },
+                resp.status
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    disturbed_run_matches(disturbed, reference, stream, Some("redis"), async move {
+        set_limit("1").await;
+        readiness(true, Duration::from_secs(30)).await;
+        // Redis itself still answers: only the pipeline's retries tell.
+        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        let pong: String = redis::cmd("PING").query_async(&mut c).await.unwrap();
+        assert_eq!(pong, "PONG");
+        set_limit("0").await;
+        let settle = touchline::retry::FAILING_FOR + Duration::from_secs(15);
+        readiness(false, settle).await;
     })
     .await;
 }

@@ -44,18 +44,31 @@ impl ServiceAdmin {
         self
     }
 
-    /// The pipeline's: its state store and its sink.
+    /// The pipeline's: its state store, its sink and the webhook outbox, each not ready
+    /// while the pipeline retries it ([`crate::retry::failing`]) or it fails a ping.
     pub fn pipeline(state: Arc<dyn StateStore>, sink: Arc<dyn Sink>) -> Self {
         Self::new(crate::metrics::install())
             .check("state", move || {
                 let state = Arc::clone(&state);
-                async move { state.ping().await.map_err(|e| e.to_string()) }
+                async move {
+                    retrying("redis")?;
+                    state.ping().await.map_err(|e| e.to_string())
+                }
             })
             .check("sink", move || {
                 let sink = Arc::clone(&sink);
-                async move { sink.ping().await.map_err(|e| e.to_string()) }
+                async move {
+                    retrying("clickhouse")?;
+                    sink.ping().await.map_err(|e| e.to_string())
+                }
             })
+            .check("outbox", || async { retrying("kafka") })
     }
+}
+
+/// Not ready while `dependency` is being retried.
+pub fn retrying(dependency: &str) -> Result<(), String> {
+    crate::retry::failing(dependency).map_or(Ok(()), Err)
 }
 
 impl Handler for ServiceAdmin {

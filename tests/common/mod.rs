@@ -606,6 +606,17 @@ pub async fn setup_pair_at(
     extra: &[(&str, &str)],
     base: chrono::DateTime<chrono::Utc>,
 ) -> (Config, Config, Stream) {
+    setup_pair_where(seed, extra, base, |_| {}).await
+}
+
+/// [`setup_pair_at`], with `adjust` applied to the second configuration before its
+/// database and registry are set up (another Redis, say).
+pub async fn setup_pair_where(
+    seed: u64,
+    extra: &[(&str, &str)],
+    base: chrono::DateTime<chrono::Utc>,
+    adjust: impl FnOnce(&mut Config),
+) -> (Config, Config, Stream) {
     let mut small = vec![
         ("TOUCHLINE__PIPELINE__LATE_GRACE_SECS", "30"),
         ("TOUCHLINE__PIPELINE__POLL_BATCH", "100"),
@@ -616,6 +627,7 @@ pub async fn setup_pair_at(
     let reference = config(&small);
     let mut other = config(&small);
     other.kafka.topics = reference.kafka.topics.clone();
+    adjust(&mut other);
     migrate(&reference).await;
     migrate(&other).await;
     seed_registry_direct(&reference, PARTNERS).await;
