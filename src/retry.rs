@@ -15,8 +15,8 @@ use crate::shutdown::Shutdown;
 pub const MAX_PAUSE: Duration = Duration::from_secs(5);
 
 /// How long a failure keeps its dependency reported as failing: longer than the
-/// longest pause plus a try cut short by the clients' 5 s timeouts, so a dependency
-/// that keeps failing is never reported ready between two tries.
+/// longest pause plus a Redis try cut short by its 5 s response timeout, so a
+/// dependency that keeps failing is not reported ready between two tries.
 pub const FAILING_FOR: Duration = Duration::from_secs(15);
 
 /// The longest error kept for readiness (a server's message can be long).
