@@ -177,6 +177,7 @@ pub struct ClickHouseConfig {
     pub database: String,
     pub user: String,
     pub password: String,
+    pub insert_timeout_secs: u64,
 }
 
 /// Where the pipeline writes its rows.
@@ -349,6 +350,9 @@ impl Config {
             && !self.clickhouse.url.starts_with("https://")
         {
             return Err(bad("clickhouse.url", "must be an http(s) URL"));
+        }
+        if !(1..=3600).contains(&self.clickhouse.insert_timeout_secs) {
+            return Err(bad("clickhouse.insert_timeout_secs", "must be 1..=3600"));
         }
         let db_ok = !self.clickhouse.database.is_empty()
             && self

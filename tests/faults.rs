@@ -138,37 +138,67 @@ async fn redis_refusing_writes_is_not_ready_then_heals() {
             .await
             .unwrap();
     };
-    // Until `/readyz` mentions the refused writes (`oom`) or stops mentioning them.
-    let readiness = |oom: bool, within: Duration| async move {
-        let url = format!("http://127.0.0.1:{admin_port}/readyz");
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let resp = send(Method::GET, &url, &[], "").await;
-            let body = String::from_utf8_lossy(&resp.body).to_string();
-            let says = resp.status == StatusCode::SERVICE_UNAVAILABLE && body.contains("OOM");
-            if says == oom {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "/readyz {} the refused writes: {} {body}",
-                if oom { "never named" } else { "still names" },
-                resp.status
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    };
     disturbed_run_matches(disturbed, reference, stream, Some("redis"), async move {
         set_limit("1").await;
-        readiness(true, Duration::from_secs(30)).await;
+        readiness_names(admin_port, "OOM", true, Duration::from_secs(30)).await;
         // Redis itself still answers: only the pipeline's retries tell.
         let mut c = client.get_multiplexed_async_connection().await.unwrap();
         let pong: String = redis::cmd("PING").query_async(&mut c).await.unwrap();
         assert_eq!(pong, "PONG");
         set_limit("0").await;
         let settle = touchline::retry::FAILING_FOR + Duration::from_secs(15);
-        readiness(false, settle).await;
+        readiness_names(admin_port, "OOM", false, settle).await;
     })
+    .await;
+}
+
+/// Waits until the pipeline's `/readyz` on `port` is a 503 naming `what` (`named`), or
+/// no longer names it, failing after `within`. Other tests of this binary retry their
+/// own dependencies in the same process, so only `what` counts.
+async fn readiness_names(port: u16, what: &str, named: bool, within: Duration) {
+    let url = format!("http://127.0.0.1:{port}/readyz");
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let resp = send(Method::GET, &url, &[], "").await;
+        let body = String::from_utf8_lossy(&resp.body).to_string();
+        let says = resp.status == StatusCode::SERVICE_UNAVAILABLE && body.contains(what);
+        if says == named {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/readyz {} {what}: {} {body}",
+            if named { "never named" } else { "still names" },
+            resp.status
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// ClickHouse stops answering without closing anything (a stopped server, packets
+/// dropped): inserts give up after `clickhouse.insert_timeout_secs` and are retried,
+/// `/readyz` names the sink meanwhile, and the run ends as an undisturbed one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clickhouse_hanging_times_out_and_is_retried() {
+    let proxy = Proxy::start("127.0.0.1:8123").await;
+    let (reference, mut disturbed, stream) = setup_pair(25, &[]).await;
+    disturbed.clickhouse.url = format!("http://{}", proxy.addr);
+    disturbed.clickhouse.insert_timeout_secs = 2;
+    let admin_port = free_port();
+    disturbed.pipeline.admin_listen = ([127, 0, 0, 1], admin_port).into();
+    let p = &proxy;
+    disturbed_run_matches(
+        disturbed,
+        reference,
+        stream,
+        Some("clickhouse"),
+        async move {
+            p.freeze();
+            // The insert's own timeout, not the probe's: the pipeline is retrying.
+            readiness_names(admin_port, "timeout expired", true, Duration::from_secs(30)).await;
+            p.restore();
+        },
+    )
     .await;
 }
 

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
@@ -66,6 +67,37 @@ impl ServiceAdmin {
     }
 }
 
+/// How long `/readyz` waits for a probe: a dependency that hangs (a stopped server, a
+/// partition dropping packets) is reported as such instead of hanging the answer.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl ServiceAdmin {
+    /// Whether every probe answered ok within [`PROBE_TIMEOUT`], and each one's answer.
+    /// The probes run at once, so the answer takes at most one timeout.
+    async fn readiness(&self) -> (bool, serde_json::Map<String, serde_json::Value>) {
+        let answers = futures_util::future::join_all(self.checks.iter().map(|(_, probe)| {
+            let answer = tokio::time::timeout(PROBE_TIMEOUT, probe());
+            async move {
+                answer.await.unwrap_or_else(|_| {
+                    Err(format!("no answer within {} s", PROBE_TIMEOUT.as_secs()))
+                })
+            }
+        }))
+        .await;
+        let ready = answers.iter().all(Result::is_ok);
+        let body = self
+            .checks
+            .iter()
+            .zip(answers)
+            .map(|((name, _), answer)| {
+                let text = answer.err().unwrap_or_else(|| "ok".into());
+                ((*name).to_string(), text.into())
+            })
+            .collect();
+        (ready, body)
+    }
+}
+
 /// Not ready while `dependency` is being retried.
 pub fn retrying(dependency: &str) -> Result<(), String> {
     crate::retry::failing(dependency).map_or(Ok(()), Err)
@@ -76,16 +108,7 @@ impl Handler for ServiceAdmin {
         match req.uri().path() {
             "/healthz" => http::text(StatusCode::OK, "text/plain", "ok\n"),
             "/readyz" => {
-                let mut body = serde_json::Map::new();
-                let mut ready = true;
-                for (name, probe) in &self.checks {
-                    let answer = probe().await;
-                    ready &= answer.is_ok();
-                    body.insert(
-                        (*name).to_string(),
-                        answer.err().unwrap_or_else(|| "ok".into()).into(),
-                    );
-                }
+                let (ready, body) = self.readiness().await;
                 let status = if ready {
                     StatusCode::OK
                 } else {
@@ -100,5 +123,33 @@ impl Handler for ServiceAdmin {
             ),
             _ => ApiError::not_found("no such route").into_response(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_that_hangs_is_not_ready_and_the_answer_still_comes() {
+        let admin = ServiceAdmin::new(crate::metrics::install())
+            .check("fine", || async { Ok(()) })
+            .check("hung", || async {
+                std::future::pending::<()>().await;
+                Ok(())
+            })
+            .check("refused", || async {
+                Err("connection refused".to_string())
+            });
+        let started = tokio::time::Instant::now();
+        let (ready, body) = admin.readiness().await;
+        assert!(!ready);
+        assert_eq!(body["fine"], "ok");
+        assert_eq!(body["hung"], "no answer within 2 s");
+        assert_eq!(body["refused"], "connection refused");
+        // The probes ran at once: one timeout, not one per probe.
+        assert_eq!(started.elapsed(), PROBE_TIMEOUT);
+        let admin = ServiceAdmin::new(crate::metrics::install()).check("fine", || async { Ok(()) });
+        assert!(admin.readiness().await.0);
     }
 }

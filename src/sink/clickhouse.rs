@@ -55,6 +55,8 @@ const PERMANENT_CODES: &[u32] = &[
 /// Writes rows to ClickHouse.
 pub struct ClickHouseSink {
     client: Client,
+    /// `clickhouse.insert_timeout_secs`, for sending rows and for the answer.
+    insert_timeout: Duration,
 }
 
 /// A client for `cfg` (database selected).
@@ -95,6 +97,7 @@ impl ClickHouseSink {
     pub fn new(cfg: &ClickHouseConfig) -> Self {
         ClickHouseSink {
             client: client(cfg),
+            insert_timeout: Duration::from_secs(cfg.insert_timeout_secs),
         }
     }
 
@@ -107,7 +110,13 @@ impl ClickHouseSink {
             return Ok(());
         }
         let started = Instant::now();
-        let mut insert = self.client.insert::<T>(table).await.map_err(classify)?;
+        let timeout = Some(self.insert_timeout);
+        let mut insert = self
+            .client
+            .insert::<T>(table)
+            .await
+            .map_err(classify)?
+            .with_timeouts(timeout, timeout);
         for row in rows {
             insert.write(row).await.map_err(classify)?;
         }
