@@ -16,6 +16,10 @@ use super::store::StateStore;
 use crate::http::{self, ApiError, Handler, HttpResponse};
 use crate::sink::Sink;
 
+/// How long `/readyz` waits for a probe: a dependency that hangs (a stopped server, a
+/// partition dropping packets) is reported as such instead of hanging the answer.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
 type Probe = Box<
     dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'static>> + Send + Sync,
 >;
@@ -65,13 +69,7 @@ impl ServiceAdmin {
             })
             .check("outbox", || async { retrying("kafka") })
     }
-}
 
-/// How long `/readyz` waits for a probe: a dependency that hangs (a stopped server, a
-/// partition dropping packets) is reported as such instead of hanging the answer.
-pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-
-impl ServiceAdmin {
     /// Whether every probe answered ok within [`PROBE_TIMEOUT`], and each one's answer.
     /// The probes run at once, so the answer takes at most one timeout.
     async fn readiness(&self) -> (bool, serde_json::Map<String, serde_json::Value>) {
