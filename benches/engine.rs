@@ -220,6 +220,7 @@ fn bench_click_dedup(c: &mut Criterion) {
         utm_campaign: None,
         utm_term: None,
         utm_content: None,
+        sub_ids: Vec::new(),
         is_bot: false,
         status: ClickStatus::Ok,
         registry_version: 0,

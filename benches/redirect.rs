@@ -48,6 +48,7 @@ fn setup(rt: &tokio::runtime::Runtime) -> (Arc<Edge>, Arc<MemoryBus>) {
                 utm_campaign: None,
                 utm_term: None,
                 utm_content: None,
+                sub_ids: Vec::new(),
                 status: LinkStatus::Active,
             })
             .await

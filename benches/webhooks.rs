@@ -143,6 +143,7 @@ async fn run(events: usize, partners: usize) {
         secret: "whsec-bench-0123456789".into(),
         events: WebhookEventType::ALL.to_vec(),
         deleted: false,
+        restricted: false,
     };
     registry.put_webhook("acme", "bench", hook).await.unwrap();
 

@@ -43,6 +43,7 @@ pub enum ConfigError {
 pub struct Config {
     pub edge: EdgeConfig,
     pub admin: AdminConfig,
+    pub access: AccessConfig,
     pub registry: RegistryConfig,
     pub bus: BusConfig,
     pub kafka: KafkaConfig,
@@ -74,6 +75,14 @@ pub struct EdgeConfig {
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     pub token: String,
+}
+
+/// `[access]`: request budgets of API keys (SPEC §9).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessConfig {
+    pub rate_per_key: u32,
+    pub burst: u32,
 }
 
 /// `[registry]`: how the in-process registry cache follows the store.
@@ -226,6 +235,7 @@ pub struct WebhooksConfig {
     pub breaker_failures: u32,
     pub breaker_open_ms: u64,
     pub poll_ms: u64,
+    pub allowed_private_hosts: Vec<String>,
 }
 
 /// Log output format.
@@ -312,6 +322,12 @@ impl Config {
         }
         if self.admin.token.len() < 8 {
             return Err(bad("admin.token", "must be at least 8 characters"));
+        }
+        if !(1..=100_000).contains(&self.access.rate_per_key) {
+            return Err(bad("access.rate_per_key", "must be 1..=100000"));
+        }
+        if !(1..=100_000).contains(&self.access.burst) {
+            return Err(bad("access.burst", "must be 1..=100000"));
         }
         if self.registry.refresh_ms == 0 || self.registry.refresh_ms > 1000 {
             return Err(bad(

@@ -513,7 +513,7 @@ async fn lifecycle(dir: &std::path::Path) -> anyhow::Result<()> {
     let now = chrono::Utc::now();
     let up_to = chrono::DateTime::from_timestamp(now.timestamp(), 0).unwrap_or(now);
     let payout = ledger
-        .payout(PROGRAM, "USD", Decimal::new(25, 0), up_to, now)
+        .payout(PROGRAM, "USD", Decimal::new(25, 0), up_to, "admin", now)
         .await?;
     let paid: Decimal = payout.lines.iter().map(|l| l.amount).sum();
     println!();

@@ -53,6 +53,10 @@ pub struct ClickEvent {
     pub utm_campaign: Option<String>,
     pub utm_term: Option<String>,
     pub utm_content: Option<String>,
+    /// The link's sub ids (SPEC §9.1), for the partner's own reports. Added in v1
+    /// additively: absent in older events, and left out when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sub_ids: Vec<String>,
     pub is_bot: bool,
     pub status: ClickStatus,
     /// The registry version the edge answered with (SPEC §5.3): the pipeline decides
@@ -173,6 +177,27 @@ pub mod rfc3339_millis {
         DateTime::parse_from_rfc3339(&s)
             .map(|t| t.with_timezone(&Utc))
             .map_err(serde::de::Error::custom)
+    }
+}
+
+/// [`rfc3339_millis`] for optional times: `null` or absent is `None`.
+pub mod rfc3339_millis_opt {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => rfc3339_millis::serialize(t, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
+        match Option::<std::borrow::Cow<'de, str>>::deserialize(d)? {
+            None => Ok(None),
+            Some(s) => DateTime::parse_from_rfc3339(&s)
+                .map(|t| Some(t.with_timezone(&Utc)))
+                .map_err(serde::de::Error::custom),
+        }
     }
 }
 

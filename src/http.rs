@@ -38,7 +38,7 @@ pub struct ApiError {
     pub field: Option<String>,
     pub retry_after_secs: Option<u32>,
     /// The methods the route takes, for a 405's `Allow`.
-    pub allow: Option<&'static str>,
+    pub allow: Option<String>,
 }
 
 impl ApiError {
@@ -69,18 +69,34 @@ impl ApiError {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
     }
 
+    /// 403: the caller is known, the route is outside its scope.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    /// 429 with `Retry-After`: the key's request budget is spent.
+    pub fn too_many(retry_after_secs: u32) -> Self {
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "the key's request budget is spent; retry later",
+        );
+        e.retry_after_secs = Some(retry_after_secs);
+        e
+    }
+
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }
 
     /// 405 with `Allow: {allow}` (RFC 9110 §15.5.6).
-    pub fn method_not_allowed(allow: &'static str) -> Self {
+    pub fn method_not_allowed(allow: &str) -> Self {
         let mut e = Self::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
             format!("method not allowed on this route (allowed: {allow})"),
         );
-        e.allow = Some(allow);
+        e.allow = Some(allow.to_string());
         e
     }
 
@@ -153,9 +169,8 @@ impl ApiError {
             resp.headers_mut()
                 .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
         }
-        if let Some(allow) = self.allow {
-            resp.headers_mut()
-                .insert(hyper::header::ALLOW, HeaderValue::from_static(allow));
+        if let Some(allow) = self.allow.and_then(|a| HeaderValue::from_str(&a).ok()) {
+            resp.headers_mut().insert(hyper::header::ALLOW, allow);
         }
         resp
     }

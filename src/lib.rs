@@ -5,6 +5,7 @@
 //! commission, using the pure [`engine`]) → [`sink`] (ClickHouse or JSONEachRow files).
 //! [`registry`] holds programs, partners and links; [`config`] and [`metrics`] serve all.
 
+pub mod access;
 pub mod app;
 pub mod bus;
 pub mod config;

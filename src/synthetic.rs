@@ -63,6 +63,7 @@ pub async fn seed_registry(registry: &Registry, partners: usize) -> Result<(), R
             utm_campaign: None,
             utm_term: None,
             utm_content: None,
+            sub_ids: Vec::new(),
             status: LinkStatus::Active,
         };
         match registry.create_link(link).await {
@@ -152,6 +153,7 @@ pub async fn produce_in(
                 utm_campaign: None,
                 utm_term: None,
                 utm_content: None,
+                sub_ids: Vec::new(),
                 is_bot: bot,
                 status: ClickStatus::Ok,
                 registry_version: 0,

@@ -51,6 +51,7 @@ async fn registry_with(config: &Config, endpoints: &[(&str, String)]) -> Arc<Reg
             secret: HOOK_SECRET.into(),
             events: WebhookEventType::ALL.to_vec(),
             deleted: false,
+            restricted: false,
         };
         registry.put_webhook("acme", name, hook).await.unwrap();
     }

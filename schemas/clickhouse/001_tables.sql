@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS {db}.clicks
     utm_content   Nullable(String),
     is_bot        UInt8,
     status        String,
-    is_unique     UInt8
+    is_unique     UInt8,
+    sub_ids       Array(String)
 )
 ENGINE = ReplacingMergeTree()
 PARTITION BY toYYYYMM(ts)

@@ -1,13 +1,13 @@
-//! The registry API (SPEC §3.3): programs, partners and links behind a bearer token.
+//! The registry API (SPEC §3.3): programs, partners, links and webhook endpoints.
+//! Access is decided before these run (`api.rs`).
 
-use hyper::body::Incoming;
-use hyper::header::AUTHORIZATION;
-use hyper::{Method, Request, StatusCode};
+use hyper::StatusCode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::api::Call;
 use super::Edge;
-use crate::http::{self, ApiError, HttpResponse, MAX_BODY_BYTES};
+use crate::http::{self, ApiError, HttpResponse};
 use crate::registry::{
     Link, LinkEntry, LinkPatch, Partner, PartnerPatch, Program, RegistryError, Webhook,
 };
@@ -24,7 +24,7 @@ impl From<RegistryError> for ApiError {
 }
 
 /// Parses a JSON body; type errors name the field path.
-fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     http::strict_json(body)?;
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {
@@ -87,8 +87,17 @@ fn program_view(p: &Program) -> serde_json::Value {
     v
 }
 
+/// `201` for a new resource, `200` for a replaced one.
+fn put_status(created: bool) -> StatusCode {
+    if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    }
+}
+
 impl Edge {
-    fn link_view(&self, entry: &LinkEntry) -> serde_json::Value {
+    pub(crate) fn link_view(&self, entry: &LinkEntry) -> serde_json::Value {
         let mut v = serde_json::to_value(&entry.link).unwrap_or_default();
         if let Some(o) = v.as_object_mut() {
             o.insert(
@@ -104,172 +113,130 @@ impl Edge {
         v
     }
 
-    fn authorized(&self, req: &Request<Incoming>) -> bool {
-        let Some(given) = req
-            .headers()
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split_once(' '))
-            // The scheme is case-insensitive (RFC 9110 §11.1).
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token.trim())
-        else {
-            return false;
-        };
-        crate::signature::constant_time_eq(given.as_bytes(), self.config.admin.token.as_bytes())
+    pub(crate) async fn put_program(&self, call: Call) -> Result<HttpResponse, ApiError> {
+        let id = call.param("id");
+        if call.principal.program().is_some() && self.registry.program(id).is_none() {
+            // Program keys change their own program; only the operator creates one.
+            return Err(ApiError::not_found("program not found"));
+        }
+        let program: Program = parse_known(&call.body)?;
+        let created = self.registry.put_program(id, program).await?;
+        let p = self
+            .registry
+            .program(id)
+            .ok_or_else(|| ApiError::internal("program vanished"))?;
+        Ok(http::json(put_status(created), &program_view(&p)))
     }
 
-    pub(crate) async fn admin(&self, req: Request<Incoming>, rest: &[String]) -> HttpResponse {
-        if !self.authorized(&req) {
-            return ApiError::unauthorized("missing or wrong bearer token").into_response();
-        }
-        match self.admin_inner(req, rest).await {
-            Ok(resp) => resp,
-            Err(e) => e.into_response(),
-        }
+    pub(crate) fn get_program(&self, call: Call) -> Result<HttpResponse, ApiError> {
+        let p = self
+            .registry
+            .program(call.param("id"))
+            .ok_or_else(|| ApiError::not_found("program not found"))?;
+        Ok(http::json(StatusCode::OK, &program_view(&p)))
     }
 
-    async fn admin_inner(
-        &self,
-        req: Request<Incoming>,
-        rest: &[String],
-    ) -> Result<HttpResponse, ApiError> {
-        let method = req.method().clone();
-        let parts: Vec<&str> = rest.iter().map(String::as_str).collect();
-        let req = match parts.first() {
-            Some(&"commissions") | Some(&"payouts") => {
-                return match self.lifecycle_route(req, &parts).await {
-                    Some(r) => r,
-                    None => Err(ApiError::not_found("no such route")),
-                };
-            }
-            _ => req,
-        };
-        match (method, parts.as_slice()) {
-            (Method::PUT, ["programs", id]) => {
-                let program: Program = parse_known(&http::read_body(req, MAX_BODY_BYTES).await?)?;
-                let created = self.registry.put_program(id, program).await?;
-                let p = self
-                    .registry
-                    .program(id)
-                    .ok_or_else(|| ApiError::internal("program vanished"))?;
-                Ok(http::json(
-                    if created {
-                        StatusCode::CREATED
-                    } else {
-                        StatusCode::OK
-                    },
-                    &program_view(&p),
-                ))
-            }
-            (Method::GET, ["programs", id]) => {
-                let p = self
-                    .registry
-                    .program(id)
-                    .ok_or_else(|| ApiError::not_found("program not found"))?;
-                Ok(http::json(StatusCode::OK, &program_view(&p)))
-            }
-            (Method::PUT, ["partners", id]) => {
-                let partner: Partner = parse_known(&http::read_body(req, MAX_BODY_BYTES).await?)?;
-                let created = self.registry.put_partner(id, partner).await?;
-                let p = self
-                    .registry
-                    .partner(id)
-                    .ok_or_else(|| ApiError::internal("partner vanished"))?;
-                Ok(http::json(
-                    if created {
-                        StatusCode::CREATED
-                    } else {
-                        StatusCode::OK
-                    },
-                    &*p,
-                ))
-            }
-            (Method::GET, ["partners", id]) => {
-                let p = self
-                    .registry
-                    .partner(id)
-                    .ok_or_else(|| ApiError::not_found("partner not found"))?;
-                Ok(http::json(StatusCode::OK, &*p))
-            }
-            (Method::PATCH, ["partners", id]) => {
-                let patch: PartnerPatch = parse(&http::read_body(req, MAX_BODY_BYTES).await?)?;
-                let p = self.registry.patch_partner(id, patch).await?;
-                Ok(http::json(StatusCode::OK, &*p))
-            }
-            (Method::POST, ["links"]) => {
-                let link: Link = parse_known(&http::read_body(req, MAX_BODY_BYTES).await?)?;
-                let entry = self.registry.create_link(link).await?;
-                Ok(http::json(StatusCode::CREATED, &self.link_view(&entry)))
-            }
-            (Method::GET, ["links", code]) => {
-                let entry = self
-                    .registry
-                    .link(code)
-                    .ok_or_else(|| ApiError::not_found("link not found"))?;
-                Ok(http::json(StatusCode::OK, &self.link_view(&entry)))
-            }
-            (Method::PATCH, ["links", code]) => {
-                let patch: LinkPatch = parse(&http::read_body(req, MAX_BODY_BYTES).await?)?;
-                let entry = self.registry.patch_link(code, patch).await?;
-                Ok(http::json(StatusCode::OK, &self.link_view(&entry)))
-            }
-            (Method::PUT, ["programs", id, "webhooks", name]) => {
-                let hook: Webhook = parse_known(&http::read_body(req, MAX_BODY_BYTES).await?)?;
-                let created = self.registry.put_webhook(id, name, hook).await?;
-                let w = self
-                    .registry
-                    .webhooks(id)
-                    .into_iter()
-                    .find(|w| w.name == *name)
-                    .ok_or_else(|| ApiError::internal("webhook vanished"))?;
-                Ok(http::json(
-                    if created {
-                        StatusCode::CREATED
-                    } else {
-                        StatusCode::OK
-                    },
-                    &webhook_view(&w),
-                ))
-            }
-            (Method::GET, ["programs", id, "webhooks", name]) => {
-                let w = self
-                    .registry
-                    .webhooks(id)
-                    .into_iter()
-                    .find(|w| w.name == *name)
-                    .ok_or_else(|| ApiError::not_found("webhook not found"))?;
-                Ok(http::json(StatusCode::OK, &webhook_view(&w)))
-            }
-            (Method::DELETE, ["programs", id, "webhooks", name]) => {
-                self.registry.delete_webhook(id, name).await?;
-                Ok(http::text(StatusCode::NO_CONTENT, "text/plain", ""))
-            }
-            (Method::GET, ["programs", id, "webhooks"]) => {
-                if self.registry.program(id).is_none() {
-                    return Err(ApiError::not_found("program not found"));
-                }
-                let hooks: Vec<serde_json::Value> = self
-                    .registry
-                    .webhooks(id)
-                    .iter()
-                    .map(|w| webhook_view(w))
-                    .collect();
-                Ok(http::json(
-                    StatusCode::OK,
-                    &serde_json::json!({ "webhooks": hooks }),
-                ))
-            }
-            (_, ["programs", _, "webhooks", _]) => {
-                Err(ApiError::method_not_allowed("GET, PUT, DELETE"))
-            }
-            (_, ["programs", _, "webhooks"]) => Err(ApiError::method_not_allowed("GET")),
-            (_, ["programs", _]) => Err(ApiError::method_not_allowed("GET, PUT")),
-            (_, ["partners", _]) => Err(ApiError::method_not_allowed("GET, PUT, PATCH")),
-            (_, ["links", _]) => Err(ApiError::method_not_allowed("GET, PATCH")),
-            (_, ["links"]) => Err(ApiError::method_not_allowed("POST")),
-            _ => Err(ApiError::not_found("no such route")),
+    pub(crate) async fn put_partner(&self, call: Call) -> Result<HttpResponse, ApiError> {
+        let id = call.param("id");
+        let partner: Partner = parse_known(&call.body)?;
+        let created = self.registry.put_partner(id, partner).await?;
+        let p = self
+            .registry
+            .partner(id)
+            .ok_or_else(|| ApiError::internal("partner vanished"))?;
+        Ok(http::json(put_status(created), &*p))
+    }
+
+    pub(crate) fn get_partner(&self, call: Call) -> Result<HttpResponse, ApiError> {
+        let p = self
+            .registry
+            .partner(call.param("id"))
+            .ok_or_else(|| ApiError::not_found("partner not found"))?;
+        Ok(http::json(StatusCode::OK, &*p))
+    }
+
+    pub(crate) async fn patch_partner(&self, call: Call) -> Result<HttpResponse, ApiError> {
+        let patch: PartnerPatch = parse(&call.body)?;
+        let p = self.registry.patch_partner(call.param("id"), patch).await?;
+        Ok(http::json(StatusCode::OK, &*p))
+    }
+
+    pub(crate) async fn create_link(&self, call: Call) -> Result<HttpResponse, ApiError> {
+        let link: Link = parse_known(&call.body)?;
+        let entry = self.registry.create_link(link).await?;
+        Ok(http::json(StatusCode::CREATED, &self.link_view(&entry)))
+    }
+
+    pub(crate) fn get_link(&self, call: Call) -> Result<HttpResponse, ApiError> {
+        let entry = self
+            .registry
+            .link(call.param("code"))
+            .ok_or_else(|| ApiError::not_found("link not found"))?;
+        Ok(http::json(StatusCode::OK, &self.link_view(&entry)))
+    }
+
+    pub(crate) async fn patch_link(&self, call: Call) -> Result<HttpResponse, ApiError> {
+        let patch: LinkPatch = parse(&call.body)?;
+        let entry = self.registry.patch_link(call.param("code"), patch).await?;
+        Ok(http::json(StatusCode::OK, &self.link_view(&entry)))
+    }
+
+    pub(crate) async fn put_webhook(&self, call: Call) -> Result<HttpResponse, ApiError> {
+        let (id, name) = (call.param("id"), call.param("name"));
+        let mut hook: Webhook = parse_known(&call.body)?;
+        hook.restricted = call.principal.key().is_some();
+        if hook.restricted {
+            self.reachable(&hook.url).await?;
         }
+        let created = self.registry.put_webhook(id, name, hook).await?;
+        let w = self
+            .registry
+            .webhooks(id)
+            .into_iter()
+            .find(|w| w.name == *name)
+            .ok_or_else(|| ApiError::internal("webhook vanished"))?;
+        Ok(http::json(put_status(created), &webhook_view(&w)))
+    }
+
+    /// Refuses an endpoint URL of the operator's network (SPEC §9), naming `url`.
+    pub(crate) async fn reachable(&self, url: &str) -> Result<(), ApiError> {
+        crate::access::ssrf::check_url(url, &self.config.webhooks.allowed_private_hosts)
+            .await
+            .map_err(|why| ApiError::invalid("url", why))
+    }
+
+    pub(crate) fn get_webhook(&self, call: Call) -> Result<HttpResponse, ApiError> {
+        let w = self
+            .registry
+            .webhooks(call.param("id"))
+            .into_iter()
+            .find(|w| w.name == call.param("name"))
+            .ok_or_else(|| ApiError::not_found("webhook not found"))?;
+        Ok(http::json(StatusCode::OK, &webhook_view(&w)))
+    }
+
+    pub(crate) async fn delete_webhook(&self, call: Call) -> Result<HttpResponse, ApiError> {
+        self.registry
+            .delete_webhook(call.param("id"), call.param("name"))
+            .await?;
+        Ok(http::text(StatusCode::NO_CONTENT, "text/plain", ""))
+    }
+
+    pub(crate) fn list_webhooks(&self, call: Call) -> Result<HttpResponse, ApiError> {
+        let id = call.param("id");
+        if self.registry.program(id).is_none() {
+            return Err(ApiError::not_found("program not found"));
+        }
+        let hooks: Vec<serde_json::Value> = self
+            .registry
+            .webhooks(id)
+            .iter()
+            .map(|w| webhook_view(w))
+            .collect();
+        Ok(http::json(
+            StatusCode::OK,
+            &serde_json::json!({ "webhooks": hooks }),
+        ))
     }
 }
 

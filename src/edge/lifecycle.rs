@@ -1,17 +1,16 @@
 //! Review and payouts (SPEC §3.5): ledger rows with their current status, review of
-//! held rows, payout batches as JSON or CSV. Behind the admin token like the registry.
+//! held rows, payout batches as JSON or CSV. Access is decided before these run.
 
 use chrono::{DateTime, Utc};
-use hyper::body::Incoming;
-use hyper::header::ACCEPT;
-use hyper::{Method, Request, StatusCode};
+use hyper::StatusCode;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::admin::parse_known;
+use super::api::Call;
 use super::Edge;
 use crate::engine::Status;
-use crate::http::{self, ApiError, HttpResponse, MAX_BODY_BYTES};
+use crate::http::{self, ApiError, HttpResponse};
 use crate::ledger::{Action, Filter, Ledger, LedgerError, MAX_LIMIT, MAX_REVIEW};
 use crate::registry::model::valid_id;
 
@@ -42,49 +41,6 @@ pub(crate) struct PayoutRequest {
     program_id: String,
     #[serde(with = "crate::events::rfc3339_millis")]
     up_to: DateTime<Utc>,
-}
-
-/// The query string's parameters, each at most once.
-fn query_params(req: &Request<Incoming>) -> Result<Vec<(String, String)>, ApiError> {
-    let mut out: Vec<(String, String)> = Vec::new();
-    for (k, v) in url_pairs(req.uri().query().unwrap_or("")) {
-        if out.iter().any(|(seen, _)| *seen == k) {
-            return Err(ApiError::invalid(k, "given more than once"));
-        }
-        out.push((k, v));
-    }
-    Ok(out)
-}
-
-/// `a=1&b=x%20y` → pairs, percent-decoded; a pair that does not decode is kept raw
-/// (and then fails validation by name).
-pub(crate) fn url_pairs(q: &str) -> Vec<(String, String)> {
-    q.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            let dec =
-                |s: &str| percent_decode(&s.replace('+', " ")).unwrap_or_else(|| s.to_string());
-            (dec(k), dec(v))
-        })
-        .collect()
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// The listing's filter from its query string.
@@ -133,7 +89,7 @@ pub(crate) fn filter_of(params: &[(String, String)]) -> Result<Filter, ApiError>
 }
 
 impl Edge {
-    fn ledger(&self) -> Result<&Ledger, ApiError> {
+    pub(crate) fn ledger(&self) -> Result<&Ledger, ApiError> {
         self.ledger.as_deref().ok_or_else(|| {
             ApiError::unavailable(
                 "the review and payout API needs the ClickHouse sink (or `touchline serve`)",
@@ -142,29 +98,8 @@ impl Edge {
         })
     }
 
-    /// `/api/v1/commissions…` and `/api/v1/payouts…`; `None` for other routes.
-    pub(crate) async fn lifecycle_route(
-        &self,
-        req: Request<Incoming>,
-        parts: &[&str],
-    ) -> Option<Result<HttpResponse, ApiError>> {
-        let method = req.method().clone();
-        Some(match (method, parts) {
-            (Method::GET, ["commissions"]) => self.list(&req).await,
-            (Method::POST, ["commissions", "review"]) => self.review(req).await,
-            (Method::POST, ["payouts"]) => self.create_payout(req).await,
-            (Method::GET, ["payouts", id]) => self.get_payout(&req, id).await,
-            (_, ["commissions"]) => Err(ApiError::method_not_allowed("GET")),
-            (_, ["commissions", "review"]) | (_, ["payouts"]) => {
-                Err(ApiError::method_not_allowed("POST"))
-            }
-            (_, ["payouts", _]) => Err(ApiError::method_not_allowed("GET")),
-            _ => return None,
-        })
-    }
-
-    async fn list(&self, req: &Request<Incoming>) -> Result<HttpResponse, ApiError> {
-        let filter = filter_of(&query_params(req)?)?;
+    pub(crate) async fn list_commissions(&self, call: Call) -> Result<HttpResponse, ApiError> {
+        let filter = filter_of(&call.query)?;
         let rows = self
             .ledger()?
             .view
@@ -180,8 +115,8 @@ impl Edge {
         ))
     }
 
-    async fn review(&self, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
-        let body: ReviewRequest = parse_known(&http::read_body(req, MAX_BODY_BYTES).await?)?;
+    pub(crate) async fn review(&self, call: Call) -> Result<HttpResponse, ApiError> {
+        let body: ReviewRequest = parse_known(&call.body)?;
         if !valid_id(&body.program_id) {
             return Err(ApiError::invalid(
                 "program_id",
@@ -202,13 +137,20 @@ impl Edge {
         ids.dedup();
         let done = self
             .ledger()?
-            .review(&body.program_id, &ids, body.action, &body.note, Utc::now())
+            .review(
+                &body.program_id,
+                &ids,
+                body.action,
+                &body.note,
+                &call.principal.actor(),
+                Utc::now(),
+            )
             .await?;
         Ok(http::json(StatusCode::OK, &done))
     }
 
-    async fn create_payout(&self, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
-        let body: PayoutRequest = parse_known(&http::read_body(req, MAX_BODY_BYTES).await?)?;
+    pub(crate) async fn create_payout(&self, call: Call) -> Result<HttpResponse, ApiError> {
+        let body: PayoutRequest = parse_known(&call.body)?;
         let program = self
             .registry
             .program(&body.program_id)
@@ -226,20 +168,17 @@ impl Edge {
                 &program.currency,
                 program.min_payout,
                 up_to,
+                &call.principal.actor(),
                 now,
             )
             .await?;
         Ok(http::json(StatusCode::OK, &payout))
     }
 
-    async fn get_payout(
-        &self,
-        req: &Request<Incoming>,
-        id: &str,
-    ) -> Result<HttpResponse, ApiError> {
-        let id = Uuid::parse_str(id).map_err(|_| ApiError::not_found("payout not found"))?;
-        let params = query_params(req)?;
-        let program = match params.as_slice() {
+    pub(crate) async fn get_payout(&self, call: Call) -> Result<HttpResponse, ApiError> {
+        let id = Uuid::parse_str(call.param("id"))
+            .map_err(|_| ApiError::not_found("payout not found"))?;
+        let program = match call.query.as_slice() {
             [(k, v)] if k == "program_id" && valid_id(v) => v.clone(),
             _ => {
                 return Err(ApiError::invalid(
@@ -249,12 +188,7 @@ impl Edge {
             }
         };
         let payout = self.ledger()?.get_payout(&program, id).await?;
-        let wants_csv = req
-            .headers()
-            .get(ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.contains("text/csv"));
-        Ok(if wants_csv {
+        Ok(if call.wants_csv() {
             http::text(StatusCode::OK, "text/csv; charset=utf-8", payout.csv())
         } else {
             http::json(StatusCode::OK, &payout)
@@ -268,7 +202,7 @@ mod tests {
 
     #[test]
     fn listing_parameters_are_checked_by_name() {
-        let p = |q: &str| filter_of(&url_pairs(q));
+        let p = |q: &str| filter_of(&crate::edge::api::query_pairs(q).unwrap());
         let f = p("program_id=acme&partner_id=p1&status=held&limit=5").unwrap();
         assert_eq!(
             (
@@ -290,6 +224,10 @@ mod tests {
         ] {
             assert_eq!(p(q).unwrap_err().field.as_deref(), Some(field), "{q}");
         }
-        assert_eq!(url_pairs("a=x%20y+z"), vec![("a".into(), "x y z".into())]);
+        assert_eq!(
+            crate::edge::api::query_pairs("a=x%20y+z").unwrap(),
+            vec![("a".into(), "x y z".into())]
+        );
+        assert!(crate::edge::api::query_pairs("a=1&a=2").is_err());
     }
 }

@@ -2,11 +2,15 @@
 //! the operational endpoints.
 
 pub mod admin;
+pub(crate) mod api;
 pub mod conversions;
 #[cfg(test)]
 mod hostile;
+pub mod keys;
 pub mod lifecycle;
+pub mod partner;
 pub mod redirect;
+pub mod routes;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,11 +22,13 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
+use self::routes::{Access, Found, Op, Route, Router};
+use crate::access::Budgets;
 use crate::bus::EventBus;
 use crate::config::Config;
 use crate::http::{self, ApiError, Handler, HttpResponse};
 use crate::metrics as m;
-use crate::registry::Registry;
+use crate::registry::{KeyUses, Registry};
 use crate::shutdown::Shutdown;
 
 /// Everything a request handler needs; shared by all connections.
@@ -35,6 +41,9 @@ pub struct Edge {
     metrics: PrometheusHandle,
     /// SHA-256 state after absorbing the salt, cloned per click.
     salted: Sha256,
+    router: Router,
+    budgets: Budgets,
+    key_uses: KeyUses,
 }
 
 impl Edge {
@@ -46,7 +55,11 @@ impl Edge {
     ) -> Self {
         let mut salted = Sha256::new();
         salted.update(config.edge.ip_salt.as_bytes());
+        let budgets = Budgets::new(config.access.rate_per_key, config.access.burst);
         Edge {
+            router: Router::new(),
+            budgets,
+            key_uses: KeyUses::default(),
             config,
             registry,
             bus,
@@ -91,56 +104,50 @@ impl Edge {
         req: Request<Incoming>,
         peer: SocketAddr,
     ) -> (&'static str, HttpResponse) {
-        let path = req.uri().path().to_string();
-        let method = req.method().clone();
-        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-        match segments.as_slice() {
-            ["r", code] => {
-                let resp = match method {
-                    Method::GET | Method::HEAD => self.redirect(&req, code, peer),
-                    _ => ApiError::method_not_allowed("GET, HEAD").into_response(),
-                };
-                ("/r/{code}", resp)
-            }
-            ["api", "v1", "conversions"] => {
-                let resp = match method {
-                    Method::POST => self.conversions(req).await,
-                    _ => ApiError::method_not_allowed("POST").into_response(),
-                };
-                ("/api/v1/conversions", resp)
-            }
-            ["api", "v1", rest @ ..] => {
-                let route = match rest {
-                    ["programs", _] => "/api/v1/programs/{id}",
-                    ["partners", _] => "/api/v1/partners/{id}",
-                    ["links"] => "/api/v1/links",
-                    ["links", _] => "/api/v1/links/{code}",
-                    ["commissions"] => "/api/v1/commissions",
-                    ["commissions", "review"] => "/api/v1/commissions/review",
-                    ["payouts"] => "/api/v1/payouts",
-                    ["payouts", _] => "/api/v1/payouts/{id}",
-                    _ => "other",
-                };
-                let owned: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
-                (route, self.admin(req, &owned).await)
-            }
-            ["healthz"] => ("/healthz", http::text(StatusCode::OK, "text/plain", "ok\n")),
-            ["readyz"] => ("/readyz", self.ready().await),
-            ["metrics"] => {
-                self.record_gauges();
-                (
-                    "/metrics",
-                    http::text(
-                        StatusCode::OK,
-                        "text/plain; version=0.0.4",
-                        self.metrics.render(),
-                    ),
-                )
-            }
-            _ => (
+        match self.router.find(req.method(), req.uri().path()) {
+            Found::Route(route, params) => (
+                route.template,
+                self.dispatch(route, params, req, peer).await,
+            ),
+            Found::Method(template, allow) => (
+                template,
+                ApiError::method_not_allowed(allow).into_response(),
+            ),
+            Found::None => (
                 "other",
                 ApiError::not_found("no such route").into_response(),
             ),
+        }
+    }
+
+    async fn dispatch(
+        &self,
+        route: &'static Route,
+        params: Vec<(String, String)>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> HttpResponse {
+        match (route.access, route.op) {
+            (Access::Roles(roles), _) => self
+                .keyed(route, roles, params, req)
+                .await
+                .unwrap_or_else(ApiError::into_response),
+            (_, Op::Redirect) => {
+                let code = params.first().map(|(_, v)| v.as_str()).unwrap_or_default();
+                self.redirect(&req, code, peer)
+            }
+            (_, Op::Conversions) => self.conversions(req).await,
+            (_, Op::Readyz) => self.ready().await,
+            (_, Op::Metrics) => {
+                self.record_gauges();
+                http::text(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4",
+                    self.metrics.render(),
+                )
+            }
+            (_, Op::Healthz) => http::text(StatusCode::OK, "text/plain", "ok\n"),
+            _ => ApiError::internal("a route without a handler").into_response(),
         }
     }
 
@@ -194,14 +201,17 @@ fn status_label(s: StatusCode) -> &'static str {
         200 => "200",
         201 => "201",
         202 => "202",
+        204 => "204",
         302 => "302",
         400 => "400",
         401 => "401",
+        403 => "403",
         404 => "404",
         405 => "405",
         408 => "408",
         409 => "409",
         413 => "413",
+        429 => "429",
         503 => "503",
         c if c >= 500 => "5xx",
         _ => "4xx",

@@ -266,6 +266,7 @@ impl Edge {
             utm_campaign: utm.campaign,
             utm_term: utm.term,
             utm_content: utm.content,
+            sub_ids: link.sub_ids.clone(),
             is_bot: bot,
             status,
             registry_version: self.registry.version(),
@@ -327,6 +328,7 @@ mod tests {
             utm_campaign: None,
             utm_term: None,
             utm_content: None,
+            sub_ids: Vec::new(),
             status: LinkStatus::Active,
         };
         LinkEntry::new(link)

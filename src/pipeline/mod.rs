@@ -1200,6 +1200,7 @@ mod tests {
                 utm_campaign: None,
                 utm_term: None,
                 utm_content: None,
+                sub_ids: Vec::new(),
                 status: LinkStatus::Active,
             })
             .await
@@ -1225,6 +1226,7 @@ mod tests {
             utm_campaign: None,
             utm_term: None,
             utm_content: None,
+            sub_ids: Vec::new(),
             is_bot: false,
             status: ClickStatus::Ok,
             registry_version: 0,

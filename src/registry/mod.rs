@@ -2,6 +2,7 @@
 //! [`RegistryStore`] and cached in memory in every process, which follows the store's
 //! change log so that a change is visible everywhere within `registry.refresh_ms`.
 
+mod keys;
 pub mod model;
 pub mod redis_store;
 pub mod store;
@@ -14,6 +15,7 @@ use dashmap::DashMap;
 
 use crate::engine::settle::Directory;
 use crate::shutdown::Shutdown;
+pub use keys::{may_create, KeyUses};
 pub use model::{
     Invalid, Link, LinkStatus, Partner, PartnerStatus, Program, Webhook, WebhookEventType,
 };
@@ -110,6 +112,11 @@ pub struct Registry {
     links: DashMap<String, Arc<LinkEntry>>,
     /// program → name → endpoint
     webhooks: DashMap<String, std::collections::BTreeMap<String, Arc<Webhook>>>,
+    /// API keys by id, and their ids by the hash of their secret (`keys.rs`).
+    keys: DashMap<String, Arc<crate::access::ApiKey>>,
+    key_hashes: DashMap<String, String>,
+    /// partner → its link codes, for the partner API's listing.
+    partner_links: DashMap<String, std::collections::BTreeSet<String>>,
     cursor: tokio::sync::Mutex<String>,
     /// Version of the cursor: every change up to it is applied here.
     applied: AtomicU64,
@@ -129,6 +136,9 @@ impl Registry {
             partners: DashMap::new(),
             links: DashMap::new(),
             webhooks: DashMap::new(),
+            keys: DashMap::new(),
+            key_hashes: DashMap::new(),
+            partner_links: DashMap::new(),
             cursor: tokio::sync::Mutex::new(String::new()),
             applied: AtomicU64::new(0),
             seen: AtomicU64::new(0),
@@ -153,6 +163,7 @@ impl Registry {
             std::collections::HashSet::new(),
             std::collections::HashSet::new(),
             std::collections::HashSet::new(),
+            std::collections::HashSet::new(),
         );
         for e in entities {
             match &e {
@@ -160,12 +171,18 @@ impl Registry {
                 Entity::Partner(p) => keep.1.insert(p.id.clone()),
                 Entity::Link(l) => keep.2.insert(l.code.clone()),
                 Entity::Webhook(w) => keep.3.insert(w.key()),
+                Entity::Key(k) => keep.4.insert(k.id.clone()),
             };
             self.apply(e);
         }
         self.programs.retain(|k, _| keep.0.contains(k));
         self.partners.retain(|k, _| keep.1.contains(k));
         self.links.retain(|k, _| keep.2.contains(k));
+        for mut codes in self.partner_links.iter_mut() {
+            codes.value_mut().retain(|c| keep.2.contains(c));
+        }
+        self.keys.retain(|k, _| keep.4.contains(k));
+        self.key_hashes.retain(|_, id| keep.4.contains(id));
         for mut hooks in self.webhooks.iter_mut() {
             let program = hooks.key().clone();
             hooks
@@ -284,8 +301,16 @@ impl Registry {
                 self.partners.insert(p.id.clone(), Arc::new(p));
             }
             Entity::Link(l) => {
+                self.partner_links
+                    .entry(l.partner_id.clone())
+                    .or_default()
+                    .insert(l.code.clone());
                 self.links
                     .insert(l.code.clone(), Arc::new(LinkEntry::new(l)));
+            }
+            Entity::Key(k) => {
+                self.key_hashes.insert(k.hash.clone(), k.id.clone());
+                self.keys.insert(k.id.clone(), Arc::new(k));
             }
             Entity::Webhook(w) if w.deleted => {
                 if let Some(mut hooks) = self.webhooks.get_mut(&w.program_id) {
@@ -452,13 +477,9 @@ impl Registry {
         if let Some(parent_id) = &partner.parent_id {
             let parent = self
                 .partner(parent_id)
-                .ok_or_else(|| Invalid::new("parent_id", "no such partner"))?;
+                .ok_or_else(|| Invalid::new("parent_id", "no such partner in the program"))?;
             if parent.program_id != partner.program_id {
-                return Err(Invalid::new(
-                    "parent_id",
-                    "the parent must belong to the same program",
-                )
-                .into());
+                return Err(Invalid::new("parent_id", "no such partner in the program").into());
             }
             // Walk up from the parent: meeting this partner again would close a cycle.
             let mut next = Some(parent_id.clone());
@@ -494,11 +515,11 @@ impl Registry {
             .ok_or_else(|| Invalid::new("program_id", "no such program"))?;
         let partner = self
             .partner(&link.partner_id)
-            .ok_or_else(|| Invalid::new("partner_id", "no such partner"))?;
+            .ok_or_else(|| Invalid::new("partner_id", "no such partner in the program"))?;
         if partner.program_id != program.id {
-            return Err(
-                Invalid::new("partner_id", "the partner belongs to another program").into(),
-            );
+            // Worded as for a missing partner: a key of one program learns nothing of
+            // another's partners.
+            return Err(Invalid::new("partner_id", "no such partner in the program").into());
         }
         // A generated code can collide (62^8 codes); try a few fresh ones.
         for _ in 0..5 {
@@ -642,6 +663,7 @@ mod tests {
             utm_campaign: None,
             utm_term: None,
             utm_content: None,
+            sub_ids: Vec::new(),
             status: LinkStatus::Active,
         };
         let made = r.create_link(link.clone()).await.unwrap();

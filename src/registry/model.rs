@@ -71,6 +71,23 @@ pub fn valid_http_url(s: &str) -> bool {
         && port_ok
 }
 
+/// A host name, or `*.` and one: letters, digits, `-` and dots, at most 253.
+fn valid_host_pattern(h: &str) -> bool {
+    let name = h.strip_prefix("*.").unwrap_or(h);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.contains('.')
+        && name
+            .split('.')
+            .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+}
+
+/// The lower-cased host of an http(s) URL.
+fn host_of(url: &str) -> Option<String> {
+    let uri: hyper::Uri = url.parse().ok()?;
+    Some(uri.host()?.to_ascii_lowercase())
+}
+
 /// A partner program: who pays, in what currency, under which rules.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -105,6 +122,10 @@ pub struct Program {
     pub min_payout: Decimal,
     #[serde(default)]
     pub fraud: FraudRules,
+    /// Hosts partners may send their own links to (`shop.example`, or `*.shop.example`
+    /// for its subdomains); empty: the fallback URL's host (SPEC §9.1).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_destinations: Vec<String>,
 }
 
 fn default_lookback() -> u32 {
@@ -209,7 +230,35 @@ impl Program {
         if let Err((field, message)) = self.fraud.validate() {
             return Err(Invalid::new(format!("fraud.{field}"), message));
         }
+        if self.allowed_destinations.len() > 100
+            || !self
+                .allowed_destinations
+                .iter()
+                .all(|h| valid_host_pattern(h))
+        {
+            return Err(Invalid::new(
+                "allowed_destinations",
+                "must be at most 100 host names, each as `shop.example` or `*.shop.example`",
+            ));
+        }
         Ok(())
+    }
+
+    /// Whether a partner may send a link of its own to `destination` (SPEC §9.1).
+    pub fn allows_destination(&self, destination: &str) -> bool {
+        let Some(host) = host_of(destination) else {
+            return false;
+        };
+        if self.allowed_destinations.is_empty() {
+            return host_of(&self.fallback_url).is_some_and(|f| f == host);
+        }
+        self.allowed_destinations.iter().any(|pattern| {
+            let pattern = pattern.to_ascii_lowercase();
+            match pattern.strip_prefix("*.") {
+                Some(parent) => host.ends_with(&format!(".{parent}")),
+                None => host == pattern,
+            }
+        })
     }
 
     /// The lookback window in seconds, which is also the visitor cookie's lifetime.
@@ -321,9 +370,16 @@ pub struct Link {
     pub utm_term: Option<String>,
     #[serde(default)]
     pub utm_content: Option<String>,
+    /// Up to [`MAX_SUB_IDS`] short strings the partner tags the link with, stored on
+    /// every click of it (SPEC §9.1).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sub_ids: Vec<String>,
     #[serde(default)]
     pub status: LinkStatus,
 }
+
+/// Sub ids one link may carry.
+pub const MAX_SUB_IDS: usize = 5;
 
 impl Link {
     /// Checks what can be checked without the rest of the registry.
@@ -344,6 +400,17 @@ impl Link {
         }
         if self.campaign.as_ref().is_some_and(|c| c.len() > 256) {
             return Err(Invalid::new("campaign", "must be at most 256 characters"));
+        }
+        if self.sub_ids.len() > MAX_SUB_IDS
+            || self
+                .sub_ids
+                .iter()
+                .any(|s| s.is_empty() || s.len() > 64 || s.chars().any(|c| c.is_control()))
+        {
+            return Err(Invalid::new(
+                "sub_ids",
+                "must be at most 5 strings of 1-64 characters, none of them control characters",
+            ));
         }
         Ok(())
     }
@@ -549,6 +616,10 @@ pub struct Webhook {
     /// Never accepted from the API.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub deleted: bool,
+    /// Registered with a program or partner key: deliveries never connect to the
+    /// operator's network (SPEC §9). Set by the API, never taken from a body.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub restricted: bool,
 }
 
 impl Webhook {

@@ -30,6 +30,8 @@ pub struct RedisStore {
     entities_key: String,
     log_key: String,
     lock_prefix: String,
+    /// Hash of key id → when it was last used (ms); no log, not configuration.
+    uses_key: String,
     put: redis::Script,
     unlock: redis::Script,
 }
@@ -52,6 +54,7 @@ impl RedisStore {
             entities_key: format!("{prefix}:{reg}:entities"),
             log_key: format!("{prefix}:{reg}:log"),
             lock_prefix: format!("{prefix}:lock:"),
+            uses_key: format!("{prefix}:reg:key_uses"),
             put: redis::Script::new(PUT_SCRIPT),
             unlock: redis::Script::new(UNLOCK_SCRIPT),
         };
@@ -100,6 +103,7 @@ fn field(entity: &Entity) -> String {
         Entity::Partner(p) => format!("partner:{}", p.id),
         Entity::Link(l) => format!("link:{}", l.code),
         Entity::Webhook(w) => format!("webhook:{}", w.key()),
+        Entity::Key(k) => format!("key:{}", k.id),
     }
 }
 
@@ -219,6 +223,31 @@ impl RegistryStore for RedisStore {
             .await
             .map_err(unavailable)?;
         Ok(())
+    }
+
+    async fn note_key_use(&self, id: &str, at_ms: i64) -> Result<(), StoreError> {
+        // Processes record at most once a minute per key: the last writer wins, which
+        // is within that minute of the true last use.
+        let _: i64 = redis::cmd("HSET")
+            .arg(&self.uses_key)
+            .arg(id)
+            .arg(at_ms)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn key_uses(&self, ids: &[String]) -> Result<Vec<Option<i64>>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        redis::cmd("HMGET")
+            .arg(&self.uses_key)
+            .arg(ids)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)
     }
 }
 

@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use super::model::{Link, Partner, Program, Webhook};
+use crate::access::ApiKey;
 
 /// One registry entity, as stored and as carried in the change log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -17,6 +18,7 @@ pub enum Entity {
     Partner(Partner),
     Link(Link),
     Webhook(Webhook),
+    Key(ApiKey),
 }
 
 /// A store failure; always retryable from the caller's point of view.
@@ -62,6 +64,11 @@ pub trait RegistryStore: Send + Sync + 'static {
     ) -> Result<bool, StoreError>;
     /// Releases lock `name` if `token` still holds it.
     async fn unlock(&self, name: &str, token: &str) -> Result<(), StoreError>;
+    /// Records that key `id` was used at `at_ms` (not a logged change: `last_used_at`
+    /// is information, not configuration).
+    async fn note_key_use(&self, id: &str, at_ms: i64) -> Result<(), StoreError>;
+    /// When each of `ids` was last used, as far as any process recorded.
+    async fn key_uses(&self, ids: &[String]) -> Result<Vec<Option<i64>>, StoreError>;
 }
 
 /// The registry version a cursor stands for: the number events carry as
@@ -95,6 +102,8 @@ struct MemoryInner {
     dropped: usize,
     /// Lock name → (holder, until).
     locks: std::collections::HashMap<String, (String, std::time::Instant)>,
+    /// Key id → when it was last used (ms).
+    key_uses: std::collections::HashMap<String, i64>,
 }
 
 /// Changes the memory store's log keeps.
@@ -122,6 +131,7 @@ fn entity_key(e: &Entity) -> (u8, String) {
         Entity::Partner(p) => (1, p.id.clone()),
         Entity::Link(l) => (2, l.code.clone()),
         Entity::Webhook(w) => (3, w.key()),
+        Entity::Key(k) => (4, k.id.clone()),
     }
 }
 
@@ -212,6 +222,21 @@ impl RegistryStore for MemoryStore {
             inner.locks.remove(name);
         }
         Ok(())
+    }
+
+    async fn note_key_use(&self, id: &str, at_ms: i64) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        let at = inner.key_uses.entry(id.to_string()).or_insert(at_ms);
+        *at = (*at).max(at_ms);
+        Ok(())
+    }
+
+    async fn key_uses(&self, ids: &[String]) -> Result<Vec<Option<i64>>, StoreError> {
+        let inner = self.lock();
+        Ok(ids
+            .iter()
+            .map(|id| inner.key_uses.get(id).copied())
+            .collect())
     }
 }
 

@@ -326,15 +326,42 @@ pub fn statements(db: &str) -> Vec<String> {
         .collect()
 }
 
-/// Columns added after the first schema: (table, column, type, the column it follows).
-/// ClickHouse 18.16 has no `ADD COLUMN IF NOT EXISTS`, so `migrate` asks first.
+/// Columns added after the first schema: (table, column, type with its default, the
+/// column it follows). ClickHouse 18.16 has no `ADD COLUMN IF NOT EXISTS`, so
+/// `migrate` asks first.
 const ADDED_COLUMNS: &[(&str, &str, &str, &str)] = &[
-    ("clicks", "ts_ms", "UInt16", "ts"),
-    ("conversions", "occurred_at_ms", "UInt16", "occurred_at"),
-    ("conversions", "received_at_ms", "UInt16", "received_at"),
-    ("attributions", "occurred_at_ms", "UInt16", "occurred_at"),
-    ("commissions", "created_at_ms", "UInt16", "created_at"),
-    ("commissions", "occurred_at_ms", "UInt16", "occurred_at"),
+    ("clicks", "ts_ms", "UInt16 DEFAULT 0", "ts"),
+    (
+        "conversions",
+        "occurred_at_ms",
+        "UInt16 DEFAULT 0",
+        "occurred_at",
+    ),
+    (
+        "conversions",
+        "received_at_ms",
+        "UInt16 DEFAULT 0",
+        "received_at",
+    ),
+    (
+        "attributions",
+        "occurred_at_ms",
+        "UInt16 DEFAULT 0",
+        "occurred_at",
+    ),
+    (
+        "commissions",
+        "created_at_ms",
+        "UInt16 DEFAULT 0",
+        "created_at",
+    ),
+    (
+        "commissions",
+        "occurred_at_ms",
+        "UInt16 DEFAULT 0",
+        "occurred_at",
+    ),
+    ("clicks", "sub_ids", "Array(String)", "is_unique"),
 ];
 
 /// Creates or upgrades the database; idempotent.
@@ -365,7 +392,7 @@ pub async fn migrate(cfg: &ClickHouseConfig) -> Result<(), SinkError> {
             .map_err(classify)?;
         if present == 0 {
             c.query(&format!(
-                "ALTER TABLE {db}.{table} ADD COLUMN {column} {kind} DEFAULT 0 AFTER {after}"
+                "ALTER TABLE {db}.{table} ADD COLUMN {column} {kind} AFTER {after}"
             ))
             .execute()
             .await

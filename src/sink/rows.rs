@@ -155,6 +155,8 @@ pub struct ClickRow {
     pub is_bot: u8,
     pub status: &'static str,
     pub is_unique: u8,
+    /// Last: RowBinary is positional, and the column was added after the others.
+    pub sub_ids: Vec<String>,
 }
 
 impl ClickRow {
@@ -183,6 +185,7 @@ impl ClickRow {
                 _ => e.status.as_str(),
             },
             is_unique: u8::from(verdict == ClickVerdict::Unique),
+            sub_ids: e.sub_ids,
         }
     }
 }

@@ -27,6 +27,7 @@ use bytes::Bytes;
 use chrono::Utc;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
+use hyper_util::client::legacy::connect::dns::GaiResolver;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -36,6 +37,7 @@ use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use super::queue::{Claim, DeliveryQueue, Parked, QueueId};
+use crate::access::ssrf::{self, GuardedResolver};
 use crate::bus::{BusError, Delivered, EventSource, Position};
 use crate::config::WebhooksConfig;
 use crate::metrics as m;
@@ -75,12 +77,53 @@ struct Head {
     partner_id: String,
 }
 
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+type HttpsClient<R = GaiResolver> =
+    Client<hyper_rustls::HttpsConnector<HttpConnector<R>>, Full<Bytes>>;
 
-/// The HTTP client of deliveries: http and https (the system's roots), HTTP/1.1,
-/// connections kept for reuse.
-fn http_client(timeout: Duration) -> Result<HttpsClient, DeliveryError> {
-    let mut http = HttpConnector::new();
+/// The HTTP clients of deliveries: one for the operator's endpoints, one whose
+/// resolver refuses the operator's network, for endpoints that keys registered.
+struct Clients {
+    open: HttpsClient,
+    guarded: HttpsClient<GuardedResolver>,
+}
+
+impl Clients {
+    fn new(cfg: &WebhooksConfig) -> Result<Self, DeliveryError> {
+        let timeout = Duration::from_millis(cfg.timeout_ms);
+        let guarded = GuardedResolver::new(cfg.allowed_private_hosts.clone());
+        Ok(Clients {
+            open: http_client(timeout, HttpConnector::new())?,
+            guarded: http_client(timeout, HttpConnector::new_with_resolver(guarded))?,
+        })
+    }
+}
+
+/// Why a restricted endpoint's URL may not be requested as it is: a literal address of
+/// the operator's network never reaches the resolver.
+fn refused_literal(hook: &Webhook, exceptions: &[String]) -> Option<String> {
+    let host = ssrf::host_of(&hook.url)?;
+    if ssrf::allowed(&host, exceptions) {
+        return None;
+    }
+    ssrf::literal(&host).map(|why| format!("refused: {host} is {why} of the operator's network"))
+}
+
+/// An HTTP client of deliveries: http and https (the system's roots), HTTP/1.1,
+/// connections kept for reuse, redirects never followed.
+fn http_client<R>(
+    timeout: Duration,
+    mut http: HttpConnector<R>,
+) -> Result<HttpsClient<R>, DeliveryError>
+where
+    R: tower_service::Service<hyper_util::client::legacy::connect::dns::Name>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    R::Response: Iterator<Item = std::net::SocketAddr>,
+    R::Future: Send,
+    R::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     http.enforce_http(false);
     http.set_connect_timeout(Some(timeout));
     http.set_nodelay(true);
@@ -317,7 +360,7 @@ pub struct Delivery {
     cfg: WebhooksConfig,
     registry: Arc<Registry>,
     queue: Arc<dyn DeliveryQueue>,
-    client: HttpsClient,
+    clients: Clients,
     breakers: Breakers,
     rows: mpsc::Sender<Pending>,
     /// The delivery log is failing: no new attempts until it heals.
@@ -342,7 +385,7 @@ impl Delivery {
         let log_down = Arc::new(AtomicBool::new(false));
         let writer = tokio::spawn(write_rows(log, rx, Arc::clone(&log_down), stop.clone()));
         let delivery = Arc::new(Delivery {
-            client: http_client(Duration::from_millis(cfg.timeout_ms))?,
+            clients: Clients::new(&cfg)?,
             breakers: Breakers::new(cfg.breaker_failures, cfg.breaker_open_ms, cfg.retry_max_ms),
             cfg,
             registry,
@@ -707,8 +750,22 @@ impl Delivery {
                 }
             }
         };
+        if hook.restricted {
+            if let Some(error) = refused_literal(hook, &self.cfg.allowed_private_hosts) {
+                return Answer {
+                    status: 0,
+                    error,
+                    reason: "connect",
+                };
+            }
+        }
         let exchange = async {
-            let response = self.client.request(request).await.map_err(|e| {
+            let sent = if hook.restricted {
+                self.clients.guarded.request(request).await
+            } else {
+                self.clients.open.request(request).await
+            };
+            let response = sent.map_err(|e| {
                 let reason = if e.is_connect() { "connect" } else { "io" };
                 (reason, error_chain(&e))
             })?;

@@ -8,6 +8,8 @@
 //! two edges from reviewing or paying the same rows at once; steps have deterministic
 //! ids, so a request repeated after a crash writes the same rows again.
 
+pub mod partner;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -211,6 +213,12 @@ impl From<crate::registry::StoreError> for LedgerError {
     }
 }
 
+/// Whether a step was made by a person reviewing (the operator or a key), not by the
+/// pipeline's own lifecycle.
+fn is_reviewer(actor: &str) -> bool {
+    actor == "admin" || actor.starts_with("key:")
+}
+
 /// A review's decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -336,6 +344,7 @@ impl Ledger {
         ids: &[Uuid],
         action: Action,
         note: &str,
+        by: &str,
         now: DateTime<Utc>,
     ) -> Result<Reviewed, LedgerError> {
         self.locked(program, async {
@@ -367,10 +376,10 @@ impl Ledger {
                 };
                 match e.status {
                     Status::Held => {
-                        steps.push(e.next(target, note, "admin", now));
+                        steps.push(e.next(target, note, by, now));
                         out.changed.push(*id);
                     }
-                    s if s == target && e.actor == "admin" => {
+                    s if s == target && is_reviewer(&e.actor) => {
                         // Its events again: the request that made it may have stopped
                         // before publishing them.
                         steps_before.push(e.current_step());
@@ -413,6 +422,7 @@ impl Ledger {
         currency: &str,
         min_payout: Decimal,
         up_to: DateTime<Utc>,
+        by: &str,
         now: DateTime<Utc>,
     ) -> Result<Payout, LedgerError> {
         let id = Self::payout_id(program, up_to);
@@ -460,7 +470,7 @@ impl Ledger {
                 }
                 for e in entries.iter() {
                     if e.status == Status::Approved {
-                        let mut step = e.next(Status::Paid, "payout", "admin", now);
+                        let mut step = e.next(Status::Paid, "payout", by, now);
                         step.payout_id = id.to_string();
                         steps.push(step);
                     } else if e.status == Status::Paid {
@@ -687,32 +697,39 @@ mod tests {
         let held = row(&view, 1, "alice", "90.00", Status::Held, 1);
         let pending = row(&view, 2, "alice", "15.00", Status::Pending, 1);
         let r = ledger
-            .review("acme", &[held], Action::Approve, "checked", at(2))
+            .review("acme", &[held], Action::Approve, "checked", "admin", at(2))
             .await
             .unwrap();
         assert_eq!(r.changed, vec![held]);
         assert_eq!(status(&view, held).await, Status::Approved);
         // Again: nothing new. Rejecting it now, or reviewing a pending row: conflicts.
         let again = ledger
-            .review("acme", &[held], Action::Approve, "checked", at(2))
+            .review("acme", &[held], Action::Approve, "checked", "admin", at(2))
             .await
             .unwrap();
         assert_eq!((again.changed.len(), again.unchanged), (0, vec![held]));
         assert!(matches!(
             ledger
-                .review("acme", &[held], Action::Reject, "", at(2))
+                .review("acme", &[held], Action::Reject, "", "admin", at(2))
                 .await,
             Err(LedgerError::Conflict(_))
         ));
         assert!(matches!(
             ledger
-                .review("acme", &[pending], Action::Approve, "", at(2))
+                .review("acme", &[pending], Action::Approve, "", "admin", at(2))
                 .await,
             Err(LedgerError::Conflict(_))
         ));
         assert!(matches!(
             ledger
-                .review("acme", &[Uuid::from_u128(77)], Action::Approve, "", at(2))
+                .review(
+                    "acme",
+                    &[Uuid::from_u128(77)],
+                    Action::Approve,
+                    "",
+                    "admin",
+                    at(2)
+                )
                 .await,
             Err(LedgerError::NotFound(_))
         ));
@@ -732,7 +749,7 @@ mod tests {
         row(&view, 6, "carol", "50.00", Status::Pending, 1);
         row(&view, 7, "carol", "50.00", Status::Held, 1);
         let p = ledger
-            .payout("acme", "USD", d("5"), at(10), at(11))
+            .payout("acme", "USD", d("5"), at(10), "admin", at(11))
             .await
             .unwrap();
         assert_eq!(
@@ -748,7 +765,7 @@ mod tests {
         assert_eq!(status(&view, b1).await, Status::Approved);
         // The same request: the same batch, nothing paid twice.
         let again = ledger
-            .payout("acme", "USD", d("5"), at(10), at(12))
+            .payout("acme", "USD", d("5"), at(10), "admin", at(12))
             .await
             .unwrap();
         assert_eq!(again, p);
@@ -756,7 +773,7 @@ mod tests {
         row(&view, 8, "alice", "-6.00", Status::Approved, 12);
         row(&view, 9, "alice", "20.00", Status::Approved, 12);
         let next = ledger
-            .payout("acme", "USD", d("5"), at(15), at(16))
+            .payout("acme", "USD", d("5"), at(15), "admin", at(16))
             .await
             .unwrap();
         assert_ne!(next.payout_id, p.payout_id);
@@ -780,7 +797,7 @@ mod tests {
             .unwrap());
         assert!(matches!(
             ledger
-                .payout("acme", "USD", Decimal::ZERO, at(1), at(2))
+                .payout("acme", "USD", Decimal::ZERO, at(1), "admin", at(2))
                 .await,
             Err(LedgerError::Busy)
         ));
