@@ -72,32 +72,36 @@ pub async fn run_edge(config: Config, shutdown: Shutdown) -> anyhow::Result<()> 
         .await
         .with_context(|| format!("cannot listen on edge.listen {}", config.edge.listen))?;
     tracing::info!(listen = %config.edge.listen, "edge listening");
-    let ledger = clickhouse_ledger(&config, store, Arc::clone(&registry), Arc::clone(&bus));
-    crate::edge::spawn(config, registry, bus, ledger, listener, shutdown).await?;
+    let books = clickhouse_books(&config, store, Arc::clone(&registry), Arc::clone(&bus));
+    crate::edge::spawn(config, registry, bus, books, listener, shutdown).await?;
     Ok(())
 }
 
-/// The review and payout API's ledger over ClickHouse, when the sink is ClickHouse. It
-/// connects on first use: the edge's redirects never wait for ClickHouse. A separate
-/// edge cannot read an embedded file sink (the pipeline process owns it).
-pub fn clickhouse_ledger(
+/// The review, payout and partner APIs' ledger and the API's audit log over
+/// ClickHouse, when the sink is ClickHouse. They connect on first use: the edge's
+/// redirects never wait for ClickHouse. A separate edge cannot read an embedded file
+/// sink (the pipeline process owns it).
+pub fn clickhouse_books(
     config: &Config,
     locks: Arc<dyn crate::registry::RegistryStore>,
     registry: Arc<Registry>,
     bus: Arc<dyn EventBus>,
-) -> Option<Arc<crate::ledger::Ledger>> {
+) -> crate::edge::Books {
     if config.sink.kind != crate::config::SinkKind::Clickhouse {
-        return None;
+        return crate::edge::Books::default();
     }
     let ch = Arc::new(crate::sink::clickhouse::ClickHouseSink::new(
         &config.clickhouse,
     ));
-    Some(Arc::new(crate::ledger::Ledger {
-        view: ch.clone(),
-        sink: ch,
-        locks,
-        outbox: Some(crate::ledger::LedgerOutbox { registry, bus }),
-    }))
+    crate::edge::Books {
+        ledger: Some(Arc::new(crate::ledger::Ledger {
+            view: ch.clone(),
+            sink: ch.clone(),
+            locks,
+            outbox: Some(crate::ledger::LedgerOutbox { registry, bus }),
+        })),
+        audit: Some(ch),
+    }
 }
 
 /// An in-process bus sized like the edge's click buffer.
@@ -129,6 +133,7 @@ pub struct Sinks {
     pub sink: Arc<dyn crate::sink::Sink>,
     pub view: Arc<dyn crate::ledger::LedgerView>,
     pub log: Arc<dyn crate::sink::DeliveryLog>,
+    pub audit: Arc<dyn crate::sink::AuditLog>,
 }
 
 /// The sink, ledger view and delivery log the configuration names, checked at start-up.
@@ -147,7 +152,8 @@ pub async fn sinks(config: &Config) -> anyhow::Result<Sinks> {
             let file = Arc::new(file);
             Sinks {
                 sink: file.clone(),
-                log: file,
+                log: file.clone(),
+                audit: file,
                 view,
             }
         }
@@ -168,7 +174,8 @@ pub async fn sinks(config: &Config) -> anyhow::Result<Sinks> {
             Sinks {
                 sink: sink.clone(),
                 view: sink.clone(),
-                log: sink,
+                log: sink.clone(),
+                audit: sink,
             }
         }
     })
@@ -434,7 +441,12 @@ pub async fn run_serve(
     let store = registry_store(&config).await?;
     let registry = registry(&config, Arc::clone(&store), shutdown.clone()).await?;
     let state = state_store(&config).await?;
-    let Sinks { sink, view, log } = sinks(&config).await?;
+    let Sinks {
+        sink,
+        view,
+        log,
+        audit,
+    } = sinks(&config).await?;
     type Source = Box<dyn crate::bus::EventSource>;
     let (bus, source, outbox, draining): (Arc<dyn EventBus>, Source, Source, bool) =
         match config.bus.kind {
@@ -505,8 +517,11 @@ pub async fn run_serve(
     ));
     tracing::info!(edge = %edge_addr, admin = %admin_addr, "serving");
     let (sink_kind, data_dir) = (config.sink.kind, config.sink.data_dir.clone());
-    let mut edge_task =
-        crate::edge::spawn(config, registry, bus, Some(ledger), edge_listener, shutdown);
+    let books = crate::edge::Books {
+        ledger: Some(ledger),
+        audit: Some(audit),
+    };
+    let mut edge_task = crate::edge::spawn(config, registry, bus, books, edge_listener, shutdown);
     if let Some(tx) = ready {
         let _ = tx.send(ServeAddrs {
             edge: edge_addr,

@@ -164,6 +164,30 @@ impl Http {
         Ok(())
     }
 
+    /// A call with `token` as bearer: the status and the JSON answer (null if none).
+    async fn keyed(
+        &self,
+        token: &str,
+        method: Method,
+        path: &str,
+        body: Value,
+    ) -> anyhow::Result<(StatusCode, Value)> {
+        let body = if body.is_null() {
+            Vec::new()
+        } else {
+            body.to_string().into_bytes()
+        };
+        let headers = [
+            ("authorization", format!("Bearer {token}")),
+            ("content-type", "application/json".into()),
+        ];
+        let r = self.send(method, path, &headers, body).await?;
+        Ok((
+            r.status,
+            serde_json::from_slice(&r.body).unwrap_or(Value::Null),
+        ))
+    }
+
     async fn convert(&self, body: Value) -> anyhow::Result<()> {
         let raw = body.to_string();
         let sig = crate::signature::sign(SECRET, chrono::Utc::now().timestamp(), raw.as_bytes());
@@ -331,13 +355,19 @@ fn progress(done: u64, total: u64, started: Instant) {
 }
 
 /// Runs the demo; prints the summary on stdout.
-pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
+/// The embedded default on ephemeral ports, writing under the demo's data directory.
+fn demo_config(opts: &DemoOptions) -> anyhow::Result<Config> {
     let mut config = Config::embedded();
     config.edge.listen = "127.0.0.1:0".parse()?;
     config.pipeline.admin_listen = "127.0.0.1:0".parse()?;
     // Visitors come from many addresses; the demo sends them as a proxy would.
     config.edge.trust_forwarded_for = true;
     config.sink.data_dir = opts.data_dir.clone();
+    Ok(config)
+}
+
+pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
+    let config = demo_config(&opts)?;
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("cannot create {}", opts.data_dir.display()))?;
     for table in crate::sink::TABLES
@@ -455,6 +485,86 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let stats = partner_stats(&opts.data_dir)?;
     print_summary(&stats, &opts.data_dir)?;
     lifecycle(&opts.data_dir).await?;
+    keys_tour(&opts).await?;
+    Ok(())
+}
+
+/// What the merchant and one partner see through keys of their own (SPEC §9), on a
+/// second start of the embedded server over the same data files (the embedded
+/// registry lives in memory, so the program is seeded again).
+async fn keys_tour(opts: &DemoOptions) -> anyhow::Result<()> {
+    let config = demo_config(opts)?;
+    let (trigger, shutdown) = crate::shutdown::channel();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let admin_token = config.admin.token.clone();
+    let serve = tokio::spawn(crate::app::run_serve(config, shutdown, Some(tx)));
+    let addrs = rx
+        .await
+        .context("the embedded server did not start again")?;
+    let http = Http {
+        client: crate::http::client(),
+        base: format!("http://{}", addrs.edge),
+        admin_token: admin_token.clone(),
+        done: AtomicU64::new(0),
+    };
+    seed(&http).await?;
+    let (partner, other) = (PARTNERS[1].0, PARTNERS[2].0);
+    let merchant = http
+        .keyed(
+            &admin_token,
+            Method::POST,
+            "/api/v1/keys",
+            json!({"scope": "program", "program_id": PROGRAM, "name": "demo backoffice"}),
+        )
+        .await?;
+    let merchant_key = merchant.1["key"].as_str().unwrap_or_default().to_string();
+    let theirs = http
+        .keyed(&merchant_key, Method::POST, "/api/v1/keys",
+            json!({"scope": "partner", "program_id": PROGRAM, "partner_id": partner, "name": "partner dashboard"}))
+        .await?;
+    let partner_key = theirs.1["key"].as_str().unwrap_or_default().to_string();
+    println!();
+    println!("keys (the secrets are shown once, stored as SHA-256):");
+    println!(
+        "  merchant key {} (program {PROGRAM}, made by the operator)",
+        merchant.1["id"].as_str().unwrap_or("")
+    );
+    println!(
+        "  partner key  {} (partner {partner}, made with the merchant's key)",
+        theirs.1["id"].as_str().unwrap_or("")
+    );
+    let (status, balance) = http
+        .keyed(&partner_key, Method::GET, "/api/v1/me/balance", Value::Null)
+        .await?;
+    println!("what {partner} sees at GET /api/v1/me/balance ({status}):");
+    for field in ["pending", "held", "approved", "paid", "carried_clawback"] {
+        println!(
+            "  {field:<18} {:>14} {}",
+            balance[field].as_str().unwrap_or("?"),
+            balance["currency"].as_str().unwrap_or("")
+        );
+    }
+    let (status, payouts) = http
+        .keyed(&partner_key, Method::GET, "/api/v1/me/payouts", Value::Null)
+        .await?;
+    println!("  payouts ({status}): {}", payouts["payouts"]);
+    for (what, path) in [
+        (
+            "the program's whole ledger",
+            "/api/v1/commissions?program_id=demo-shop".to_string(),
+        ),
+        (
+            "another partner's balance",
+            format!("/api/v1/me/balance?partner_id={other}"),
+        ),
+    ] {
+        let (status, _) = http
+            .keyed(&partner_key, Method::GET, &path, Value::Null)
+            .await?;
+        println!("  and {what}: {status}");
+    }
+    trigger.fire();
+    serve.await.context("embedded server")??;
     Ok(())
 }
 

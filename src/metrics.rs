@@ -14,6 +14,11 @@ pub const HTTP_REQUEST_DURATION_SECONDS: &str = "touchline_http_request_duration
 pub const EDGE_CLICKS_TOTAL: &str = "touchline_edge_clicks_total";
 /// Click events dropped because the buffer in front of the broker was full.
 pub const EDGE_CLICK_BUFFER_OVERFLOW_TOTAL: &str = "touchline_edge_click_buffer_overflow_total";
+/// `api_audit` rows lost because the buffer in front of the audit log was full.
+pub const EDGE_AUDIT_DROPPED_TOTAL: &str = "touchline_edge_audit_dropped_total";
+/// Keyed API requests refused by the access layer, by `reason` (unauthorized,
+/// forbidden, rate_limited, not_found).
+pub const EDGE_ACCESS_REFUSED_TOTAL: &str = "touchline_edge_access_refused_total";
 /// Click fields stored shorter than sent, by `field` (user_agent, referer, utm_*).
 pub const EDGE_TRUNCATED_FIELDS_TOTAL: &str = "touchline_edge_truncated_fields_total";
 /// Click events the broker finally refused (not retryable).
@@ -130,6 +135,16 @@ pub const ALL: &[(&str, &str, &str)] = &[
         EDGE_CONVERSIONS_REJECTED_TOTAL,
         "counter",
         "Conversion requests refused, by reason.",
+    ),
+    (
+        EDGE_AUDIT_DROPPED_TOTAL,
+        "counter",
+        "api_audit rows lost because the audit buffer was full.",
+    ),
+    (
+        EDGE_ACCESS_REFUSED_TOTAL,
+        "counter",
+        "Keyed API requests the access layer refused, by reason.",
     ),
     (
         EDGE_TRUNCATED_FIELDS_TOTAL,

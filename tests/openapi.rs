@@ -77,6 +77,15 @@ async fn the_document_matches_the_running_edge() {
     migrate(&config).await;
     let edge = start_edge(&config).await;
     let program = program_json();
+    // A key to revoke, made before the probes (they run in order).
+    seed(&edge.url("")).await;
+    let made = admin(
+        Method::POST,
+        &edge.url("/api/v1/keys"),
+        json!({"scope": "program", "program_id": "acme", "name": "probe"}),
+    )
+    .await;
+    let key_id = made.json()["id"].as_str().unwrap().to_string();
     let probes = vec![
         probe(
             "/api/v1/programs/{id}",
@@ -382,6 +391,133 @@ async fn the_document_matches_the_running_edge() {
             true,
             Value::Null,
         ),
+        probe(
+            "/api/v1/keys",
+            Method::POST,
+            "/api/v1/keys",
+            true,
+            json!({"scope": "partner", "program_id": "acme", "partner_id": "alice", "name": "dashboard"}),
+        ),
+        probe(
+            "/api/v1/keys",
+            Method::POST,
+            "/api/v1/keys",
+            true,
+            json!({"scope": "partner", "program_id": "acme", "name": "dashboard"}),
+        ),
+        probe(
+            "/api/v1/keys",
+            Method::GET,
+            "/api/v1/keys?program_id=acme",
+            true,
+            Value::Null,
+        ),
+        probe(
+            "/api/v1/keys",
+            Method::GET,
+            "/api/v1/keys?program_id=none",
+            true,
+            Value::Null,
+        ),
+        probe(
+            "/api/v1/keys",
+            Method::GET,
+            "/api/v1/keys",
+            true,
+            Value::Null,
+        ),
+        probe(
+            "/api/v1/keys/{id}",
+            Method::DELETE,
+            &format!("/api/v1/keys/{key_id}"),
+            true,
+            Value::Null,
+        ),
+        probe(
+            "/api/v1/keys/{id}",
+            Method::DELETE,
+            "/api/v1/keys/none",
+            true,
+            Value::Null,
+        ),
+        probe(
+            "/api/v1/keys/{id}",
+            Method::DELETE,
+            &format!("/api/v1/keys/{key_id}"),
+            false,
+            Value::Null,
+        ),
+        probe(
+            "/api/v1/me",
+            Method::GET,
+            "/api/v1/me?partner_id=alice",
+            true,
+            Value::Null,
+        ),
+        probe("/api/v1/me", Method::GET, "/api/v1/me", true, Value::Null),
+        probe(
+            "/api/v1/me",
+            Method::GET,
+            "/api/v1/me?partner_id=none",
+            true,
+            Value::Null,
+        ),
+        probe(
+            "/api/v1/me/links",
+            Method::GET,
+            "/api/v1/me/links?partner_id=alice",
+            true,
+            Value::Null,
+        ),
+        probe(
+            "/api/v1/me/links",
+            Method::POST,
+            "/api/v1/me/links?partner_id=alice",
+            true,
+            json!({"destination": "https://acme.example/spring", "sub_ids": ["mail"]}),
+        ),
+        probe(
+            "/api/v1/me/links",
+            Method::POST,
+            "/api/v1/me/links?partner_id=alice",
+            true,
+            json!({"destination": "https://elsewhere.example/"}),
+        ),
+        probe(
+            "/api/v1/me/commissions",
+            Method::GET,
+            "/api/v1/me/commissions?partner_id=alice&status=held",
+            true,
+            Value::Null,
+        ),
+        probe(
+            "/api/v1/me/commissions",
+            Method::GET,
+            "/api/v1/me/commissions?partner_id=alice&program_id=x",
+            true,
+            Value::Null,
+        ),
+        probe(
+            "/api/v1/me/balance",
+            Method::GET,
+            "/api/v1/me/balance?partner_id=alice",
+            true,
+            Value::Null,
+        ),
+        probe(
+            "/api/v1/me/payouts",
+            Method::GET,
+            "/api/v1/me/payouts?partner_id=alice",
+            true,
+            Value::Null,
+        ),
+        probe(
+            "/api/v1/me/payouts/{id}",
+            Method::GET,
+            "/api/v1/me/payouts/0193a3b2-7c4e-7000-8000-000000000009?partner_id=alice",
+            true,
+            Value::Null,
+        ),
         probe("/healthz", Method::GET, "/healthz", false, Value::Null),
         probe("/readyz", Method::GET, "/readyz", false, Value::Null),
         probe("/metrics", Method::GET, "/metrics", false, Value::Null),
@@ -503,4 +639,92 @@ fn the_webhooks_section_describes_every_event_type() {
             assert!(headers.contains(h), "{name}: {h} not documented");
         }
     }
+}
+
+/// Every route of the edge's table is documented, with the roles the table gives it
+/// (`x-roles`), and the document has no route the table lacks.
+#[test]
+fn the_documented_roles_are_the_route_table() {
+    use touchline::edge::routes::{Access, ROUTES};
+    let spec = spec();
+    let mut documented = BTreeSet::new();
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            if method != "parameters" {
+                documented.insert((path.clone(), method.clone(), op["x-roles"].to_string()));
+            }
+        }
+    }
+    let table: BTreeSet<(String, String, String)> = ROUTES
+        .iter()
+        .map(|r| {
+            let roles = match r.access {
+                Access::Roles(roles) => json!(roles.iter().map(|r| r.as_str()).collect::<Vec<_>>()),
+                Access::Public | Access::Signed => Value::Null,
+            };
+            (
+                r.template.to_string(),
+                r.method.as_str().to_ascii_lowercase(),
+                roles.to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(documented, table);
+}
+
+/// README's route × scope table, as the route table gives it.
+fn route_table() -> String {
+    use touchline::edge::routes::{Access, Check, ROUTES};
+    let mut out = String::from(
+        "| method | route | who may call it | the tenant is found by |\n|---|---|---|---|\n",
+    );
+    for r in ROUTES {
+        let who = match r.access {
+            Access::Public => "anyone".to_string(),
+            Access::Signed => "the program's signature (no key)".to_string(),
+            Access::Roles(roles) => roles
+                .iter()
+                .map(|r| r.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        };
+        let tenant = r
+            .checks
+            .iter()
+            .map(|c| match c {
+                Check::ProgramPath => "the program in the path",
+                Check::PartnerPath => "the partner in the path",
+                Check::LinkPath => "the link in the path",
+                Check::KeyPath => "the key in the path",
+                Check::BodyProgram => "`program_id` in the body",
+                Check::QueryProgram => "`program_id` in the query",
+                Check::Me => "the partner key, or `?partner_id=`",
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        out.push_str(&format!(
+            "| {} | `{}` | {who} | {} |\n",
+            r.method,
+            r.template,
+            if tenant.is_empty() { "—" } else { &tenant }
+        ));
+    }
+    out
+}
+
+#[test]
+fn the_readme_route_table_is_the_route_table() {
+    let readme = include_str!("../README.md");
+    let begin = "<!-- routes: generated from src/edge/routes.rs, checked by tests/openapi.rs -->\n";
+    let start = readme
+        .find(begin)
+        .expect("README has the route table marker")
+        + begin.len();
+    let end = start + readme[start..].find("\n\n").unwrap_or(readme.len() - start) + 1;
+    let expected = route_table();
+    assert_eq!(
+        &readme[start..end],
+        expected,
+        "README's route table differs from the route table; it should read:\n{expected}"
+    );
 }

@@ -496,7 +496,11 @@ async fn a_conversion_beyond_the_ledger_is_dead_lettered_and_the_next_lands() {
 async fn migrate_brings_older_tables_their_millisecond_columns() {
     let config = config(&[]);
     migrate(&config).await;
-    for (table, column) in [("clicks", "ts_ms"), ("commissions", "occurred_at_ms")] {
+    for (table, column) in [
+        ("clicks", "ts_ms"),
+        ("commissions", "occurred_at_ms"),
+        ("clicks", "sub_ids"),
+    ] {
         ch_query(
             &config,
             &format!("ALTER TABLE {table} DROP COLUMN {column}"),
@@ -517,6 +521,7 @@ async fn migrate_brings_older_tables_their_millisecond_columns() {
     assert_eq!(
         columns,
         vec![
+            "api_audit at_ms UInt16",
             "attributions occurred_at_ms UInt16",
             "clicks ts_ms UInt16",
             "commission_status at_ms UInt16",
@@ -528,4 +533,9 @@ async fn migrate_brings_older_tables_their_millisecond_columns() {
             "webhook_deliveries duration_ms UInt32",
         ]
     );
+    // The link's sub ids, added after the first schema, come back last (RowBinary
+    // writes columns in order).
+    let described = ch_query(&config, "DESCRIBE TABLE clicks").await;
+    let last = described.last().map(|r| (r[0].as_str(), r[1].as_str()));
+    assert_eq!(last, Some(("sub_ids", "Array(String)")));
 }

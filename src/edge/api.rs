@@ -75,31 +75,55 @@ fn take(query: &mut Vec<(String, String)>, name: &str) -> Option<String> {
 }
 
 impl Edge {
-    /// Runs a keyed route: every refusal is decided here, before its handler.
+    /// Runs a keyed route: every refusal is decided here, before its handler. Writes
+    /// of an authenticated caller are recorded in `api_audit`, whatever the answer.
     pub(crate) async fn keyed(
         &self,
         route: &'static Route,
         roles: &[Role],
         params: Vec<(String, String)>,
         req: Request<Incoming>,
-    ) -> Result<HttpResponse, ApiError> {
-        let principal = authenticate(
+    ) -> HttpResponse {
+        let principal = match authenticate(
             req.headers(),
             &self.config.admin.token,
             &self.registry,
             Utc::now(),
-        )
-        .map_err(|e| ApiError::unauthorized(e.to_string()))?;
+        ) {
+            Ok(p) => p,
+            Err(e) => return refused("unauthorized", ApiError::unauthorized(e.to_string())),
+        };
+        let resp = match self.admitted(route, roles, &principal, params, req).await {
+            Ok(resp) => resp,
+            Err(e) => e.into_response(),
+        };
+        if route.writes() {
+            self.audit.record(&principal, route, resp.status().as_u16());
+        }
+        resp
+    }
+
+    async fn admitted(
+        &self,
+        route: &'static Route,
+        roles: &[Role],
+        principal: &Principal,
+        params: Vec<(String, String)>,
+        req: Request<Incoming>,
+    ) -> Result<HttpResponse, ApiError> {
         if !roles.contains(&principal.role()) {
-            return Err(ApiError::forbidden(format!(
-                "a {} key cannot use this route",
-                principal.role().as_str()
-            )));
+            return Err(counted(
+                "forbidden",
+                ApiError::forbidden(format!(
+                    "a {} key cannot use this route",
+                    principal.role().as_str()
+                )),
+            ));
         }
         if let Some(key) = principal.key() {
             self.budgets
                 .take(&key.id, Instant::now())
-                .map_err(ApiError::too_many)?;
+                .map_err(|secs| counted("rate_limited", ApiError::too_many(secs)))?;
             self.key_uses.note(&self.registry, &key.id);
         }
         let query = query_pairs(req.uri().query().unwrap_or(""))?;
@@ -110,7 +134,7 @@ impl Edge {
             Bytes::new()
         };
         let mut call = Call {
-            principal,
+            principal: principal.clone(),
             params,
             query,
             headers,
@@ -118,7 +142,8 @@ impl Edge {
             partner: None,
         };
         for check in route.checks {
-            self.admit(*check, route, &mut call)?;
+            self.admit(*check, route, &mut call)
+                .map_err(|e| counted("not_found", e))?;
         }
         self.run(route.op, call).await
     }
@@ -232,6 +257,16 @@ impl Edge {
             }
         }
     }
+}
+
+/// Counts a refusal of the access layer by reason.
+fn counted(reason: &'static str, e: ApiError) -> ApiError {
+    metrics::counter!(crate::metrics::EDGE_ACCESS_REFUSED_TOTAL, "reason" => reason).increment(1);
+    e
+}
+
+fn refused(reason: &'static str, e: ApiError) -> HttpResponse {
+    counted(reason, e).into_response()
 }
 
 /// The body's top-level `program_id`, when the body is a JSON object that has one as a

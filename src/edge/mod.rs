@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub(crate) mod api;
+mod audit;
 pub mod conversions;
 #[cfg(test)]
 mod hostile;
@@ -44,6 +45,7 @@ pub struct Edge {
     router: Router,
     budgets: Budgets,
     key_uses: KeyUses,
+    audit: audit::AuditTrail,
 }
 
 impl Edge {
@@ -60,6 +62,7 @@ impl Edge {
             router: Router::new(),
             budgets,
             key_uses: KeyUses::default(),
+            audit: audit::AuditTrail::start(None),
             config,
             registry,
             bus,
@@ -67,6 +70,13 @@ impl Edge {
             metrics,
             salted,
         }
+    }
+
+    /// Records the keyed API's writes in `log` (`api_audit`). Starts a task: call it
+    /// within the runtime.
+    pub fn with_audit(mut self, log: Option<Arc<dyn crate::sink::AuditLog>>) -> Self {
+        self.audit = audit::AuditTrail::start(log);
+        self
     }
 
     /// Serves the review and payout API over `ledger`.
@@ -91,7 +101,8 @@ impl Edge {
         drain: Duration,
     ) {
         let bus = Arc::clone(&self.bus);
-        http::serve(listener, self, shutdown, drain).await;
+        http::serve(listener, Arc::clone(&self), shutdown, drain).await;
+        self.audit.close(drain).await;
         if let Err(e) = bus.flush(drain).await {
             tracing::error!(error = %e, "click events left unflushed at shutdown");
         } else {
@@ -128,10 +139,7 @@ impl Edge {
         peer: SocketAddr,
     ) -> HttpResponse {
         match (route.access, route.op) {
-            (Access::Roles(roles), _) => self
-                .keyed(route, roles, params, req)
-                .await
-                .unwrap_or_else(ApiError::into_response),
+            (Access::Roles(roles), _) => self.keyed(route, roles, params, req).await,
             (_, Op::Redirect) => {
                 let code = params.first().map(|(_, v)| v.as_str()).unwrap_or_default();
                 self.redirect(&req, code, peer)
@@ -218,15 +226,26 @@ fn status_label(s: StatusCode) -> &'static str {
     }
 }
 
+/// What an edge reads and writes besides the bus: the ledger behind the review,
+/// payout and partner APIs, and the log of the keyed API's writes.
+#[derive(Default)]
+pub struct Books {
+    pub ledger: Option<Arc<crate::ledger::Ledger>>,
+    pub audit: Option<Arc<dyn crate::sink::AuditLog>>,
+}
+
 /// Starts an edge on `listener` with the given parts and returns its task.
 pub fn spawn(
     config: Config,
     registry: Arc<Registry>,
     bus: Arc<dyn EventBus>,
-    ledger: Option<Arc<crate::ledger::Ledger>>,
+    books: Books,
     listener: TcpListener,
     shutdown: Shutdown,
 ) -> tokio::task::JoinHandle<()> {
-    let edge = Arc::new(Edge::new(config, registry, bus, m::install()).with_ledger(ledger));
+    let edge = Edge::new(config, registry, bus, m::install())
+        .with_ledger(books.ledger)
+        .with_audit(books.audit);
+    let edge = Arc::new(edge);
     tokio::spawn(edge.serve(listener, shutdown, Duration::from_secs(10)))
 }

@@ -63,6 +63,19 @@ impl Balance {
         if b.approved < Decimal::ZERO {
             b.carried_clawback = -b.approved;
         }
+        // Rows are exact to the minor unit; shown at it ("10.00", "0.00"), whatever
+        // scale the store answered with.
+        let units = crate::money::minor_units(currency);
+        for d in [
+            &mut b.pending,
+            &mut b.held,
+            &mut b.approved,
+            &mut b.paid,
+            &mut b.carried_clawback,
+            &mut b.rejected,
+        ] {
+            d.rescale(units);
+        }
         b
     }
 }
@@ -97,6 +110,9 @@ pub fn payouts_of(entries: &[Entry]) -> Vec<PartnerPayout> {
         p.paid_at = p.paid_at.min(e.at);
     }
     let mut out: Vec<PartnerPayout> = by_id.into_values().collect();
+    for p in &mut out {
+        p.amount.rescale(crate::money::minor_units(&p.currency));
+    }
     out.sort_by(|a, b| (b.paid_at, &b.payout_id).cmp(&(a.paid_at, &a.payout_id)));
     out
 }
@@ -168,6 +184,8 @@ mod tests {
         ];
         let b = Balance::of("USD", &rows);
         assert_eq!(b.pending, "10.00".parse().unwrap());
+        assert_eq!(b.pending.to_string(), "10.00");
+        assert_eq!(Balance::of("USD", &[]).held.to_string(), "0.00");
         assert_eq!(b.held, "2.50".parse().unwrap());
         assert_eq!(b.approved, "-3.25".parse().unwrap());
         assert_eq!(b.carried_clawback, "3.25".parse().unwrap());

@@ -31,6 +31,10 @@ pub const SCHEMA: &[(&str, &str)] = &[
         "004_webhook_deliveries.sql",
         include_str!("../../schemas/clickhouse/004_webhook_deliveries.sql"),
     ),
+    (
+        "005_api_audit.sql",
+        include_str!("../../schemas/clickhouse/005_api_audit.sql"),
+    ),
 ];
 
 /// Server error codes that no retry can cure: the rows themselves are refused (as in
@@ -158,6 +162,13 @@ impl Sink for ClickHouseSink {
 impl DeliveryLog for ClickHouseSink {
     async fn record(&self, rows: &[DeliveryRow]) -> Result<(), SinkError> {
         self.insert("webhook_deliveries", rows).await
+    }
+}
+
+#[async_trait]
+impl super::AuditLog for ClickHouseSink {
+    async fn audit(&self, rows: &[super::AuditRow]) -> Result<(), SinkError> {
+        self.insert("api_audit", rows).await
     }
 }
 
@@ -405,7 +416,10 @@ pub async fn migrate(cfg: &ClickHouseConfig) -> Result<(), SinkError> {
 /// Checks that every table exists, so that a missing migration is named at start-up.
 pub async fn check_tables(cfg: &ClickHouseConfig) -> Result<(), SinkError> {
     let c = client(cfg);
-    for table in super::TABLES.iter().chain(&["webhook_deliveries"]) {
+    for table in super::TABLES
+        .iter()
+        .chain(&["webhook_deliveries", "api_audit"])
+    {
         c.query(&format!("SELECT 1 FROM {table} LIMIT 0"))
             .execute()
             .await
@@ -437,7 +451,7 @@ mod tests {
     #[test]
     fn statements_split_and_substitute() {
         let s = statements("tl_test");
-        assert_eq!(s.len(), 9);
+        assert_eq!(s.len(), 10);
         assert!(s[0].starts_with("CREATE DATABASE IF NOT EXISTS tl_test"));
         assert!(s.iter().all(|x| !x.contains("{db}")));
         assert!(s
@@ -446,7 +460,7 @@ mod tests {
         assert!(s
             .last()
             .unwrap()
-            .contains("CREATE TABLE IF NOT EXISTS tl_test.webhook_deliveries"));
+            .contains("CREATE TABLE IF NOT EXISTS tl_test.api_audit"));
     }
 }
 

@@ -21,6 +21,8 @@ pub struct FileSink {
     ledger: Arc<crate::ledger::MemoryLedger>,
     /// `webhook_deliveries.jsonl`, opened at the first delivery.
     deliveries: Arc<Mutex<Option<File>>>,
+    /// `api_audit.jsonl`, opened at the first audited write.
+    audits: Arc<Mutex<Option<File>>>,
 }
 
 impl FileSink {
@@ -43,6 +45,7 @@ impl FileSink {
             files: Arc::new(Mutex::new(files)),
             ledger,
             deliveries: Arc::new(Mutex::new(None)),
+            audits: Arc::new(Mutex::new(None)),
         })
     }
 
@@ -133,39 +136,52 @@ impl Sink for FileSink {
     }
 }
 
+/// Appends rows to `{table}.jsonl`, opening it into `slot` at the first write, and
+/// syncs it before returning.
+async fn append_lazily<T: Serialize>(
+    slot: &Arc<Mutex<Option<File>>>,
+    path: PathBuf,
+    table: &'static str,
+    rows: &[T],
+) -> Result<(), SinkError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let (bytes, n, file) = (encode(rows)?, rows.len(), Arc::clone(slot));
+    tokio::task::spawn_blocking(move || {
+        let io = |e: std::io::Error| SinkError::Transient(format!("{}: {e}", path.display()));
+        let mut file = file.lock().unwrap_or_else(|e| e.into_inner());
+        if file.is_none() {
+            *file = Some(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .map_err(io)?,
+            );
+        }
+        let f = file.as_mut().expect("opened above");
+        f.write_all(&bytes).map_err(io)?;
+        f.sync_data().map_err(io)?;
+        metrics::counter!(m::SINK_ROWS_TOTAL, "table" => table).increment(n as u64);
+        Ok(())
+    })
+    .await
+    .map_err(|e| SinkError::Transient(format!("file writer: {e}")))?
+}
+
 #[async_trait]
 impl DeliveryLog for FileSink {
     async fn record(&self, rows: &[DeliveryRow]) -> Result<(), SinkError> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let bytes = encode(rows)?;
-        let (n, file, path) = (
-            rows.len(),
-            Arc::clone(&self.deliveries),
-            self.path("webhook_deliveries"),
-        );
-        tokio::task::spawn_blocking(move || {
-            let io = |e: std::io::Error| SinkError::Transient(format!("{}: {e}", path.display()));
-            let mut file = file.lock().unwrap_or_else(|e| e.into_inner());
-            if file.is_none() {
-                *file = Some(
-                    OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(&path)
-                        .map_err(io)?,
-                );
-            }
-            let f = file.as_mut().expect("opened above");
-            f.write_all(&bytes).map_err(io)?;
-            f.sync_data().map_err(io)?;
-            metrics::counter!(m::SINK_ROWS_TOTAL, "table" => "webhook_deliveries")
-                .increment(n as u64);
-            Ok(())
-        })
-        .await
-        .map_err(|e| SinkError::Transient(format!("file writer: {e}")))?
+        let path = self.path("webhook_deliveries");
+        append_lazily(&self.deliveries, path, "webhook_deliveries", rows).await
+    }
+}
+
+#[async_trait]
+impl super::AuditLog for FileSink {
+    async fn audit(&self, rows: &[super::AuditRow]) -> Result<(), SinkError> {
+        append_lazily(&self.audits, self.path("api_audit"), "api_audit", rows).await
     }
 }
 

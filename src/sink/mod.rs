@@ -8,7 +8,8 @@ pub mod rows;
 use async_trait::async_trait;
 
 pub use rows::{
-    AttributionRow, ClickRow, CommissionRow, ConversionRow, DeliveryRow, PayoutRow, StatusRow,
+    AttributionRow, AuditRow, ClickRow, CommissionRow, ConversionRow, DeliveryRow, PayoutRow,
+    StatusRow,
 };
 
 /// The tables the pipeline and the review and payout API write, in the order they are
@@ -86,4 +87,11 @@ pub trait Sink: Send + Sync + 'static {
 pub trait DeliveryLog: Send + Sync + 'static {
     /// Writes the rows durably. Writing a final row again collapses under FINAL.
     async fn record(&self, rows: &[DeliveryRow]) -> Result<(), SinkError>;
+}
+
+/// Where the keyed API's writes are recorded (`api_audit`, SPEC §9).
+#[async_trait]
+pub trait AuditLog: Send + Sync + 'static {
+    /// Appends the rows durably.
+    async fn audit(&self, rows: &[AuditRow]) -> Result<(), SinkError>;
 }

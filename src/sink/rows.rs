@@ -500,6 +500,23 @@ mod tests {
     }
 }
 
+/// A row of `api_audit`: one write made through the keyed API (SPEC §9).
+#[derive(Debug, Clone, PartialEq, Serialize, clickhouse::Row)]
+pub struct AuditRow {
+    #[serde(with = "ser::datetime")]
+    pub at: DateTime<Utc>,
+    pub at_ms: u16,
+    /// The key's id; `admin` for the operator token.
+    pub key_id: String,
+    pub role: &'static str,
+    pub program_id: String,
+    pub partner_id: String,
+    pub method: &'static str,
+    /// The route template, never the raw path.
+    pub route: &'static str,
+    pub status: u16,
+}
+
 /// A row of `webhook_deliveries`: one attempt to deliver one event to one endpoint
 /// (SPEC §3.6).
 #[derive(Debug, Clone, PartialEq, Serialize, clickhouse::Row)]

@@ -192,7 +192,7 @@ pub async fn start_edge(config: &Config) -> RunningEdge {
         config.clone(),
         Arc::clone(&registry),
         bus.clone(),
-        touchline::app::clickhouse_ledger(config, store, Arc::clone(&registry), bus.clone()),
+        touchline::app::clickhouse_books(config, store, Arc::clone(&registry), bus.clone()),
         listener,
         shutdown,
     );

@@ -1,0 +1,839 @@
+//! Keys and scopes (SPEC §9) on the real stack: every route of the edge's table walked
+//! with every kind of caller, the answer checked, and after each refused write the
+//! registry and the ledger compared with what they were before.
+
+mod common;
+
+use std::time::Duration;
+
+use chrono::Utc;
+use common::*;
+use hyper::{Method, StatusCode};
+use serde_json::{json, Value};
+use touchline::access::keys::{generate, hash_secret};
+use touchline::access::{ApiKey, KeyScope};
+use touchline::edge::routes::ROUTES;
+use touchline::engine::Status;
+use touchline::registry::Entity;
+use touchline::sink::{Batch, Sink, StatusRow};
+use uuid::Uuid;
+
+/// The callers with a key or token, in the order of [`Case::expect`].
+const CALLERS: [&str; 6] = [
+    "operator",
+    "own program",
+    "other program",
+    "own partner",
+    "other partner of the program",
+    "partner of another program",
+];
+
+/// Callers that never authenticate: revoked, expired, none, malformed (four forms).
+const UNAUTHENTICATED: [&str; 7] = [
+    "revoked",
+    "expired",
+    "none",
+    "empty bearer",
+    "basic scheme",
+    "bare prefix",
+    "unknown key",
+];
+
+struct Case {
+    method: Method,
+    template: &'static str,
+    path: String,
+    body: Value,
+    /// The status each of [`CALLERS`] gets.
+    expect: [u16; 6],
+    /// An operator request made before each allowed call (recreating what the
+    /// previous allowed call removed).
+    setup: Option<(Method, String, Value)>,
+}
+
+fn case(method: Method, template: &'static str, path: &str, body: Value, expect: [u16; 6]) -> Case {
+    Case {
+        method,
+        template,
+        path: path.to_string(),
+        body,
+        expect,
+        setup: None,
+    }
+}
+
+/// The secrets of every caller.
+struct Keys {
+    by_caller: Vec<String>,
+    revoked: String,
+    expired: String,
+}
+
+impl Keys {
+    fn authorization(&self, caller: &str) -> Option<String> {
+        let bearer = |t: &str| Some(format!("Bearer {t}"));
+        match caller {
+            "operator" => bearer(ADMIN_TOKEN),
+            "revoked" => bearer(&self.revoked),
+            "expired" => bearer(&self.expired),
+            "none" => None,
+            "empty bearer" => Some("Bearer ".into()),
+            "basic scheme" => Some(format!("Basic {ADMIN_TOKEN}")),
+            "bare prefix" => bearer("tlk_"),
+            "unknown key" => bearer(&generate().1),
+            other => {
+                let i = CALLERS.iter().position(|c| *c == other).unwrap();
+                bearer(&self.by_caller[i])
+            }
+        }
+    }
+}
+
+async fn call(url: &str, auth: Option<&str>, method: Method, path: &str, body: &Value) -> Resp {
+    let mut headers = vec![("content-type", "application/json")];
+    if let Some(a) = auth {
+        headers.push(("authorization", a));
+    }
+    let body = if body.is_null() {
+        Vec::new()
+    } else {
+        body.to_string().into_bytes()
+    };
+    send(method, &format!("{url}{path}"), &headers, body).await
+}
+
+async fn key(url: &str, by: &str, body: Value) -> (String, String) {
+    let r = call(url, Some(by), Method::POST, "/api/v1/keys", &body).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{body}: {:?}", r.body);
+    let v = r.json();
+    (
+        v["id"].as_str().unwrap().to_string(),
+        v["key"].as_str().unwrap().to_string(),
+    )
+}
+
+/// Everything a refused request must leave as it was.
+async fn state(config: &touchline::config::Config, edge: &RunningEdge) -> String {
+    let (mut entities, _) = edge.registry.store().load().await.unwrap();
+    entities.sort_by_key(|e| serde_json::to_string(e).unwrap());
+    let mut out = serde_json::to_string(&entities).unwrap();
+    for sql in [
+        "SELECT commission_id, step, status, actor FROM commission_status FINAL ORDER BY commission_id, step",
+        "SELECT payout_id, partner_id, amount FROM payouts FINAL ORDER BY payout_id, partner_id",
+        "SELECT commission_id, amount FROM commissions FINAL ORDER BY commission_id",
+    ] {
+        out.push_str(&format!("{:?}", ch_query(config, sql).await));
+    }
+    out
+}
+
+/// A ledger row written as the pipeline writes it: its step of `status`, at `at`.
+fn step(n: u128, status: Status, at: chrono::DateTime<Utc>) -> StatusRow {
+    StatusRow::step(
+        Uuid::from_u128(n),
+        Uuid::from_u128(1000 + n),
+        "acme",
+        "alice",
+        "direct",
+        "10.00".parse().unwrap(),
+        "USD",
+        0,
+        status,
+        if status == Status::Held {
+            "review_above"
+        } else {
+            ""
+        },
+        "pipeline",
+        at,
+    )
+}
+
+struct World {
+    config: touchline::config::Config,
+    edge: RunningEdge,
+    url: String,
+    keys: Keys,
+    revocable: String,
+    payout: Uuid,
+    held: Uuid,
+}
+
+async fn world() -> World {
+    let config = config(&[
+        ("TOUCHLINE__ACCESS__RATE_PER_KEY", "100000"),
+        ("TOUCHLINE__ACCESS__BURST", "100000"),
+    ]);
+    create_topics(&config).await;
+    migrate(&config).await;
+    let edge = start_edge(&config).await;
+    let url = edge.url("");
+    seed(&url).await;
+    let op = format!("Bearer {ADMIN_TOKEN}");
+    for (path, body) in [
+        ("/api/v1/programs/globex", program_json()),
+        ("/api/v1/partners/bob", json!({"program_id": "acme"})),
+        ("/api/v1/partners/gina", json!({"program_id": "globex"})),
+        (
+            "/api/v1/programs/acme/webhooks/crm",
+            json!({"url": "https://crm.example/hooks", "secret": "whsec-0123456789abcdef", "events": ["commission.created"]}),
+        ),
+    ] {
+        let r = call(&url, Some(&op), Method::PUT, path, &body).await;
+        assert!(r.status.is_success(), "{path}: {:?}", r.body);
+    }
+    let program_key = |p: &str| json!({"scope": "program", "program_id": p, "name": "merchant"});
+    let partner_key = |p: &str, partner: &str| json!({"scope": "partner", "program_id": p, "partner_id": partner, "name": "dashboard"});
+    let (_, acme) = key(&url, &op, program_key("acme")).await;
+    let (_, globex) = key(&url, &op, program_key("globex")).await;
+    let acme_auth = format!("Bearer {acme}");
+    let (_, alice) = key(&url, &acme_auth, partner_key("acme", "alice")).await;
+    let (_, bob) = key(&url, &acme_auth, partner_key("acme", "bob")).await;
+    let (_, gina) = key(&url, &op, partner_key("globex", "gina")).await;
+    let (revocable, _) = key(&url, &acme_auth, partner_key("acme", "bob")).await;
+    let (revoked_id, revoked) = key(&url, &op, program_key("acme")).await;
+    let r = call(
+        &url,
+        Some(&op),
+        Method::DELETE,
+        &format!("/api/v1/keys/{revoked_id}"),
+        &Value::Null,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    // An expired key: the API refuses an expiry in the past, so it is stored directly,
+    // as a key whose time ran out would be.
+    let (id, expired) = generate();
+    let stale = ApiKey {
+        id,
+        scope: KeyScope::Program,
+        program_id: "acme".into(),
+        partner_id: None,
+        name: "old".into(),
+        hash: hash_secret(&expired),
+        created_at: Utc::now() - chrono::Duration::days(2),
+        expires_at: Some(Utc::now() - chrono::Duration::days(1)),
+        revoked_at: None,
+        created_by: "admin".into(),
+    };
+    edge.registry
+        .store()
+        .put(&Entity::Key(stale))
+        .await
+        .unwrap();
+    edge.registry.refresh().await.unwrap();
+
+    // The ledger: a held row to review, an approved one paid out an hour ago.
+    let sink = touchline::sink::clickhouse::ClickHouseSink::new(&config.clickhouse);
+    let now = Utc::now();
+    let held = Uuid::from_u128(1);
+    let mut rows = vec![
+        step(1, Status::Held, now - chrono::Duration::hours(3)),
+        step(2, Status::Approved, now - chrono::Duration::hours(3)),
+    ];
+    rows[1].reason = "hold ended".into();
+    sink.write(&Batch {
+        statuses: rows,
+        ..Batch::default()
+    })
+    .await
+    .unwrap();
+    let up_to = chrono::DateTime::from_timestamp((now - chrono::Duration::hours(1)).timestamp(), 0)
+        .unwrap();
+    let body = json!({"program_id": "acme", "up_to": up_to.to_rfc3339()});
+    let r = call(&url, Some(&op), Method::POST, "/api/v1/payouts", &body).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let payout = Uuid::parse_str(r.json()["payout_id"].as_str().unwrap()).unwrap();
+    let paid: rust_decimal::Decimal = r.json()["lines"][0]["amount"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(paid, rust_decimal::Decimal::new(10, 0));
+    World {
+        config,
+        edge,
+        url,
+        keys: Keys {
+            by_caller: vec![ADMIN_TOKEN.into(), acme, globex, alice, bob, gina],
+            revoked,
+            expired,
+        },
+        revocable,
+        payout,
+        held,
+    }
+}
+
+fn cases(w: &World) -> Vec<Case> {
+    const M: [u16; 6] = [200, 200, 404, 403, 403, 403];
+    const P: [u16; 6] = [200, 200, 404, 200, 404, 404];
+    let all = |s: u16| [s; 6];
+    let hook = json!({"url": "https://crm.example/hooks", "secret": "whsec-0123456789abcdef", "events": ["commission.created"]});
+    let half_hour_ago = chrono::DateTime::from_timestamp(Utc::now().timestamp() - 1800, 0)
+        .unwrap()
+        .to_rfc3339();
+    let conversion =
+        json!({"program_id": "acme", "order_id": "O-1", "kind": "sale", "amount": "1.00"});
+    let mut delete_hook = case(
+        Method::DELETE,
+        "/api/v1/programs/{id}/webhooks/{name}",
+        "/api/v1/programs/acme/webhooks/crm",
+        Value::Null,
+        [204, 204, 404, 403, 403, 403],
+    );
+    delete_hook.setup = Some((
+        Method::PUT,
+        "/api/v1/programs/acme/webhooks/crm".into(),
+        hook.clone(),
+    ));
+    let me = |p: &str| format!("{p}?partner_id=alice");
+    vec![
+        case(
+            Method::GET,
+            "/r/{code}",
+            "/r/alice-spring",
+            Value::Null,
+            all(302),
+        ),
+        case(
+            Method::HEAD,
+            "/r/{code}",
+            "/r/alice-spring",
+            Value::Null,
+            all(302),
+        ),
+        // Conversions take the program's signature, never a key.
+        case(
+            Method::POST,
+            "/api/v1/conversions",
+            "/api/v1/conversions",
+            conversion,
+            all(401),
+        ),
+        case(Method::GET, "/healthz", "/healthz", Value::Null, all(200)),
+        case(Method::GET, "/readyz", "/readyz", Value::Null, all(200)),
+        case(Method::GET, "/metrics", "/metrics", Value::Null, all(200)),
+        case(
+            Method::PUT,
+            "/api/v1/programs/{id}",
+            "/api/v1/programs/acme",
+            program_json(),
+            M,
+        ),
+        case(
+            Method::GET,
+            "/api/v1/programs/{id}",
+            "/api/v1/programs/acme",
+            Value::Null,
+            M,
+        ),
+        case(
+            Method::GET,
+            "/api/v1/programs/{id}/webhooks",
+            "/api/v1/programs/acme/webhooks",
+            Value::Null,
+            M,
+        ),
+        case(
+            Method::PUT,
+            "/api/v1/programs/{id}/webhooks/{name}",
+            "/api/v1/programs/acme/webhooks/crm",
+            hook,
+            M,
+        ),
+        case(
+            Method::GET,
+            "/api/v1/programs/{id}/webhooks/{name}",
+            "/api/v1/programs/acme/webhooks/crm",
+            Value::Null,
+            M,
+        ),
+        delete_hook,
+        case(
+            Method::PUT,
+            "/api/v1/partners/{id}",
+            "/api/v1/partners/bob",
+            json!({"program_id": "acme"}),
+            M,
+        ),
+        case(
+            Method::GET,
+            "/api/v1/partners/{id}",
+            "/api/v1/partners/alice",
+            Value::Null,
+            M,
+        ),
+        case(
+            Method::PATCH,
+            "/api/v1/partners/{id}",
+            "/api/v1/partners/bob",
+            json!({"status": "active"}),
+            M,
+        ),
+        case(
+            Method::POST,
+            "/api/v1/links",
+            "/api/v1/links",
+            json!({"program_id": "acme", "partner_id": "alice", "destination": "https://shop.example/"}),
+            [201, 201, 404, 403, 403, 403],
+        ),
+        case(
+            Method::GET,
+            "/api/v1/links/{code}",
+            "/api/v1/links/alice-spring",
+            Value::Null,
+            M,
+        ),
+        case(
+            Method::PATCH,
+            "/api/v1/links/{code}",
+            "/api/v1/links/alice-spring",
+            json!({"status": "active"}),
+            M,
+        ),
+        case(
+            Method::GET,
+            "/api/v1/commissions",
+            "/api/v1/commissions?program_id=acme",
+            Value::Null,
+            M,
+        ),
+        case(
+            Method::POST,
+            "/api/v1/commissions/review",
+            "/api/v1/commissions/review",
+            json!({"program_id": "acme", "commission_ids": [w.held], "action": "approve"}),
+            M,
+        ),
+        case(
+            Method::POST,
+            "/api/v1/payouts",
+            "/api/v1/payouts",
+            json!({"program_id": "acme", "up_to": half_hour_ago}),
+            M,
+        ),
+        case(
+            Method::GET,
+            "/api/v1/payouts/{id}",
+            &format!("/api/v1/payouts/{}?program_id=acme", w.payout),
+            Value::Null,
+            M,
+        ),
+        case(
+            Method::POST,
+            "/api/v1/keys",
+            "/api/v1/keys",
+            json!({"scope": "partner", "program_id": "acme", "partner_id": "alice", "name": "more"}),
+            [201, 201, 404, 403, 403, 403],
+        ),
+        case(
+            Method::GET,
+            "/api/v1/keys",
+            "/api/v1/keys?program_id=acme",
+            Value::Null,
+            M,
+        ),
+        case(
+            Method::DELETE,
+            "/api/v1/keys/{id}",
+            &format!("/api/v1/keys/{}", w.revocable),
+            Value::Null,
+            M,
+        ),
+        case(Method::GET, "/api/v1/me", &me("/api/v1/me"), Value::Null, P),
+        case(
+            Method::GET,
+            "/api/v1/me/links",
+            &me("/api/v1/me/links"),
+            Value::Null,
+            P,
+        ),
+        case(
+            Method::POST,
+            "/api/v1/me/links",
+            &me("/api/v1/me/links"),
+            json!({"destination": "https://acme.example/spring", "sub_ids": ["newsletter"]}),
+            [201, 201, 404, 201, 404, 404],
+        ),
+        case(
+            Method::GET,
+            "/api/v1/me/commissions",
+            &me("/api/v1/me/commissions"),
+            Value::Null,
+            P,
+        ),
+        case(
+            Method::GET,
+            "/api/v1/me/balance",
+            &me("/api/v1/me/balance"),
+            Value::Null,
+            P,
+        ),
+        case(
+            Method::GET,
+            "/api/v1/me/payouts",
+            &me("/api/v1/me/payouts"),
+            Value::Null,
+            P,
+        ),
+        case(
+            Method::GET,
+            "/api/v1/me/payouts/{id}",
+            &me(&format!("/api/v1/me/payouts/{}", w.payout)),
+            Value::Null,
+            P,
+        ),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_answers_every_caller_as_its_scope_says() {
+    let w = world().await;
+    let cases = cases(&w);
+    // The matrix covers the whole route table: a new route needs its row here.
+    for r in ROUTES {
+        assert!(
+            cases
+                .iter()
+                .any(|c| c.method == r.method && c.template == r.template),
+            "{} {} has no row in the access matrix",
+            r.method,
+            r.template
+        );
+    }
+    let op = format!("Bearer {ADMIN_TOKEN}");
+    for c in &cases {
+        let public = !c.template.starts_with("/api/v1/") || c.template == "/api/v1/conversions";
+        let writes = !matches!(c.method, Method::GET | Method::HEAD);
+        // Refused callers first, while everything they must not touch is there.
+        let mut order: Vec<(&str, u16)> = UNAUTHENTICATED
+            .iter()
+            .map(|u| (*u, if public { c.expect[0] } else { 401 }))
+            .collect();
+        let refused: Vec<(&str, u16)> = CALLERS
+            .iter()
+            .zip(c.expect)
+            .filter(|(_, s)| *s >= 400 && !public)
+            .map(|(caller, s)| (*caller, s))
+            .collect();
+        order.extend(refused);
+        // Then the allowed ones, the operator last.
+        for i in [1, 3, 0] {
+            if c.expect[i] < 400 || public {
+                order.push((CALLERS[i], c.expect[i]));
+            }
+        }
+        for (caller, want) in order {
+            let auth = w.keys.authorization(caller);
+            let allowed = want < 400;
+            if allowed {
+                if let Some((m, p, b)) = &c.setup {
+                    let r = call(&w.url, Some(&op), m.clone(), p, b).await;
+                    assert!(r.status.is_success(), "setup of {}: {:?}", c.path, r.body);
+                }
+            }
+            let before = (writes && !allowed).then_some(state(&w.config, &w.edge).await);
+            let r = call(&w.url, auth.as_deref(), c.method.clone(), &c.path, &c.body).await;
+            assert_eq!(
+                r.status.as_u16(),
+                want,
+                "{} {} as {caller}: {:?}",
+                c.method,
+                c.path,
+                r.body
+            );
+            if let Some(before) = before {
+                assert_eq!(
+                    before,
+                    state(&w.config, &w.edge).await,
+                    "{} {} refused for {caller} changed something",
+                    c.method,
+                    c.path
+                );
+            }
+        }
+    }
+    w.edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_tenants_resource_answers_exactly_as_a_missing_one() {
+    let w = world().await;
+    let globex = w.keys.authorization("other program").unwrap();
+    let bob = w
+        .keys
+        .authorization("other partner of the program")
+        .unwrap();
+    for (auth, there, missing) in [
+        (&globex, "/api/v1/partners/alice", "/api/v1/partners/nobody"),
+        (
+            &globex,
+            "/api/v1/links/alice-spring",
+            "/api/v1/links/no-such-link",
+        ),
+        (&globex, "/api/v1/programs/acme", "/api/v1/programs/nothing"),
+        (
+            &globex,
+            "/api/v1/programs/acme/webhooks/crm",
+            "/api/v1/programs/nothing/webhooks/crm",
+        ),
+        (
+            &globex,
+            "/api/v1/commissions?program_id=acme",
+            "/api/v1/commissions?program_id=nothing",
+        ),
+        (
+            &globex,
+            "/api/v1/me?partner_id=alice",
+            "/api/v1/me?partner_id=nobody",
+        ),
+        (
+            &bob,
+            "/api/v1/me/balance?partner_id=alice",
+            "/api/v1/me/balance?partner_id=nobody",
+        ),
+    ] {
+        let a = call(&w.url, Some(auth), Method::GET, there, &Value::Null).await;
+        let b = call(&w.url, Some(auth), Method::GET, missing, &Value::Null).await;
+        assert_eq!(a.status, StatusCode::NOT_FOUND, "{there}");
+        assert_eq!(
+            (a.status, &a.body),
+            (b.status, &b.body),
+            "{there} vs {missing}"
+        );
+    }
+    // A payout of the program that the partner is not in is not its payout.
+    let r = call(
+        &w.url,
+        Some(&bob),
+        Method::GET,
+        &format!("/api/v1/me/payouts/{}", w.payout),
+        &Value::Null,
+    )
+    .await;
+    let none = call(
+        &w.url,
+        Some(&bob),
+        Method::GET,
+        &format!("/api/v1/me/payouts/{}", Uuid::new_v4()),
+        &Value::Null,
+    )
+    .await;
+    assert_eq!((r.status, &r.body), (none.status, &none.body));
+    // Program keys make partner keys only, and cannot create programs.
+    let acme = w.keys.authorization("own program").unwrap();
+    let r = call(
+        &w.url,
+        Some(&acme),
+        Method::POST,
+        "/api/v1/keys",
+        &json!({"scope": "program", "program_id": "acme", "name": "x"}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = call(
+        &w.url,
+        Some(&acme),
+        Method::PUT,
+        "/api/v1/programs/newco",
+        &program_json(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    w.edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partner_reads_its_own_ledger_and_writes_are_audited() {
+    let w = world().await;
+    let alice = w.keys.authorization("own partner").unwrap();
+    let r = call(
+        &w.url,
+        Some(&alice),
+        Method::GET,
+        "/api/v1/me/balance",
+        &Value::Null,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let b = r.json();
+    // Computed from the rows this test wrote: 10.00 held, 10.00 paid.
+    assert_eq!(
+        (b["held"].as_str(), b["paid"].as_str()),
+        (Some("10.00"), Some("10.00"))
+    );
+    assert_eq!(
+        (b["approved"].as_str(), b["pending"].as_str()),
+        (Some("0.00"), Some("0.00"))
+    );
+    assert_eq!(b["currency"], "USD");
+    let r = call(
+        &w.url,
+        Some(&alice),
+        Method::GET,
+        "/api/v1/me/commissions",
+        &Value::Null,
+    )
+    .await;
+    let rows = r.json()["commissions"].as_array().unwrap().clone();
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|e| e["partner_id"] == "alice"));
+    let r = call(
+        &w.url,
+        Some(&alice),
+        Method::GET,
+        "/api/v1/me/payouts",
+        &Value::Null,
+    )
+    .await;
+    assert_eq!(r.json()["payouts"][0]["payout_id"], w.payout.to_string());
+    assert_eq!(r.json()["payouts"][0]["amount"], "10.00");
+    // Its own links only, with sub ids carried; a destination off the program's hosts
+    // is refused by name.
+    let r = call(
+        &w.url,
+        Some(&alice),
+        Method::POST,
+        "/api/v1/me/links",
+        &json!({"destination": "https://evil.example/", "sub_ids": ["a"]}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.json()["error"]["field"], "destination");
+    let r = call(
+        &w.url,
+        Some(&alice),
+        Method::POST,
+        "/api/v1/me/links",
+        &json!({"destination": "https://acme.example/x", "sub_ids": ["mail", "dec"]}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    assert_eq!(r.json()["sub_ids"], json!(["mail", "dec"]));
+    assert_eq!(r.json()["partner_id"], "alice");
+    let r = call(
+        &w.url,
+        Some(&alice),
+        Method::GET,
+        "/api/v1/me/links",
+        &Value::Null,
+    )
+    .await;
+    let links = r.json()["links"].as_array().unwrap().clone();
+    assert_eq!(links.len(), 2, "alice-spring and the new one");
+    assert!(links.iter().all(|l| l["partner_id"] == "alice"));
+    // Two writes with alice's key (one refused, one made), recorded with her key id.
+    let key_id = w
+        .edge
+        .registry
+        .keys_of("acme")
+        .into_iter()
+        .find(|k| k.partner_id.as_deref() == Some("alice"))
+        .unwrap()
+        .id
+        .clone();
+    let sql = format!(
+        "SELECT route, status FROM api_audit WHERE key_id = '{key_id}' ORDER BY at, at_ms, status"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut rows = loop {
+        let rows = ch_query(&w.config, &sql).await;
+        if rows.len() >= 2 || tokio::time::Instant::now() > deadline {
+            break rows;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    rows.sort();
+    assert_eq!(
+        rows,
+        vec![
+            vec!["/api/v1/me/links".to_string(), "201".to_string()],
+            vec!["/api/v1/me/links".to_string(), "400".to_string()],
+        ]
+    );
+    w.edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_reaches_another_edge_within_a_second_and_budgets_hold() {
+    let config = config(&[
+        ("TOUCHLINE__ACCESS__RATE_PER_KEY", "1"),
+        ("TOUCHLINE__ACCESS__BURST", "3"),
+    ]);
+    create_topics(&config).await;
+    migrate(&config).await;
+    let a = start_edge(&config).await;
+    let b = start_edge(&config).await;
+    seed(&a.url("")).await;
+    let op = format!("Bearer {ADMIN_TOKEN}");
+    let (id, secret) = key(
+        &a.url(""),
+        &op,
+        json!({"scope": "program", "program_id": "acme", "name": "m"}),
+    )
+    .await;
+    let auth = format!("Bearer {secret}");
+    let get = |edge: &RunningEdge| {
+        let (url, auth) = (edge.url(""), auth.clone());
+        async move {
+            call(
+                &url,
+                Some(&auth),
+                Method::GET,
+                "/api/v1/programs/acme",
+                &Value::Null,
+            )
+            .await
+        }
+    };
+    // Within one second the other edge knows the key.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(get(&b).await.status, StatusCode::OK);
+    // A burst of three, then 429 with Retry-After; the other edge has its own bucket.
+    assert_eq!(get(&a).await.status, StatusCode::OK);
+    assert_eq!(get(&a).await.status, StatusCode::OK);
+    assert_eq!(get(&a).await.status, StatusCode::OK);
+    let r = get(&a).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.header("retry-after"), "1");
+    assert_eq!(r.json()["error"]["code"], "rate_limited");
+    let r = call(
+        &a.url(""),
+        Some(&op),
+        Method::DELETE,
+        &format!("/api/v1/keys/{id}"),
+        &Value::Null,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.json()["revoked_at"].is_string());
+    let revoked_at = tokio::time::Instant::now();
+    loop {
+        let r = get(&b).await;
+        if r.status == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        assert!(
+            revoked_at.elapsed() < Duration::from_secs(1),
+            "the other edge still accepts a revoked key: {}",
+            r.status
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The listing shows the revocation and when the key was last used, never a secret.
+    let r = call(
+        &a.url(""),
+        Some(&op),
+        Method::GET,
+        "/api/v1/keys?program_id=acme",
+        &Value::Null,
+    )
+    .await;
+    let listed = r.json()["keys"][0].clone();
+    assert_eq!(listed["id"], id.as_str());
+    assert!(listed["revoked_at"].is_string() && listed["last_used_at"].is_string());
+    assert!(!r.body.windows(4).any(|w| w == b"tlk_"));
+    a.stop().await;
+    b.stop().await;
+}
