@@ -139,6 +139,25 @@ async fn endpoints_and_the_outbox_the_ledger_fills() {
         .all(|(k, e)| k.as_deref() == Some(b"acme|alice".as_slice())
             && e["program_id"] == "acme"
             && e["partner_id"] == "alice"));
+    // Money leaves as decimal strings with its currency (v 2): no float in any body.
+    for (_, e) in &events {
+        assert_eq!(e["v"], 2);
+        let data = e["data"].as_object().unwrap();
+        assert!(
+            data["amount"].is_string() && data["currency"].is_string(),
+            "{e}"
+        );
+        assert!(
+            data.values().all(|v| !v.is_f64()),
+            "a decimal left as a JSON number: {e}"
+        );
+    }
+    let amount: rust_decimal::Decimal = events[0].1["data"]["amount"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(amount > rust_decimal::Decimal::ZERO);
     let statuses: Vec<(&str, &str)> = events[2..5]
         .iter()
         .map(|(_, e)| {

@@ -25,10 +25,15 @@ use crate::sink::rows::{CommissionRow, ConversionRow, PayoutRow, StatusRow};
 /// Ids of `payout.created` events: one per payout line, so per partner.
 const PAYOUT_EVENT_NS: Uuid = Uuid::from_u128(0x5d8c_1f0e_7b2a_4c61_9e3d_a4b5_c6d7_e8f9);
 
+/// Version of webhook events. 2: every decimal in `data` is a JSON string
+/// (`"amount": "479.2500"`), never a number a float parser would round (version 1 sent
+/// the tables' JSON numbers).
+pub const WEBHOOK_EVENT_VERSION: u8 = 2;
+
 /// One event, as published to the outbox and as delivered (the request body).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WebhookEvent {
-    /// Schema version, 1 (SPEC §4).
+    /// Schema version, [`WEBHOOK_EVENT_VERSION`].
     pub v: u8,
     /// Stable across replays and retries (`X-Touchline-Event-Id`): the conversion's,
     /// the ledger row's, the status step's, or the payout line's id.
@@ -42,7 +47,8 @@ pub struct WebhookEvent {
     #[serde(with = "crate::events::rfc3339_millis")]
     pub created_at: DateTime<Utc>,
     /// The row as stored in its table (`conversions`, `commissions`,
-    /// `commission_status`, `payouts`), in the tables' JSON form.
+    /// `commission_status`, `payouts`), in the tables' JSON form except that decimals
+    /// are strings with all their digits.
     pub data: serde_json::Value,
 }
 
@@ -153,9 +159,9 @@ impl Outbox {
         created_at: DateTime<Utc>,
         row: &impl Serialize,
     ) {
-        match serde_json::to_value(row) {
+        match exact_data(row) {
             Ok(data) => self.events.push(WebhookEvent {
-                v: crate::events::EVENT_VERSION,
+                v: WEBHOOK_EVENT_VERSION,
                 id,
                 kind,
                 program_id: program.to_string(),
@@ -174,5 +180,64 @@ impl Outbox {
             .into_iter()
             .filter_map(|e| Some((e.key(), serde_json::to_vec(&e).ok()?)))
             .collect()
+    }
+}
+
+/// A row's JSON with every decimal as a string of its exact digits. The tables' JSON
+/// writes decimals as numbers (ClickHouse 18.16 reads no quoted decimals); a receiver's
+/// `JSON.parse` or `json.loads` would make floats of them. Rows are flat objects whose
+/// decimals always print a point and whose other numbers are integers, so the numbers
+/// with a point are the decimals.
+fn exact_data(row: &impl Serialize) -> Result<serde_json::Value, serde_json::Error> {
+    use serde_json::value::RawValue;
+    let text = serde_json::to_vec(row)?;
+    let fields: std::collections::BTreeMap<String, Box<RawValue>> = serde_json::from_slice(&text)?;
+    let mut out = serde_json::Map::new();
+    for (key, raw) in fields {
+        let t = raw.get();
+        let decimal =
+            t.contains('.') && t.bytes().all(|b| b.is_ascii_digit() || b"-.".contains(&b));
+        let value = if decimal {
+            serde_json::Value::String(t.to_string())
+        } else {
+            serde_json::from_str(t)?
+        };
+        out.insert(key, value);
+    }
+    Ok(serde_json::Value::Object(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimals_leave_as_strings_with_every_digit() {
+        #[derive(Serialize)]
+        struct Row {
+            #[serde(with = "crate::sink::rows::ser::decimal4")]
+            amount: rust_decimal::Decimal,
+            #[serde(with = "crate::sink::rows::ser::decimal12")]
+            weight: rust_decimal::Decimal,
+            level: u8,
+            at_ms: i64,
+            currency: &'static str,
+            note: Option<String>,
+        }
+        let row = Row {
+            amount: "-479.25".parse().unwrap(),
+            weight: "0.333333333333".parse().unwrap(),
+            level: 2,
+            at_ms: 1_764_000_000_123,
+            currency: "USD",
+            note: None,
+        };
+        let v = exact_data(&row).unwrap();
+        assert_eq!(v["amount"], "-479.2500");
+        assert_eq!(v["weight"], "0.333333333333");
+        assert_eq!(v["level"], 2);
+        assert_eq!(v["at_ms"], 1_764_000_000_123i64);
+        assert_eq!(v["currency"], "USD");
+        assert!(v["note"].is_null());
     }
 }
