@@ -837,3 +837,90 @@ async fn revocation_reaches_another_edge_within_a_second_and_budgets_hold() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_cannot_register_endpoints_in_the_operators_network() {
+    let w = world().await;
+    let acme = w.keys.authorization("own program").unwrap();
+    let op = format!("Bearer {ADMIN_TOKEN}");
+    let hook = |url: &str| json!({"url": url, "secret": "whsec-0123456789abcdef", "events": ["commission.created"]});
+    for url in [
+        "http://127.0.0.1:8123/",
+        "http://[::1]:6379/",
+        "http://localhost:6379/",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[fe80::1]/",
+        "http://10.0.0.1/",
+        "http://172.16.0.1/",
+        "http://192.168.1.1/",
+        "http://[fc00::1]/",
+        "http://[fd00::5]/",
+        "http://0.0.0.0:9000/",
+        "http://[::]/",
+        "http://[::ffff:127.0.0.1]/",
+    ] {
+        let before = state(&w.config, &w.edge).await;
+        let r = call(
+            &w.url,
+            Some(&acme),
+            Method::PUT,
+            "/api/v1/programs/acme/webhooks/x",
+            &hook(url),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{url}: {:?}", r.body);
+        assert_eq!(r.json()["error"]["field"], "url", "{url}");
+        assert_eq!(before, state(&w.config, &w.edge).await, "{url}");
+    }
+    // The operator's own endpoints are the operator's choice.
+    let r = call(
+        &w.url,
+        Some(&op),
+        Method::PUT,
+        "/api/v1/programs/acme/webhooks/x",
+        &hook("http://127.0.0.1:9000/"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    w.edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operators_exceptions_are_honoured() {
+    let config = config(&[(
+        "TOUCHLINE__WEBHOOKS__ALLOWED_PRIVATE_HOSTS",
+        r#"["127.0.0.1"]"#,
+    )]);
+    create_topics(&config).await;
+    migrate(&config).await;
+    let edge = start_edge(&config).await;
+    let url = edge.url("");
+    seed(&url).await;
+    let (_, secret) = key(
+        &url,
+        &format!("Bearer {ADMIN_TOKEN}"),
+        json!({"scope": "program", "program_id": "acme", "name": "m"}),
+    )
+    .await;
+    let auth = format!("Bearer {secret}");
+    let hook = |u: &str| json!({"url": u, "secret": "whsec-0123456789abcdef", "events": ["commission.created"]});
+    let r = call(
+        &url,
+        Some(&auth),
+        Method::PUT,
+        "/api/v1/programs/acme/webhooks/local",
+        &hook("http://127.0.0.1:9000/"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let r = call(
+        &url,
+        Some(&auth),
+        Method::PUT,
+        "/api/v1/programs/acme/webhooks/local",
+        &hook("http://127.0.0.2:9000/"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    edge.stop().await;
+}

@@ -517,3 +517,70 @@ async fn two_delivery_processes_share_the_queues_and_one_takes_over_from_the_oth
     kill_a_third_in(&receiver, n, &mut first).await;
     assert_delivered_once(&config, &receiver, &partners, 30, 4).await;
 }
+
+/// SPEC §9: an endpoint a key registered never reaches the operator's network, checked
+/// again at connect time on the resolved address. The endpoints here are stored as if
+/// their names had pointed elsewhere at registration (DNS rebinding): `localhost` and a
+/// literal loopback address, both with a live receiver behind them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restricted_endpoints_never_connect_into_the_operators_network() {
+    let config = delivery_config(&[]);
+    create_topics(&config).await;
+    migrate(&config).await;
+    let open = Receiver::start(Behavior::Ok).await;
+    let by_name = Receiver::start(Behavior::Ok).await;
+    let by_address = Receiver::start(Behavior::Ok).await;
+    let registry = registry_with(&config, &[("open", open.url("/hook"))]).await;
+    for (name, url) in [
+        ("by-name", format!("http://localhost:{}/hook", by_name.port)),
+        ("by-address", by_address.url("/hook")),
+    ] {
+        let hook = Webhook {
+            program_id: "acme".into(),
+            name: name.into(),
+            url,
+            secret: HOOK_SECRET.into(),
+            events: WebhookEventType::ALL.to_vec(),
+            deleted: false,
+            restricted: true,
+        };
+        registry
+            .store()
+            .put(&touchline::registry::Entity::Webhook(hook))
+            .await
+            .unwrap();
+    }
+    let delivery = start_webhooks(&config);
+    let events = publish(&config, &["alice"], 3).await;
+    // The operator's own endpoint gets everything; by then the restricted ones have
+    // been tried, and refused before any byte was sent.
+    assert_eq!(
+        open.wait_acknowledged(3, Duration::from_secs(30))
+            .await
+            .len(),
+        3
+    );
+    for name in ["by-name", "by-address"] {
+        let refused = wait_count(
+            &config,
+            &format!(
+                "SELECT count() FROM webhook_deliveries WHERE endpoint = '{name}' \
+                 AND outcome = 'failed' AND position(error, 'operator') > 0"
+            ),
+            1,
+            Duration::from_secs(30),
+        )
+        .await;
+        assert!(refused >= 1, "{name}: no refused attempt in the log");
+    }
+    assert!(
+        by_name.received().is_empty(),
+        "a restricted endpoint reached localhost"
+    );
+    assert!(
+        by_address.received().is_empty(),
+        "a restricted endpoint reached 127.0.0.1"
+    );
+    assert_eq!(events.len(), 3);
+    delivery.stop().await;
+}
