@@ -144,6 +144,7 @@ async fn run(events: usize, partners: usize) {
         events: WebhookEventType::ALL.to_vec(),
         deleted: false,
         restricted: false,
+        partner_id: None,
     };
     registry.put_webhook("acme", "bench", hook).await.unwrap();
 

@@ -121,6 +121,7 @@ async fn state(config: &touchline::config::Config, edge: &RunningEdge) -> String
         "SELECT commission_id, step, status, actor FROM commission_status FINAL ORDER BY commission_id, step",
         "SELECT payout_id, partner_id, amount FROM payouts FINAL ORDER BY payout_id, partner_id",
         "SELECT commission_id, amount FROM commissions FINAL ORDER BY commission_id",
+        "SELECT dispute_id, version, status, amount FROM disputes FINAL ORDER BY dispute_id",
     ] {
         out.push_str(&format!("{:?}", ch_query(config, sql).await));
     }
@@ -157,6 +158,7 @@ struct World {
     revocable: String,
     payout: Uuid,
     held: Uuid,
+    dispute: Uuid,
 }
 
 async fn world() -> World {
@@ -250,6 +252,17 @@ async fn world() -> World {
         .parse()
         .unwrap();
     assert_eq!(paid, rust_decimal::Decimal::new(10, 0));
+    // A dispute of alice's held row, opened for her by the operator.
+    let r = call(
+        &url,
+        Some(&op),
+        Method::POST,
+        "/api/v1/me/disputes?partner_id=alice",
+        &json!({"commission_id": held, "claimed_amount": "15.00", "message": "the order was 150.00"}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let dispute = Uuid::parse_str(r.json()["dispute_id"].as_str().unwrap()).unwrap();
     World {
         config,
         edge,
@@ -262,6 +275,7 @@ async fn world() -> World {
         revocable,
         payout,
         held,
+        dispute,
     }
 }
 
@@ -288,6 +302,15 @@ fn cases(w: &World) -> Vec<Case> {
         hook.clone(),
     ));
     let me = |p: &str| format!("{p}?partner_id=alice");
+    let postback = json!({"url": "https://alice.example/pb", "secret": "whsec-0123456789abcdef", "events": ["commission.created"]});
+    let mut delete_postback = case(
+        Method::DELETE,
+        "/api/v1/me/postbacks/{name}",
+        &me("/api/v1/me/postbacks/pb"),
+        Value::Null,
+        [204, 204, 404, 204, 404, 404],
+    );
+    delete_postback.setup = Some((Method::PUT, me("/api/v1/me/postbacks/pb"), postback.clone()));
     vec![
         case(
             Method::GET,
@@ -483,6 +506,57 @@ fn cases(w: &World) -> Vec<Case> {
             &me(&format!("/api/v1/me/payouts/{}", w.payout)),
             Value::Null,
             P,
+        ),
+        // The program key opens it, the partner and the operator get the open one back.
+        case(
+            Method::POST,
+            "/api/v1/me/disputes",
+            &me("/api/v1/me/disputes"),
+            json!({"order_id": "ORDER-77", "message": "my customer bought with my link"}),
+            [200, 201, 404, 200, 404, 404],
+        ),
+        case(
+            Method::GET,
+            "/api/v1/me/disputes",
+            &me("/api/v1/me/disputes"),
+            Value::Null,
+            P,
+        ),
+        case(
+            Method::GET,
+            "/api/v1/disputes",
+            "/api/v1/disputes?program_id=acme",
+            Value::Null,
+            M,
+        ),
+        case(
+            Method::GET,
+            "/api/v1/me/postbacks",
+            &me("/api/v1/me/postbacks"),
+            Value::Null,
+            P,
+        ),
+        case(
+            Method::PUT,
+            "/api/v1/me/postbacks/{name}",
+            &me("/api/v1/me/postbacks/pb"),
+            postback.clone(),
+            [200, 201, 404, 200, 404, 404],
+        ),
+        case(
+            Method::GET,
+            "/api/v1/me/postbacks/{name}",
+            &me("/api/v1/me/postbacks/pb"),
+            Value::Null,
+            P,
+        ),
+        delete_postback,
+        case(
+            Method::POST,
+            "/api/v1/disputes/{id}/resolve",
+            &format!("/api/v1/disputes/{}/resolve", w.dispute),
+            json!({"action": "accept", "amount": "5.00", "note": "checked the order"}),
+            M,
         ),
     ]
 }
@@ -923,4 +997,233 @@ async fn the_operators_exceptions_are_honoured() {
     .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     edge.stop().await;
+}
+
+/// SPEC §9.1: accepting a dispute moves the partner's balance by exactly the
+/// adjustment, paid with the next payout; repeating the decision books nothing; a
+/// rejection books nothing; the dispute webhooks leave with the ledger's events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispute_accepted_books_one_adjustment_and_moves_the_balance_by_it() {
+    let w = world().await;
+    let op = format!("Bearer {ADMIN_TOKEN}");
+    let r = call(
+        &w.url,
+        Some(&op),
+        Method::PUT,
+        "/api/v1/programs/acme/webhooks/disputes",
+        &json!({"url": "https://crm.example/d", "secret": "whsec-0123456789abcdef",
+                "events": ["dispute.opened", "dispute.resolved", "commission.created"]}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let alice = w.keys.authorization("own partner").unwrap();
+    let acme = w.keys.authorization("own program").unwrap();
+    let balance = || async {
+        let r = call(
+            &w.url,
+            Some(&alice),
+            Method::GET,
+            "/api/v1/me/balance",
+            &Value::Null,
+        )
+        .await;
+        r.json()
+    };
+    let before = balance().await;
+    assert_eq!(before["approved"], "0.00");
+    // An inquiry about an order alice says she referred, and a dispute of another's row.
+    let r = call(
+        &w.url,
+        Some(&alice),
+        Method::POST,
+        "/api/v1/me/disputes",
+        &json!({"order_id": "INV-404", "claimed_amount": "12.345", "message": "tracked on my side"}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let inquiry = r.json();
+    assert_eq!(
+        (inquiry["kind"].as_str(), inquiry["status"].as_str()),
+        (Some("inquiry"), Some("open"))
+    );
+    let bob = w
+        .keys
+        .authorization("other partner of the program")
+        .unwrap();
+    let r = call(
+        &w.url,
+        Some(&bob),
+        Method::POST,
+        "/api/v1/me/disputes",
+        &json!({"commission_id": w.held, "message": "mine"}),
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        StatusCode::NOT_FOUND,
+        "another partner's row is not there for bob"
+    );
+    for (body, field) in [
+        (json!({"message": "x"}), "commission_id"),
+        (
+            json!({"order_id": "A", "commission_id": w.held, "message": "x"}),
+            "commission_id",
+        ),
+        (json!({"order_id": "A", "message": ""}), "message"),
+        (
+            json!({"order_id": "A", "message": "x", "claimed_amount": "-1"}),
+            "claimed_amount",
+        ),
+    ] {
+        let r = call(
+            &w.url,
+            Some(&alice),
+            Method::POST,
+            "/api/v1/me/disputes",
+            &body,
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(r.json()["error"]["field"], field, "{body}");
+    }
+    // The program accepts with an amount to three places: half-even to the cent.
+    let id = inquiry["dispute_id"].as_str().unwrap().to_string();
+    let resolve = |body: Value| {
+        let (url, acme, path) = (
+            w.url.clone(),
+            acme.clone(),
+            format!("/api/v1/disputes/{id}/resolve"),
+        );
+        async move { call(&url, Some(&acme), Method::POST, &path, &body).await }
+    };
+    for (body, field) in [
+        (json!({"action": "accept"}), "amount"),
+        (json!({"action": "accept", "amount": "0.004"}), "amount"),
+        (json!({"action": "reject", "amount": "1.00"}), "amount"),
+    ] {
+        let r = resolve(body.clone()).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(r.json()["error"]["field"], field);
+    }
+    let r = resolve(json!({"action": "accept", "amount": "12.345", "note": "found it"})).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let accepted = r.json();
+    assert_eq!(
+        (accepted["status"].as_str(), accepted["amount"].as_str()),
+        (Some("accepted"), Some("12.34"))
+    );
+    let adjustment = accepted["adjustment_id"].as_str().unwrap().to_string();
+    let after = balance().await;
+    assert_eq!(
+        after["approved"], "12.34",
+        "moved by exactly the adjustment"
+    );
+    assert_eq!(
+        (after["held"].clone(), after["paid"].clone()),
+        (before["held"].clone(), before["paid"].clone())
+    );
+    // The same decision again: the same answer, nothing booked; another one: 409.
+    let rows = |sql: &'static str| {
+        let config = w.config.clone();
+        async move { ch_query(&config, sql).await }
+    };
+    let ledger = rows("SELECT count() FROM commission_status").await;
+    let r = resolve(json!({"action": "accept", "amount": "12.345", "note": "found it"})).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["adjustment_id"], adjustment.as_str());
+    let r = resolve(json!({"action": "reject"})).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert_eq!(rows("SELECT count() FROM commission_status").await, ledger);
+    assert_eq!(balance().await["approved"], "12.34");
+    // The adjustment is an approved ledger row of kind adjustment, audited with the key.
+    let r = call(
+        &w.url,
+        Some(&alice),
+        Method::GET,
+        "/api/v1/me/commissions?status=approved",
+        &Value::Null,
+    )
+    .await;
+    let adj: Vec<Value> = r.json()["commissions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "adjustment")
+        .cloned()
+        .collect();
+    assert_eq!(adj.len(), 1);
+    assert_eq!(adj[0]["commission_id"], adjustment.as_str());
+    assert!(adj[0]["actor"].as_str().unwrap().starts_with("key:"));
+    // Rejecting the dispute the world opened books nothing.
+    let r = call(
+        &w.url,
+        Some(&acme),
+        Method::POST,
+        &format!("/api/v1/disputes/{}/resolve", w.dispute),
+        &json!({"action": "reject", "note": "the order was 100.00"}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.json()["status"], "rejected");
+    assert_eq!(rows("SELECT count() FROM commission_status").await, ledger);
+    // The next payout pays the adjustment.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let up_to = chrono::DateTime::from_timestamp(Utc::now().timestamp(), 0)
+        .unwrap()
+        .to_rfc3339();
+    let r = call(
+        &w.url,
+        Some(&acme),
+        Method::POST,
+        "/api/v1/payouts",
+        &json!({"program_id": "acme", "up_to": up_to}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let paid: rust_decimal::Decimal = r.json()["lines"][0]["amount"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(paid, "12.34".parse().unwrap());
+    assert_eq!(balance().await["approved"], "0.00");
+    // Both parties' listings, and the events on the outbox.
+    let r = call(
+        &w.url,
+        Some(&alice),
+        Method::GET,
+        "/api/v1/me/disputes",
+        &Value::Null,
+    )
+    .await;
+    assert_eq!(r.json()["disputes"].as_array().unwrap().len(), 2);
+    let r = call(
+        &w.url,
+        Some(&acme),
+        Method::GET,
+        "/api/v1/disputes?program_id=acme&status=open",
+        &Value::Null,
+    )
+    .await;
+    assert!(r.json()["disputes"].as_array().unwrap().is_empty());
+    let events = read_topic(
+        &w.config.kafka.brokers,
+        &w.config.kafka.topics.webhooks,
+        5,
+        Duration::from_secs(20),
+    )
+    .await;
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|(_, e)| e["type"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"dispute.opened") && kinds.contains(&"dispute.resolved"),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.contains(&"commission.created"),
+        "the adjustment's creation: {kinds:?}"
+    );
+    w.edge.stop().await;
 }

@@ -529,6 +529,8 @@ async fn migrate_brings_older_tables_their_millisecond_columns() {
             "commissions occurred_at_ms UInt16",
             "conversions occurred_at_ms UInt16",
             "conversions received_at_ms UInt16",
+            "disputes at_ms UInt16",
+            "disputes opened_at_ms UInt16",
             "webhook_deliveries attempted_at_ms UInt16",
             "webhook_deliveries duration_ms UInt32",
         ]

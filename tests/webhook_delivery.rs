@@ -52,6 +52,7 @@ async fn registry_with(config: &Config, endpoints: &[(&str, String)]) -> Arc<Reg
             events: WebhookEventType::ALL.to_vec(),
             deleted: false,
             restricted: false,
+            partner_id: None,
         };
         registry.put_webhook("acme", name, hook).await.unwrap();
     }
@@ -543,6 +544,7 @@ async fn restricted_endpoints_never_connect_into_the_operators_network() {
             events: WebhookEventType::ALL.to_vec(),
             deleted: false,
             restricted: true,
+            partner_id: None,
         };
         registry
             .store()

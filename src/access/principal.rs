@@ -114,3 +114,67 @@ pub fn authenticate(
     key.usable(now).map_err(AuthError::Unusable)?;
     Ok(Principal::Key(key))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn registry() -> Arc<Registry> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(Registry::open(
+            Arc::new(crate::registry::MemoryStore::new()),
+        ))
+        .unwrap()
+    }
+
+    proptest! {
+        /// Whatever an `Authorization` header holds, authentication answers without
+        /// panicking, and nothing but the operator token itself authorizes.
+        #[test]
+        fn arbitrary_authorization_headers_never_authorize(raw in proptest::collection::vec(any::<u8>(), 0..80),
+                                                             text in "(Bearer |bearer |Basic )?(tlk_)?\\PC{0,60}") {
+            let r = registry();
+            for value in [raw.clone(), text.clone().into_bytes()] {
+                let mut headers = HeaderMap::new();
+                if let Ok(v) = hyper::header::HeaderValue::from_bytes(&value) {
+                    headers.insert(AUTHORIZATION, v);
+                }
+                let got = authenticate(&headers, "operator-token-123", &r, Utc::now());
+                prop_assert!(got.is_err(), "{:?} authorized", String::from_utf8_lossy(&value));
+            }
+        }
+    }
+
+    #[test]
+    fn the_operator_token_authorizes_and_a_near_miss_does_not() {
+        let r = registry();
+        let with = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(AUTHORIZATION, v.parse().unwrap());
+            authenticate(&h, "operator-token-123", &r, Utc::now())
+        };
+        assert!(matches!(
+            with("Bearer operator-token-123"),
+            Ok(Principal::Operator)
+        ));
+        assert!(matches!(
+            with("bearer  operator-token-123 "),
+            Ok(Principal::Operator)
+        ));
+        assert_eq!(
+            with("Bearer operator-token-12").unwrap_err(),
+            AuthError::Unknown
+        );
+        assert_eq!(
+            with("Bearer tlk_operator-token-123").unwrap_err(),
+            AuthError::Unknown
+        );
+        assert_eq!(
+            with("Basic operator-token-123").unwrap_err(),
+            AuthError::Missing
+        );
+    }
+}

@@ -69,11 +69,15 @@ struct ProgramView<'a> {
     program: &'a Program,
 }
 
-/// A webhook endpoint as the API shows it: the secret is write-only.
-fn webhook_view(w: &Webhook) -> serde_json::Value {
-    serde_json::json!({
-        "program_id": w.program_id, "name": w.name, "url": w.url, "events": w.events,
-    })
+/// A webhook endpoint or postback as the API shows it: the secret is write-only.
+pub(crate) fn webhook_view(w: &Webhook) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "program_id": w.program_id, "name": w.short_name(), "url": w.url, "events": w.events,
+    });
+    if let Some(p) = &w.partner_id {
+        v["partner_id"] = p.clone().into();
+    }
+    v
 }
 
 fn program_view(p: &Program) -> serde_json::Value {
@@ -190,12 +194,17 @@ impl Edge {
         }
         let created = self.registry.put_webhook(id, name, hook).await?;
         let w = self
-            .registry
-            .webhooks(id)
-            .into_iter()
-            .find(|w| w.name == *name)
+            .program_hook(id, name)
             .ok_or_else(|| ApiError::internal("webhook vanished"))?;
         Ok(http::json(put_status(created), &webhook_view(&w)))
+    }
+
+    /// A program's own endpoint (not a partner's postback) by name.
+    fn program_hook(&self, program: &str, name: &str) -> Option<std::sync::Arc<Webhook>> {
+        self.registry
+            .webhooks(program)
+            .into_iter()
+            .find(|w| w.name == name && w.partner_id.is_none())
     }
 
     /// Refuses an endpoint URL of the operator's network (SPEC §9), naming `url`.
@@ -207,15 +216,18 @@ impl Edge {
 
     pub(crate) fn get_webhook(&self, call: Call) -> Result<HttpResponse, ApiError> {
         let w = self
-            .registry
-            .webhooks(call.param("id"))
-            .into_iter()
-            .find(|w| w.name == call.param("name"))
+            .program_hook(call.param("id"), call.param("name"))
             .ok_or_else(|| ApiError::not_found("webhook not found"))?;
         Ok(http::json(StatusCode::OK, &webhook_view(&w)))
     }
 
     pub(crate) async fn delete_webhook(&self, call: Call) -> Result<HttpResponse, ApiError> {
+        if self
+            .program_hook(call.param("id"), call.param("name"))
+            .is_none()
+        {
+            return Err(ApiError::not_found("webhook not found"));
+        }
         self.registry
             .delete_webhook(call.param("id"), call.param("name"))
             .await?;
@@ -231,6 +243,7 @@ impl Edge {
             .registry
             .webhooks(id)
             .iter()
+            .filter(|w| w.partner_id.is_none())
             .map(|w| webhook_view(w))
             .collect();
         Ok(http::json(

@@ -143,13 +143,14 @@ impl Edge {
         };
         for check in route.checks {
             self.admit(*check, route, &mut call)
+                .await
                 .map_err(|e| counted("not_found", e))?;
         }
         self.run(route.op, call).await
     }
 
     /// One tenant check; `Err` is the answer the route gives for a missing resource.
-    fn admit(&self, check: Check, route: &Route, call: &mut Call) -> Result<(), ApiError> {
+    async fn admit(&self, check: Check, route: &Route, call: &mut Call) -> Result<(), ApiError> {
         if check == Check::Me {
             call.partner = Some(self.me(call)?);
             return Ok(());
@@ -178,6 +179,10 @@ impl Edge {
                     .key(call.param("id"))
                     .map(|k| k.program_id.clone()),
                 "key not found",
+            ),
+            Check::DisputePath => (
+                self.dispute_program(call.param("id")).await?,
+                "dispute not found",
             ),
             Check::BodyProgram => match body_program(&call.body)? {
                 Some(p) => (Some(p), "program not found"),
@@ -252,6 +257,14 @@ impl Edge {
             Op::MyBalance => self.my_balance(call).await,
             Op::MyPayouts => self.my_payouts(call).await,
             Op::MyPayout => self.my_payout(call).await,
+            Op::OpenDispute => self.open_dispute(call).await,
+            Op::MyDisputes => self.my_disputes(call).await,
+            Op::ListDisputes => self.list_disputes(call).await,
+            Op::ResolveDispute => self.resolve_dispute(call).await,
+            Op::ListPostbacks => self.list_postbacks(call),
+            Op::PutPostback => self.put_postback(call).await,
+            Op::GetPostback => self.get_postback(call),
+            Op::DeletePostback => self.delete_postback(call).await,
             Op::Redirect | Op::Conversions | Op::Healthz | Op::Readyz | Op::Metrics => {
                 Err(ApiError::internal("not a keyed route"))
             }

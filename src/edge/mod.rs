@@ -5,11 +5,13 @@ pub mod admin;
 pub(crate) mod api;
 mod audit;
 pub mod conversions;
+pub mod disputes;
 #[cfg(test)]
 mod hostile;
 pub mod keys;
 pub mod lifecycle;
 pub mod partner;
+mod postbacks;
 pub mod redirect;
 pub mod routes;
 

@@ -178,6 +178,8 @@ pub enum LedgerKind {
     Direct,
     Override,
     Reversal,
+    /// Booked by accepting a partner's dispute (SPEC §9.1), positive or negative.
+    Adjustment,
 }
 
 impl LedgerKind {
@@ -187,6 +189,7 @@ impl LedgerKind {
             LedgerKind::Direct => "direct",
             LedgerKind::Override => "override",
             LedgerKind::Reversal => "reversal",
+            LedgerKind::Adjustment => "adjustment",
         }
     }
 
@@ -196,6 +199,7 @@ impl LedgerKind {
             LedgerKind::Direct,
             LedgerKind::Override,
             LedgerKind::Reversal,
+            LedgerKind::Adjustment,
         ]
         .into_iter()
         .find(|k| k.as_str() == name)

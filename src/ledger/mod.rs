@@ -8,6 +8,7 @@
 //! two edges from reviewing or paying the same rows at once; steps have deterministic
 //! ids, so a request repeated after a crash writes the same rows again.
 
+pub mod disputes;
 pub mod partner;
 
 use std::collections::{BTreeMap, HashMap};
@@ -23,7 +24,7 @@ use uuid::Uuid;
 use crate::bus::EventBus;
 use crate::engine::{LedgerKind, Status};
 use crate::registry::{Registry, RegistryStore};
-use crate::sink::rows::{PayoutRow, StatusRow};
+use crate::sink::rows::{DisputeRow, PayoutRow, StatusRow};
 use crate::sink::{Batch, Sink, SinkError};
 use crate::webhooks::Outbox;
 
@@ -186,6 +187,13 @@ pub trait LedgerView: Send + Sync + 'static {
     async fn entries(&self, filter: &Filter) -> Result<Vec<Entry>, SinkError>;
     /// The lines of payout `id` of `program`, none when there is no such batch.
     async fn payout_lines(&self, program: &str, id: Uuid) -> Result<Vec<PayoutRow>, SinkError>;
+    /// The current version of the disputes of `program` (every program: `None`), or of
+    /// dispute `id` alone, oldest first.
+    async fn disputes(
+        &self,
+        program: Option<&str>,
+        id: Option<Uuid>,
+    ) -> Result<Vec<DisputeRow>, SinkError>;
 }
 
 /// Why a review or payout was refused.
@@ -551,6 +559,7 @@ pub struct MemoryLedger {
 struct MemoryInner {
     rows: BTreeMap<Uuid, Entry>,
     payouts: HashMap<Uuid, Vec<PayoutRow>>,
+    disputes: BTreeMap<Uuid, DisputeRow>,
 }
 
 impl MemoryLedger {
@@ -572,6 +581,14 @@ impl MemoryLedger {
             let lines = inner.payouts.entry(p.payout_id).or_default();
             if !lines.iter().any(|l| l.partner_id == p.partner_id) {
                 lines.push(p.clone());
+            }
+        }
+        for d in &batch.disputes {
+            match inner.disputes.get(&d.dispute_id) {
+                Some(seen) if seen.version >= d.version => {}
+                _ => {
+                    inner.disputes.insert(d.dispute_id, d.clone());
+                }
             }
         }
     }
@@ -602,6 +619,23 @@ impl LedgerView for MemoryLedger {
                     .collect()
             })
             .unwrap_or_default())
+    }
+
+    async fn disputes(
+        &self,
+        program: Option<&str>,
+        id: Option<Uuid>,
+    ) -> Result<Vec<DisputeRow>, SinkError> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut rows: Vec<DisputeRow> = inner
+            .disputes
+            .values()
+            .filter(|d| program.is_none_or(|p| d.program_id == p))
+            .filter(|d| id.is_none_or(|i| d.dispute_id == i))
+            .cloned()
+            .collect();
+        rows.sort_by_key(|d| (d.opened_at, d.dispute_id));
+        Ok(rows)
     }
 }
 

@@ -362,6 +362,19 @@ impl Registry {
             .webhooks
             .get(program_id)
             .is_some_and(|h| h.contains_key(name));
+        if let Some(partner) = webhook.partner_id.as_deref().filter(|_| created) {
+            let held = self
+                .webhooks(program_id)
+                .iter()
+                .filter(|w| w.partner_id.as_deref() == Some(partner))
+                .count();
+            if held >= model::MAX_POSTBACKS {
+                return Err(RegistryError::Conflict(format!(
+                    "a partner has at most {} postbacks",
+                    model::MAX_POSTBACKS
+                )));
+            }
+        }
         self.put(Entity::Webhook(webhook)).await?;
         Ok(created)
     }

@@ -576,14 +576,20 @@ pub enum WebhookEventType {
     CommissionStatusChanged,
     #[serde(rename = "payout.created")]
     PayoutCreated,
+    #[serde(rename = "dispute.opened")]
+    DisputeOpened,
+    #[serde(rename = "dispute.resolved")]
+    DisputeResolved,
 }
 
 impl WebhookEventType {
-    pub const ALL: [WebhookEventType; 4] = [
+    pub const ALL: [WebhookEventType; 6] = [
         WebhookEventType::ConversionSettled,
         WebhookEventType::CommissionCreated,
         WebhookEventType::CommissionStatusChanged,
         WebhookEventType::PayoutCreated,
+        WebhookEventType::DisputeOpened,
+        WebhookEventType::DisputeResolved,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -592,6 +598,8 @@ impl WebhookEventType {
             WebhookEventType::CommissionCreated => "commission.created",
             WebhookEventType::CommissionStatusChanged => "commission.status_changed",
             WebhookEventType::PayoutCreated => "payout.created",
+            WebhookEventType::DisputeOpened => "dispute.opened",
+            WebhookEventType::DisputeResolved => "dispute.resolved",
         }
     }
 }
@@ -620,7 +628,14 @@ pub struct Webhook {
     /// operator's network (SPEC §9). Set by the API, never taken from a body.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub restricted: bool,
+    /// A partner's own endpoint (a postback, SPEC §9.1): it receives that partner's
+    /// events only. Its `name` is `{partner_id}~{the partner's name for it}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partner_id: Option<String>,
 }
+
+/// Postbacks one partner may have.
+pub const MAX_POSTBACKS: usize = 5;
 
 impl Webhook {
     /// Its key among the registry's entities.
@@ -633,9 +648,32 @@ impl Webhook {
         format!("{program_id}/{name}")
     }
 
+    /// The registry name of a partner's postback: ids cannot contain `~`, so it never
+    /// meets a program's endpoint name or another partner's postback.
+    pub fn postback_name(partner_id: &str, name: &str) -> String {
+        format!("{partner_id}~{name}")
+    }
+
+    /// The name its owner gave it (a postback's without the partner prefix).
+    pub fn short_name(&self) -> &str {
+        match &self.partner_id {
+            Some(p) => self
+                .name
+                .strip_prefix(p.as_str())
+                .and_then(|n| n.strip_prefix('~'))
+                .unwrap_or(""),
+            None => &self.name,
+        }
+    }
+
+    /// Whether an event concerning `partner_id` goes to this endpoint.
+    pub fn concerns(&self, partner_id: &str) -> bool {
+        self.partner_id.as_deref().is_none_or(|p| p == partner_id)
+    }
+
     /// Validates and normalizes (events sorted, each once).
     pub fn validate(&mut self) -> Result<(), Invalid> {
-        if !valid_id(&self.name) {
+        if !valid_id(self.short_name()) {
             return Err(Invalid::new("name", "must be 1-64 of A-Z a-z 0-9 _ . -"));
         }
         if !valid_http_url(&self.url) {

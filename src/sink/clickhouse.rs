@@ -35,6 +35,10 @@ pub const SCHEMA: &[(&str, &str)] = &[
         "005_api_audit.sql",
         include_str!("../../schemas/clickhouse/005_api_audit.sql"),
     ),
+    (
+        "006_disputes.sql",
+        include_str!("../../schemas/clickhouse/006_disputes.sql"),
+    ),
 ];
 
 /// Server error codes that no retry can cure: the rows themselves are refused (as in
@@ -145,6 +149,7 @@ impl Sink for ClickHouseSink {
             self.insert("commissions", &batch.commissions),
             self.insert("commission_status", &batch.statuses),
             self.insert("payouts", &batch.payouts),
+            self.insert("disputes", &batch.disputes),
         )
         .map(|_| ())
     }
@@ -199,6 +204,57 @@ struct PayoutText {
     rows: u32,
     up_to: u32,
     created_at: u32,
+}
+
+#[derive(Debug, clickhouse::Row, serde::Deserialize)]
+struct DisputeText {
+    dispute_id: String,
+    version: u32,
+    program_id: String,
+    partner_id: String,
+    commission_id: String,
+    order_id: String,
+    claimed_amount: String,
+    currency: String,
+    message: String,
+    status: String,
+    amount: String,
+    adjustment_id: String,
+    note: String,
+    actor: String,
+    opened_at: u32,
+    opened_at_ms: u16,
+    at: u32,
+    at_ms: u16,
+}
+
+impl DisputeText {
+    fn row(self) -> Result<super::DisputeRow, SinkError> {
+        let time = |secs: u32, ms: u16| {
+            chrono::DateTime::from_timestamp(i64::from(secs), u32::from(ms) * 1_000_000)
+                .ok_or_else(|| corrupt("dispute time"))
+        };
+        Ok(super::DisputeRow {
+            dispute_id: self.dispute_id.parse().map_err(|_| corrupt("dispute id"))?,
+            version: self.version,
+            opened_at: time(self.opened_at, self.opened_at_ms)?,
+            at: time(self.at, self.at_ms)?,
+            amount: self.amount.parse().map_err(|_| corrupt("dispute amount"))?,
+            program_id: self.program_id,
+            partner_id: self.partner_id,
+            commission_id: self.commission_id,
+            order_id: self.order_id,
+            claimed_amount: self.claimed_amount,
+            currency: self.currency,
+            message: self.message,
+            status: self.status,
+            adjustment_id: self.adjustment_id,
+            note: self.note,
+            actor: self.actor,
+            opened_at_ms: self.opened_at_ms,
+            at_ms: self.at_ms,
+        })
+    }
 }
 
 fn corrupt(what: &str) -> SinkError {
@@ -315,6 +371,35 @@ impl crate::ledger::LedgerView for ClickHouseSink {
                 })
             })
             .collect()
+    }
+
+    async fn disputes(
+        &self,
+        program: Option<&str>,
+        id: Option<uuid::Uuid>,
+    ) -> Result<Vec<super::DisputeRow>, SinkError> {
+        let mut sql = String::from(
+            "SELECT toString(dispute_id), version, program_id, partner_id, commission_id, \
+             order_id, claimed_amount, currency, message, status, toString(amount), \
+             adjustment_id, note, actor, toUInt32(opened_at), opened_at_ms, toUInt32(at), \
+             at_ms FROM disputes FINAL WHERE 1",
+        );
+        if program.is_some() {
+            sql.push_str(" AND program_id = ?");
+        }
+        if id.is_some() {
+            sql.push_str(" AND toString(dispute_id) = ?");
+        }
+        sql.push_str(" ORDER BY opened_at, opened_at_ms, dispute_id");
+        let mut q = self.client.query(&sql);
+        if let Some(p) = program {
+            q = q.bind(p);
+        }
+        if let Some(i) = id {
+            q = q.bind(i.to_string());
+        }
+        let rows: Vec<DisputeText> = q.fetch_all().await.map_err(classify)?;
+        rows.into_iter().map(DisputeText::row).collect()
     }
 }
 
@@ -451,7 +536,7 @@ mod tests {
     #[test]
     fn statements_split_and_substitute() {
         let s = statements("tl_test");
-        assert_eq!(s.len(), 10);
+        assert_eq!(s.len(), 11);
         assert!(s[0].starts_with("CREATE DATABASE IF NOT EXISTS tl_test"));
         assert!(s.iter().all(|x| !x.contains("{db}")));
         assert!(s
@@ -460,7 +545,7 @@ mod tests {
         assert!(s
             .last()
             .unwrap()
-            .contains("CREATE TABLE IF NOT EXISTS tl_test.api_audit"));
+            .contains("CREATE TABLE IF NOT EXISTS tl_test.disputes"));
     }
 }
 

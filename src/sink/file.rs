@@ -101,13 +101,17 @@ impl Sink for FileSink {
                 encode(&batch.statuses)?,
             ),
             ("payouts", batch.payouts.len(), encode(&batch.payouts)?),
+            ("disputes", batch.disputes.len(), encode(&batch.disputes)?),
         ];
         let files = Arc::clone(&self.files);
-        let ledger = (!batch.statuses.is_empty() || !batch.payouts.is_empty()).then(|| Batch {
-            statuses: batch.statuses.clone(),
-            payouts: batch.payouts.clone(),
-            ..Batch::default()
-        });
+        let ledger =
+            (!batch.statuses.is_empty() || !batch.payouts.is_empty() || !batch.disputes.is_empty())
+                .then(|| Batch {
+                    statuses: batch.statuses.clone(),
+                    payouts: batch.payouts.clone(),
+                    disputes: batch.disputes.clone(),
+                    ..Batch::default()
+                });
         let index = Arc::clone(&self.ledger);
         // Writing and fsync block: off the runtime's threads.
         tokio::task::spawn_blocking(move || {
@@ -328,7 +332,61 @@ fn load_ledger(dir: &Path) -> std::io::Result<Batch> {
             created_at: parse_time(&l.created_at).ok_or_else(|| bad("payouts.jsonl: bad time"))?,
         });
     }
+    let mut disputes = Vec::new();
+    read_lines(&dir.join("disputes.jsonl"), |l: DisputeLine| {
+        disputes.push(l)
+    })?;
+    for l in disputes {
+        let time = |t: &str, ms: u16| {
+            parse_time(t)
+                .map(|t| t + chrono::Duration::milliseconds(i64::from(ms)))
+                .ok_or_else(|| bad("disputes.jsonl: bad time"))
+        };
+        batch.disputes.push(super::DisputeRow {
+            opened_at: time(&l.opened_at, l.opened_at_ms)?,
+            at: time(&l.at, l.at_ms)?,
+            dispute_id: l.dispute_id,
+            version: l.version,
+            program_id: l.program_id,
+            partner_id: l.partner_id,
+            commission_id: l.commission_id,
+            order_id: l.order_id,
+            claimed_amount: l.claimed_amount,
+            currency: l.currency,
+            message: l.message,
+            status: l.status,
+            amount: l.amount,
+            adjustment_id: l.adjustment_id,
+            note: l.note,
+            actor: l.actor,
+            opened_at_ms: l.opened_at_ms,
+            at_ms: l.at_ms,
+        });
+    }
     Ok(batch)
+}
+
+#[derive(serde::Deserialize)]
+struct DisputeLine {
+    dispute_id: uuid::Uuid,
+    version: u32,
+    program_id: String,
+    partner_id: String,
+    commission_id: String,
+    order_id: String,
+    claimed_amount: String,
+    currency: String,
+    message: String,
+    status: String,
+    #[serde(deserialize_with = "decimal_from_raw")]
+    amount: rust_decimal::Decimal,
+    adjustment_id: String,
+    note: String,
+    actor: String,
+    opened_at: String,
+    opened_at_ms: u16,
+    at: String,
+    at_ms: u16,
 }
 
 #[derive(serde::Deserialize)]

@@ -8,20 +8,21 @@ pub mod rows;
 use async_trait::async_trait;
 
 pub use rows::{
-    AttributionRow, AuditRow, ClickRow, CommissionRow, ConversionRow, DeliveryRow, PayoutRow,
-    StatusRow,
+    AttributionRow, AuditRow, ClickRow, CommissionRow, ConversionRow, DeliveryRow, DisputeRow,
+    PayoutRow, StatusRow,
 };
 
-/// The tables the pipeline and the review and payout API write, in the order they are
-/// written: a ledger row before its steps, a payout's steps before its lines (a payout
-/// found is complete).
-pub const TABLES: [&str; 6] = [
+/// The tables the pipeline and the review, payout and dispute API write, in the order
+/// they are written: a ledger row before its steps, a payout's steps before its lines
+/// (a payout found is complete).
+pub const TABLES: [&str; 7] = [
     "clicks",
     "conversions",
     "attributions",
     "commissions",
     "commission_status",
     "payouts",
+    "disputes",
 ];
 
 /// Rows of one processing round, written together before offsets are committed.
@@ -33,6 +34,7 @@ pub struct Batch {
     pub commissions: Vec<CommissionRow>,
     pub statuses: Vec<StatusRow>,
     pub payouts: Vec<PayoutRow>,
+    pub disputes: Vec<DisputeRow>,
 }
 
 impl Batch {
@@ -44,6 +46,7 @@ impl Batch {
             + self.commissions.len()
             + self.statuses.len()
             + self.payouts.len()
+            + self.disputes.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -58,6 +61,7 @@ impl Batch {
         self.commissions.append(&mut other.commissions);
         self.statuses.append(&mut other.statuses);
         self.payouts.append(&mut other.payouts);
+        self.disputes.append(&mut other.disputes);
     }
 }
 

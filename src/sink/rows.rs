@@ -500,6 +500,41 @@ mod tests {
     }
 }
 
+/// A row of `disputes`: one version of a dispute or inquiry (SPEC §9.1); the current
+/// state is the highest `version`.
+#[derive(Debug, Clone, PartialEq, Serialize, clickhouse::Row)]
+pub struct DisputeRow {
+    #[serde(with = "ser::uuid")]
+    pub dispute_id: Uuid,
+    /// 0 when opened, 1 when resolved.
+    pub version: u32,
+    pub program_id: String,
+    pub partner_id: String,
+    /// The disputed ledger row; empty for an inquiry about an order.
+    pub commission_id: String,
+    /// The order an inquiry is about; empty for a dispute of a row.
+    pub order_id: String,
+    /// What the partner claims, as it wrote it (a decimal), or empty.
+    pub claimed_amount: String,
+    pub currency: String,
+    pub message: String,
+    /// `open`, `accepted` or `rejected`.
+    pub status: String,
+    /// The adjustment booked when accepted (program currency), else 0.
+    #[serde(with = "ser::decimal4")]
+    pub amount: Decimal,
+    /// The adjustment's ledger row, when one was booked.
+    pub adjustment_id: String,
+    pub note: String,
+    pub actor: String,
+    #[serde(with = "ser::datetime")]
+    pub opened_at: DateTime<Utc>,
+    pub opened_at_ms: u16,
+    #[serde(with = "ser::datetime")]
+    pub at: DateTime<Utc>,
+    pub at_ms: u16,
+}
+
 /// A row of `api_audit`: one write made through the keyed API (SPEC §9).
 #[derive(Debug, Clone, PartialEq, Serialize, clickhouse::Row)]
 pub struct AuditRow {

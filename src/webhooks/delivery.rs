@@ -537,7 +537,7 @@ impl Delivery {
             .registry
             .webhooks(&head.program_id)
             .into_iter()
-            .filter(|w| w.events.contains(&head.kind))
+            .filter(|w| w.events.contains(&head.kind) && w.concerns(&head.partner_id))
             .collect();
         hooks.sort_by(|a, b| a.name.cmp(&b.name));
         hooks
@@ -655,6 +655,7 @@ impl Delivery {
                 .webhooks(&claim.queue.program_id)
                 .into_iter()
                 .find(|w| w.name == claim.queue.endpoint)
+                .filter(|w| w.concerns(&claim.queue.partner_id))
                 .filter(|w| w.events.iter().any(|e| e.as_str() == claim.head.event_type))
         };
         if let Some(hook) = find() {

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::registry::{Registry, WebhookEventType};
-use crate::sink::rows::{CommissionRow, ConversionRow, PayoutRow, StatusRow};
+use crate::sink::rows::{CommissionRow, ConversionRow, DisputeRow, PayoutRow, StatusRow};
 
 /// Ids of `payout.created` events: one per payout line, so per partner.
 const PAYOUT_EVENT_NS: Uuid = Uuid::from_u128(0x5d8c_1f0e_7b2a_4c61_9e3d_a4b5_c6d7_e8f9);
@@ -100,19 +100,24 @@ impl Outbox {
                 conversion,
             );
         }
-        if registry.subscribed(program, WebhookEventType::CommissionCreated) {
-            for c in commissions {
+        self.commissions(registry, commissions);
+        self.steps(registry, steps);
+    }
+
+    /// New ledger rows: `commission.created` each.
+    pub fn commissions(&mut self, registry: &Registry, commissions: &[CommissionRow]) {
+        for c in commissions {
+            if registry.subscribed(&c.program_id, WebhookEventType::CommissionCreated) {
                 self.push(
                     c.commission_id,
                     WebhookEventType::CommissionCreated,
-                    program,
+                    &c.program_id,
                     c.partner_id.clone(),
                     c.created_at,
                     c,
                 );
             }
         }
-        self.steps(registry, steps);
     }
 
     /// Status changes (steps after the first): `commission.status_changed`.
@@ -146,6 +151,21 @@ impl Outbox {
                     l.created_at,
                     l,
                 );
+            }
+        }
+    }
+
+    /// Disputes opened (version 0) or resolved: `dispute.opened`, `dispute.resolved`.
+    pub fn disputes(&mut self, registry: &Registry, rows: &[DisputeRow]) {
+        for d in rows {
+            let kind = if d.version == 0 {
+                WebhookEventType::DisputeOpened
+            } else {
+                WebhookEventType::DisputeResolved
+            };
+            if registry.subscribed(&d.program_id, kind) {
+                let id = Uuid::new_v5(&d.dispute_id, &d.version.to_be_bytes());
+                self.push(id, kind, &d.program_id, d.partner_id.clone(), d.at, d);
             }
         }
     }
