@@ -238,7 +238,8 @@ mod tests {
             "program_id": "acme", "partner_id": "p", "link_code": "abc", "campaign": null,
             "visitor_id": "0193a3b2-7c4e-4000-8000-000000000001", "ip_hash": "0123456789abcdef0123456789abcdef",
             "user_agent": "ua", "referer": null, "utm_source": null, "utm_medium": null, "utm_campaign": null,
-            "utm_term": null, "utm_content": null, "is_bot": false, "status": "ok", "registry_version": 3
+            "utm_term": null, "utm_content": null, "sub_ids": ["newsletter"], "is_bot": false,
+            "status": "ok", "registry_version": 3
         }))
         .unwrap();
         let conv: ConversionEvent = serde_json::from_str(r#"{"v":1,"conversion_id":"0193a3b2-7c4e-7000-8000-000000000001","program_id":"acme","order_id":"INV-1","kind":"sale","amount":"129.99","currency":"EUR","occurred_at":"2026-11-20T10:15:00.000Z","received_at":"2026-11-20T10:15:01.250Z","click_id":null,"visitor_id":null,"referral_code":null,"customer_id":null,"original_order_id":null,"registry_version":3,"customer_email_sha256":"5f4dcc3b5aa765d61d8327deb882cf995f4dcc3b5aa765d61d8327deb882cf99"}"#).unwrap();
