@@ -753,6 +753,29 @@ async fn a_partner_reads_its_own_ledger_and_writes_are_audited() {
     let rows = r.json()["commissions"].as_array().unwrap().clone();
     assert_eq!(rows.len(), 2);
     assert!(rows.iter().all(|e| e["partner_id"] == "alice"));
+    // Both were earned three hours ago; the paid one changed an hour ago, which the
+    // span does not look at.
+    let ago = |h: i64| (Utc::now() - chrono::Duration::hours(h)).to_rfc3339();
+    for (span, n) in [
+        (format!("from={}&to={}", ago(4), ago(2)), 2),
+        (format!("from={}", ago(2)), 0),
+        (format!("to={}", ago(4)), 0),
+    ] {
+        let path = format!("/api/v1/me/commissions?{}", span.replace('+', "%2B"));
+        let r = call(&w.url, Some(&alice), Method::GET, &path, &Value::Null).await;
+        let got = r.json()["commissions"].as_array().map(Vec::len);
+        assert_eq!(got, Some(n), "{span}: {:?}", r.body);
+    }
+    for (span, field) in [
+        (format!("from={}&to={}", ago(2), ago(4)), "to"),
+        ("from=yesterday".to_string(), "from"),
+        ("to=2200-01-01".to_string(), "to"),
+    ] {
+        let path = format!("/api/v1/me/commissions?{span}");
+        let r = call(&w.url, Some(&alice), Method::GET, &path, &Value::Null).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{span}");
+        assert_eq!(r.json()["error"]["field"], field, "{span}");
+    }
     let r = call(
         &w.url,
         Some(&alice),

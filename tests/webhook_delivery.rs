@@ -2,7 +2,7 @@
 //! here: Tansu carries the outbox, Redis (and a Redis Cluster) the queues, ClickHouse
 //! the delivery log. Receivers that answer 2xx, 500 then 2xx, too slowly, not at all
 //! (refused), or only after being down for a minute; a delivery process killed with
-//! SIGKILL mid-burst. Every event is delivered at least once, acknowledged exactly once
+//! SIGKILL mid-burst, with a partner's postback beside the program's endpoint. Every event is delivered at least once, acknowledged exactly once
 //! in the log, in ledger order per partner, with signatures that verify.
 
 mod common;
@@ -427,21 +427,76 @@ async fn assert_delivered_once(
     .await;
     let twice = ch_query(
         config,
-        "SELECT count() FROM (SELECT event_id FROM webhook_deliveries FINAL \
-         WHERE outcome = 'acknowledged' GROUP BY event_id HAVING count() > 1)",
+        "SELECT count() FROM (SELECT endpoint, event_id FROM webhook_deliveries FINAL \
+         WHERE outcome = 'acknowledged' GROUP BY endpoint, event_id HAVING count() > 1)",
     )
     .await;
     assert_eq!(twice[0][0], "0");
 }
 
+const POSTBACK_SECRET: &str = "pb-secret-of-p2-0123456789";
+
+/// Partner `p2`'s own postback (SPEC §9.1) on `url`, stored as a partner key registers
+/// it: restricted, with its own secret.
+async fn add_postback(registry: &Registry, url: String) {
+    let hook = Webhook {
+        program_id: String::new(),
+        name: String::new(),
+        url,
+        secret: POSTBACK_SECRET.into(),
+        events: WebhookEventType::ALL.to_vec(),
+        deleted: false,
+        restricted: true,
+        partner_id: Some("p2".into()),
+    };
+    let name = Webhook::postback_name("p2", "pb");
+    registry.put_webhook("acme", &name, hook).await.unwrap();
+}
+
+/// The postback got p2's events only, each signed with p2's secret, in order, and the
+/// log acknowledged each exactly once.
+async fn assert_postback_delivered_once(config: &Config, postback: &Receiver, per_partner: usize) {
+    let got = postback
+        .wait_acknowledged(per_partner, Duration::from_secs(120))
+        .await;
+    assert_signed(&got, POSTBACK_SECRET);
+    let partners: HashSet<String> = got
+        .iter()
+        .map(|r| r.json()["partner_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        partners,
+        HashSet::from(["p2".to_string()]),
+        "another partner's event"
+    );
+    assert_in_order(&got, &["p2"], per_partner);
+    wait_logged(
+        config,
+        "p2~pb",
+        "acknowledged",
+        per_partner as u64,
+        Duration::from_secs(30),
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_delivery_process_loses_nothing_and_acknowledges_once() {
-    let config = delivery_config(&[("TOUCHLINE__WEBHOOKS__CONCURRENCY", "8")]);
+    // The postback's receiver is local: the operator lists it, as for a local receiver.
+    let config = delivery_config(&[
+        ("TOUCHLINE__WEBHOOKS__CONCURRENCY", "8"),
+        (
+            "TOUCHLINE__WEBHOOKS__ALLOWED_PRIVATE_HOSTS",
+            r#"["127.0.0.1"]"#,
+        ),
+    ]);
     create_topics(&config).await;
     migrate(&config).await;
     // Each request takes 50 ms: the burst lasts seconds, long enough to kill mid-way.
     let receiver = Receiver::start(Behavior::Delay(Duration::from_millis(50))).await;
-    let _registry = registry_with(&config, &[("crm", receiver.url("/hook"))]).await;
+    let postback = Receiver::start(Behavior::Delay(Duration::from_millis(50))).await;
+    let registry = registry_with(&config, &[("crm", receiver.url("/hook"))]).await;
+    add_postback(&registry, postback.url("/postback")).await;
     let partners = ["p1", "p2", "p3", "p4"];
     let n = publish(&config, &partners, 60).await.len();
     let port = free_port();
@@ -453,6 +508,7 @@ async fn a_killed_delivery_process_loses_nothing_and_acknowledges_once() {
     let _second = spawn_webhooks_process(&config, port);
     // At least once: only what was in flight at the kill may come twice.
     assert_delivered_once(&config, &receiver, &partners, 60, 8).await;
+    assert_postback_delivered_once(&config, &postback, 60).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

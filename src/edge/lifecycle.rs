@@ -79,13 +79,43 @@ pub(crate) fn filter_of(params: &[(String, String)]) -> Result<Filter, ApiError>
                     ApiError::invalid("cursor", "must be a cursor this API returned")
                 })?)
             }
+            "from" => f.from = Some(instant_param("from", v)?),
+            "to" => f.to = Some(instant_param("to", v)?),
             other => return Err(ApiError::invalid(other.to_string(), "unknown parameter")),
         }
     }
     if f.program_id.is_empty() {
         return Err(ApiError::invalid("program_id", "is required"));
     }
+    if let (Some(from), Some(to)) = (f.from, f.to) {
+        if to <= from {
+            return Err(ApiError::invalid("to", "must be after from"));
+        }
+    }
     Ok(f)
+}
+
+/// An instant of a query string: RFC 3339, or a date meaning its UTC midnight. Bounded
+/// to the years the ledger's `DateTime` columns hold.
+pub(crate) fn instant_param(name: &str, v: &str) -> Result<DateTime<Utc>, ApiError> {
+    let parsed = DateTime::parse_from_rfc3339(v)
+        .map(|t| t.with_timezone(&Utc))
+        .ok()
+        .or_else(|| {
+            chrono::NaiveDate::parse_from_str(v, "%Y-%m-%d")
+                .ok()
+                .and_then(|d| d.and_hms_opt(0, 0, 0))
+                .map(|t| t.and_utc())
+        });
+    // 1970-01-01 up to 2100-01-01.
+    parsed
+        .filter(|t| (0..4_102_444_800).contains(&t.timestamp()))
+        .ok_or_else(|| {
+            ApiError::invalid(
+                name.to_string(),
+                "must be an RFC 3339 instant or a YYYY-MM-DD date, 1970-2099",
+            )
+        })
 }
 
 impl Edge {

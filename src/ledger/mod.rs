@@ -55,6 +55,9 @@ pub struct Entry {
     pub actor: String,
     #[serde(with = "crate::events::rfc3339_millis")]
     pub at: DateTime<Utc>,
+    /// When its first step was written: when it was earned.
+    #[serde(with = "crate::events::rfc3339_millis")]
+    pub created_at: DateTime<Utc>,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub payout_id: String,
 }
@@ -74,6 +77,7 @@ impl Entry {
             reason: r.reason.clone(),
             actor: r.actor.clone(),
             at: r.at,
+            created_at: r.at,
             payout_id: r.payout_id.clone(),
         })
     }
@@ -125,6 +129,9 @@ pub struct Filter {
     pub ids: Vec<Uuid>,
     /// Rows after this id (the listing's cursor).
     pub after: Option<Uuid>,
+    /// Rows earned in `[from, to)` (their `created_at`).
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
     pub limit: usize,
 }
 
@@ -135,6 +142,8 @@ impl Filter {
             && self.status.is_none_or(|s| s == e.status)
             && (self.ids.is_empty() || self.ids.contains(&e.commission_id))
             && self.after.is_none_or(|a| e.commission_id > a)
+            && self.from.is_none_or(|t| e.created_at >= t)
+            && self.to.is_none_or(|t| e.created_at < t)
     }
 }
 
@@ -570,9 +579,16 @@ impl MemoryLedger {
             let Some(entry) = Entry::from_step(s) else {
                 continue;
             };
-            match inner.rows.get(&s.commission_id) {
-                Some(e) if e.step >= s.step => {}
-                _ => {
+            match inner.rows.get_mut(&s.commission_id) {
+                Some(e) if e.step >= s.step => e.created_at = e.created_at.min(entry.created_at),
+                Some(e) => {
+                    let created_at = e.created_at.min(entry.created_at);
+                    *e = Entry {
+                        created_at,
+                        ..entry
+                    };
+                }
+                None => {
                     inner.rows.insert(s.commission_id, entry);
                 }
             }
@@ -723,6 +739,34 @@ mod tests {
         .await
         .unwrap()[0]
             .status
+    }
+
+    #[tokio::test]
+    async fn a_span_selects_rows_by_when_they_were_earned() {
+        let (ledger, view) = ledger();
+        let early = row(&view, 1, "alice", "90.00", Status::Held, 1);
+        row(&view, 2, "alice", "15.00", Status::Pending, 5);
+        // Reviewed on day 9: still earned on day 1.
+        ledger
+            .review("acme", &[early], Action::Approve, "", "admin", at(9))
+            .await
+            .unwrap();
+        let span = |from: Option<u32>, to: Option<u32>| Filter {
+            program_id: "acme".into(),
+            from: from.map(at),
+            to: to.map(at),
+            limit: 10,
+            ..Filter::default()
+        };
+        let ids = |rows: Vec<Entry>| rows.iter().map(|e| e.commission_id.as_u128()).collect();
+        let got: Vec<u128> = ids(view.entries(&span(Some(1), Some(5))).await.unwrap());
+        assert_eq!(got, vec![1]);
+        let got: Vec<u128> = ids(view.entries(&span(Some(2), None)).await.unwrap());
+        assert_eq!(got, vec![2]);
+        let got: Vec<u128> = ids(view.entries(&span(None, Some(9))).await.unwrap());
+        assert_eq!(got, vec![1, 2]);
+        let first = view.entries(&span(None, None)).await.unwrap();
+        assert_eq!((first[0].created_at, first[0].at), (at(1), at(9)));
     }
 
     #[tokio::test]

@@ -167,6 +167,7 @@ mod tests {
             reason: String::new(),
             actor: "pipeline".into(),
             at: DateTime::from_timestamp(1_700_000_000 + n as i64, 0).unwrap(),
+            created_at: DateTime::from_timestamp(1_700_000_000 + n as i64, 0).unwrap(),
             payout_id: payout.into(),
         }
     }

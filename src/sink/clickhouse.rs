@@ -194,6 +194,7 @@ struct EntryText {
     actor: String,
     at_ms: i64,
     payout_id: String,
+    created_ms: i64,
 }
 
 #[derive(Debug, clickhouse::Row, serde::Deserialize)]
@@ -275,7 +276,8 @@ impl crate::ledger::LedgerView for ClickHouseSink {
              toString(argMax(amount, step)), argMax(currency, step), argMax(status, step) AS st, \
              max(step), argMax(reason, step), argMax(actor, step), \
              toInt64(toUInt32(argMax(at, step))) * 1000 + argMax(at_ms, step), \
-             argMax(payout_id, step) \
+             argMax(payout_id, step), \
+             toInt64(toUInt32(argMin(at, step))) * 1000 + argMin(at_ms, step) AS created_ms \
              FROM commission_status WHERE program_id = ?",
         );
         if f.partner_id.is_some() {
@@ -296,6 +298,12 @@ impl crate::ledger::LedgerView for ClickHouseSink {
         if f.after.is_some() {
             sql.push_str(" AND id > ?");
         }
+        if f.from.is_some() {
+            sql.push_str(" AND created_ms >= ?");
+        }
+        if f.to.is_some() {
+            sql.push_str(" AND created_ms < ?");
+        }
         sql.push_str(&format!(" ORDER BY id LIMIT {}", f.limit));
         let mut q = self.client.query(&sql).bind(f.program_id.as_str());
         if let Some(p) = &f.partner_id {
@@ -306,6 +314,9 @@ impl crate::ledger::LedgerView for ClickHouseSink {
         }
         if let Some(a) = f.after {
             q = q.bind(a.to_string());
+        }
+        for t in [f.from, f.to].into_iter().flatten() {
+            q = q.bind(t.timestamp_millis());
         }
         let rows: Vec<EntryText> = q.fetch_all().await.map_err(classify)?;
         rows.into_iter()
@@ -332,6 +343,8 @@ impl crate::ledger::LedgerView for ClickHouseSink {
                     actor: r.actor,
                     at: chrono::DateTime::from_timestamp_millis(r.at_ms)
                         .ok_or_else(|| corrupt("at"))?,
+                    created_at: chrono::DateTime::from_timestamp_millis(r.created_ms)
+                        .ok_or_else(|| corrupt("created_at"))?,
                     payout_id: r.payout_id,
                 })
             })

@@ -961,6 +961,10 @@ pub fn spawn_webhooks_process(config: &Config, port: u16) -> Proc {
         .env("TOUCHLINE__CLICKHOUSE__URL", &config.clickhouse.url)
         .env("TOUCHLINE__REDIS__URL", &config.redis.url)
         .env(
+            "TOUCHLINE__WEBHOOKS__ALLOWED_PRIVATE_HOSTS",
+            serde_json::to_string(&w.allowed_private_hosts).unwrap(),
+        )
+        .env(
             "TOUCHLINE__LOG__LEVEL",
             std::env::var("TOUCHLINE_TEST_LOG_LEVEL").unwrap_or_else(|_| "warn".into()),
         )
