@@ -48,6 +48,40 @@ fn describe(ago: Duration, error: &str) -> Option<String> {
     (ago < FAILING_FOR).then(|| format!("retrying (failed {} s ago): {error}", ago.as_secs()))
 }
 
+/// Doubling pauses from 100 ms up to [`MAX_PAUSE`], for loops that retry on their own
+/// terms; each failure counts in `touchline_pipeline_retries_total{dependency}`.
+#[derive(Debug)]
+pub struct Backoff {
+    pause: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            pause: Duration::from_millis(100),
+        }
+    }
+}
+
+impl Backoff {
+    /// After a success: the next failure waits the shortest pause again.
+    pub fn reset(&mut self) {
+        *self = Backoff::default();
+    }
+
+    /// Counts a failure of `dependency` and waits the next pause.
+    pub async fn failed(&mut self, dependency: &'static str) {
+        metrics::counter!(m::PIPELINE_RETRIES_TOTAL, "dependency" => dependency).increment(1);
+        self.wait().await;
+    }
+
+    /// Waits the next pause, uncounted.
+    pub async fn wait(&mut self) {
+        tokio::time::sleep(self.pause).await;
+        self.pause = (self.pause * 2).min(MAX_PAUSE);
+    }
+}
+
 /// Runs `op` until it succeeds (`Ok(Some)`), fails with an error `fatal` accepts
 /// (`Err`), or fails after `shutdown` was fired (`Ok(None)`: the caller stops without
 /// committing what depended on it). `what` names the dependency in logs, `dependency`
@@ -64,7 +98,7 @@ where
     Fut: Future<Output = Result<T, E>>,
     E: Display,
 {
-    let mut pause = Duration::from_millis(100);
+    let mut backoff = Backoff::default();
     loop {
         match op().await {
             Ok(v) => return Ok(Some(v)),
@@ -76,10 +110,7 @@ where
             Err(e) => {
                 tracing::warn!(error = %e, "{what} unavailable, retrying");
                 record(dependency, format!("{what}: {e}"));
-                metrics::counter!(m::PIPELINE_RETRIES_TOTAL, "dependency" => dependency)
-                    .increment(1);
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(MAX_PAUSE);
+                backoff.failed(dependency).await;
             }
         }
     }

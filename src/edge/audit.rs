@@ -93,11 +93,10 @@ impl AuditTrail {
 async fn write(log: Arc<dyn AuditLog>, mut rx: mpsc::Receiver<AuditRow>) {
     let mut batch = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
-        let mut pause = Duration::from_millis(100);
+        let mut backoff = crate::retry::Backoff::default();
         while let Err(e) = log.audit(&batch).await {
             tracing::warn!(error = %e, rows = batch.len(), "api_audit write failed; retrying");
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(crate::retry::MAX_PAUSE);
+            backoff.wait().await;
         }
         batch.clear();
     }

@@ -42,6 +42,7 @@ use crate::bus::{BusError, Delivered, EventSource, Position};
 use crate::config::WebhooksConfig;
 use crate::metrics as m;
 use crate::registry::{Registry, Webhook, WebhookEventType};
+use crate::retry::Backoff;
 use crate::shutdown::Shutdown;
 use crate::sink::{DeliveryLog, DeliveryRow};
 
@@ -328,7 +329,7 @@ async fn write_rows(
             }
         }
         let rows: Vec<DeliveryRow> = batch.iter().map(|(r, _)| r.clone()).collect();
-        let mut pause = Duration::from_millis(100);
+        let mut backoff = Backoff::default();
         let ok = loop {
             match log.record(&rows).await {
                 Ok(()) => {
@@ -342,10 +343,7 @@ async fn write_rows(
                 Err(e) => {
                     down.store(true, Ordering::SeqCst);
                     tracing::warn!(error = %e, rows = rows.len(), "delivery log unavailable, retrying; no new attempts meanwhile");
-                    metrics::counter!(m::PIPELINE_RETRIES_TOTAL, "dependency" => "clickhouse")
-                        .increment(1);
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(crate::retry::MAX_PAUSE);
+                    backoff.failed("clickhouse").await;
                 }
             }
         };
@@ -415,7 +413,7 @@ impl Delivery {
         mut source: Box<dyn EventSource>,
         mut shutdown: Shutdown,
     ) -> Result<(), DeliveryError> {
-        let mut bus_pause = Duration::from_millis(100);
+        let mut bus_backoff = Backoff::default();
         while !shutdown.is_fired() {
             let batch = tokio::select! {
                 b = source.next_batch(INTAKE_BATCH, Duration::from_millis(200)) => b,
@@ -423,15 +421,12 @@ impl Delivery {
             };
             let batch = match batch {
                 Ok(b) => {
-                    bus_pause = Duration::from_millis(100);
+                    bus_backoff.reset();
                     b
                 }
                 Err(BusError::Unavailable(e)) => {
                     tracing::warn!(error = %e, "outbox unavailable, retrying");
-                    metrics::counter!(m::PIPELINE_RETRIES_TOTAL, "dependency" => "kafka")
-                        .increment(1);
-                    tokio::time::sleep(bus_pause).await;
-                    bus_pause = (bus_pause * 2).min(crate::retry::MAX_PAUSE);
+                    bus_backoff.failed("kafka").await;
                     continue;
                 }
                 Err(e) => return Err(e.into()),
@@ -554,7 +549,7 @@ impl Delivery {
     async fn dispatch(self: Arc<Self>, mut shutdown: Shutdown) {
         let mut inflight = JoinSet::new();
         let poll = Duration::from_millis(self.cfg.poll_ms);
-        let mut pause = Duration::from_millis(100);
+        let mut backoff = Backoff::default();
         while !shutdown.is_fired() {
             while inflight.try_join_next().is_some() {}
             let free = self.cfg.concurrency.saturating_sub(inflight.len());
@@ -562,7 +557,7 @@ impl Delivery {
             if free > 0 && !self.log_down.load(Ordering::SeqCst) {
                 match self.queue.claim(now_ms(), self.lease_ms(), free).await {
                     Ok(claims) => {
-                        pause = Duration::from_millis(100);
+                        backoff.reset();
                         short = claims.len() < free;
                         for claim in claims {
                             inflight.spawn(Arc::clone(&self).attempt(claim));
@@ -570,10 +565,7 @@ impl Delivery {
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "webhook queue unavailable, retrying");
-                        metrics::counter!(m::PIPELINE_RETRIES_TOTAL, "dependency" => "redis")
-                            .increment(1);
-                        tokio::time::sleep(pause).await;
-                        pause = (pause * 2).min(crate::retry::MAX_PAUSE);
+                        backoff.failed("redis").await;
                         continue;
                     }
                 }
