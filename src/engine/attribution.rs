@@ -14,6 +14,21 @@ use uuid::Uuid;
 /// Decimal places of every attribution weight.
 pub const WEIGHT_SCALE: u32 = 12;
 
+/// The `attributions.model` of a conversion credited by its referral code, not by a
+/// journey.
+pub const REFERRAL_CODE: &str = "referral_code";
+
+/// Every `attributions.model` there is: each model's [`AttributionModel::name`] and
+/// [`REFERRAL_CODE`]. A test keeps it complete.
+pub const MODEL_NAMES: [&str; 6] = [
+    "first_touch",
+    "last_touch",
+    "linear",
+    "time_decay",
+    "position_based",
+    REFERRAL_CODE,
+];
+
 /// One touchpoint of a journey: a unique click of an active partner.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Touch {
@@ -267,6 +282,25 @@ fn quantize_atto(raw: &[u128]) -> Weights {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn model_names_hold_every_model() {
+        // Adding a model breaks this match: add its name to MODEL_NAMES too.
+        fn named(m: &AttributionModel) -> bool {
+            match m {
+                AttributionModel::FirstTouch
+                | AttributionModel::LastTouch
+                | AttributionModel::Linear
+                | AttributionModel::TimeDecay { .. }
+                | AttributionModel::PositionBased { .. } => MODEL_NAMES.contains(&m.name()),
+            }
+        }
+        for name in &MODEL_NAMES[..5] {
+            let m: AttributionModel =
+                serde_json::from_value(serde_json::json!({ "model": name })).unwrap();
+            assert!(named(&m) && m.name() == *name);
+        }
+    }
+
     use super::*;
     use chrono::{Duration, TimeZone};
     use std::str::FromStr;

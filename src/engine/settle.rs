@@ -245,7 +245,7 @@ pub fn settle(
             (program.attribution().name().to_string(), lines)
         }
         Credit::Referral(partner_id) => (
-            "referral_code".to_string(),
+            super::attribution::REFERRAL_CODE.to_string(),
             vec![AttributionLine {
                 partner_id,
                 click_id: None,
