@@ -232,12 +232,12 @@ async fn run(visitors: usize) {
         .await
         .expect("redis answers");
     let registry = touchline::registry::Registry::open(store).await.unwrap();
-    touchline::synthetic::seed_registry(&registry, 40)
+    touchline::testkit::synthetic::seed_registry(&registry, 40)
         .await
         .unwrap();
 
     let t = Instant::now();
-    let stream = touchline::synthetic::produce(&config.kafka, 2026, visitors, 40)
+    let stream = touchline::testkit::synthetic::produce(&config.kafka, 2026, visitors, 40)
         .await
         .unwrap();
     let total = stream.clicks + stream.conversions;

@@ -133,7 +133,7 @@ async fn run(events: usize, partners: usize) {
         .await
         .expect("redis answers");
     let registry = touchline::registry::Registry::open(store).await.unwrap();
-    touchline::synthetic::seed_registry(&registry, 1)
+    touchline::testkit::synthetic::seed_registry(&registry, 1)
         .await
         .unwrap();
     let hook = Webhook {

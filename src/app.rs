@@ -95,7 +95,9 @@ pub fn clickhouse_books(
     ));
     crate::edge::Books {
         ledger: Some(Arc::new(crate::ledger::Ledger {
-            view: ch.clone(),
+            view: Arc::new(crate::ledger::clickhouse::ClickHouseLedger::new(
+                &config.clickhouse,
+            )),
             sink: ch.clone(),
             locks,
             outbox: Some(crate::ledger::LedgerOutbox { registry, bus }),
@@ -148,10 +150,11 @@ pub async fn sinks(config: &Config) -> anyhow::Result<Sinks> {
                         config.sink.data_dir.display()
                     )
                 })?;
-            let view = file.ledger();
             let file = Arc::new(file);
+            let (sink, view) = crate::ledger::memory::over_files(file.clone())
+                .context("cannot read the ledger back from sink.data_dir")?;
             Sinks {
-                sink: file.clone(),
+                sink,
                 log: file.clone(),
                 audit: file,
                 view,
@@ -173,7 +176,7 @@ pub async fn sinks(config: &Config) -> anyhow::Result<Sinks> {
                 })?;
             Sinks {
                 sink: sink.clone(),
-                view: sink.clone(),
+                view: Arc::new(crate::ledger::clickhouse::ClickHouseLedger::new(ch)),
                 log: sink.clone(),
                 audit: sink,
             }

@@ -10,6 +10,24 @@ use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, FromRedisValue, RedisResult, Value};
 
+/// A state failure: the store is unreachable or answered nonsense; the pipeline and
+/// the delivery queues pause and retry.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("state store unavailable: {0}")]
+pub struct StateError(pub String);
+
+impl From<::redis::RedisError> for StateError {
+    fn from(e: ::redis::RedisError) -> Self {
+        StateError(e.to_string())
+    }
+}
+
+impl From<::redis::ParsingError> for StateError {
+    fn from(e: ::redis::ParsingError) -> Self {
+        StateError(format!("unexpected reply: {e}"))
+    }
+}
+
 /// A connection to Redis or to a Redis Cluster.
 #[derive(Clone)]
 pub enum Redis {

@@ -9,16 +9,15 @@ pub mod access;
 pub mod app;
 pub mod bus;
 pub mod config;
-pub mod demo;
 pub mod edge;
 pub mod engine;
 pub mod events;
 pub mod http;
 pub mod kv;
 pub mod ledger;
-pub mod loadgen;
 pub mod metrics;
 pub mod money;
+pub mod outbox;
 pub mod pipeline;
 pub mod registry;
 pub mod retry;
@@ -26,11 +25,15 @@ pub mod rng;
 pub mod shutdown;
 pub mod signature;
 pub mod sink;
-pub mod synthetic;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
 pub mod webhooks;
 
 /// Every binary that links touchline allocates with mimalloc: the pipeline and the edge
 /// allocate per event on several threads, where glibc's malloc spent about half of the
-/// pipeline's CPU (docs/BENCHMARKS.md, "Where the time goes").
+/// pipeline's CPU (docs/BENCHMARKS.md, "Where the time goes"). Not in the library's own
+/// unit tests: they link this crate a second time (the `testkit` dev-dependency), whose
+/// allocator serves them.
+#[cfg(not(test))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use touchline::config::{Config, LogFormat};
 
+mod tools;
+
 #[derive(Parser)]
 #[command(
     name = "touchline",
@@ -174,7 +176,7 @@ fn main() -> ExitCode {
                 data_dir,
                 concurrency,
             } => {
-                touchline::demo::run(touchline::demo::DemoOptions {
+                tools::demo::run(tools::demo::DemoOptions {
                     visitors,
                     seed,
                     data_dir,
@@ -195,7 +197,7 @@ fn main() -> ExitCode {
                 seed,
                 json,
             } => {
-                let report = touchline::loadgen::run(touchline::loadgen::LoadOptions {
+                let report = tools::loadgen::run(tools::loadgen::LoadOptions {
                     target: target.trim_end_matches('/').to_string(),
                     rate,
                     duration: std::time::Duration::from_secs_f64(duration),

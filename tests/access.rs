@@ -15,7 +15,7 @@ use touchline::access::{ApiKey, KeyScope};
 use touchline::edge::routes::ROUTES;
 use touchline::engine::Status;
 use touchline::registry::Entity;
-use touchline::sink::{Batch, Sink, StatusRow};
+use touchline::sink::{Batch, RowKey, Sink, StatusRow, Step};
 use uuid::Uuid;
 
 /// The callers with a key or token, in the order of [`Case::expect`].
@@ -130,23 +130,29 @@ async fn state(config: &touchline::config::Config, edge: &RunningEdge) -> String
 
 /// A ledger row written as the pipeline writes it: its step of `status`, at `at`.
 fn step(n: u128, status: Status, at: chrono::DateTime<Utc>) -> StatusRow {
+    let row = RowKey {
+        commission_id: Uuid::from_u128(n),
+        conversion_id: Uuid::from_u128(1000 + n),
+        program_id: "acme",
+        partner_id: "alice",
+        kind: "direct",
+        amount: "10.00".parse().unwrap(),
+        currency: "USD",
+    };
+    let reason = if status == Status::Held {
+        "review_above"
+    } else {
+        ""
+    };
     StatusRow::step(
-        Uuid::from_u128(n),
-        Uuid::from_u128(1000 + n),
-        "acme",
-        "alice",
-        "direct",
-        "10.00".parse().unwrap(),
-        "USD",
-        0,
-        status,
-        if status == Status::Held {
-            "review_above"
-        } else {
-            ""
+        &row,
+        Step {
+            step: 0,
+            status,
+            reason,
+            actor: "pipeline",
+            at,
         },
-        "pipeline",
-        at,
     )
 }
 

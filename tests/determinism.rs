@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::*;
 use hyper::{Method, StatusCode};
-use touchline::synthetic::Order;
+use touchline::testkit::synthetic::Order;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shuffled_backlog_read_by_two_instances_matches_intake_order() {
@@ -34,7 +34,7 @@ async fn shuffled_backlog_read_by_two_instances_matches_intake_order() {
         seed_registry_direct(c, PARTNERS).await;
     }
     let base = chrono::Utc::now() - chrono::Duration::hours(3);
-    let stream = touchline::synthetic::produce_in(
+    let stream = touchline::testkit::synthetic::produce_in(
         &reference.kafka,
         5,
         VISITORS,
@@ -44,7 +44,7 @@ async fn shuffled_backlog_read_by_two_instances_matches_intake_order() {
     )
     .await
     .expect("broker acknowledged");
-    touchline::synthetic::produce_in(
+    touchline::testkit::synthetic::produce_in(
         &shuffled.kafka,
         5,
         VISITORS,

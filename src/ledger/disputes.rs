@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::{Filter, Ledger, LedgerError};
 use crate::engine::{LedgerKind, Status};
-use crate::sink::rows::{millis, CommissionRow, DisputeRow, StatusRow};
+use crate::sink::rows::{millis, CommissionRow, DisputeRow, RowKey, StatusRow, Step};
 use crate::sink::Batch;
 
 /// Namespace of adjustment rows: uuid v5 of the dispute id, so that accepting again
@@ -251,19 +251,24 @@ impl Ledger {
         };
         let kind = LedgerKind::Adjustment.as_str();
         let reason = format!("dispute {}", d.dispute_id);
-        let step = StatusRow::step(
-            id,
-            conversion,
-            &d.program_id,
-            &d.partner_id,
+        let key = RowKey {
+            commission_id: id,
+            conversion_id: conversion,
+            program_id: &d.program_id,
+            partner_id: &d.partner_id,
             kind,
             amount,
-            &d.currency,
-            0,
-            Status::Approved,
-            &reason,
-            by,
-            now,
+            currency: &d.currency,
+        };
+        let step = StatusRow::step(
+            &key,
+            Step {
+                step: 0,
+                status: Status::Approved,
+                reason: &reason,
+                actor: by,
+                at: now,
+            },
         );
         let row = CommissionRow {
             commission_id: id,

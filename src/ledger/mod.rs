@@ -8,11 +8,13 @@
 //! two edges from reviewing or paying the same rows at once; steps have deterministic
 //! ids, so a request repeated after a crash writes the same rows again.
 
+pub mod clickhouse;
 pub mod disputes;
+pub mod memory;
 pub mod partner;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -23,10 +25,12 @@ use uuid::Uuid;
 
 use crate::bus::EventBus;
 use crate::engine::{LedgerKind, Status};
+use crate::outbox::Outbox;
 use crate::registry::{Registry, RegistryStore};
-use crate::sink::rows::{DisputeRow, PayoutRow, StatusRow};
+use crate::sink::rows::{DisputeRow, PayoutRow, RowKey, StatusRow, Step};
 use crate::sink::{Batch, Sink, SinkError};
-use crate::webhooks::Outbox;
+
+pub use memory::MemoryLedger;
 
 /// Namespace of payout ids: uuid v5 of (program, up_to ms).
 const PAYOUT_NS: Uuid = Uuid::from_u128(0x9d3a_5c71_e2b8_4a06_b1f4_6e28_0c9d_57a3);
@@ -102,20 +106,23 @@ impl Entry {
         actor: &str,
         at: DateTime<Utc>,
     ) -> StatusRow {
-        StatusRow::step(
-            self.commission_id,
-            self.conversion_id,
-            &self.program_id,
-            &self.partner_id,
-            self.kind.as_str(),
-            self.amount,
-            &self.currency,
+        let row = RowKey {
+            commission_id: self.commission_id,
+            conversion_id: self.conversion_id,
+            program_id: &self.program_id,
+            partner_id: &self.partner_id,
+            kind: self.kind.as_str(),
+            amount: self.amount,
+            currency: &self.currency,
+        };
+        let s = Step {
             step,
             status,
             reason,
             actor,
             at,
-        )
+        };
+        StatusRow::step(&row, s)
     }
 }
 
@@ -557,104 +564,6 @@ fn payout_of(id: Uuid, program: &str, up_to: DateTime<Utc>, rows: &[PayoutRow]) 
     }
 }
 
-/// The ledger of the embedded default: an index of the steps the file sink wrote,
-/// rebuilt from its files at start.
-#[derive(Default)]
-pub struct MemoryLedger {
-    inner: Mutex<MemoryInner>,
-}
-
-#[derive(Default)]
-struct MemoryInner {
-    rows: BTreeMap<Uuid, Entry>,
-    payouts: HashMap<Uuid, Vec<PayoutRow>>,
-    disputes: BTreeMap<Uuid, DisputeRow>,
-}
-
-impl MemoryLedger {
-    /// Notes what a batch wrote.
-    pub fn record(&self, batch: &Batch) {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        for s in &batch.statuses {
-            let Some(entry) = Entry::from_step(s) else {
-                continue;
-            };
-            match inner.rows.get_mut(&s.commission_id) {
-                Some(e) if e.step >= s.step => e.created_at = e.created_at.min(entry.created_at),
-                Some(e) => {
-                    let created_at = e.created_at.min(entry.created_at);
-                    *e = Entry {
-                        created_at,
-                        ..entry
-                    };
-                }
-                None => {
-                    inner.rows.insert(s.commission_id, entry);
-                }
-            }
-        }
-        for p in &batch.payouts {
-            let lines = inner.payouts.entry(p.payout_id).or_default();
-            if !lines.iter().any(|l| l.partner_id == p.partner_id) {
-                lines.push(p.clone());
-            }
-        }
-        for d in &batch.disputes {
-            match inner.disputes.get(&d.dispute_id) {
-                Some(seen) if seen.version >= d.version => {}
-                _ => {
-                    inner.disputes.insert(d.dispute_id, d.clone());
-                }
-            }
-        }
-    }
-}
-
-#[async_trait]
-impl LedgerView for MemoryLedger {
-    async fn entries(&self, filter: &Filter) -> Result<Vec<Entry>, SinkError> {
-        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(inner
-            .rows
-            .values()
-            .filter(|e| filter.admits(e))
-            .take(filter.limit)
-            .cloned()
-            .collect())
-    }
-
-    async fn payout_lines(&self, program: &str, id: Uuid) -> Result<Vec<PayoutRow>, SinkError> {
-        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(inner
-            .payouts
-            .get(&id)
-            .map(|l| {
-                l.iter()
-                    .filter(|p| p.program_id == program)
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default())
-    }
-
-    async fn disputes(
-        &self,
-        program: Option<&str>,
-        id: Option<Uuid>,
-    ) -> Result<Vec<DisputeRow>, SinkError> {
-        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let mut rows: Vec<DisputeRow> = inner
-            .disputes
-            .values()
-            .filter(|d| program.is_none_or(|p| d.program_id == p))
-            .filter(|d| id.is_none_or(|i| d.dispute_id == i))
-            .cloned()
-            .collect();
-        rows.sort_by_key(|d| (d.opened_at, d.dispute_id));
-        Ok(rows)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -707,22 +616,26 @@ mod tests {
         let id = Uuid::from_u128(n);
         view.record(&Batch {
             statuses: vec![StatusRow::step(
-                id,
-                Uuid::from_u128(1000 + n),
-                "acme",
-                partner,
-                if amount.starts_with('-') {
-                    "reversal"
-                } else {
-                    "direct"
+                &RowKey {
+                    commission_id: id,
+                    conversion_id: Uuid::from_u128(1000 + n),
+                    program_id: "acme",
+                    partner_id: partner,
+                    kind: if amount.starts_with('-') {
+                        "reversal"
+                    } else {
+                        "direct"
+                    },
+                    amount: d(amount),
+                    currency: "USD",
                 },
-                d(amount),
-                "USD",
-                0,
-                status,
-                "test",
-                "pipeline",
-                at(day),
+                Step {
+                    step: 0,
+                    status,
+                    reason: "test",
+                    actor: "pipeline",
+                    at: at(day),
+                },
             )],
             ..Batch::default()
         });

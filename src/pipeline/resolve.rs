@@ -34,7 +34,7 @@ use crate::engine::settle::{self, ConversionStatus, Credit, Decision, FirstSale,
 use crate::engine::LedgerKind;
 use crate::events::{ConversionEvent, ConversionKind};
 use crate::registry::{Program, Registry};
-use crate::sink::rows::{commission_id, StatusRow};
+use crate::sink::rows::{commission_id, RowKey, StatusRow, Step};
 
 /// A settled conversion as remembered: the decision, its touches' campaigns and the
 /// lifecycle of its rows.
@@ -585,20 +585,23 @@ pub fn step_row(
         (false, 0) => LedgerKind::Direct,
         (false, _) => LedgerKind::Override,
     };
-    StatusRow::step(
-        commission_id(r.conversion_id, r.index),
-        r.conversion_id,
+    let row = RowKey {
+        commission_id: commission_id(r.conversion_id, r.index),
+        conversion_id: r.conversion_id,
         program_id,
-        &r.partner_id,
-        kind.as_str(),
-        r.amount,
+        partner_id: &r.partner_id,
+        kind: kind.as_str(),
+        amount: r.amount,
         currency,
+    };
+    let step = Step {
         step,
         status,
         reason,
-        "pipeline",
+        actor: "pipeline",
         at,
-    )
+    };
+    StatusRow::step(&row, step)
 }
 
 /// The last instant a conversion's journey reaches: its `occurred_at`, but never past

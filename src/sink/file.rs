@@ -17,8 +17,6 @@ use crate::metrics as m;
 pub struct FileSink {
     dir: PathBuf,
     files: Arc<Mutex<Vec<File>>>,
-    /// The ledger's current statuses and payouts, for the review and payout API.
-    ledger: Arc<crate::ledger::MemoryLedger>,
     /// `webhook_deliveries.jsonl`, opened at the first delivery.
     deliveries: Arc<Mutex<Option<File>>>,
     /// `api_audit.jsonl`, opened at the first audited write.
@@ -38,20 +36,18 @@ impl FileSink {
                     .open(dir.join(format!("{t}.jsonl")))
             })
             .collect::<std::io::Result<Vec<_>>>()?;
-        let ledger = Arc::new(crate::ledger::MemoryLedger::default());
-        ledger.record(&load_ledger(dir)?);
         Ok(FileSink {
             dir: dir.to_path_buf(),
             files: Arc::new(Mutex::new(files)),
-            ledger,
             deliveries: Arc::new(Mutex::new(None)),
             audits: Arc::new(Mutex::new(None)),
         })
     }
 
-    /// The ledger as written so far (SPEC §3.5).
-    pub fn ledger(&self) -> Arc<crate::ledger::MemoryLedger> {
-        Arc::clone(&self.ledger)
+    /// The audit trail, payout lines and disputes written so far (SPEC §3.5), for the
+    /// ledger's index.
+    pub fn ledger_rows(&self) -> std::io::Result<Batch> {
+        load_ledger(&self.dir)
     }
 
     /// The file of `table`.
@@ -104,15 +100,6 @@ impl Sink for FileSink {
             ("disputes", batch.disputes.len(), encode(&batch.disputes)?),
         ];
         let files = Arc::clone(&self.files);
-        let ledger =
-            (!batch.statuses.is_empty() || !batch.payouts.is_empty() || !batch.disputes.is_empty())
-                .then(|| Batch {
-                    statuses: batch.statuses.clone(),
-                    payouts: batch.payouts.clone(),
-                    disputes: batch.disputes.clone(),
-                    ..Batch::default()
-                });
-        let index = Arc::clone(&self.ledger);
         // Writing and fsync block: off the runtime's threads.
         tokio::task::spawn_blocking(move || {
             let mut files = files.lock().unwrap_or_else(|e| e.into_inner());
@@ -124,10 +111,6 @@ impl Sink for FileSink {
                 file.write_all(&bytes).map_err(io)?;
                 file.sync_data().map_err(io)?;
                 metrics::counter!(m::SINK_ROWS_TOTAL, "table" => table).increment(rows as u64);
-            }
-            // Durable first, then visible to the API.
-            if let Some(b) = ledger {
-                index.record(&b);
             }
             Ok(())
         })
@@ -284,7 +267,7 @@ fn parse_time(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
         .map(|t| t.and_utc())
 }
 
-/// The audit trail and payouts the files under `dir` hold, for the ledger index.
+/// The audit trail, payouts and disputes the files under `dir` hold.
 fn load_ledger(dir: &Path) -> std::io::Result<Batch> {
     let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
     let mut batch = Batch::default();
@@ -300,20 +283,23 @@ fn load_ledger(dir: &Path) -> std::io::Result<Batch> {
             .as_str();
         let at = parse_time(&l.at).ok_or_else(|| bad("commission_status.jsonl: bad time"))?
             + chrono::Duration::milliseconds(i64::from(l.at_ms));
-        let mut row = super::StatusRow::step(
-            l.commission_id,
-            l.conversion_id,
-            &l.program_id,
-            &l.partner_id,
+        let key = super::RowKey {
+            commission_id: l.commission_id,
+            conversion_id: l.conversion_id,
+            program_id: &l.program_id,
+            partner_id: &l.partner_id,
             kind,
-            l.amount,
-            &l.currency,
-            l.step,
+            amount: l.amount,
+            currency: &l.currency,
+        };
+        let step = super::Step {
+            step: l.step,
             status,
-            &l.reason,
-            &l.actor,
+            reason: &l.reason,
+            actor: &l.actor,
             at,
-        );
+        };
+        let mut row = super::StatusRow::step(&key, step);
         row.event_id = l.event_id;
         row.payout_id = l.payout_id;
         batch.statuses.push(row);

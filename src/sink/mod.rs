@@ -9,7 +9,7 @@ use async_trait::async_trait;
 
 pub use rows::{
     AttributionRow, AuditRow, ClickRow, CommissionRow, ConversionRow, DeliveryRow, DisputeRow,
-    PayoutRow, StatusRow,
+    PayoutRow, RowKey, StatusRow, Step,
 };
 
 /// The tables the pipeline and the review, payout and dispute API write, in the order

@@ -304,38 +304,46 @@ pub struct StatusRow {
     pub payout_id: String,
 }
 
+/// The ledger row a step belongs to: what stays the same through all its steps.
+#[derive(Debug, Clone, Copy)]
+pub struct RowKey<'a> {
+    pub commission_id: Uuid,
+    pub conversion_id: Uuid,
+    pub program_id: &'a str,
+    pub partner_id: &'a str,
+    pub kind: &'static str,
+    pub amount: Decimal,
+    pub currency: &'a str,
+}
+
+/// What one step of a row says.
+#[derive(Debug, Clone, Copy)]
+pub struct Step<'a> {
+    pub step: u8,
+    pub status: crate::engine::Status,
+    pub reason: &'a str,
+    pub actor: &'a str,
+    pub at: DateTime<Utc>,
+}
+
 impl StatusRow {
-    /// A step of ledger row `commission_id`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn step(
-        commission_id: Uuid,
-        conversion_id: Uuid,
-        program_id: &str,
-        partner_id: &str,
-        kind: &'static str,
-        amount: Decimal,
-        currency: &str,
-        step: u8,
-        status: crate::engine::Status,
-        reason: &str,
-        actor: &str,
-        at: DateTime<Utc>,
-    ) -> StatusRow {
+    /// Step `s` of ledger row `row`.
+    pub fn step(row: &RowKey, s: Step) -> StatusRow {
         StatusRow {
-            event_id: step_id(commission_id, step),
-            commission_id,
-            conversion_id,
-            program_id: program_id.to_string(),
-            partner_id: partner_id.to_string(),
-            kind,
-            amount,
-            currency: currency.to_string(),
-            status: status.as_str(),
-            step,
-            reason: reason.to_string(),
-            actor: actor.to_string(),
-            at,
-            at_ms: millis(at),
+            event_id: step_id(row.commission_id, s.step),
+            commission_id: row.commission_id,
+            conversion_id: row.conversion_id,
+            program_id: row.program_id.to_string(),
+            partner_id: row.partner_id.to_string(),
+            kind: row.kind,
+            amount: row.amount,
+            currency: row.currency.to_string(),
+            status: s.status.as_str(),
+            step: s.step,
+            reason: s.reason.to_string(),
+            actor: s.actor.to_string(),
+            at: s.at,
+            at_ms: millis(s.at),
             payout_id: String::new(),
         }
     }

@@ -17,9 +17,9 @@ use hyper::{Method, Request, StatusCode};
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
 
-use crate::config::Config;
-use crate::rng::Rng;
-use crate::sink::file::{partner_stats, PartnerDay};
+use touchline::config::Config;
+use touchline::rng::Rng;
+use touchline::sink::file::{partner_stats, PartnerDay};
 
 /// What the demo does.
 #[derive(Debug, Clone)]
@@ -190,7 +190,8 @@ impl Http {
 
     async fn convert(&self, body: Value) -> anyhow::Result<()> {
         let raw = body.to_string();
-        let sig = crate::signature::sign(SECRET, chrono::Utc::now().timestamp(), raw.as_bytes());
+        let sig =
+            touchline::signature::sign(SECRET, chrono::Utc::now().timestamp(), raw.as_bytes());
         let r = self
             .send(
                 Method::POST,
@@ -223,7 +224,7 @@ async fn seed(http: &Http) -> anyhow::Result<()> {
             "attribution": {"model": "position_based", "first": "0.4", "last": "0.4"},
             "click_dedup_window_secs": 3600, "max_touches": 32,
             "fx": {"USD": "1", "EUR": "1.0837", "JPY": "0.006571"},
-            "commission": crate::engine::commission::example_plan(),
+            "commission": touchline::engine::commission::example_plan(),
             // A week's hold; the largest sales wait for review; payouts from 25.00.
             "hold_days": HOLD_DAYS, "min_payout": "25",
             "fraud": {"review_above": "250"}
@@ -370,17 +371,17 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let config = demo_config(&opts)?;
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("cannot create {}", opts.data_dir.display()))?;
-    for table in crate::sink::TABLES
+    for table in touchline::sink::TABLES
         .iter()
         .chain(["partner_stats_daily"].iter())
     {
         let _ = std::fs::remove_file(opts.data_dir.join(format!("{table}.jsonl")));
     }
 
-    let (trigger, shutdown) = crate::shutdown::channel();
+    let (trigger, shutdown) = touchline::shutdown::channel();
     let (tx, rx) = tokio::sync::oneshot::channel();
     let admin_token = config.admin.token.clone();
-    let serve = tokio::spawn(crate::app::run_serve(config, shutdown, Some(tx)));
+    let serve = tokio::spawn(touchline::app::run_serve(config, shutdown, Some(tx)));
     let addrs = rx.await.context("the embedded server did not start")?;
     println!(
         "touchline demo: embedded edge on http://{} (pipeline admin on http://{})",
@@ -388,7 +389,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     );
 
     let http = Arc::new(Http {
-        client: crate::http::client(),
+        client: touchline::http::client(),
         base: format!("http://{}", addrs.edge),
         admin_token,
         done: AtomicU64::new(0),
@@ -468,7 +469,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         later.push(first.clone());
     }
     // Posted as one signed batch, as a merchant's nightly job would.
-    for chunk in later.chunks(crate::edge::conversions::MAX_BATCH) {
+    for chunk in later.chunks(touchline::edge::conversions::MAX_BATCH) {
         http.convert(Value::Array(chunk.to_vec())).await?;
     }
     ticker.abort();
@@ -494,15 +495,15 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
 /// registry lives in memory, so the program is seeded again).
 async fn keys_tour(opts: &DemoOptions) -> anyhow::Result<()> {
     let config = demo_config(opts)?;
-    let (trigger, shutdown) = crate::shutdown::channel();
+    let (trigger, shutdown) = touchline::shutdown::channel();
     let (tx, rx) = tokio::sync::oneshot::channel();
     let admin_token = config.admin.token.clone();
-    let serve = tokio::spawn(crate::app::run_serve(config, shutdown, Some(tx)));
+    let serve = tokio::spawn(touchline::app::run_serve(config, shutdown, Some(tx)));
     let addrs = rx
         .await
         .context("the embedded server did not start again")?;
     let http = Http {
-        client: crate::http::client(),
+        client: touchline::http::client(),
         base: format!("http://{}", addrs.edge),
         admin_token: admin_token.clone(),
         done: AtomicU64::new(0),
@@ -571,20 +572,20 @@ async fn keys_tour(opts: &DemoOptions) -> anyhow::Result<()> {
 /// The ledger's lifecycle after the run, and one payout batch over it, through the same
 /// code the review and payout API runs.
 async fn lifecycle(dir: &std::path::Path) -> anyhow::Result<()> {
-    use crate::engine::Status;
     use std::collections::BTreeMap;
-    let file = crate::sink::file::FileSink::open(dir)?;
-    let view = file.ledger();
-    let ledger = crate::ledger::Ledger {
+    use touchline::engine::Status;
+    let file = Arc::new(touchline::sink::file::FileSink::open(dir)?);
+    let (sink, view) = touchline::ledger::memory::over_files(file)?;
+    let ledger = touchline::ledger::Ledger {
         view: view.clone(),
-        sink: Arc::new(file),
-        locks: Arc::new(crate::registry::MemoryStore::new()),
+        sink,
+        locks: Arc::new(touchline::registry::MemoryStore::new()),
         outbox: None,
     };
-    let all = |view: Arc<crate::ledger::MemoryLedger>| async move {
-        crate::ledger::LedgerView::entries(
+    let all = |view: Arc<touchline::ledger::MemoryLedger>| async move {
+        touchline::ledger::LedgerView::entries(
             &*view,
-            &crate::ledger::Filter {
+            &touchline::ledger::Filter {
                 program_id: PROGRAM.into(),
                 limit: usize::MAX,
                 ..Default::default()
@@ -592,7 +593,7 @@ async fn lifecycle(dir: &std::path::Path) -> anyhow::Result<()> {
         )
         .await
     };
-    let print = |entries: &[crate::ledger::Entry]| {
+    let print = |entries: &[touchline::ledger::Entry]| {
         let mut by: BTreeMap<(&str, &str), (usize, Decimal)> = BTreeMap::new();
         for e in entries {
             let reason = if e.status == Status::Held {
@@ -696,7 +697,7 @@ fn print_summary(stats: &[PartnerDay], dir: &std::path::Path) -> anyhow::Result<
     );
     println!();
     println!("data files (ClickHouse JSONEachRow, one per table):");
-    for table in crate::sink::TABLES
+    for table in touchline::sink::TABLES
         .iter()
         .chain(["partner_stats_daily"].iter())
     {

@@ -16,7 +16,7 @@ use hyper::{Method, Request, StatusCode};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::rng::Rng;
+use touchline::rng::Rng;
 
 /// What to send, how fast, for how long.
 #[derive(Debug, Clone)]
@@ -172,8 +172,11 @@ pub async fn run(o: LoadOptions) -> anyhow::Result<LoadReport> {
                 "amount": format!("{}.{:02}", 10 + rng.below(200), rng.below(100)), "currency": "USD",
                 "referral_code": o.code})
             .to_string();
-            let sig =
-                crate::signature::sign(&o.secret, chrono::Utc::now().timestamp(), body.as_bytes());
+            let sig = touchline::signature::sign(
+                &o.secret,
+                chrono::Utc::now().timestamp(),
+                body.as_bytes(),
+            );
             Request::post(format!("{}/api/v1/conversions", o.target))
                 .header("x-touchline-signature", sig)
                 .header("content-type", "application/json")

@@ -538,13 +538,13 @@ pub async fn seed_registry_direct(config: &Config, partners: usize) {
         .await
         .expect("redis is required (scripts/stack.sh up)");
     let registry = touchline::registry::Registry::open(store).await.unwrap();
-    touchline::synthetic::seed_registry(&registry, partners)
+    touchline::testkit::synthetic::seed_registry(&registry, partners)
         .await
         .unwrap();
 }
 
 /// Sizes of a generated stream.
-pub use touchline::synthetic::Stream;
+pub use touchline::testkit::synthetic::Stream;
 
 /// Produces the deterministic stream onto the topics of `config`.
 pub async fn produce_stream(
@@ -553,7 +553,7 @@ pub async fn produce_stream(
     visitors: usize,
     partners: usize,
 ) -> Stream {
-    touchline::synthetic::produce(&config.kafka, seed, visitors, partners)
+    touchline::testkit::synthetic::produce(&config.kafka, seed, visitors, partners)
         .await
         .expect("broker acknowledged")
 }
@@ -632,13 +632,13 @@ pub async fn setup_pair_where(
     migrate(&other).await;
     seed_registry_direct(&reference, PARTNERS).await;
     seed_registry_direct(&other, PARTNERS).await;
-    let stream = touchline::synthetic::produce_in(
+    let stream = touchline::testkit::synthetic::produce_in(
         &reference.kafka,
         seed,
         VISITORS,
         PARTNERS,
         base,
-        touchline::synthetic::Order::Intake,
+        touchline::testkit::synthetic::Order::Intake,
     )
     .await
     .expect("broker acknowledged");

@@ -1,0 +1,5 @@
+//! What tests and benches share, compiled only for them (`cfg(test)` or the `testkit`
+//! feature, which the crate's dev-dependency on itself turns on): a deterministic
+//! synthetic stream with its registry.
+
+pub mod synthetic;
