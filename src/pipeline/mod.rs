@@ -309,11 +309,11 @@ mod tests {
     //! still counts, and one later than that does not.
 
     use super::emit::currency_label;
-    use rust_decimal::Decimal;
     use super::*;
     use crate::bus::memory::MemoryBus;
     use crate::events::{ClickStatus, ConversionKind, EVENT_VERSION};
     use crate::registry::{Link, LinkStatus, MemoryStore, Partner, PartnerStatus, Program};
+    use rust_decimal::Decimal;
     use std::sync::Mutex;
     use uuid::Uuid;
 
