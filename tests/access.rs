@@ -761,13 +761,16 @@ async fn a_partner_reads_its_own_ledger_and_writes_are_audited() {
     assert!(rows.iter().all(|e| e["partner_id"] == "alice"));
     // Both were earned three hours ago; the paid one changed an hour ago, which the
     // span does not look at.
-    let ago = |h: i64| (Utc::now() - chrono::Duration::hours(h)).to_rfc3339();
+    let ago = |h: i64| {
+        (Utc::now() - chrono::Duration::hours(h))
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    };
     for (span, n) in [
         (format!("from={}&to={}", ago(4), ago(2)), 2),
         (format!("from={}", ago(2)), 0),
         (format!("to={}", ago(4)), 0),
     ] {
-        let path = format!("/api/v1/me/commissions?{}", span.replace('+', "%2B"));
+        let path = format!("/api/v1/me/commissions?{span}");
         let r = call(&w.url, Some(&alice), Method::GET, &path, &Value::Null).await;
         let got = r.json()["commissions"].as_array().map(Vec::len);
         assert_eq!(got, Some(n), "{span}: {:?}", r.body);
