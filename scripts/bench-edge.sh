@@ -3,11 +3,11 @@
 # Tansu with memory storage) side by side with nginx `return 302` with one worker, in one
 # run; then p99 latency with the open-loop load generator at half the edge's peak rate.
 # Needs Redis (scripts/stack.sh up), wrk, nginx and a release build.
-#   scripts/bench-edge.sh [seconds per run]
+#   scripts/bench-edge.sh [seconds per run]   (BIN=path/to/touchline for another build)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 SECS=${1:-15}
-BIN=target/release/touchline
+BIN=${BIN:-target/release/touchline}
 WORK=$(mktemp -d)
 KPORT=9192; EPORT=8180; NPORT=8181
 UA="Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/126.0 Safari/537.36"
