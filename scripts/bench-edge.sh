@@ -11,13 +11,17 @@ BIN=${BIN:-target/release/touchline}
 WORK=$(mktemp -d)
 KPORT=9192; EPORT=8180; NPORT=8181
 UA="Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/126.0 Safari/537.36"
-cleanup() { kill "${EDGE:-}" "${TANSU:-}" 2>/dev/null || true; [[ -f "$WORK/nginx.pid" ]] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true; rm -rf "$WORK"; }
+# Waits for every process it started to exit, so that a run right after this one finds
+# its ports free.
+cleanup() { kill "${EDGE:-}" "${TANSU:-}" 2>/dev/null || true; [[ -f "$WORK/nginx.pid" ]] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"; }
+# Waits up to 10 s for something to listen on 127.0.0.1:$1.
+listening() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "nothing listens on $1" >&2; return 1; }
 trap cleanup EXIT
 
 tansu broker --storage-engine memory://tansu/ --listener-url "tcp://127.0.0.1:$KPORT" \
   --advertised-listener-url "tcp://127.0.0.1:$KPORT" >"$WORK/tansu.log" 2>&1 &
 TANSU=$!
-sleep 1
+listening "$KPORT"
 export TOUCHLINE__KAFKA__BROKERS=127.0.0.1:$KPORT TOUCHLINE__KAFKA__PARTITIONS=4 \
   TOUCHLINE__REDIS__PREFIX=bench$$ TOUCHLINE__EDGE__LISTEN=127.0.0.1:$EPORT \
   TOUCHLINE__EDGE__PUBLIC_URL=http://127.0.0.1:$EPORT TOUCHLINE__LOG__LEVEL=warn \
@@ -25,7 +29,7 @@ export TOUCHLINE__KAFKA__BROKERS=127.0.0.1:$KPORT TOUCHLINE__KAFKA__PARTITIONS=4
 $BIN migrate --config config/local.toml >/dev/null
 $BIN edge --config config/local.toml &
 EDGE=$!
-sleep 1
+listening "$EPORT"
 $BIN loadgen --target "http://127.0.0.1:$EPORT" --rate 1 --duration 1 \
   --setup-admin-token touchline-dev-admin-token >/dev/null
 

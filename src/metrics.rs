@@ -66,6 +66,9 @@ pub const PIPELINE_CONSUMER_LAG: &str = "touchline_pipeline_consumer_lag_message
 pub const PIPELINE_COMMITS_TOTAL: &str = "touchline_pipeline_commits_total";
 /// Retries of a failing dependency, by `dependency` (clickhouse, redis, kafka).
 pub const PIPELINE_RETRIES_TOTAL: &str = "touchline_pipeline_retries_total";
+/// Rebalances that waited while the pipeline wrote and committed what it had settled
+/// of the partitions they took.
+pub const PIPELINE_REVOCATIONS_DRAINED_TOTAL: &str = "touchline_pipeline_revocations_drained_total";
 /// Rows written by the sink, by `table`.
 pub const SINK_ROWS_TOTAL: &str = "touchline_sink_rows_total";
 /// Duration of one sink write, by `table`.
@@ -235,6 +238,11 @@ pub const ALL: &[(&str, &str, &str)] = &[
         PIPELINE_RETRIES_TOTAL,
         "counter",
         "Retries of a failing dependency.",
+    ),
+    (
+        PIPELINE_REVOCATIONS_DRAINED_TOTAL,
+        "counter",
+        "Rebalances that waited for the pipeline to write and commit what it settled.",
     ),
     (SINK_ROWS_TOTAL, "counter", "Rows written, by table."),
     (

@@ -101,4 +101,12 @@ pub trait EventSource: Send + 'static {
     /// end (as far as the bus knows; a stale answer must only ever be `false`, or
     /// `true` for at most a second).
     fn owned(&self) -> Vec<((Topic, i32), bool)>;
+    /// The partitions a rebalance is about to take from this member while it waits
+    /// for [`EventSource::release`]: meanwhile the caller writes and commits what it
+    /// settled and forgets what waits. `None` when no rebalance waits.
+    fn revoking(&self) -> Option<Vec<(Topic, i32)>> {
+        None
+    }
+    /// Lets the waiting rebalance go on (nothing when none waits).
+    fn release(&mut self) {}
 }

@@ -22,6 +22,21 @@ pub(super) struct Flight {
 }
 
 impl Pipeline {
+    /// A rebalance waits on this member: writes and commits what is settled while the
+    /// partitions are still its own, forgets what waits (their next owner reads it from
+    /// the committed offsets), then lets the rebalance go on.
+    pub(super) async fn drain_revoked(
+        &mut self,
+        source: &mut dyn EventSource,
+        shutdown: &Shutdown,
+    ) -> Result<(), PipelineError> {
+        self.write_and_commit(source, shutdown, true).await?;
+        self.forget_partitions();
+        metrics::counter!(m::PIPELINE_REVOCATIONS_DRAINED_TOTAL).increment(1);
+        source.release();
+        Ok(())
+    }
+
     /// Writes the pending rows and commits the offsets they cover, stopping short of
     /// any click or conversion still waiting. The write runs in the background while
     /// the pipeline goes on ([`Flight`]); its offsets are committed when the next write

@@ -205,10 +205,7 @@ impl Pipeline {
                 // either way: identical rows), forget positions and what waits.
                 self.write_and_commit(&mut *source, &shutdown, true).await?;
                 self.generation = source.assignment_generation();
-                self.taken.clear();
-                self.progress.clear();
-                self.clicks.clear();
-                self.conversions.clear();
+                self.forget_partitions();
             }
             if !messages.is_empty() {
                 metrics::histogram!(m::PIPELINE_BATCH_MESSAGES).record(messages.len() as f64);
@@ -223,6 +220,10 @@ impl Pipeline {
             for (topic, partition, lag) in source.lag() {
                 metrics::gauge!(m::PIPELINE_CONSUMER_LAG, "topic" => topic.label(), "partition" => partition.to_string())
                     .set(lag as f64);
+            }
+            if source.revoking().is_some() {
+                self.drain_revoked(&mut *source, &shutdown).await?;
+                continue;
             }
             let due = self.rows.len() as u64 >= self.config.batch_rows
                 || self.last_write.elapsed()
@@ -287,6 +288,16 @@ impl Pipeline {
                  give the topic one partition (kafka.conversion_partitions)"
             );
         }
+    }
+
+    /// Forgets positions and what waits: after a rebalance every partition restarts
+    /// from its committed offset (the assignor revokes them all), and what was taken
+    /// of it comes again.
+    fn forget_partitions(&mut self) {
+        self.taken.clear();
+        self.progress.clear();
+        self.clicks.clear();
+        self.conversions.clear();
     }
 
     /// Notes an event time read on a partition.

@@ -37,7 +37,9 @@ pub fn config(extra: &[(&str, &str)]) -> Config {
     // Warnings of in-process components show with a failing test's output.
     let _ = tracing_subscriber::fmt()
         .with_test_writer()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            std::env::var("TOUCHLINE_TEST_LOG_LEVEL").unwrap_or_else(|_| "warn".into()),
+        ))
         .try_init();
     let id = uuid::Uuid::new_v4().simple().to_string();
     let short = &id[..12];
