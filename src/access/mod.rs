@@ -6,10 +6,11 @@
 //! it finds the tenant of the resource it touches; this module knows nothing of routes.
 
 pub mod budget;
-pub mod keys;
 pub mod principal;
 pub mod ssrf;
 
+/// Keys are stored in the registry, which owns their model; here for the callers.
+pub use crate::registry::api_key as keys;
 pub use budget::Budgets;
 pub use keys::{ApiKey, KeyScope};
 pub use principal::{Principal, Role};

@@ -5,9 +5,8 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
+use super::api_key::{ApiKey, KeyScope, MAX_KEYS_PER_PROGRAM};
 use super::{Entity, Invalid, LinkEntry, Registry, RegistryError};
-use crate::access::keys::MAX_KEYS_PER_PROGRAM;
-use crate::access::{ApiKey, KeyScope};
 
 impl Registry {
     /// The key whose secret hashes to `hash`.
@@ -131,7 +130,7 @@ pub fn may_create(by: Option<KeyScope>, scope: KeyScope) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::access::keys::{generate, hash_secret};
+    use crate::registry::api_key::{generate, hash_secret};
     use crate::registry::{MemoryStore, Partner, PartnerStatus, Program};
 
     fn key(scope: KeyScope, program: &str, partner: Option<&str>) -> (ApiKey, String) {

@@ -2,6 +2,7 @@
 //! [`RegistryStore`] and cached in memory in every process, which follows the store's
 //! change log so that a change is visible everywhere within `registry.refresh_ms`.
 
+pub mod api_key;
 mod keys;
 pub mod model;
 pub mod redis_store;
@@ -113,7 +114,7 @@ pub struct Registry {
     /// program → name → endpoint
     webhooks: DashMap<String, std::collections::BTreeMap<String, Arc<Webhook>>>,
     /// API keys by id, and their ids by the hash of their secret (`keys.rs`).
-    keys: DashMap<String, Arc<crate::access::ApiKey>>,
+    keys: DashMap<String, Arc<api_key::ApiKey>>,
     key_hashes: DashMap<String, String>,
     /// partner → its link codes, for the partner API's listing.
     partner_links: DashMap<String, std::collections::BTreeSet<String>>,

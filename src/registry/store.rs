@@ -7,8 +7,8 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use super::api_key::ApiKey;
 use super::model::{Link, Partner, Program, Webhook};
-use crate::access::ApiKey;
 
 /// One registry entity, as stored and as carried in the change log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

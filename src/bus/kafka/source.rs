@@ -520,6 +520,10 @@ impl EventSource for KafkaSource {
             // The poll thread waits in the rebalance: what is still here was fetched
             // before it, and its partitions restart from the committed offsets.
             while self.polled.try_recv().is_ok() {}
+            // The assignment read under ends here, before the consumer gives it up: what
+            // was read of it no longer says a partition is read to its end, so nothing
+            // is released past the work just dropped while the old assignment lingers.
+            self.state.generation.fetch_add(1, Ordering::SeqCst);
             let _ = revocation.done.try_send(());
         }
     }

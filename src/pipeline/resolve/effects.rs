@@ -2,13 +2,17 @@
 //! order's record and hold end, the tallies it adds to, a first sale, a refund's
 //! reversals. The batch overlay records the same for later conversions of the batch.
 
-use super::overlay::Booked;
+use rust_decimal::Decimal;
+
 use super::{DueEntry, Memo};
 use crate::engine::dedup;
 use crate::engine::settle::{self, ConversionStatus, Decision, FirstSale, OrderRecord};
 use crate::events::{ConversionEvent, ConversionKind};
 use crate::pipeline::store::{Mark, OrderSlot, Tally, Write};
 use crate::registry::{Program, Registry};
+
+/// The reversals a refund booked on its order: earned row index and (negative) amount.
+pub(super) type Booked = Vec<(usize, Decimal)>;
 
 /// The state changes a settled conversion implies, all idempotent.
 pub(super) fn effects(

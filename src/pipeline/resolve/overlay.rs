@@ -3,10 +3,9 @@
 
 use std::collections::HashMap;
 
-use rust_decimal::Decimal;
 use uuid::Uuid;
 
-use super::effects::{booked, first_sale, order_record, order_slot, tallies};
+use super::effects::{booked, first_sale, order_record, order_slot, tallies, Booked};
 use super::plan::Plan;
 use super::Memo;
 use crate::engine::lifecycle::BookedRefund;
@@ -14,9 +13,6 @@ use crate::engine::settle::{ConversionStatus, FirstSale, OrderRecord};
 use crate::events::{ConversionEvent, ConversionKind};
 use crate::pipeline::store::{Answer, Mark, OrderSlot, Read, Tally};
 use crate::registry::Program;
-
-/// The reversals a refund booked on its order: earned row index and (negative) amount.
-pub(super) type Booked = Vec<(usize, Decimal)>;
 
 /// State of one order while a batch is resolved.
 #[derive(Clone, Default)]

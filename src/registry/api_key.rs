@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::registry::model::{valid_id, Invalid};
+use super::model::{valid_id, Invalid};
 
 /// Prefix of every key secret: a leaked key is recognisable (secret scanners) and
 /// never mistaken for the operator token.
