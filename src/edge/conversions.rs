@@ -7,6 +7,7 @@
 use chrono::{DateTime, TimeZone, Utc};
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
+use rust_decimal::Decimal;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
@@ -37,9 +38,68 @@ pub(crate) const FIELDS: &[&str] = &[
     "customer_email_sha256",
 ];
 
+/// Why a request was refused: the metric's reason and the answer.
+type Rejection = (&'static str, ApiError);
+
 fn reject(reason: &'static str, e: ApiError) -> HttpResponse {
     metrics::counter!(m::EDGE_CONVERSIONS_REJECTED_TOTAL, "reason" => reason).increment(1);
     e.into_response()
+}
+
+/// The request's body items, each an object, and whether it was an array (errors then
+/// name the item).
+fn items_of(body: &[u8]) -> Result<(Vec<Map<String, Value>>, bool), Rejection> {
+    http::strict_json(body).map_err(|e| ("malformed", e))?;
+    let malformed = |e: ApiError| ("malformed", e);
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(o)) => Ok((vec![o], false)),
+        Ok(Value::Array(a)) => {
+            if a.is_empty() {
+                return Err(malformed(ApiError::malformed("empty array")));
+            }
+            if a.len() > MAX_BATCH {
+                let e = ApiError::too_large(format!("at most {MAX_BATCH} conversions per request"));
+                return Err(("too_large", e));
+            }
+            let objects = a.into_iter().enumerate().map(|(i, v)| match v {
+                Value::Object(o) => Ok(o),
+                _ => Err(malformed(
+                    ApiError::malformed("expected an object").in_item(i),
+                )),
+            });
+            Ok((objects.collect::<Result<_, _>>()?, true))
+        }
+        Ok(_) => Err(malformed(ApiError::malformed(
+            "expected a JSON object or array",
+        ))),
+        Err(e) => Err(malformed(ApiError::malformed(format!("invalid JSON: {e}")))),
+    }
+}
+
+/// The one program all items name: its secret signs the whole body.
+fn program_id_of(
+    items: &[Map<String, Value>],
+    at: impl Fn(ApiError, usize) -> ApiError,
+) -> Result<&str, Rejection> {
+    let mut program_id: Option<&str> = None;
+    for (i, item) in items.iter().enumerate() {
+        let invalid = |why: &str| ("invalid", at(ApiError::invalid("program_id", why), i));
+        let id = match item.get("program_id") {
+            Some(Value::String(s)) => s.as_str(),
+            Some(_) => return Err(invalid("must be a string")),
+            None => return Err(invalid("is required")),
+        };
+        match program_id {
+            None => program_id = Some(id),
+            Some(p) if p != id => {
+                return Err(invalid(
+                    "all conversions of a request must share one program",
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    program_id.ok_or(("malformed", ApiError::malformed("empty array")))
 }
 
 impl Edge {
@@ -54,154 +114,80 @@ impl Edge {
             Err(e) if e.status == StatusCode::REQUEST_TIMEOUT => return reject("timeout", e),
             Err(e) => return reject("too_large", e),
         };
-        if let Err(e) = http::strict_json(&body) {
-            return reject("malformed", e);
+        match self.accept(sig_header.as_deref(), &body).await {
+            Ok(accepted) => http::json(
+                StatusCode::ACCEPTED,
+                &serde_json::json!({ "accepted": accepted }),
+            ),
+            Err((reason, e)) => reject(reason, e),
         }
-        let (items, is_batch): (Vec<Map<String, Value>>, bool) =
-            match serde_json::from_slice::<Value>(&body) {
-                Ok(Value::Object(o)) => (vec![o], false),
-                Ok(Value::Array(a)) => {
-                    if a.is_empty() {
-                        return reject("malformed", ApiError::malformed("empty array"));
-                    }
-                    if a.len() > MAX_BATCH {
-                        return reject(
-                            "too_large",
-                            ApiError::too_large(format!(
-                                "at most {MAX_BATCH} conversions per request"
-                            )),
-                        );
-                    }
-                    let mut objects = Vec::with_capacity(a.len());
-                    for (i, v) in a.into_iter().enumerate() {
-                        match v {
-                            Value::Object(o) => objects.push(o),
-                            _ => {
-                                return reject(
-                                    "malformed",
-                                    ApiError::malformed("expected an object").in_item(i),
-                                )
-                            }
-                        }
-                    }
-                    (objects, true)
-                }
-                Ok(_) => {
-                    return reject(
-                        "malformed",
-                        ApiError::malformed("expected a JSON object or array"),
-                    )
-                }
-                Err(e) => {
-                    return reject(
-                        "malformed",
-                        ApiError::malformed(format!("invalid JSON: {e}")),
-                    )
-                }
-            };
+    }
+
+    /// Checks a signed body of conversions and publishes them all; how many.
+    async fn accept(&self, sig_header: Option<&str>, body: &[u8]) -> Result<usize, Rejection> {
+        let (items, is_batch) = items_of(body)?;
         let at = |e: ApiError, i: usize| if is_batch { e.in_item(i) } else { e };
-
-        // One program per request: its secret signs the whole body.
-        let mut program_id: Option<&str> = None;
-        for (i, item) in items.iter().enumerate() {
-            let id = match item.get("program_id") {
-                Some(Value::String(s)) => s.as_str(),
-                Some(_) => {
-                    return reject(
-                        "invalid",
-                        at(ApiError::invalid("program_id", "must be a string"), i),
-                    )
-                }
-                None => {
-                    return reject(
-                        "invalid",
-                        at(ApiError::invalid("program_id", "is required"), i),
-                    )
-                }
-            };
-            match program_id {
-                None => program_id = Some(id),
-                Some(p) if p != id => {
-                    return reject(
-                        "invalid",
-                        at(
-                            ApiError::invalid(
-                                "program_id",
-                                "all conversions of a request must share one program",
-                            ),
-                            i,
-                        ),
-                    )
-                }
-                Some(_) => {}
-            }
-        }
-        let program_id = program_id.expect("at least one item");
+        let program_id = program_id_of(&items, at)?;
         let Some(program) = self.registry.program(program_id) else {
-            return reject(
-                "unknown_program",
-                at(ApiError::invalid("program_id", "unknown program"), 0),
-            );
+            let e = ApiError::invalid("program_id", "unknown program");
+            return Err(("unknown_program", at(e, 0)));
         };
-
         let now = Utc::now();
+        let tolerance = self.config.edge.signature_tolerance_secs;
         if let Err(e) = signature::verify(
             &program.secret,
-            sig_header.as_deref(),
-            &body,
+            sig_header,
+            body,
             now.timestamp(),
-            self.config.edge.signature_tolerance_secs,
+            tolerance,
         ) {
             let reason = match e {
                 SignatureError::Stale => "stale_signature",
                 _ => "bad_signature",
             };
-            return reject(reason, ApiError::unauthorized(e.to_string()));
+            return Err((reason, ApiError::unauthorized(e.to_string())));
         }
-
         let received_at = to_millis(now);
         // Read after the program: at least the version the events were checked with.
         let registry_version = self.registry.version();
-        let mut events = Vec::with_capacity(items.len());
-        for (i, item) in items.iter().enumerate() {
-            match parse_conversion(item, &program, received_at) {
-                Ok(e) => events.push(ConversionEvent {
+        let events = items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                let e = parse_conversion(item, &program, received_at)
+                    .map_err(|e| ("invalid", at(e, i)))?;
+                Ok(ConversionEvent {
                     registry_version,
                     ..e
-                }),
-                Err(e) => return reject("invalid", at(e, i)),
-            }
+                })
+            })
+            .collect::<Result<Vec<_>, Rejection>>()?;
+        self.publish(&events).await?;
+        Ok(events.len())
+    }
+
+    /// Publishes the events as one batch; `2xx` only once the broker has them all.
+    async fn publish(&self, events: &[ConversionEvent]) -> Result<(), Rejection> {
+        let batch = events
+            .iter()
+            .map(|e| {
+                let payload = serde_json::to_vec(e).map_err(|err| {
+                    let e = ApiError::internal(format!("cannot encode event: {err}"));
+                    ("internal", e)
+                })?;
+                Ok((e.partition_key(), payload))
+            })
+            .collect::<Result<Vec<_>, Rejection>>()?;
+        if let Err(e) = self.bus.publish_conversions(&batch).await {
+            tracing::warn!(error = %e, "conversions not acknowledged");
+            let e = ApiError::unavailable(format!("{e}; retry later"), 5);
+            return Err(("unavailable", e));
         }
-        let mut batch = Vec::with_capacity(events.len());
-        for e in &events {
-            match serde_json::to_vec(e) {
-                Ok(payload) => batch.push((e.partition_key(), payload)),
-                Err(err) => {
-                    return reject(
-                        "internal",
-                        ApiError::internal(format!("cannot encode event: {err}")),
-                    )
-                }
-            }
+        for e in events {
+            metrics::counter!(m::EDGE_CONVERSIONS_ACCEPTED_TOTAL, "kind" => e.kind.as_str())
+                .increment(1);
         }
-        match self.bus.publish_conversions(&batch).await {
-            Ok(()) => {
-                for e in &events {
-                    metrics::counter!(m::EDGE_CONVERSIONS_ACCEPTED_TOTAL, "kind" => e.kind.as_str()).increment(1);
-                }
-                http::json(
-                    StatusCode::ACCEPTED,
-                    &serde_json::json!({ "accepted": events.len() }),
-                )
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "conversions not acknowledged");
-                reject(
-                    "unavailable",
-                    ApiError::unavailable(format!("{e}; retry later"), 5),
-                )
-            }
-        }
+        Ok(())
     }
 }
 
@@ -256,61 +242,10 @@ pub fn parse_conversion(
             "must be one of sale, lead, signup, recurring, refund",
         )
     })?;
-    let amount = match item.get("amount") {
-        Some(Value::String(s)) => money::parse_amount(s).map_err(|e| {
-            let msg = match e {
-                AmountError::NotDecimal => {
-                    "must be a decimal string such as \"129.99\"".to_string()
-                }
-                other => other.to_string(),
-            };
-            ApiError::invalid("amount", msg)
-        })?,
-        // Leads and signups often carry no amount.
-        None | Some(Value::Null)
-            if matches!(kind, ConversionKind::Lead | ConversionKind::Signup) =>
-        {
-            rust_decimal::Decimal::ZERO
-        }
-        None | Some(Value::Null) => return Err(ApiError::invalid("amount", "is required")),
-        Some(_) => {
-            return Err(ApiError::invalid(
-                "amount",
-                "must be a decimal string such as \"129.99\" (numbers lose precision)",
-            ))
-        }
-    };
+    let amount = amount_of(item, kind)?;
     let currency = opt_string(item, "currency", 3)?.unwrap_or_else(|| program.currency.clone());
-    let Some(rate) = program.fx.get(&currency) else {
-        return Err(ApiError::invalid(
-            "currency",
-            "is not in the program's FX table",
-        ));
-    };
-    if amount
-        .checked_mul(*rate)
-        .is_none_or(|settled| settled > crate::money::max_settled())
-    {
-        return Err(ApiError::invalid(
-            "amount",
-            "is too large: amount × fx must be at most 10000000000000 in the program currency",
-        ));
-    }
-    let occurred_at = match opt_string(item, "occurred_at", 64)? {
-        None => received_at,
-        Some(s) => DateTime::parse_from_rfc3339(&s)
-            .map(|t| to_millis(t.with_timezone(&Utc)))
-            .map_err(|_| ApiError::invalid("occurred_at", "must be an RFC 3339 timestamp"))?,
-    };
-    let earliest = Utc.with_ymd_and_hms(2000, 1, 1, 0, 0, 0).single();
-    if earliest.is_some_and(|e| occurred_at < e)
-        || occurred_at > received_at + chrono::Duration::days(1)
-    {
-        return Err(ApiError::invalid(
-            "occurred_at",
-            "must be from 2000-01-01 to one day ahead of the edge's clock",
-        ));
-    }
+    settles_in(program, amount, &currency)?;
+    let occurred_at = occurred_at_of(item, received_at)?;
     let click_id = opt_uuid(item, "click_id")?;
     let visitor_id = opt_uuid(item, "visitor_id")?;
     let referral_code = opt_string(item, "referral_code", 64)?;
@@ -326,22 +261,7 @@ pub fn parse_conversion(
             "must be 64 lower-case hex digits (SHA-256 of the lower-cased e-mail)",
         ));
     }
-    match kind {
-        ConversionKind::Recurring if customer_id.is_none() => {
-            return Err(ApiError::invalid(
-                "customer_id",
-                "is required for recurring payments",
-            ))
-        }
-        ConversionKind::Refund if original_order_id.is_none() => {
-            return Err(ApiError::invalid(
-                "original_order_id",
-                "is required for refunds",
-            ))
-        }
-        _ => {}
-    }
-    Ok(ConversionEvent {
+    let event = ConversionEvent {
         v: EVENT_VERSION,
         conversion_id: Uuid::now_v7(),
         program_id: program.id.clone(),
@@ -358,7 +278,94 @@ pub fn parse_conversion(
         original_order_id,
         registry_version: 0,
         customer_email_sha256,
-    })
+    };
+    links_required(&event)?;
+    Ok(event)
+}
+
+/// The amount: a decimal string (numbers lose precision); leads and signups may omit it.
+fn amount_of(item: &Map<String, Value>, kind: ConversionKind) -> Result<Decimal, ApiError> {
+    match item.get("amount") {
+        Some(Value::String(s)) => money::parse_amount(s).map_err(|e| {
+            let msg = match e {
+                AmountError::NotDecimal => {
+                    "must be a decimal string such as \"129.99\"".to_string()
+                }
+                other => other.to_string(),
+            };
+            ApiError::invalid("amount", msg)
+        }),
+        // Leads and signups often carry no amount.
+        None | Some(Value::Null)
+            if matches!(kind, ConversionKind::Lead | ConversionKind::Signup) =>
+        {
+            Ok(Decimal::ZERO)
+        }
+        None | Some(Value::Null) => Err(ApiError::invalid("amount", "is required")),
+        Some(_) => Err(ApiError::invalid(
+            "amount",
+            "must be a decimal string such as \"129.99\" (numbers lose precision)",
+        )),
+    }
+}
+
+/// The currency is in the program's FX table and the settled amount within the
+/// ledger's bound.
+fn settles_in(program: &Program, amount: Decimal, currency: &str) -> Result<(), ApiError> {
+    let Some(rate) = program.fx.get(currency) else {
+        return Err(ApiError::invalid(
+            "currency",
+            "is not in the program's FX table",
+        ));
+    };
+    if amount
+        .checked_mul(*rate)
+        .is_none_or(|settled| settled > crate::money::max_settled())
+    {
+        return Err(ApiError::invalid(
+            "amount",
+            "is too large: amount × fx must be at most 10000000000000 in the program currency",
+        ));
+    }
+    Ok(())
+}
+
+/// `occurred_at`, the edge's clock when absent, from 2000 to one day ahead.
+fn occurred_at_of(
+    item: &Map<String, Value>,
+    received_at: DateTime<Utc>,
+) -> Result<DateTime<Utc>, ApiError> {
+    let occurred_at = match opt_string(item, "occurred_at", 64)? {
+        None => received_at,
+        Some(s) => DateTime::parse_from_rfc3339(&s)
+            .map(|t| to_millis(t.with_timezone(&Utc)))
+            .map_err(|_| ApiError::invalid("occurred_at", "must be an RFC 3339 timestamp"))?,
+    };
+    let earliest = Utc.with_ymd_and_hms(2000, 1, 1, 0, 0, 0).single();
+    if earliest.is_some_and(|e| occurred_at < e)
+        || occurred_at > received_at + chrono::Duration::days(1)
+    {
+        return Err(ApiError::invalid(
+            "occurred_at",
+            "must be from 2000-01-01 to one day ahead of the edge's clock",
+        ));
+    }
+    Ok(occurred_at)
+}
+
+/// Recurring payments name their customer, refunds their order.
+fn links_required(e: &ConversionEvent) -> Result<(), ApiError> {
+    match e.kind {
+        ConversionKind::Recurring if e.customer_id.is_none() => Err(ApiError::invalid(
+            "customer_id",
+            "is required for recurring payments",
+        )),
+        ConversionKind::Refund if e.original_order_id.is_none() => Err(ApiError::invalid(
+            "original_order_id",
+            "is required for refunds",
+        )),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]

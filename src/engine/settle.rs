@@ -192,101 +192,21 @@ pub fn settle(
     volume: impl Fn(&str, u32) -> u64,
 ) -> Result<Decision, Overflow> {
     let minor = money::minor_units(program.currency());
+    let unattributed =
+        |settled| Decision::uncredited(ConversionStatus::Unattributed, settled, program.currency());
     let Some(rate) = program.fx_rate(&conv.currency) else {
         // The FX table lost the currency after intake: nothing can be settled.
-        return Ok(Decision::uncredited(
-            ConversionStatus::Unattributed,
-            Decimal::ZERO,
-            program.currency(),
-        ));
+        return Ok(unattributed(Decimal::ZERO));
     };
     let settled = mul(conv.amount, rate)?;
-    let plan = program.commission();
-
-    // Weighted lines per touch (or inherited share), and the model that made them.
-    let (model, lines): (String, Vec<AttributionLine>) = match credit {
-        Credit::None => {
-            return Ok(Decision::uncredited(
-                ConversionStatus::Unattributed,
-                settled,
-                program.currency(),
-            ))
-        }
-        Credit::Refund(order) => {
-            // An order that earned nothing has nothing to reverse: the refund credits nobody.
-            let status = if order.rows.is_empty() {
-                ConversionStatus::Unattributed
-            } else {
-                ConversionStatus::Attributed
-            };
-            let mut d = Decision::uncredited(status, settled, program.currency());
-            (d.reverses, d.rows) =
-                commission::reverse(&order.rows, settled, order.settled_amount, minor)?
-                    .into_iter()
-                    .unzip();
-            return Ok(d);
-        }
-        Credit::Journey(touches) => {
-            let weights = program.attribution().weights(&touches);
-            let lines = touches
-                .into_iter()
-                .zip(weights)
-                .enumerate()
-                .map(|(i, (t, w))| {
-                    Ok(AttributionLine {
-                        partner_id: t.partner_id,
-                        click_id: Some(t.click_id),
-                        position: (i + 1) as u16,
-                        weight: w,
-                        credited_amount: mul(settled, w)?,
-                    })
-                })
-                .collect::<Result<_, Overflow>>()?;
-            (program.attribution().name().to_string(), lines)
-        }
-        Credit::Referral(partner_id) => (
-            super::attribution::REFERRAL_CODE.to_string(),
-            vec![AttributionLine {
-                partner_id,
-                click_id: None,
-                position: 1,
-                weight: Decimal::ONE,
-                credited_amount: settled,
-            }],
-        ),
-        Credit::Recurring(first) => {
-            let in_term = match plan.recurring.months {
-                None => true,
-                Some(m) => first
-                    .occurred_at
-                    .checked_add_months(Months::new(m))
-                    .is_some_and(|end| conv.occurred_at < end),
-            };
-            if !in_term || conv.occurred_at < first.occurred_at {
-                return Ok(Decision::uncredited(
-                    ConversionStatus::Unattributed,
-                    settled,
-                    program.currency(),
-                ));
-            }
-            let lines = first
-                .shares
-                .iter()
-                .enumerate()
-                .map(|(i, (p, w))| {
-                    Ok(AttributionLine {
-                        partner_id: p.clone(),
-                        click_id: None,
-                        position: (i + 1) as u16,
-                        weight: *w,
-                        credited_amount: mul(settled, *w)?,
-                    })
-                })
-                .collect::<Result<_, Overflow>>()?;
-            (first.model.clone(), lines)
-        }
+    let (model, lines) = match credit {
+        Credit::Refund(order) => return refund(order, settled, program.currency(), minor),
+        credit => match lines(program, conv, credit, settled)? {
+            Some(credited) => credited,
+            None => return Ok(unattributed(settled)),
+        },
     };
-
+    let plan = program.commission();
     let earning = match conv.kind {
         ConversionKind::Sale => Earning::Sale,
         ConversionKind::Lead => Earning::Bounty(plan.lead_bounty),
@@ -295,7 +215,6 @@ pub fn settle(
         // Refunds were settled above.
         ConversionKind::Refund => Earning::Recurring,
     };
-    let bonus_month = previous_month(conv.occurred_at);
     let mut decision = Decision {
         status: ConversionStatus::Attributed,
         settled_amount: settled,
@@ -306,29 +225,120 @@ pub fn settle(
         rows: Vec::new(),
         reverses: Vec::new(),
     };
+    let bonus_month = previous_month(conv.occurred_at);
     let shares: Vec<Share> = decision
         .shares()
         .into_iter()
         .map(|(partner_id, weight)| {
-            let partner = directory.partner(&partner_id);
-            let tier_rate = plan.tier_rate(partner.as_ref().and_then(|p| p.tier()));
-            let volume_bonus = if earning == Earning::Sale {
-                plan.volume_bonus(volume(&partner_id, bonus_month))
-            } else {
-                Decimal::ZERO
-            };
-            let ancestors = ancestors(directory, partner.as_ref(), plan.overrides.len());
-            Share {
-                partner_id,
-                weight,
-                tier_rate,
-                volume_bonus,
-                ancestors,
-            }
+            let volume = (earning == Earning::Sale).then(|| volume(&partner_id, bonus_month));
+            share(plan, directory, partner_id, weight, volume)
         })
         .collect();
     decision.rows = commission::earn(plan, earning, settled, &shares, minor)?;
     Ok(decision)
+}
+
+/// A refund of `order`: its rows reversed in proportion (an order that earned nothing
+/// has nothing to reverse, and the refund credits nobody).
+fn refund(
+    order: &OrderRecord,
+    settled: Decimal,
+    currency: &str,
+    minor: u32,
+) -> Result<Decision, Overflow> {
+    let status = if order.rows.is_empty() {
+        ConversionStatus::Unattributed
+    } else {
+        ConversionStatus::Attributed
+    };
+    let mut d = Decision::uncredited(status, settled, currency);
+    (d.reverses, d.rows) = commission::reverse(&order.rows, settled, order.settled_amount, minor)?
+        .into_iter()
+        .unzip();
+    Ok(d)
+}
+
+/// The attribution lines a credit makes and the model that made them; `None` when it
+/// credits nobody (no touch, or a recurring payment outside its term).
+fn lines(
+    program: &impl ProgramRules,
+    conv: &ConversionEvent,
+    credit: Credit<'_>,
+    settled: Decimal,
+) -> Result<Option<(String, Vec<AttributionLine>)>, Overflow> {
+    let line = |i: usize, partner_id: String, click_id, weight: Decimal| {
+        Ok(AttributionLine {
+            partner_id,
+            click_id,
+            position: (i + 1) as u16,
+            weight,
+            credited_amount: mul(settled, weight)?,
+        })
+    };
+    Ok(Some(match credit {
+        Credit::None | Credit::Refund(_) => return Ok(None),
+        Credit::Journey(touches) => {
+            let weights = program.attribution().weights(&touches);
+            let lines = touches
+                .into_iter()
+                .zip(weights)
+                .enumerate()
+                .map(|(i, (t, w))| line(i, t.partner_id, Some(t.click_id), w))
+                .collect::<Result<_, Overflow>>()?;
+            (program.attribution().name().to_string(), lines)
+        }
+        Credit::Referral(partner_id) => (
+            super::attribution::REFERRAL_CODE.to_string(),
+            vec![line(0, partner_id, None, Decimal::ONE)?],
+        ),
+        Credit::Recurring(first) => {
+            if !in_term(program.commission().recurring.months, first, conv) {
+                return Ok(None);
+            }
+            let lines = first
+                .shares
+                .iter()
+                .enumerate()
+                .map(|(i, (p, w))| line(i, p.clone(), None, *w))
+                .collect::<Result<_, Overflow>>()?;
+            (first.model.clone(), lines)
+        }
+    }))
+}
+
+/// Whether a recurring payment falls within `months` of the customer's first sale
+/// (forever when unbounded), and not before it.
+fn in_term(months: Option<u32>, first: &FirstSale, conv: &ConversionEvent) -> bool {
+    let within = match months {
+        None => true,
+        Some(m) => first
+            .occurred_at
+            .checked_add_months(Months::new(m))
+            .is_some_and(|end| conv.occurred_at < end),
+    };
+    within && conv.occurred_at >= first.occurred_at
+}
+
+/// A credited partner's share with what its rate depends on: its tier, the volume
+/// bonus for `volume` (sales only) and its ancestors for overrides.
+fn share(
+    plan: &super::commission::CommissionPlan,
+    directory: &impl Directory,
+    partner_id: String,
+    weight: Decimal,
+    volume: Option<u64>,
+) -> Share {
+    let partner = directory.partner(&partner_id);
+    let tier_rate = plan.tier_rate(partner.as_ref().and_then(|p| p.tier()));
+    let volume_bonus = volume.map_or(Decimal::ZERO, |v| plan.volume_bonus(v));
+    let ancestors = ancestors(directory, partner.as_ref(), plan.overrides.len());
+    Share {
+        partner_id,
+        weight,
+        tier_rate,
+        volume_bonus,
+        ancestors,
+    }
 }
 
 /// The partner's ancestors up to `levels`: `Some(id)` when active, `None` when not (it

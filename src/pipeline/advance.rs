@@ -7,10 +7,13 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::dead_letter::Letter;
 use super::resolve::Outcome;
 use super::schedule::{Part, Progress, View};
 use super::store::{Answer, Decide, Mark, Read, StateError, StateStore, StoredTouch, Tally};
-use super::{resolve, retry, schedule, store, PendingClick, Pipeline, SETTLE_CHUNK};
+use super::{
+    resolve, retry, schedule, store, PendingClick, PendingConversion, Pipeline, SETTLE_CHUNK,
+};
 use crate::bus::Topic;
 use crate::engine::dedup;
 use crate::engine::fraud::{Rule, CLICK_SPAM_WINDOW_MS};
@@ -62,19 +65,30 @@ pub(super) async fn click_spam(
         .collect())
 }
 
+/// What the frontiers are computed from in one step.
+pub(super) struct Frame<'a> {
+    pub all: &'a [Part],
+    pub owned: &'a [(Part, bool)],
+    pub published: &'a HashMap<String, Mark>,
+    /// Release everything (stopping with nothing to come back for).
+    pub drain: bool,
+}
+
+/// How much a step released, and whether it stopped at its limit (more is waiting).
+#[derive(Default, Clone, Copy)]
+struct Released {
+    count: usize,
+    more: bool,
+}
+
 impl Pipeline {
     /// The bounds of this moment (see [`schedule`]).
-    pub(super) fn bounds(
-        &self,
-        all: &[Part],
-        owned: &[(Part, bool)],
-        published: &HashMap<String, Mark>,
-        drain: bool,
-    ) -> schedule::Bounds {
+    pub(super) fn bounds(&self, frame: &Frame<'_>) -> schedule::Bounds {
         let now_ms = self.now().timestamp_millis();
         let grace_ms =
             i64::try_from(self.config.late_grace_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
-        let mine: HashMap<Part, (Mark, Option<Mark>, Option<Mark>)> = owned
+        let mine: HashMap<Part, (Mark, Option<Mark>, Option<Mark>)> = frame
+            .owned
             .iter()
             .map(|&(part, at_end)| {
                 let progress = Progress {
@@ -92,13 +106,13 @@ impl Pipeline {
             })
             .collect();
         let mut bounds = View {
-            all,
+            all: frame.all,
             names: (&self.click_topic, &self.conversion_topic),
             owned: &mine,
-            published,
+            published: frame.published,
         }
         .bounds();
-        if drain {
+        if frame.drain {
             bounds.decide_below = Mark::MAX;
             bounds.settle_below = Mark::MAX;
         }
@@ -106,7 +120,8 @@ impl Pipeline {
     }
 
     /// Decides the clicks and settles the conversions the frontiers release, then
-    /// publishes this instance's frontiers. `drain`: release everything.
+    /// publishes this instance's frontiers and approves the holds that ended.
+    /// `drain`: release everything. True when more is waiting.
     pub(super) async fn advance(
         &mut self,
         all: Vec<Part>,
@@ -119,132 +134,28 @@ impl Pipeline {
         let Some(published) = retry(shutdown, || state.frontiers()).await else {
             return false;
         };
-        let max_wait = Duration::from_secs(
-            self.config
-                .late_grace_secs
-                .saturating_add(self.config.max_wait_secs),
-        );
-
-        // Candidate clicks, in mark order.
-        let bounds = self.bounds(&all, &owned, &published, drain);
-        // At most a poll's worth at once: rows, memory and round trips stay bounded, and
-        // writes and commits keep coming during a long backlog.
-        let limit = self.config.poll_batch;
-        let released = self.clicks.release(
-            bounds.decide_below,
-            max_wait,
-            self.config.max_pending,
-            limit,
-        );
-        let mut more = released.items.len() == limit;
-        let released_clicks = released.items.len();
-        if !released.items.is_empty() {
-            let registry = &self.registry;
-            let Some(suspicious) =
-                retry(shutdown, || click_spam(registry, &*state, &released.items)).await
-            else {
-                self.commit_blocked = true;
-                return false;
-            };
-            let decides: Vec<Decide> = released
-                .items
-                .iter()
-                .zip(&suspicious)
-                .map(|((_, p), suspicious)| Decide {
-                    candidate: p.candidate.clone(),
-                    program_id: p.event.program_id.clone(),
-                    visitor_id: p.event.visitor_id,
-                    touch: StoredTouch {
-                        click_id: p.event.click_id,
-                        partner_id: p.event.partner_id.clone(),
-                        campaign: p.event.campaign.clone().unwrap_or_default(),
-                        ts: p.event.ts,
-                    },
-                    keep: p.keep,
-                    touchpoint: !suspicious,
-                })
-                .collect();
-            let Some(verdicts) = retry(shutdown, || state.decide_clicks(&decides)).await else {
-                self.commit_blocked = true;
-                return false;
-            };
-            for (((_, p), unique), suspicious) in
-                released.items.into_iter().zip(verdicts).zip(suspicious)
-            {
-                let verdict = if suspicious {
-                    metrics::counter!(m::PIPELINE_FRAUD_FLAGS_TOTAL, "rule" => Rule::ClickSpam.as_str())
-                        .increment(1);
-                    dedup::ClickVerdict::Suspicious
-                } else if unique {
-                    dedup::ClickVerdict::Unique
-                } else {
-                    dedup::ClickVerdict::Duplicate
-                };
-                self.emit_click(p.event, verdict);
-            }
-        }
-
+        let frame = Frame {
+            all: &all,
+            owned: &owned,
+            published: &published,
+            drain,
+        };
+        let Some(clicks) = self.decide_clicks(&frame, shutdown).await else {
+            return self.block();
+        };
         let clicks_done = round.elapsed();
-        let clicks_decided = released_clicks;
-
-        // Conversions, in intake order.
-        let bounds = self.bounds(&all, &owned, &published, drain);
-        let released = self.conversions.release(
-            bounds.settle_below,
-            max_wait,
-            self.config.max_pending,
-            limit,
-        );
-        more |= released.items.len() == limit;
-        if released.forced > 0 && !drain {
-            metrics::counter!(m::PIPELINE_FORCED_SETTLEMENTS_TOTAL)
-                .increment(released.forced as u64);
-            tracing::warn!(
-                forced = released.forced,
-                "settled conversions before every partition released them"
-            );
-        }
-        let mut items = released.items;
-        let conversions_settled = items.len();
-        while !items.is_empty() {
-            let rest = items.split_off(items.len().min(SETTLE_CHUNK));
-            let chunk = std::mem::replace(&mut items, rest);
-            let batch: Vec<(Mark, ConversionEvent)> = chunk
-                .iter()
-                .map(|(mark, p)| (*mark, p.event.clone()))
-                .collect();
-            let registry = Arc::clone(&self.registry);
-            let Some(outcomes) = retry(shutdown, || {
-                resolve::settle_batch(&registry, &*state, &batch)
-            })
-            .await
-            else {
-                self.commit_blocked = true;
-                return false;
-            };
-            for ((_, p), outcome) in chunk.into_iter().zip(outcomes) {
-                match outcome {
-                    Outcome::Settled(memo) => self.emit_conversion(&p.event, &memo),
-                    Outcome::DeadLetter(reason) => {
-                        let payload = serde_json::to_vec(&p.event).unwrap_or_default();
-                        self.dead_letter(
-                            &Topic::Conversions,
-                            p.partition,
-                            p.offset,
-                            &payload,
-                            &reason,
-                            shutdown,
-                        )
-                        .await;
-                    }
-                }
-            }
-        }
+        let Some(conversions) = self.settle_conversions(&frame, shutdown).await else {
+            return self.block();
+        };
         metrics::gauge!(m::PIPELINE_PENDING).set(self.conversions.len() as f64);
         metrics::gauge!(m::PIPELINE_PENDING_CLICKS).set(self.clicks.len() as f64);
 
         // What this instance now vouches for.
-        let bounds = self.bounds(&all, &owned, &published, false);
+        let bounds = self.bounds(&Frame {
+            drain: false,
+            ..frame
+        });
+        let mut more = clicks.more || conversions.more;
         if retry(shutdown, || state.publish(&bounds.publish))
             .await
             .is_none()
@@ -253,41 +164,200 @@ impl Pipeline {
             tracing::warn!("stopping before the frontiers were published");
             return more;
         }
-
-        // Holds that ended before everything settled everywhere: approve their rows.
-        // Every instance may approve the same order; the steps are identical rows.
-        let before_ms = bounds.settled_everywhere.ms.saturating_add(1);
-        let read = [store::Read::DueBefore { before_ms, limit }];
-        if let Some(answers) = retry(shutdown, || state.read(&read)).await {
-            if let Some(store::Answer::Entries(entries)) = answers.into_iter().next() {
-                let full = entries.len() == limit;
-                let fresh: Vec<String> = entries
-                    .into_iter()
-                    .filter(|e| {
-                        !self.due_done.contains(e)
-                            && !self.flight.as_ref().is_some_and(|f| f.due.contains(e))
-                    })
-                    .collect();
-                // Ends already approved wait for the write; only new ones call for more.
-                more |= full && !fresh.is_empty();
-                if let Some(rows) = retry(shutdown, || resolve::approvals(&*state, &fresh)).await {
-                    metrics::counter!(m::PIPELINE_LIFECYCLE_STEPS_TOTAL, "status" => "approved")
-                        .increment(rows.len() as u64);
-                    self.outbox.steps(&self.registry, &rows);
-                    self.rows.statuses.extend(rows);
-                    self.due_done.extend(fresh);
-                }
-            }
-        }
+        more |= self.approve_due(&bounds, shutdown).await;
         tracing::debug!(
-            clicks_decided,
+            clicks_decided = clicks.count,
             clicks_ms = clicks_done.as_millis() as u64,
-            conversions_settled,
+            conversions_settled = conversions.count,
             conversions_ms = (round.elapsed() - clicks_done).as_millis() as u64,
             pending_clicks = self.clicks.len(),
             pending_conversions = self.conversions.len(),
             "advanced"
         );
         more
+    }
+
+    /// Stopping left taken work without its rows: nothing more is committed.
+    fn block(&mut self) -> bool {
+        self.commit_blocked = true;
+        false
+    }
+
+    /// How long a click or conversion may wait for the frontiers before it is forced.
+    fn max_wait(&self) -> Duration {
+        Duration::from_secs(
+            self.config
+                .late_grace_secs
+                .saturating_add(self.config.max_wait_secs),
+        )
+    }
+
+    /// Candidate clicks the frontiers release, decided in mark order; `None` when
+    /// stopping before they were.
+    async fn decide_clicks(&mut self, frame: &Frame<'_>, shutdown: &Shutdown) -> Option<Released> {
+        let bounds = self.bounds(frame);
+        // At most a poll's worth at once: rows, memory and round trips stay bounded, and
+        // writes and commits keep coming during a long backlog.
+        let limit = self.config.poll_batch;
+        let released = self.clicks.release(
+            bounds.decide_below,
+            self.max_wait(),
+            self.config.max_pending,
+            limit,
+        );
+        let done = Released {
+            count: released.items.len(),
+            more: released.items.len() == limit,
+        };
+        if released.items.is_empty() {
+            return Some(done);
+        }
+        let state = Arc::clone(&self.state);
+        let registry = &self.registry;
+        let suspicious = retry(shutdown, || click_spam(registry, &*state, &released.items)).await?;
+        let decides: Vec<Decide> = released
+            .items
+            .iter()
+            .zip(&suspicious)
+            .map(|((_, p), suspicious)| decide_of(p, !suspicious))
+            .collect();
+        let verdicts = retry(shutdown, || state.decide_clicks(&decides)).await?;
+        for (((_, p), unique), suspicious) in
+            released.items.into_iter().zip(verdicts).zip(suspicious)
+        {
+            let verdict = if suspicious {
+                metrics::counter!(m::PIPELINE_FRAUD_FLAGS_TOTAL, "rule" => Rule::ClickSpam.as_str())
+                    .increment(1);
+                dedup::ClickVerdict::Suspicious
+            } else if unique {
+                dedup::ClickVerdict::Unique
+            } else {
+                dedup::ClickVerdict::Duplicate
+            };
+            self.emit_click(p.event, verdict);
+        }
+        Some(done)
+    }
+
+    /// Conversions the frontiers release, settled in intake order in chunks; `None`
+    /// when stopping before they were.
+    async fn settle_conversions(
+        &mut self,
+        frame: &Frame<'_>,
+        shutdown: &Shutdown,
+    ) -> Option<Released> {
+        let bounds = self.bounds(frame);
+        let limit = self.config.poll_batch;
+        let released = self.conversions.release(
+            bounds.settle_below,
+            self.max_wait(),
+            self.config.max_pending,
+            limit,
+        );
+        if released.forced > 0 && !frame.drain {
+            metrics::counter!(m::PIPELINE_FORCED_SETTLEMENTS_TOTAL)
+                .increment(released.forced as u64);
+            tracing::warn!(
+                forced = released.forced,
+                "settled conversions before every partition released them"
+            );
+        }
+        let mut items = released.items;
+        let done = Released {
+            count: items.len(),
+            more: items.len() == limit,
+        };
+        while !items.is_empty() {
+            let rest = items.split_off(items.len().min(SETTLE_CHUNK));
+            let chunk = std::mem::replace(&mut items, rest);
+            self.settle_chunk(chunk, shutdown).await?;
+        }
+        Some(done)
+    }
+
+    /// One state round trip's worth of conversions: settled, then emitted or
+    /// dead-lettered.
+    async fn settle_chunk(
+        &mut self,
+        chunk: Vec<(Mark, PendingConversion)>,
+        shutdown: &Shutdown,
+    ) -> Option<()> {
+        let batch: Vec<(Mark, ConversionEvent)> = chunk
+            .iter()
+            .map(|(mark, p)| (*mark, p.event.clone()))
+            .collect();
+        let state = Arc::clone(&self.state);
+        let registry = Arc::clone(&self.registry);
+        let outcomes = retry(shutdown, || {
+            resolve::settle_batch(&registry, &*state, &batch)
+        })
+        .await?;
+        for ((_, p), outcome) in chunk.into_iter().zip(outcomes) {
+            match outcome {
+                Outcome::Settled(memo) => self.emit_conversion(&p.event, &memo),
+                Outcome::DeadLetter(reason) => {
+                    let payload = serde_json::to_vec(&p.event).unwrap_or_default();
+                    let letter = Letter {
+                        topic: Topic::Conversions,
+                        partition: p.partition,
+                        offset: p.offset,
+                        payload: &payload,
+                    };
+                    self.dead_letter(letter, &reason, shutdown).await;
+                }
+            }
+        }
+        Some(())
+    }
+
+    /// Holds that ended before everything settled everywhere: their rows approved.
+    /// Every instance may approve the same order; the steps are identical rows. True
+    /// when more ends are waiting.
+    async fn approve_due(&mut self, bounds: &schedule::Bounds, shutdown: &Shutdown) -> bool {
+        let state = Arc::clone(&self.state);
+        let limit = self.config.poll_batch;
+        let before_ms = bounds.settled_everywhere.ms.saturating_add(1);
+        let read = [store::Read::DueBefore { before_ms, limit }];
+        let Some(answers) = retry(shutdown, || state.read(&read)).await else {
+            return false;
+        };
+        let Some(store::Answer::Entries(entries)) = answers.into_iter().next() else {
+            return false;
+        };
+        let full = entries.len() == limit;
+        let fresh: Vec<String> = entries
+            .into_iter()
+            .filter(|e| {
+                !self.due_done.contains(e)
+                    && !self.flight.as_ref().is_some_and(|f| f.due.contains(e))
+            })
+            .collect();
+        // Ends already approved wait for the write; only new ones call for more.
+        let more = full && !fresh.is_empty();
+        if let Some(rows) = retry(shutdown, || resolve::approvals(&*state, &fresh)).await {
+            metrics::counter!(m::PIPELINE_LIFECYCLE_STEPS_TOTAL, "status" => "approved")
+                .increment(rows.len() as u64);
+            self.outbox.steps(&self.registry, &rows);
+            self.rows.statuses.extend(rows);
+            self.due_done.extend(fresh);
+        }
+        more
+    }
+}
+
+/// What the state store is asked to decide of a candidate click.
+fn decide_of(p: &PendingClick, touchpoint: bool) -> Decide {
+    Decide {
+        candidate: p.candidate.clone(),
+        program_id: p.event.program_id.clone(),
+        visitor_id: p.event.visitor_id,
+        touch: StoredTouch {
+            click_id: p.event.click_id,
+            partner_id: p.event.partner_id.clone(),
+            campaign: p.event.campaign.clone().unwrap_or_default(),
+            ts: p.event.ts,
+        },
+        keep: p.keep,
+        touchpoint,
     }
 }

@@ -6,7 +6,7 @@ use chrono::Utc;
 use serde::Serialize;
 
 use super::Pipeline;
-use crate::bus::Topic;
+use crate::bus::{Delivered, Topic};
 use crate::metrics as m;
 use crate::shutdown::Shutdown;
 
@@ -22,19 +22,36 @@ pub(super) struct DeadLetter<'a> {
     failed_at: String,
 }
 
+/// The message a dead letter carries: where it was read and its original bytes.
+pub(super) struct Letter<'a> {
+    pub topic: Topic,
+    pub partition: i32,
+    pub offset: i64,
+    pub payload: &'a [u8],
+}
+
+impl<'a> From<&'a Delivered> for Letter<'a> {
+    fn from(msg: &'a Delivered) -> Self {
+        Letter {
+            topic: msg.topic,
+            partition: msg.partition,
+            offset: msg.offset,
+            payload: &msg.payload,
+        }
+    }
+}
+
 impl Pipeline {
     /// Publishes a dead letter; when stopping before the broker took it, nothing more
     /// is committed.
-    pub(super) async fn dead_letter(
-        &mut self,
-        topic: &Topic,
-        partition: i32,
-        offset: i64,
-        payload: &[u8],
-        reason: &str,
-        shutdown: &Shutdown,
-    ) {
+    pub(super) async fn dead_letter(&mut self, msg: Letter<'_>, reason: &str, shutdown: &Shutdown) {
         use base64::Engine;
+        let Letter {
+            topic,
+            partition,
+            offset,
+            payload,
+        } = msg;
         tracing::warn!(
             topic = topic.label(),
             partition,

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::dead_letter::Letter;
 use super::store::{Candidate, ClickRecord, Mark, Tally};
 use super::{retry, PendingClick, PendingConversion, Pipeline};
 use crate::bus::{Delivered, Topic};
@@ -16,12 +17,54 @@ use crate::money;
 use crate::registry::Program;
 use crate::shutdown::Shutdown;
 
+/// A decoded event and the message it came in (for a dead letter).
+struct Taken<E> {
+    event: E,
+    msg: Delivered,
+}
+
+/// A batch's messages, decoded.
+#[derive(Default)]
+struct Decoded {
+    clicks: Vec<Taken<ClickEvent>>,
+    conversions: Vec<Taken<ConversionEvent>>,
+}
+
+impl Decoded {
+    /// The newest registry version any of the events was checked against.
+    fn registry_version(&self) -> u64 {
+        let clicks = self.clicks.iter().map(|t| t.event.registry_version);
+        let conversions = self.conversions.iter().map(|t| t.event.registry_version);
+        clicks.chain(conversions).max().unwrap_or(0)
+    }
+}
+
+/// A click as recorded, and the candidate to decide if it needs deciding.
+struct Recorded {
+    record: ClickRecord,
+    candidate: Option<Candidate>,
+}
+
 impl Pipeline {
     /// Takes a batch of messages: decodes them, catches the registry up, records the
     /// clicks and queues what must wait for the frontiers.
     pub(super) async fn take(&mut self, messages: Vec<Delivered>, shutdown: &Shutdown) {
-        let mut clicks = Vec::new();
-        let mut conversions = Vec::new();
+        let decoded = self.decode(messages, shutdown).await;
+        // Decide with a registry at least as new as the one the edge used (SPEC §5.3).
+        if !self.catch_up(decoded.registry_version(), shutdown).await
+            || !self.take_clicks(decoded.clicks, shutdown).await
+        {
+            // These messages have no rows: they come back after the restart.
+            self.commit_blocked = true;
+            return;
+        }
+        self.queue_conversions(decoded.conversions, shutdown).await;
+    }
+
+    /// The messages decoded and their offsets taken; undecodable ones dead-lettered
+    /// with their original bytes.
+    async fn decode(&mut self, messages: Vec<Delivered>, shutdown: &Shutdown) -> Decoded {
+        let mut decoded = Decoded::default();
         for msg in messages {
             let next = self
                 .taken
@@ -29,51 +72,38 @@ impl Pipeline {
                 .or_insert(msg.offset + 1);
             *next = (*next).max(msg.offset + 1);
             let reason = match msg.topic {
-                Topic::Clicks => match serde_json::from_slice::<ClickEvent>(&msg.payload) {
-                    Ok(c) => {
-                        clicks.push((c, msg.partition, msg.offset, msg.payload));
+                Topic::Clicks => match serde_json::from_slice(&msg.payload) {
+                    Ok(event) => {
+                        decoded.clicks.push(Taken { event, msg });
                         continue;
                     }
                     Err(e) => format!("undecodable click: {e}"),
                 },
-                Topic::Conversions => {
-                    match serde_json::from_slice::<ConversionEvent>(&msg.payload) {
-                        Ok(c) => {
-                            conversions.push((c, msg.partition, msg.offset, msg.payload));
-                            continue;
-                        }
-                        Err(e) => format!("undecodable conversion: {e}"),
+                Topic::Conversions => match serde_json::from_slice(&msg.payload) {
+                    Ok(event) => {
+                        decoded.conversions.push(Taken { event, msg });
+                        continue;
                     }
-                }
+                    Err(e) => format!("undecodable conversion: {e}"),
+                },
                 Topic::Dlq | Topic::Webhooks => continue,
             };
-            // Undecodable: dead-lettered with the original bytes.
-            self.dead_letter(
-                &msg.topic,
-                msg.partition,
-                msg.offset,
-                &msg.payload,
-                &reason,
-                shutdown,
-            )
-            .await;
+            self.dead_letter(Letter::from(&msg), &reason, shutdown)
+                .await;
         }
-        // Decide with a registry at least as new as the one the edge used (SPEC §5.3).
-        let wanted = clicks
-            .iter()
-            .map(|(c, ..)| c.registry_version)
-            .chain(conversions.iter().map(|(c, ..)| c.registry_version))
-            .max()
-            .unwrap_or(0);
+        decoded
+    }
+
+    /// Waits until the registry holds `wanted`, or decides that it never will; false
+    /// when stopping first.
+    async fn catch_up(&mut self, wanted: u64, shutdown: &Shutdown) -> bool {
         let patience = Duration::from_secs(self.config.max_wait_secs);
         let started = Instant::now();
         while wanted > self.registry.applied_version()
             && !self.registry.catch_up(wanted, Duration::from_secs(1)).await
         {
             if shutdown.is_fired() {
-                // These messages have no rows: they come back after the restart.
-                self.commit_blocked = true;
-                return;
+                return false;
             }
             if started.elapsed() < patience {
                 continue;
@@ -91,55 +121,33 @@ impl Pipeline {
             tracing::warn!("registry store unavailable, pausing");
             metrics::counter!(m::PIPELINE_RETRIES_TOTAL, "dependency" => "redis").increment(1);
         }
+        true
+    }
 
+    /// Records the clicks (visitor index, candidates, ip tallies), emits those decided
+    /// without the store and queues the candidates; false when stopping before the
+    /// record was written.
+    async fn take_clicks(&mut self, clicks: Vec<Taken<ClickEvent>>, shutdown: &Shutdown) -> bool {
         let mut records = Vec::with_capacity(clicks.len());
         let mut decided_now = Vec::new();
         let mut candidates = Vec::new();
-        for (c, partition, offset, payload) in clicks {
+        for Taken { event: c, msg } in clicks {
             let program = match self.check_click(&c) {
                 Ok(program) => program,
                 Err(reason) => {
-                    self.dead_letter(
-                        &Topic::Clicks,
-                        partition,
-                        offset,
-                        &payload,
-                        &reason,
-                        shutdown,
-                    )
-                    .await;
+                    self.dead_letter(Letter::from(&msg), &reason, shutdown)
+                        .await;
                     continue;
                 }
             };
-            self.saw((Topic::Clicks, partition), c.ts.timestamp_millis());
-            // Journeys reach back `lookback_days`; a day more covers late conversions.
-            let keep = Duration::from_secs(program.lookback_secs() + 86_400);
-            let candidate = dedup::precheck(&c).is_none().then(|| Candidate {
-                fingerprint: dedup::click_fingerprint(&c),
-                mark: Mark::new(c.ts, c.click_id),
-                window_ms: program.click_dedup_window_secs.saturating_mul(1000),
-            });
-            // click_spam counts every click of the partner's links from the ip_hash.
-            let ip = program
-                .fraud
-                .max_clicks_per_ip_hour
-                .map(|_| Tally::IpClicks {
-                    program: c.program_id.clone(),
-                    partner: c.partner_id.clone(),
-                    ip_hash: c.ip_hash.clone(),
-                });
-            records.push(ClickRecord {
-                click_id: c.click_id,
-                mark: Mark::new(c.ts, c.click_id),
-                visitor_id: c.visitor_id,
-                keep,
-                candidate: candidate.clone(),
-                ip,
-            });
+            self.saw((Topic::Clicks, msg.partition), c.ts.timestamp_millis());
+            let Recorded { record, candidate } = recorded(&c, &program);
+            let keep = record.keep;
+            records.push(record);
             match candidate {
                 Some(candidate) => candidates.push((
-                    (Topic::Clicks, partition),
-                    offset,
+                    (Topic::Clicks, msg.partition),
+                    msg.offset,
                     PendingClick {
                         event: c,
                         candidate,
@@ -155,9 +163,7 @@ impl Pipeline {
             .await
             .is_none()
         {
-            // Stopping with these clicks unrecorded: they come back after the restart.
-            self.commit_blocked = true;
-            return;
+            return false;
         }
         tracing::debug!(
             clicks = records.len(),
@@ -171,35 +177,31 @@ impl Pipeline {
         for (part, offset, p) in candidates {
             self.clicks.insert(p.candidate.mark, part, offset, p);
         }
+        true
+    }
 
-        for (c, partition, offset, payload) in conversions {
+    /// Checked conversions queued in intake order behind the frontiers; others
+    /// dead-lettered.
+    async fn queue_conversions(
+        &mut self,
+        conversions: Vec<Taken<ConversionEvent>>,
+        shutdown: &Shutdown,
+    ) {
+        for Taken { event: c, msg } in conversions {
             if let Err(reason) = self.check_conversion(&c) {
-                self.dead_letter(
-                    &Topic::Conversions,
-                    partition,
-                    offset,
-                    &payload,
-                    &reason,
-                    shutdown,
-                )
-                .await;
+                self.dead_letter(Letter::from(&msg), &reason, shutdown)
+                    .await;
                 continue;
             }
-            self.saw(
-                (Topic::Conversions, partition),
-                c.received_at.timestamp_millis(),
-            );
+            let part = (Topic::Conversions, msg.partition);
+            self.saw(part, c.received_at.timestamp_millis());
             let mark = Mark::new(c.received_at, c.conversion_id);
-            self.conversions.insert(
-                mark,
-                (Topic::Conversions, partition),
-                offset,
-                PendingConversion {
-                    event: c,
-                    partition,
-                    offset,
-                },
-            );
+            let pending = PendingConversion {
+                event: c,
+                partition: msg.partition,
+                offset: msg.offset,
+            };
+            self.conversions.insert(mark, part, msg.offset, pending);
         }
     }
 
@@ -225,4 +227,34 @@ impl Pipeline {
         }
         Ok(())
     }
+}
+
+/// What is recorded of a click of `program`, and its candidate unless a precheck
+/// already decided it.
+fn recorded(c: &ClickEvent, program: &Program) -> Recorded {
+    // Journeys reach back `lookback_days`; a day more covers late conversions.
+    let keep = Duration::from_secs(program.lookback_secs() + 86_400);
+    let candidate = dedup::precheck(c).is_none().then(|| Candidate {
+        fingerprint: dedup::click_fingerprint(c),
+        mark: Mark::new(c.ts, c.click_id),
+        window_ms: program.click_dedup_window_secs.saturating_mul(1000),
+    });
+    // click_spam counts every click of the partner's links from the ip_hash.
+    let ip = program
+        .fraud
+        .max_clicks_per_ip_hour
+        .map(|_| Tally::IpClicks {
+            program: c.program_id.clone(),
+            partner: c.partner_id.clone(),
+            ip_hash: c.ip_hash.clone(),
+        });
+    let record = ClickRecord {
+        click_id: c.click_id,
+        mark: Mark::new(c.ts, c.click_id),
+        visitor_id: c.visitor_id,
+        keep,
+        candidate: candidate.clone(),
+        ip,
+    };
+    Recorded { record, candidate }
 }

@@ -185,78 +185,9 @@ impl RedisState {
         let mut pipe = Cmds::default();
         for (i, r) in reads.iter().enumerate() {
             match lead(i) {
-                Some((g, true)) => {
-                    groups[g].cmds(&mut pipe);
-                    continue;
-                }
-                Some(_) => continue,
-                None => {}
-            }
-            match r {
-                Read::ClickVisitor(click) => {
-                    pipe.cmd("GET").arg(self.click(*click));
-                }
-                Read::Claim(key) => {
-                    pipe.cmd("GET").arg(self.claim(key));
-                }
-                Read::Journey {
-                    program,
-                    visitor,
-                    from_ms,
-                    to_ms,
-                } => {
-                    pipe.cmd("ZRANGEBYSCORE")
-                        .arg(self.journey(program, *visitor))
-                        .arg(*from_ms)
-                        .arg(*to_ms)
-                        .arg("WITHSCORES");
-                }
-                Read::Count {
-                    tally,
-                    from_ms,
-                    before,
-                } => {
-                    let key = self.tally(tally);
-                    // Trimming changes no count (counts start at `from_ms`, and later
-                    // reads never reach behind the horizon): one read in 16, picked by
-                    // the mark's random low bits, keeps the sets short.
-                    if trims(tally, *before) {
-                        trim_cmd(&mut pipe, &key, Mark::at(tally.horizon(*before)));
-                    }
-                    pipe.cmd("ZLEXCOUNT")
-                        .arg(&key)
-                        .arg(Mark::at(*from_ms).bound("["))
-                        .arg(before.bound("("));
-                }
-                Read::FirstSale {
-                    program, customer, ..
-                } => {
-                    pipe.cmd("ZRANGE")
-                        .arg(self.first_sale(program, customer))
-                        .arg(0)
-                        .arg(0)
-                        .arg("WITHSCORES");
-                }
-                Read::Order {
-                    program,
-                    order,
-                    slot,
-                } => {
-                    // One slot, or all of them to find the refund's.
-                    for slot in slots(*slot) {
-                        pipe.cmd("GET").arg(self.order(program, order, *slot));
-                        pipe.cmd("HGETALL").arg(self.refunds(program, order, *slot));
-                    }
-                }
-                Read::DueBefore { before_ms, limit } => {
-                    pipe.cmd("ZRANGEBYSCORE")
-                        .arg(self.due())
-                        .arg("-inf")
-                        .arg(format!("({before_ms}"))
-                        .arg("LIMIT")
-                        .arg(0)
-                        .arg(*limit);
-                }
+                Some((g, true)) => groups[g].cmds(&mut pipe),
+                Some(_) => {}
+                None => self.read_cmds(r, &mut pipe),
             }
         }
         let replies = self.run(pipe.0).await?;
@@ -276,74 +207,82 @@ impl RedisState {
                             out[*j] = Some(Answer::Count(n));
                         }
                     }
-                    continue;
                 }
-                Some(_) => continue,
-                None => {}
+                Some(_) => {}
+                None => out[i] = Some(answer(r, &mut next)?),
             }
-            out[i] = Some(match r {
-                Read::ClickVisitor(_) | Read::Claim(_) => Answer::Text(text(next()?)?),
-                Read::Journey { .. } => {
-                    let raw: Vec<(String, f64)> = redis::from_redis_value_ref(next()?)?;
-                    // Scores are integer milliseconds, well inside f64's exact range.
-                    Answer::Touches(
-                        raw.iter()
-                            .filter_map(|(m, s)| StoredTouch::parse(m, *s as i64))
-                            .collect(),
-                    )
-                }
-                Read::Count { tally, before, .. } => {
-                    if trims(tally, *before) {
-                        next()?;
-                    }
-                    Answer::Count(int(next()?)?)
-                }
-                Read::FirstSale { before, .. } => {
-                    let first: Vec<(String, f64)> = redis::from_redis_value_ref(next()?)?;
-                    Answer::Marked(first.into_iter().find_map(|(member, score)| {
-                        let (id, json) = member.split_at_checked(32)?;
-                        let mark = Mark {
-                            ms: score as i64,
-                            id: u128::from_str_radix(id, 16).ok()?,
-                        };
-                        (mark < *before).then(|| (mark, json.to_string()))
-                    }))
-                }
-                Read::Order { slot, .. } => {
-                    let mut answers = Vec::with_capacity(OrderSlot::PRECEDENCE.len());
-                    for slot in slots(*slot) {
-                        let record = text(next()?)?;
-                        let raw: Vec<(String, String)> = redis::from_redis_value_ref(next()?)?;
-                        let mut refunds: Vec<(Mark, String)> = raw
-                            .into_iter()
-                            .filter_map(|(m, j)| Some((Mark::decode(&m)?, j)))
-                            .collect();
-                        refunds.sort();
-                        answers.push(Answer::Order {
-                            slot: *slot,
-                            record,
-                            refunds,
-                        });
-                    }
-                    // The first recorded; none: the first looked at (a sale's).
-                    let at = answers
-                        .iter()
-                        .position(|a| {
-                            matches!(
-                                a,
-                                Answer::Order {
-                                    record: Some(_),
-                                    ..
-                                }
-                            )
-                        })
-                        .unwrap_or(0);
-                    answers.swap_remove(at)
-                }
-                Read::DueBefore { .. } => Answer::Entries(redis::from_redis_value_ref(next()?)?),
-            });
         }
         Ok(out)
+    }
+
+    /// The commands of one read, in the order [`answer`] takes their replies.
+    fn read_cmds(&self, r: &Read, pipe: &mut Cmds) {
+        match r {
+            Read::ClickVisitor(click) => {
+                pipe.cmd("GET").arg(self.click(*click));
+            }
+            Read::Claim(key) => {
+                pipe.cmd("GET").arg(self.claim(key));
+            }
+            Read::Journey {
+                program,
+                visitor,
+                from_ms,
+                to_ms,
+            } => {
+                pipe.cmd("ZRANGEBYSCORE")
+                    .arg(self.journey(program, *visitor))
+                    .arg(*from_ms)
+                    .arg(*to_ms)
+                    .arg("WITHSCORES");
+            }
+            Read::Count {
+                tally,
+                from_ms,
+                before,
+            } => {
+                let key = self.tally(tally);
+                // Trimming changes no count (counts start at `from_ms`, and later
+                // reads never reach behind the horizon): one read in 16, picked by
+                // the mark's random low bits, keeps the sets short.
+                if trims(tally, *before) {
+                    trim_cmd(pipe, &key, Mark::at(tally.horizon(*before)));
+                }
+                pipe.cmd("ZLEXCOUNT")
+                    .arg(&key)
+                    .arg(Mark::at(*from_ms).bound("["))
+                    .arg(before.bound("("));
+            }
+            Read::FirstSale {
+                program, customer, ..
+            } => {
+                pipe.cmd("ZRANGE")
+                    .arg(self.first_sale(program, customer))
+                    .arg(0)
+                    .arg(0)
+                    .arg("WITHSCORES");
+            }
+            Read::Order {
+                program,
+                order,
+                slot,
+            } => {
+                // One slot, or all of them to find the refund's.
+                for slot in slots(*slot) {
+                    pipe.cmd("GET").arg(self.order(program, order, *slot));
+                    pipe.cmd("HGETALL").arg(self.refunds(program, order, *slot));
+                }
+            }
+            Read::DueBefore { before_ms, limit } => {
+                pipe.cmd("ZRANGEBYSCORE")
+                    .arg(self.due())
+                    .arg("-inf")
+                    .arg(format!("({before_ms}"))
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(*limit);
+            }
+        }
     }
 
     /// The count reads to answer together (those of a tally read [`GROUP_FROM`] times
@@ -368,4 +307,78 @@ impl RedisState {
         }
         (groups, member)
     }
+}
+
+/// One read's answer from the replies to its [`RedisState::read_cmds`].
+fn answer<'a>(
+    r: &Read,
+    next: &mut impl FnMut() -> Result<&'a Value, StateError>,
+) -> Result<Answer, StateError> {
+    Ok(match r {
+        Read::ClickVisitor(_) | Read::Claim(_) => Answer::Text(text(next()?)?),
+        Read::Journey { .. } => {
+            let raw: Vec<(String, f64)> = redis::from_redis_value_ref(next()?)?;
+            // Scores are integer milliseconds, well inside f64's exact range.
+            Answer::Touches(
+                raw.iter()
+                    .filter_map(|(m, s)| StoredTouch::parse(m, *s as i64))
+                    .collect(),
+            )
+        }
+        Read::Count { tally, before, .. } => {
+            if trims(tally, *before) {
+                next()?;
+            }
+            Answer::Count(int(next()?)?)
+        }
+        Read::FirstSale { before, .. } => {
+            let first: Vec<(String, f64)> = redis::from_redis_value_ref(next()?)?;
+            Answer::Marked(first.into_iter().find_map(|(member, score)| {
+                let (id, json) = member.split_at_checked(32)?;
+                let mark = Mark {
+                    ms: score as i64,
+                    id: u128::from_str_radix(id, 16).ok()?,
+                };
+                (mark < *before).then(|| (mark, json.to_string()))
+            }))
+        }
+        Read::Order { slot, .. } => order_answer(*slot, next)?,
+        Read::DueBefore { .. } => Answer::Entries(redis::from_redis_value_ref(next()?)?),
+    })
+}
+
+/// An order read's answer: the first slot recorded, or, none being, the first looked
+/// at (a sale's).
+fn order_answer<'a>(
+    slot: Option<OrderSlot>,
+    next: &mut impl FnMut() -> Result<&'a Value, StateError>,
+) -> Result<Answer, StateError> {
+    let mut answers = Vec::with_capacity(OrderSlot::PRECEDENCE.len());
+    for slot in slots(slot) {
+        let record = text(next()?)?;
+        let raw: Vec<(String, String)> = redis::from_redis_value_ref(next()?)?;
+        let mut refunds: Vec<(Mark, String)> = raw
+            .into_iter()
+            .filter_map(|(m, j)| Some((Mark::decode(&m)?, j)))
+            .collect();
+        refunds.sort();
+        answers.push(Answer::Order {
+            slot: *slot,
+            record,
+            refunds,
+        });
+    }
+    let at = answers
+        .iter()
+        .position(|a| {
+            matches!(
+                a,
+                Answer::Order {
+                    record: Some(_),
+                    ..
+                }
+            )
+        })
+        .unwrap_or(0);
+    Ok(answers.swap_remove(at))
 }
