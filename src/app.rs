@@ -436,6 +436,8 @@ pub struct ServeAddrs {
 
 /// Edge and pipeline in one process until `shutdown`; `ready` learns the addresses once
 /// both listen. On the embedded bus, stopping drains it: every accepted event is written.
+// Long on purpose: the wiring of every part of `serve` in start order, read top to
+// bottom; each step is a call into the part it starts.
 pub async fn run_serve(
     config: Config,
     shutdown: Shutdown,

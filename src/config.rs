@@ -303,6 +303,8 @@ impl Config {
         Self::load(file, std::env::vars())
     }
 
+    // Long on purpose: one flat check per setting, in the order of the file, each naming
+    // its key; splitting it would only scatter the list.
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, message: &str| ConfigError::BadValue {
             key: key.to_string(),

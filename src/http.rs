@@ -293,6 +293,7 @@ pub fn client() -> hyper_util::client::legacy::Client<
 /// Refuses JSON that a lenient parser would quietly make sense of (SPEC §7): a key twice
 /// in one object (serde_json keeps the last), at any depth, and bytes after the value (a
 /// deserializer stops at the first complete one). The error names the key.
+// Long on purpose: a single-pass scanner whose states read best as one loop.
 pub fn strict_json(body: &[u8]) -> Result<(), ApiError> {
     use serde::de::{DeserializeSeed, Error as _, MapAccess, SeqAccess, Visitor};
 

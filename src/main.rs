@@ -117,6 +117,7 @@ fn load(path: Option<&PathBuf>) -> Result<Config, ExitCode> {
     })
 }
 
+// Long on purpose: one arm per command of the CLI, each a call into the library.
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,

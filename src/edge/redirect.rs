@@ -218,6 +218,8 @@ fn not_found() -> HttpResponse {
 
 impl Edge {
     /// Answers `GET|HEAD /r/{code}`; public so that benches can drive it without a socket.
+    // Long on purpose: the hot path (SPEC §8), kept in one frame so that nothing on it
+    // allocates or calls through more than it must.
     pub fn redirect<B>(&self, req: &Request<B>, code: &str, peer: SocketAddr) -> HttpResponse {
         let Some(entry) = self.registry.link(code) else {
             return not_found();

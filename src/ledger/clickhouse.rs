@@ -111,6 +111,7 @@ fn corrupt(what: &str) -> SinkError {
 
 #[async_trait]
 impl LedgerView for ClickHouseLedger {
+    // Long on purpose: the SQL and its bound parameters side by side, filter by filter.
     async fn entries(&self, f: &Filter) -> Result<Vec<Entry>, SinkError> {
         // The current status is that of the highest step; a step written twice is the
         // same row, so argMax needs no FINAL.

@@ -440,6 +440,8 @@ impl Ledger {
     /// before (SPEC §3.5): for every partner whose approved, unpaid balance up to that
     /// instant (clawbacks netted) reaches `min_payout` and is positive, one line, and
     /// its rows become `paid`. The others roll over.
+    // Long on purpose: one locked transaction (lock, read, cut, write lines, step rows,
+    // audit, unlock) whose steps must stay in this order to be idempotent.
     pub async fn payout(
         &self,
         program: &str,

@@ -45,6 +45,8 @@ impl Pipeline {
         self.rows.clicks.push(ClickRow::new(c, verdict));
     }
 
+    // Long on purpose: one row builder per table of SPEC §4 from the same memo, in the
+    // order the tables are written.
     pub(super) fn emit_conversion(&mut self, e: &ConversionEvent, memo: &Memo) {
         let d = &memo.decision;
         let life = &memo.lifecycle;

@@ -173,6 +173,8 @@ impl Pipeline {
 
     /// Runs until `shutdown`, then writes and commits what it has. Returns an error only
     /// for what retrying cannot cure (the sink refusing rows).
+    // Long on purpose: the loop's order (poll, revoke, take, advance, write, commit,
+    // stop deadline, drain) is the pipeline's contract and reads best in one place.
     pub async fn run(
         mut self,
         mut source: Box<dyn EventSource>,

@@ -144,33 +144,7 @@ fn default_max_touches() -> u32 {
 impl Program {
     /// Validates and normalizes (the program's own currency is always accepted at 1).
     pub fn validate(&mut self) -> Result<(), Invalid> {
-        if !valid_id(&self.id) {
-            return Err(Invalid::new("id", "must be 1-64 of A-Z a-z 0-9 _ . -"));
-        }
-        if self.name.trim().is_empty()
-            || self.name.len() > 200
-            || self.name.chars().any(char::is_control)
-        {
-            return Err(Invalid::new(
-                "name",
-                "must be 1-200 characters, none of them control characters",
-            ));
-        }
-        if !money::is_known_currency(&self.currency) {
-            return Err(Invalid::new(
-                "currency",
-                "must be an ISO 4217 currency code",
-            ));
-        }
-        if self.secret.len() < 16 || self.secret.len() > 256 {
-            return Err(Invalid::new("secret", "must be 16-256 characters"));
-        }
-        if !valid_http_url(&self.fallback_url) {
-            return Err(Invalid::new(
-                "fallback_url",
-                "must be an absolute http(s) URL",
-            ));
-        }
+        self.check_identity()?;
         if !(1..=90).contains(&self.lookback_days) {
             return Err(Invalid::new("lookback_days", "must be 1-90"));
         }
@@ -186,32 +160,7 @@ impl Program {
         if !(1..=256).contains(&self.max_touches) {
             return Err(Invalid::new("max_touches", "must be 1-256"));
         }
-        match self.fx.get(&self.currency) {
-            None => {
-                self.fx.insert(self.currency.clone(), Decimal::ONE);
-            }
-            Some(rate) if *rate != Decimal::ONE => {
-                return Err(Invalid::new(
-                    format!("fx.{}", self.currency),
-                    "the program currency's own rate must be 1",
-                ));
-            }
-            Some(_) => {}
-        }
-        for (code, rate) in &self.fx {
-            if !money::is_known_currency(code) {
-                return Err(Invalid::new(
-                    format!("fx.{code}"),
-                    "is not an ISO 4217 currency code",
-                ));
-            }
-            if *rate <= Decimal::ZERO || *rate > money::max_fx_rate() || rate.scale() > 12 {
-                return Err(Invalid::new(
-                    format!("fx.{code}"),
-                    "must be greater than 0 and at most 1000000, with at most 12 decimals",
-                ));
-            }
-        }
+        self.normalize_fx()?;
         if let Err((field, message)) = self.commission.validate() {
             return Err(Invalid::new(format!("commission.{field}"), message));
         }
@@ -240,6 +189,69 @@ impl Program {
                 "allowed_destinations",
                 "must be at most 100 host names, each as `shop.example` or `*.shop.example`",
             ));
+        }
+        Ok(())
+    }
+
+    /// The id, name, currency, secret and fallback URL.
+    fn check_identity(&self) -> Result<(), Invalid> {
+        if !valid_id(&self.id) {
+            return Err(Invalid::new("id", "must be 1-64 of A-Z a-z 0-9 _ . -"));
+        }
+        if self.name.trim().is_empty()
+            || self.name.len() > 200
+            || self.name.chars().any(char::is_control)
+        {
+            return Err(Invalid::new(
+                "name",
+                "must be 1-200 characters, none of them control characters",
+            ));
+        }
+        if !money::is_known_currency(&self.currency) {
+            return Err(Invalid::new(
+                "currency",
+                "must be an ISO 4217 currency code",
+            ));
+        }
+        if self.secret.len() < 16 || self.secret.len() > 256 {
+            return Err(Invalid::new("secret", "must be 16-256 characters"));
+        }
+        if !valid_http_url(&self.fallback_url) {
+            return Err(Invalid::new(
+                "fallback_url",
+                "must be an absolute http(s) URL",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The FX table: ISO codes, rates in bounds, the program's own currency at 1.
+    fn normalize_fx(&mut self) -> Result<(), Invalid> {
+        match self.fx.get(&self.currency) {
+            None => {
+                self.fx.insert(self.currency.clone(), Decimal::ONE);
+            }
+            Some(rate) if *rate != Decimal::ONE => {
+                return Err(Invalid::new(
+                    format!("fx.{}", self.currency),
+                    "the program currency's own rate must be 1",
+                ));
+            }
+            Some(_) => {}
+        }
+        for (code, rate) in &self.fx {
+            if !money::is_known_currency(code) {
+                return Err(Invalid::new(
+                    format!("fx.{code}"),
+                    "is not an ISO 4217 currency code",
+                ));
+            }
+            if *rate <= Decimal::ZERO || *rate > money::max_fx_rate() || rate.scale() > 12 {
+                return Err(Invalid::new(
+                    format!("fx.{code}"),
+                    "must be greater than 0 and at most 1000000, with at most 12 decimals",
+                ));
+            }
         }
         Ok(())
     }

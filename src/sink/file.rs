@@ -268,6 +268,7 @@ fn parse_time(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
 }
 
 /// The audit trail, payouts and disputes the files under `dir` hold.
+// Long on purpose: one block per file, replayed in the order the tables collapse.
 fn load_ledger(dir: &Path) -> std::io::Result<Batch> {
     let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
     let mut batch = Batch::default();

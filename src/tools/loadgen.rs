@@ -113,6 +113,8 @@ async fn setup(client: &Client, o: &LoadOptions, token: &str) -> anyhow::Result<
 }
 
 /// Runs the load and reports.
+// Long on purpose: the load's script (warm up, open-loop schedule, drain, report) in
+// the order it runs.
 pub async fn run(o: LoadOptions) -> anyhow::Result<LoadReport> {
     if o.rate == 0 {
         bail!("--rate must be at least 1");

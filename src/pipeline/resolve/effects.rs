@@ -15,6 +15,8 @@ use crate::registry::{Program, Registry};
 pub(super) type Booked = Vec<(usize, Decimal)>;
 
 /// The state changes a settled conversion implies, all idempotent.
+// Long on purpose: one arm per kind of conversion, each listing its writes; the list
+// is what a reader checks for idempotence.
 pub(super) fn effects(
     registry: &Registry,
     mark: Mark,

@@ -174,6 +174,180 @@ impl MemoryState {
     }
 }
 
+impl Inner {
+    /// Windowed tallies forget what lies behind their keep, as in Redis: behind the
+    /// earliest read's, which a later read of a call spanning days would pass.
+    fn forget_behind(&mut self, reads: &[Read]) {
+        let mut earliest: HashMap<&Tally, Mark> = HashMap::new();
+        for r in reads {
+            if let Read::Count { tally, before, .. } = r {
+                if tally.windowed() {
+                    let at = earliest.entry(tally).or_insert(*before);
+                    *at = (*at).min(*before);
+                }
+            }
+        }
+        for (tally, before) in earliest {
+            if let Some((marks, _)) = self.tallies.get_mut(tally) {
+                marks.forget_before(Mark::at(tally.horizon(before)));
+            }
+        }
+    }
+
+    /// One read's answer.
+    fn answer(&self, r: &Read) -> Answer {
+        match r {
+            Read::ClickVisitor(click) => {
+                Answer::Text(self.click_visitors.get(click).map(|(v, _)| v.to_string()))
+            }
+            Read::Claim(key) => Answer::Text(self.claims.get(key).cloned()),
+            Read::Journey {
+                program,
+                visitor,
+                from_ms,
+                to_ms,
+            } => Answer::Touches(
+                self.journeys
+                    .get(&(program.clone(), *visitor))
+                    .map(|j| {
+                        j.touches
+                            .iter()
+                            .filter(|(ts, _)| (*from_ms..=*to_ms).contains(ts))
+                            .filter_map(|(ts, m)| StoredTouch::parse(m, *ts))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            ),
+            Read::Count {
+                tally,
+                from_ms,
+                before,
+            } => Answer::Count(
+                self.tallies
+                    .get(tally)
+                    .filter(|_| Mark::at(*from_ms) < *before)
+                    .map(|(s, _)| s.count(Mark::at(*from_ms), *before))
+                    .unwrap_or(0),
+            ),
+            Read::FirstSale {
+                program,
+                customer,
+                before,
+            } => Answer::Marked(
+                self.first_sales
+                    .get(&(program.clone(), customer.clone()))
+                    .and_then(|s| s.first_key_value())
+                    .filter(|(m, _)| *m < before)
+                    .map(|(m, json)| (*m, json.clone())),
+            ),
+            Read::Order {
+                program,
+                order,
+                slot,
+            } => {
+                let key = |slot| (program.clone(), order.clone(), slot);
+                // The slot asked, or the first recorded (a refund's).
+                let slot = slot.unwrap_or_else(|| {
+                    OrderSlot::PRECEDENCE
+                        .into_iter()
+                        .find(|s| self.orders.contains_key(&key(*s)))
+                        .unwrap_or_default()
+                });
+                Answer::Order {
+                    slot,
+                    record: self.orders.get(&key(slot)).cloned(),
+                    refunds: self
+                        .refunds
+                        .get(&key(slot))
+                        .map(|r| r.iter().map(|(m, j)| (*m, j.clone())).collect())
+                        .unwrap_or_default(),
+                }
+            }
+            Read::DueBefore { before_ms, limit } => Answer::Entries(
+                self.due
+                    .iter()
+                    .take_while(|(ms, _)| ms < before_ms)
+                    .take(*limit)
+                    .map(|(_, j)| j.clone())
+                    .collect(),
+            ),
+        }
+    }
+
+    /// One write applied; a memo's answer is the memo that was there before.
+    fn apply(&mut self, w: &Write) -> Option<String> {
+        match w {
+            Write::Memo {
+                conversion_id,
+                json,
+            } => match self.memos.get(conversion_id) {
+                Some((existing, _)) => Some(existing.clone()),
+                None => {
+                    self.memos
+                        .insert(*conversion_id, (json.clone(), Instant::now() + MEMO_TTL));
+                    None
+                }
+            },
+            Write::Claim { key, holder } => {
+                self.claims
+                    .entry(key.clone())
+                    .or_insert_with(|| holder.clone());
+                None
+            }
+            Write::Tally { tally, mark } => {
+                self.tally(tally, *mark);
+                None
+            }
+            Write::FirstSale {
+                program,
+                customer,
+                mark,
+                json,
+                ..
+            } => {
+                self.first_sales
+                    .entry((program.clone(), customer.clone()))
+                    .or_default()
+                    .entry(*mark)
+                    .or_insert_with(|| json.clone());
+                None
+            }
+            Write::Order {
+                program,
+                order,
+                slot,
+                json,
+            } => {
+                self.orders
+                    .entry((program.clone(), order.clone(), *slot))
+                    .or_insert_with(|| json.clone());
+                None
+            }
+            Write::Refund {
+                program,
+                order,
+                slot,
+                mark,
+                json,
+            } => {
+                self.refunds
+                    .entry((program.clone(), order.clone(), *slot))
+                    .or_default()
+                    .insert(*mark, json.clone());
+                None
+            }
+            Write::Due { due_ms, json } => {
+                self.due.insert((*due_ms, json.clone()));
+                None
+            }
+            Write::DueDone { json } => {
+                self.due.retain(|(_, j)| j != json);
+                None
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl StateStore for MemoryState {
     async fn record_clicks(&self, clicks: &[ClickRecord]) -> Result<(), StateError> {
@@ -239,186 +413,13 @@ impl StateStore for MemoryState {
 
     async fn read(&self, reads: &[Read]) -> Result<Vec<Answer>, StateError> {
         let mut inner = self.lock();
-        // Windowed tallies forget what lies behind their keep, as in Redis: behind the
-        // earliest read's, which a later read of a call spanning days would pass.
-        let mut earliest: HashMap<&Tally, Mark> = HashMap::new();
-        for r in reads {
-            if let Read::Count { tally, before, .. } = r {
-                if tally.windowed() {
-                    let at = earliest.entry(tally).or_insert(*before);
-                    *at = (*at).min(*before);
-                }
-            }
-        }
-        for (tally, before) in earliest {
-            if let Some((marks, _)) = inner.tallies.get_mut(tally) {
-                marks.forget_before(Mark::at(tally.horizon(before)));
-            }
-        }
-        Ok(reads
-            .iter()
-            .map(|r| match r {
-                Read::ClickVisitor(click) => {
-                    Answer::Text(inner.click_visitors.get(click).map(|(v, _)| v.to_string()))
-                }
-                Read::Claim(key) => Answer::Text(inner.claims.get(key).cloned()),
-                Read::Journey {
-                    program,
-                    visitor,
-                    from_ms,
-                    to_ms,
-                } => Answer::Touches(
-                    inner
-                        .journeys
-                        .get(&(program.clone(), *visitor))
-                        .map(|j| {
-                            j.touches
-                                .iter()
-                                .filter(|(ts, _)| (*from_ms..=*to_ms).contains(ts))
-                                .filter_map(|(ts, m)| StoredTouch::parse(m, *ts))
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                ),
-                Read::Count {
-                    tally,
-                    from_ms,
-                    before,
-                } => Answer::Count(
-                    inner
-                        .tallies
-                        .get(tally)
-                        .filter(|_| Mark::at(*from_ms) < *before)
-                        .map(|(s, _)| s.count(Mark::at(*from_ms), *before))
-                        .unwrap_or(0),
-                ),
-                Read::FirstSale {
-                    program,
-                    customer,
-                    before,
-                } => Answer::Marked(
-                    inner
-                        .first_sales
-                        .get(&(program.clone(), customer.clone()))
-                        .and_then(|s| s.first_key_value())
-                        .filter(|(m, _)| *m < before)
-                        .map(|(m, json)| (*m, json.clone())),
-                ),
-                Read::Order {
-                    program,
-                    order,
-                    slot,
-                } => {
-                    let key = |slot| (program.clone(), order.clone(), slot);
-                    // The slot asked, or the first recorded (a refund's).
-                    let slot = slot.unwrap_or_else(|| {
-                        OrderSlot::PRECEDENCE
-                            .into_iter()
-                            .find(|s| inner.orders.contains_key(&key(*s)))
-                            .unwrap_or_default()
-                    });
-                    Answer::Order {
-                        slot,
-                        record: inner.orders.get(&key(slot)).cloned(),
-                        refunds: inner
-                            .refunds
-                            .get(&key(slot))
-                            .map(|r| r.iter().map(|(m, j)| (*m, j.clone())).collect())
-                            .unwrap_or_default(),
-                    }
-                }
-                Read::DueBefore { before_ms, limit } => Answer::Entries(
-                    inner
-                        .due
-                        .iter()
-                        .take_while(|(ms, _)| ms < before_ms)
-                        .take(*limit)
-                        .map(|(_, j)| j.clone())
-                        .collect(),
-                ),
-            })
-            .collect())
+        inner.forget_behind(reads);
+        Ok(reads.iter().map(|r| inner.answer(r)).collect())
     }
 
     async fn write(&self, writes: &[Write]) -> Result<Vec<Option<String>>, StateError> {
         let mut inner = self.lock();
-        Ok(writes
-            .iter()
-            .map(|w| match w {
-                Write::Memo {
-                    conversion_id,
-                    json,
-                } => match inner.memos.get(conversion_id) {
-                    Some((existing, _)) => Some(existing.clone()),
-                    None => {
-                        inner
-                            .memos
-                            .insert(*conversion_id, (json.clone(), Instant::now() + MEMO_TTL));
-                        None
-                    }
-                },
-                Write::Claim { key, holder } => {
-                    inner
-                        .claims
-                        .entry(key.clone())
-                        .or_insert_with(|| holder.clone());
-                    None
-                }
-                Write::Tally { tally, mark } => {
-                    inner.tally(tally, *mark);
-                    None
-                }
-                Write::FirstSale {
-                    program,
-                    customer,
-                    mark,
-                    json,
-                    ..
-                } => {
-                    inner
-                        .first_sales
-                        .entry((program.clone(), customer.clone()))
-                        .or_default()
-                        .entry(*mark)
-                        .or_insert_with(|| json.clone());
-                    None
-                }
-                Write::Order {
-                    program,
-                    order,
-                    slot,
-                    json,
-                } => {
-                    inner
-                        .orders
-                        .entry((program.clone(), order.clone(), *slot))
-                        .or_insert_with(|| json.clone());
-                    None
-                }
-                Write::Refund {
-                    program,
-                    order,
-                    slot,
-                    mark,
-                    json,
-                } => {
-                    inner
-                        .refunds
-                        .entry((program.clone(), order.clone(), *slot))
-                        .or_default()
-                        .insert(*mark, json.clone());
-                    None
-                }
-                Write::Due { due_ms, json } => {
-                    inner.due.insert((*due_ms, json.clone()));
-                    None
-                }
-                Write::DueDone { json } => {
-                    inner.due.retain(|(_, j)| j != json);
-                    None
-                }
-            })
-            .collect())
+        Ok(writes.iter().map(|w| inner.apply(w)).collect())
     }
 
     async fn frontiers(&self) -> Result<HashMap<String, Mark>, StateError> {

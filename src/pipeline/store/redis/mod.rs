@@ -13,15 +13,13 @@ use uuid::Uuid;
 
 use crate::kv::Redis;
 
-use super::{
-    ms, Answer, ClickRecord, Decide, Mark, Read, StateError, StateStore, Write, CLAIM_TTL,
-    MEMO_TTL, ORDER_TTL,
-};
+use super::{ms, Answer, ClickRecord, Decide, Mark, Read, StateError, StateStore, Write};
 
 mod decide;
 mod keys;
 mod read;
 mod renewals;
+mod write;
 
 use decide::DecideCall;
 use renewals::Renewals;
@@ -228,81 +226,7 @@ impl StateStore for RedisState {
         let mut memo_at = Vec::with_capacity(writes.len());
         for w in writes {
             memo_at.push(matches!(w, Write::Memo { .. }).then_some(pipe.0.len()));
-            match w {
-                Write::Memo {
-                    conversion_id,
-                    json,
-                } => {
-                    // Set once; the reply is what was there before (Redis ≥ 7.0).
-                    pipe.cmd("SET")
-                        .arg(self.memo(*conversion_id))
-                        .arg(json)
-                        .arg("NX")
-                        .arg("GET")
-                        .arg("PX")
-                        .arg(ms(MEMO_TTL));
-                }
-                Write::Claim { key, holder } => {
-                    pipe.cmd("SET")
-                        .arg(self.claim(key))
-                        .arg(holder)
-                        .arg("NX")
-                        .arg("PX")
-                        .arg(ms(CLAIM_TTL));
-                }
-                Write::Tally { tally, mark } => self.tally_cmds(&mut pipe, tally, *mark, now),
-                Write::FirstSale {
-                    program,
-                    customer,
-                    mark,
-                    json,
-                    ttl,
-                } => {
-                    let key = self.first_sale(program, customer);
-                    pipe.cmd("ZADD")
-                        .arg(&key)
-                        .arg("NX")
-                        .arg(mark.ms)
-                        .arg(format!("{}{json}", mark.id_hex()));
-                    match ttl {
-                        Some(t) => self.renew(&mut pipe, key, *t, now),
-                        // A lifetime plan follows the first sale for good.
-                        None => {
-                            pipe.cmd("PERSIST").arg(&key);
-                        }
-                    }
-                }
-                Write::Order {
-                    program,
-                    order,
-                    slot,
-                    json,
-                } => {
-                    pipe.cmd("SET")
-                        .arg(self.order(program, order, *slot))
-                        .arg(json)
-                        .arg("NX")
-                        .arg("PX")
-                        .arg(ms(ORDER_TTL));
-                }
-                Write::Refund {
-                    program,
-                    order,
-                    slot,
-                    mark,
-                    json,
-                } => {
-                    let key = self.refunds(program, order, *slot);
-                    pipe.cmd("HSET").arg(&key).arg(mark.encode()).arg(json);
-                    self.renew(&mut pipe, key, ORDER_TTL, now);
-                }
-                Write::Due { due_ms, json } => {
-                    pipe.cmd("ZADD").arg(self.due()).arg(*due_ms).arg(json);
-                }
-                Write::DueDone { json } => {
-                    pipe.cmd("ZREM").arg(self.due()).arg(json);
-                }
-            }
+            self.write_cmds(w, &mut pipe, now);
         }
         let replies = self.run(pipe.0).await?;
         memo_at
