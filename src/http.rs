@@ -207,6 +207,7 @@ pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Ap
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
+        linger(req.into_body());
         return Err(ApiError::too_large(format!("body over {limit} bytes")));
     }
     let collect = Limited::new(req.into_body(), limit).collect();
@@ -220,6 +221,22 @@ pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Ap
         }
         Err(e) => Err(ApiError::malformed(format!("cannot read body: {e}"))),
     }
+}
+
+/// Most bytes of a refused body read and dropped, and for how long, so that the client
+/// gets to read the answer.
+const LINGER_BYTES: usize = 4 * 1024 * 1024;
+const LINGER_TIME: Duration = Duration::from_secs(2);
+
+/// Reads and drops a refused body in the background, a bounded amount for a bounded
+/// time (a lingering close, as nginx does): a client still writing it when the answer
+/// came would otherwise meet a closed connection (a broken pipe, or a reset that loses
+/// the answer) instead of the `413`.
+fn linger(body: Incoming) {
+    tokio::spawn(async move {
+        let drain = Limited::new(body, LINGER_BYTES).collect();
+        let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+    });
 }
 
 /// Something that answers HTTP requests.
