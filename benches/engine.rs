@@ -185,6 +185,7 @@ fn bench_decision(c: &mut Criterion) {
                     let touches = journey::select(
                         touches,
                         conv.occurred_at,
+                        None,
                         p.lookback_days,
                         p.max_touches,
                         |id| settle::is_active(&dir, id),

@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use super::rounding::{round_jointly, Roundable};
+use num_rational::BigRational;
+use num_traits::One;
+
+use super::rounding::{mul_is_exact, ratio, round_exactly, round_jointly, Roundable};
 use super::{add, mul, Overflow};
 
 /// The commission plan of SPEC §5.5 as JSON, the plan the demo, the synthetic stream,
@@ -274,6 +277,13 @@ pub fn earn(
     minor_units: u32,
 ) -> Result<Vec<LedgerRow>, Overflow> {
     let mut rows = Vec::with_capacity(shares.len() * (1 + plan.overrides.len()));
+    // Whether every product below is exact in `Decimal`; if not, rounding decides on
+    // the exact rationals (SPEC §5.5: ties by the rule, not by the 28th digit).
+    let mut exact = true;
+    let mut mul = |a: Decimal, b: Decimal| {
+        exact &= mul_is_exact(a, b);
+        super::mul(a, b)
+    };
     for share in shares.iter().filter(|s| s.weight > Decimal::ZERO) {
         let (base, rate) = match earning {
             Earning::Sale => (
@@ -306,8 +316,43 @@ pub fn earn(
             });
         }
     }
-    round_jointly(&mut rows, minor_units)?;
+    if exact {
+        round_jointly(&mut rows, minor_units)?;
+    } else {
+        let exact = exact_earnings(plan, earning, amount, shares);
+        round_exactly(&mut rows, &exact, minor_units)?;
+    }
     Ok(rows)
+}
+
+/// The exact amounts of [`earn`]'s rows, in the same order, as rationals.
+fn exact_earnings(
+    plan: &CommissionPlan,
+    earning: Earning,
+    amount: Decimal,
+    shares: &[Share],
+) -> Vec<BigRational> {
+    let mut out = Vec::new();
+    for share in shares.iter().filter(|s| s.weight > Decimal::ZERO) {
+        let weight = ratio(share.weight);
+        let direct = match earning {
+            Earning::Sale => {
+                let bonus = BigRational::one() + ratio(share.volume_bonus);
+                ratio(amount) * weight * ratio(share.tier_rate) * bonus
+            }
+            Earning::Bounty(bounty) => ratio(bounty) * weight,
+            Earning::Recurring => ratio(amount) * weight * ratio(plan.recurring.rate),
+        };
+        let overrides = share.ancestors.iter().zip(&plan.overrides);
+        let overrides: Vec<BigRational> = overrides
+            .filter(|(ancestor, _)| ancestor.is_some())
+            .map(|(_, rate)| &direct * ratio(*rate))
+            .collect();
+        // The direct row, then its overrides by level, as `earn` makes them.
+        out.push(direct);
+        out.extend(overrides);
+    }
+    out
 }
 
 /// A row an order earned, with what earlier refunds already took back of it.
@@ -333,34 +378,46 @@ pub fn reverse(
 ) -> Result<Vec<(usize, LedgerRow)>, Overflow> {
     // A zero-amount order (a lead, a signup) earned bounties: any refund of it takes
     // them back in full.
-    let ratio = if original_amount.is_zero() {
-        Decimal::ONE
+    let (ratio_of, exact_ratio) = if original_amount.is_zero() {
+        (Decimal::ONE, BigRational::one())
     } else {
-        refunded
+        let exact = (ratio(refunded) / ratio(original_amount)).min(BigRational::one());
+        let approx = refunded
             .checked_div(original_amount)
             .ok_or(Overflow)?
-            .min(Decimal::ONE)
+            .min(Decimal::ONE);
+        (approx, exact)
     };
+    // R/O rarely terminates within 28 digits (a third): then rounding decides on the
+    // exact rationals, and a tie between rows is a tie.
+    let mut exact = ratio(ratio_of) == exact_ratio;
     let mut index = Vec::with_capacity(earned.len());
     let mut rows = Vec::with_capacity(earned.len());
+    let mut exacts = Vec::with_capacity(earned.len());
     for (i, row) in earned.iter().enumerate() {
         let left = add(row.amount, row.reversed)?;
         if left <= Decimal::ZERO {
             continue;
         }
-        let exact = mul(row.amount, ratio)?.min(left);
+        exact &= mul_is_exact(row.amount, ratio_of);
+        let taken = mul(row.amount, ratio_of)?.min(left);
+        exacts.push(-(ratio(row.amount) * &exact_ratio).min(ratio(left)));
         index.push(i);
         rows.push(LedgerRow {
             partner_id: row.partner_id.clone(),
             level: row.level,
             kind: LedgerKind::Reversal,
             base_amount: row.amount,
-            rate: -ratio,
-            exact: -exact,
+            rate: -ratio_of,
+            exact: -taken,
             amount: Decimal::ZERO,
         });
     }
-    round_jointly(&mut rows, minor_units)?;
+    if exact {
+        round_jointly(&mut rows, minor_units)?;
+    } else {
+        round_exactly(&mut rows, &exacts, minor_units)?;
+    }
     Ok(index
         .into_iter()
         .zip(rows)
@@ -605,6 +662,209 @@ mod tests {
         assert!(reverse(&book, d("1"), d("100"), 2).unwrap().is_empty());
         for b in &book {
             assert_eq!(b.amount + b.reversed, Decimal::ZERO);
+        }
+    }
+
+    #[test]
+    fn a_refund_of_a_third_breaks_the_tie_by_level_not_by_the_28th_digit() {
+        // An order earned 4.16 direct and 0.41 override; a refund of exactly a third
+        // reverses 1.3866… and 0.1366…: both remainders are 2/300 of a unit, a tie, and
+        // the lower level takes the missing cent (SPEC §5.5). Dividing R/O to 28 digits
+        // first made 0.41's remainder the larger one in its last digit.
+        let book = vec![
+            EarnedRow {
+                partner_id: "ana".into(),
+                level: 0,
+                amount: d("4.16"),
+                reversed: Decimal::ZERO,
+            },
+            EarnedRow {
+                partner_id: "agency".into(),
+                level: 1,
+                amount: d("0.41"),
+                reversed: Decimal::ZERO,
+            },
+        ];
+        let rev: Vec<LedgerRow> = reverse(&book, d("6.09"), d("18.27"), 2)
+            .unwrap()
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect();
+        assert_eq!(
+            amounts(&rev),
+            vec![
+                ("ana".into(), 0, d("-1.39")),
+                ("agency".into(), 1, d("-0.13"))
+            ]
+        );
+    }
+
+    #[test]
+    fn thirds_of_a_sale_with_overrides_round_on_exact_shares() {
+        // Three linear touches of one partner each (weights 0.333…3, 0.333…3, 0.333…4)
+        // with overrides: every row is a product the decimals only approximate.
+        let w = [
+            "0.3333333333333333333333333333",
+            "0.3333333333333333333333333333",
+            "0.3333333333333333333333333334",
+        ];
+        let shares: Vec<Share> = ["a", "b", "c"]
+            .iter()
+            .zip(w)
+            .map(|(p, w)| share(p, w, "silver", "0.05", &["x", "y"]))
+            .collect();
+        let rows = earn(&plan(), Earning::Sale, d("100.01"), &shares, 2).unwrap();
+        let exact = oracle::earned(&plan(), Earning::Sale, d("100.01"), &shares);
+        oracle::check(&rows, &exact, 2).unwrap();
+    }
+
+    /// SPEC §5.5 checked with exact rationals, independently of the rounding code: the
+    /// rows add up to the half-even rounding of the exact sum, each moves less than one
+    /// unit, and a row that got a unit its neighbour did not has the larger remainder in
+    /// the direction of the units, or the same one and the lower (level, partner).
+    mod oracle {
+        use super::*;
+        use num_bigint::BigInt;
+        use num_traits::{Signed, Zero};
+
+        pub fn q(x: Decimal) -> BigRational {
+            BigRational::new(
+                BigInt::from(x.mantissa()),
+                BigInt::from(10u32).pow(x.scale()),
+            )
+        }
+
+        /// The exact amounts of `earn`'s rows, from the plan's formula.
+        pub fn earned(
+            plan: &CommissionPlan,
+            earning: Earning,
+            amount: Decimal,
+            shares: &[Share],
+        ) -> Vec<BigRational> {
+            let mut out = Vec::new();
+            for s in shares.iter().filter(|s| s.weight > Decimal::ZERO) {
+                let direct = match earning {
+                    Earning::Sale => {
+                        q(amount)
+                            * q(s.weight)
+                            * q(s.tier_rate)
+                            * (BigRational::one() + q(s.volume_bonus))
+                    }
+                    Earning::Bounty(b) => q(b) * q(s.weight),
+                    Earning::Recurring => q(amount) * q(s.weight) * q(plan.recurring.rate),
+                };
+                out.push(direct.clone());
+                for (a, r) in s.ancestors.iter().zip(&plan.overrides) {
+                    if a.is_some() {
+                        out.push(&direct * q(*r));
+                    }
+                }
+            }
+            out
+        }
+
+        pub fn check(rows: &[LedgerRow], exact: &[BigRational], minor: u32) -> Result<(), String> {
+            if rows.len() != exact.len() {
+                return Err(format!("{} rows for {} amounts", rows.len(), exact.len()));
+            }
+            let scale = BigRational::from_integer(BigInt::from(10u32).pow(minor));
+            let scaled: Vec<BigRational> = exact.iter().map(|x| x * &scale).collect();
+            let sum: BigRational = scaled.iter().sum();
+            let got: Vec<BigRational> = rows.iter().map(|r| q(r.amount) * &scale).collect();
+            let total: BigRational = got.iter().sum();
+            let (fl, half) = (sum.floor(), BigRational::new(1.into(), 2.into()));
+            let want = match (&sum - &fl).cmp(&half) {
+                std::cmp::Ordering::Less => fl.clone(),
+                std::cmp::Ordering::Greater => fl.clone() + BigRational::one(),
+                std::cmp::Ordering::Equal if (fl.to_integer() % BigInt::from(2)).is_zero() => {
+                    fl.clone()
+                }
+                std::cmp::Ordering::Equal => fl.clone() + BigRational::one(),
+            };
+            if total != want {
+                return Err(format!("total {total} for the rounded exact sum {want}"));
+            }
+            let up = total > scaled.iter().map(|x| x.trunc()).sum();
+            // Which rows got a unit beyond their truncation, and their remainders.
+            let extra: Vec<bool> = got
+                .iter()
+                .zip(&scaled)
+                .map(|(g, x)| *g != x.trunc())
+                .collect();
+            let rem: Vec<BigRational> = scaled.iter().map(|x| x - x.trunc()).collect();
+            for i in 0..rows.len() {
+                if (&got[i] - &scaled[i]).abs() >= BigRational::one() {
+                    return Err(format!("row {i} moved a unit or more"));
+                }
+                for j in 0..rows.len() {
+                    if !extra[i] || extra[j] {
+                        continue;
+                    }
+                    let (ri, rj) = if up {
+                        (rem[i].clone(), rem[j].clone())
+                    } else {
+                        (-rem[i].clone(), -rem[j].clone())
+                    };
+                    let key = |k: usize| (rows[k].level, rows[k].partner_id.clone());
+                    if ri < rj || (ri == rj && key(i) > key(j)) {
+                        return Err(format!("row {i} took a unit before row {j}: {ri} vs {rj}"));
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+
+    mod exact_props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn reversals_break_ties_only_by_the_rule(
+                cents in proptest::collection::vec(1i64..1_000_000, 1..6),
+                levels in proptest::collection::vec(0u8..4, 6),
+                (p, q) in prop_oneof![Just((1i64, 3i64)), Just((1, 7)), Just((2, 3)), Just((5, 9)), Just((1, 6)), (1i64..50, 51i64..100)],
+                k in 1i64..100_000,
+                minor in 0u32..3,
+            ) {
+                let book: Vec<EarnedRow> = cents.iter().zip(&levels).enumerate().map(|(i, (c, l))| EarnedRow {
+                    partner_id: format!("p{}", i % 3),
+                    level: *l,
+                    amount: Decimal::new(*c, minor),
+                    reversed: Decimal::ZERO,
+                }).collect();
+                let (refunded, original) = (Decimal::new(p * k, 2), Decimal::new(q * k, 2));
+                let rev = reverse(&book, refunded, original, minor).unwrap();
+                let r = oracle::q(refunded) / oracle::q(original);
+                let exact: Vec<BigRational> = rev.iter().map(|(i, _)| -(oracle::q(book[*i].amount) * &r)).collect();
+                let rows: Vec<LedgerRow> = rev.into_iter().map(|(_, r)| r).collect();
+                prop_assert_eq!(oracle::check(&rows, &exact, minor), Ok(()));
+            }
+
+            #[test]
+            fn shares_and_overrides_break_ties_only_by_the_rule(
+                cents in 1i64..100_000_000,
+                touches in 1usize..8,
+                bonus in prop_oneof![Just("0"), Just("0.05"), Just("0.1")],
+                tier in prop_oneof![Just("bronze"), Just("silver"), Just("gold")],
+                minor in 0u32..3,
+            ) {
+                use crate::engine::attribution::{AttributionModel, Touch};
+                let journey: Vec<Touch> = (0..touches).map(|i| Touch {
+                    click_id: uuid::Uuid::from_u128(i as u128 + 1),
+                    partner_id: format!("p{i}"),
+                    ts: chrono::DateTime::UNIX_EPOCH,
+                }).collect();
+                let weights = AttributionModel::Linear.weights(&journey);
+                let shares: Vec<Share> = weights.iter().enumerate()
+                    .map(|(i, w)| share(&format!("p{i}"), &w.to_string(), tier, bonus, &["x", "y", "z"]))
+                    .collect();
+                let amount = Decimal::new(cents, 2);
+                let rows = earn(&plan(), Earning::Sale, amount, &shares, minor).unwrap();
+                let exact = oracle::earned(&plan(), Earning::Sale, amount, &shares);
+                prop_assert_eq!(oracle::check(&rows, &exact, minor), Ok(()));
+            }
         }
     }
 

@@ -4,6 +4,9 @@
 //! one to the largest remainders (ties: lower level first, then partner id).
 //! No cent is created or lost.
 
+use num_bigint::BigInt;
+use num_rational::BigRational;
+use num_traits::{Signed, ToPrimitive, Zero};
 use rust_decimal::{Decimal, RoundingStrategy};
 
 use super::{add, Overflow};
@@ -16,63 +19,141 @@ pub trait Roundable {
     fn set_rounded(&mut self, amount: Decimal);
 }
 
-/// Rounds `rows` in place to `minor_units` decimal places, jointly; nothing is changed
-/// when their sum is beyond `Decimal`'s range.
+/// Rounds `rows` in place to `minor_units` decimal places, jointly, on their decimal
+/// exact amounts (callers pass only rows whose decimals are exact: see
+/// [`round_exactly`] for the others); nothing is changed when their sum is beyond
+/// `Decimal`'s range.
 pub fn round_jointly<R: Roundable>(rows: &mut [R], minor_units: u32) -> Result<(), Overflow> {
     if rows.is_empty() {
         return Ok(());
     }
-    let unit = Decimal::new(1, minor_units);
     let exact_sum = rows
         .iter()
         .try_fold(Decimal::ZERO, |sum, r| add(sum, r.exact()))?;
     let target =
         exact_sum.round_dp_with_strategy(minor_units, RoundingStrategy::MidpointNearestEven);
-
-    // (row, truncated amount, remainder), in the order units are handed out.
-    let mut parts: Vec<(usize, Decimal, Decimal)> = rows
+    let truncated: Vec<Decimal> = rows
         .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let t = r
-                .exact()
-                .round_dp_with_strategy(minor_units, RoundingStrategy::ToZero);
-            (i, t, r.exact() - t)
+        .map(|r| {
+            r.exact()
+                .round_dp_with_strategy(minor_units, RoundingStrategy::ToZero)
         })
         .collect();
+    let remainders: Vec<Decimal> = rows
+        .iter()
+        .zip(&truncated)
+        .map(|(r, t)| r.exact() - t)
+        .collect();
     // Truncated amounts sum to at most the exact sum in magnitude: no overflow past it.
-    let mut missing = target - parts.iter().map(|p| p.1).sum::<Decimal>();
+    let mut missing = target - truncated.iter().sum::<Decimal>();
     missing.rescale(minor_units);
     // Whole minor units still to hand out; negative when the rows are (reversals).
     let missing = missing.mantissa();
-    let positive = missing > 0;
-    if missing != 0 {
-        parts.sort_by(|a, b| {
-            // Largest remainder in the direction of the missing units first.
-            let by_remainder = if positive {
-                b.2.cmp(&a.2)
-            } else {
-                a.2.cmp(&b.2)
-            };
-            by_remainder
-                .then(rows[a.0].level().cmp(&rows[b.0].level()))
-                .then_with(|| rows[a.0].partner().cmp(rows[b.0].partner()))
-        });
-        let step = if positive { unit } else { -unit };
-        // |missing| never exceeds the rows with a remainder (see module docs), so one
-        // pass suffices; the modulo only guards against a caller's inconsistent input.
-        let n = parts.len();
-        for i in 0..missing.unsigned_abs() as usize {
-            parts[i % n].1 += step;
-        }
+    let mut units: Vec<Decimal> = truncated;
+    let step = Decimal::new(missing.signum() as i64, minor_units);
+    let count = u64::try_from(missing.unsigned_abs()).unwrap_or(u64::MAX);
+    for i in hand_out(rows, &remainders, missing > 0, count) {
+        units[i] += step;
     }
-    for (i, amount, _) in parts {
+    for (row, amount) in rows.iter_mut().zip(units) {
         // A stable scale, so "12.5" is printed and stored as "12.50".
         let mut a = amount;
         a.rescale(minor_units);
-        rows[i].set_rounded(a);
+        row.set_rounded(a);
     }
     Ok(())
+}
+
+/// Rounds `rows` like [`round_jointly`], deciding on `exact`, each row's exact amount
+/// as a rational, where the decimals only approximate it (a share of 1/3, a refund's
+/// R/O): the total, the truncations and every comparison of remainders are exact, so
+/// that a tie is a tie and the rule decides it, not the 28th digit.
+pub fn round_exactly<R: Roundable>(
+    rows: &mut [R],
+    exact: &[BigRational],
+    minor_units: u32,
+) -> Result<(), Overflow> {
+    let unit_scale = BigRational::from_integer(BigInt::from(10u32).pow(minor_units));
+    let scaled: Vec<BigRational> = exact.iter().map(|x| x * &unit_scale).collect();
+    let target = half_even(&scaled.iter().sum());
+    let truncated: Vec<BigInt> = scaled.iter().map(|x| x.trunc().to_integer()).collect();
+    let remainders: Vec<BigRational> = scaled
+        .iter()
+        .zip(&truncated)
+        .map(|(x, t)| x - BigRational::from_integer(t.clone()))
+        .collect();
+    let missing = target - truncated.iter().sum::<BigInt>();
+    let count = missing.magnitude().to_u64().ok_or(Overflow)?;
+    let mut units = truncated;
+    let step = BigInt::from(missing.signum());
+    for i in hand_out(rows, &remainders, missing.is_positive(), count) {
+        units[i] += &step;
+    }
+    for (row, units) in rows.iter_mut().zip(units) {
+        let units = units.to_i128().ok_or(Overflow)?;
+        let amount = Decimal::try_from_i128_with_scale(units, minor_units).map_err(|_| Overflow)?;
+        row.set_rounded(amount);
+    }
+    Ok(())
+}
+
+/// The rows that get one of `count` missing units, in order: largest remainder in the
+/// direction of the missing units first (`positive`: up), ties to the lower level,
+/// then the partner id. `count` never exceeds the rows with a remainder (see the module
+/// docs), so one pass suffices; cycling only guards against a caller's inconsistent input.
+fn hand_out<R: Roundable, K: Ord>(
+    rows: &[R],
+    remainders: &[K],
+    positive: bool,
+    count: u64,
+) -> Vec<usize> {
+    if count == 0 || rows.is_empty() {
+        return Vec::new();
+    }
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    order.sort_by(|&a, &b| {
+        let by_remainder = if positive {
+            remainders[b].cmp(&remainders[a])
+        } else {
+            remainders[a].cmp(&remainders[b])
+        };
+        by_remainder
+            .then(rows[a].level().cmp(&rows[b].level()))
+            .then_with(|| rows[a].partner().cmp(rows[b].partner()))
+    });
+    order.into_iter().cycle().take(count as usize).collect()
+}
+
+/// `x` rounded to an integer, half to even.
+fn half_even(x: &BigRational) -> BigInt {
+    let floor = x.floor();
+    let frac = x - &floor;
+    let floor = floor.to_integer();
+    let half = BigRational::new(BigInt::from(1), BigInt::from(2));
+    match frac.cmp(&half) {
+        std::cmp::Ordering::Less => floor,
+        std::cmp::Ordering::Greater => floor + 1,
+        std::cmp::Ordering::Equal if (&floor % 2u32).is_zero() => floor,
+        std::cmp::Ordering::Equal => floor + 1,
+    }
+}
+
+/// A decimal as an exact rational.
+pub fn ratio(d: Decimal) -> BigRational {
+    BigRational::new(
+        BigInt::from(d.mantissa()),
+        BigInt::from(10u32).pow(d.scale()),
+    )
+}
+
+/// Whether `Decimal` holds `a × b` exactly: no digit of the product is rounded away.
+/// Conservative: a product it cannot vouch for takes the exact path, with the same
+/// result when it was exact after all.
+pub fn mul_is_exact(a: Decimal, b: Decimal) -> bool {
+    a.scale() + b.scale() <= 28
+        && a.mantissa()
+            .checked_mul(b.mantissa())
+            .is_some_and(|p| p.unsigned_abs() < (1u128 << 96))
 }
 
 #[cfg(test)]

@@ -265,9 +265,14 @@ fn journey_read(e: &ConversionEvent, program: &Program, visitor: Uuid) -> Read {
 
 /// The last instant a conversion's journey reaches: its `occurred_at`, but never past
 /// its `received_at`: a click after the conversion was reported did not lead to it, and
-/// clicks up to `received_at` are exactly those scheduling waits for.
+/// clicks up to `received_at` are exactly those scheduling waits for. A conversion
+/// that names its click reads up to `received_at`, where that click still counts
+/// (SPEC §5.3, clocks).
 pub(super) fn journey_end(e: &ConversionEvent) -> i64 {
-    e.occurred_at.min(e.received_at).timestamp_millis()
+    match e.click_id {
+        Some(_) => e.received_at.timestamp_millis(),
+        None => e.occurred_at.min(e.received_at).timestamp_millis(),
+    }
 }
 
 /// The touchpoints of a conversion among the visitor's unique clicks.
@@ -286,9 +291,14 @@ pub(super) fn select(
         })
         .collect();
     let end = e.occurred_at.min(e.received_at);
+    let named = e.click_id.map(|click_id| journey::Named {
+        click_id,
+        until: e.received_at,
+    });
     let chosen = journey::select(
         engine,
         end,
+        named,
         program.lookback_days,
         program.max_touches,
         |p| settle::is_active(registry, p),

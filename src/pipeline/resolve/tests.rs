@@ -232,6 +232,119 @@ mod lifecycle_tests {
         memo.lifecycle.created.clone()
     }
 
+    /// A unique click of `visitor` on alice's link at `ts`, recorded and decided as the
+    /// pipeline does.
+    async fn unique_click(
+        state: &MemoryState,
+        click: u128,
+        visitor: Uuid,
+        ts: chrono::DateTime<Utc>,
+    ) {
+        use crate::pipeline::store::{Candidate, ClickRecord, Decide, StoredTouch};
+        let click_id = Uuid::from_u128(click);
+        let mark = Mark::new(ts, click_id);
+        let keep = std::time::Duration::from_secs(40 * 86_400);
+        let candidate = Candidate {
+            fingerprint: format!("fp-{click}"),
+            mark,
+            window_ms: 0,
+        };
+        let record = ClickRecord {
+            click_id,
+            mark,
+            visitor_id: visitor,
+            keep,
+            candidate: Some(candidate.clone()),
+            ip: None,
+        };
+        state.record_clicks(&[record]).await.unwrap();
+        let decide = Decide {
+            candidate,
+            program_id: "acme".into(),
+            visitor_id: visitor,
+            touch: StoredTouch {
+                click_id,
+                partner_id: "alice".into(),
+                campaign: String::new(),
+                ts,
+            },
+            keep,
+            touchpoint: true,
+        };
+        assert_eq!(state.decide_clicks(&[decide]).await.unwrap(), vec![true]);
+    }
+
+    /// SPEC §5.3, clocks: a sale naming its click is credited by it when the merchant's
+    /// clock is 0.5 s or 5 min behind the edge's, settled alone (live) or in one batch
+    /// with the others (a backlog); a click of the same visitor the sale does not name,
+    /// just as late, is no touch.
+    #[tokio::test]
+    async fn a_sale_naming_its_click_counts_it_whatever_the_merchants_clock() {
+        let registry = registry().await;
+        let visitor = Uuid::from_u128(77);
+        let mut sales = Vec::new();
+        for (n, behind_ms) in [(1u128, 500i64), (2, 300_000)] {
+            let click_at = t0() + Duration::hours(n as i64);
+            let sale = ConversionEvent {
+                click_id: Some(Uuid::from_u128(100 + n)),
+                referral_code: None,
+                occurred_at: click_at - Duration::milliseconds(behind_ms),
+                received_at: click_at + Duration::milliseconds(200),
+                ..conversion(n, ConversionKind::Sale, "100", click_at)
+            };
+            sales.push((click_at, sale));
+        }
+        let live = MemoryState::new();
+        let backlog = MemoryState::new();
+        for (n, (click_at, _)) in sales.iter().enumerate() {
+            for state in [&live, &backlog] {
+                // One visitor each: the clicks are each other's no touch.
+                let visitor = Uuid::from_u128(visitor.as_u128() + n as u128);
+                unique_click(state, 101 + n as u128, visitor, *click_at).await;
+            }
+        }
+        let mut settled_live = Vec::new();
+        for (_, sale) in &sales {
+            settled_live.push(settle(&registry, &live, sale.clone()).await);
+        }
+        let batch: Vec<(Mark, ConversionEvent)> = sales
+            .iter()
+            .map(|(_, e)| (Mark::new(e.received_at, e.conversion_id), e.clone()))
+            .collect();
+        let settled_backlog: Vec<Memo> = settle_batch(&registry, &backlog, &batch)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| match o {
+                Outcome::Settled(m) => *m,
+                Outcome::DeadLetter(r) => panic!("dead letter: {r}"),
+            })
+            .collect();
+        for (n, memo) in settled_live.iter().chain(&settled_backlog).enumerate() {
+            let decision = &memo.decision;
+            assert_eq!(decision.status, ConversionStatus::Attributed, "sale {n}");
+            let clicks: Vec<_> = decision.attributions.iter().map(|a| a.click_id).collect();
+            assert_eq!(clicks, vec![sales[n % 2].1.click_id], "sale {n}");
+            assert_eq!(decision.rows[0].amount, d("15.00"), "sale {n}");
+        }
+        assert_eq!(settled_live, settled_backlog);
+
+        // A sale naming no click, with the same late clock: the click 0.4 s after its
+        // occurred_at is not proven to have come first, and no touch.
+        let state = MemoryState::new();
+        let click_at = t0() + Duration::days(3);
+        unique_click(&state, 300, visitor, click_at).await;
+        let unnamed = ConversionEvent {
+            visitor_id: Some(visitor),
+            referral_code: None,
+            occurred_at: click_at - Duration::milliseconds(400),
+            received_at: click_at + Duration::milliseconds(200),
+            ..conversion(3, ConversionKind::Sale, "100", click_at)
+        };
+        let memo = settle(&registry, &state, unnamed).await;
+        assert_eq!(memo.decision.status, ConversionStatus::Unattributed);
+    }
+
     /// refund_rate 0.5: a partner's new commissions are held once more than half of
     /// the sales credited to her in the 30 days before are refunded (each order counted
     /// at its first refund); one batch decides exactly what one-at-a-time does.
