@@ -114,7 +114,7 @@ mod tests {
             click_id: Uuid::from_u128(1),
             until: conv() + Duration::seconds(5),
         };
-        let clicks = vec![
+        let clicks = [
             touch(1, "a", 0),
             Touch {
                 ts: conv() + Duration::milliseconds(400),

@@ -85,7 +85,7 @@ pub fn round_exactly<R: Roundable>(
     let missing = target - truncated.iter().sum::<BigInt>();
     let count = missing.magnitude().to_u64().ok_or(Overflow)?;
     let mut units = truncated;
-    let step = BigInt::from(missing.signum());
+    let step = missing.signum();
     for i in hand_out(rows, &remainders, missing.is_positive(), count) {
         units[i] += &step;
     }
