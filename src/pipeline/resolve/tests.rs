@@ -194,11 +194,20 @@ mod lifecycle_tests {
 
     /// The memos of `events` settled as one batch on a fresh store.
     async fn settle_together(registry: &Registry, events: &[ConversionEvent]) -> Vec<Memo> {
+        settle_on(registry, &MemoryState::new(), events).await
+    }
+
+    /// The memos of `events` settled as one batch on `state`.
+    async fn settle_on(
+        registry: &Registry,
+        state: &MemoryState,
+        events: &[ConversionEvent],
+    ) -> Vec<Memo> {
         let batch: Vec<(Mark, ConversionEvent)> = events
             .iter()
             .map(|e| (Mark::new(e.received_at, e.conversion_id), e.clone()))
             .collect();
-        settle_batch(registry, &MemoryState::new(), &batch)
+        settle_batch(registry, state, &batch)
             .await
             .unwrap()
             .into_iter()
@@ -307,19 +316,8 @@ mod lifecycle_tests {
         for (_, sale) in &sales {
             settled_live.push(settle(&registry, &live, sale.clone()).await);
         }
-        let batch: Vec<(Mark, ConversionEvent)> = sales
-            .iter()
-            .map(|(_, e)| (Mark::new(e.received_at, e.conversion_id), e.clone()))
-            .collect();
-        let settled_backlog: Vec<Memo> = settle_batch(&registry, &backlog, &batch)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|o| match o {
-                Outcome::Settled(m) => *m,
-                Outcome::DeadLetter(r) => panic!("dead letter: {r}"),
-            })
-            .collect();
+        let events: Vec<ConversionEvent> = sales.iter().map(|(_, e)| e.clone()).collect();
+        let settled_backlog = settle_on(&registry, &backlog, &events).await;
         for (n, memo) in settled_live.iter().chain(&settled_backlog).enumerate() {
             let decision = &memo.decision;
             assert_eq!(decision.status, ConversionStatus::Attributed, "sale {n}");
