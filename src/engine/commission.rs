@@ -281,8 +281,9 @@ pub fn earn(
     // the exact rationals (SPEC §5.5: ties by the rule, not by the 28th digit).
     let mut exact = true;
     let mut mul = |a: Decimal, b: Decimal| {
-        exact &= mul_is_exact(a, b);
-        super::mul(a, b)
+        let product = super::mul(a, b)?;
+        exact &= mul_is_exact(a, b, product);
+        Ok::<_, Overflow>(product)
     };
     for share in shares.iter().filter(|s| s.weight > Decimal::ZERO) {
         let (base, rate) = match earning {
@@ -399,8 +400,9 @@ pub fn reverse(
         if left <= Decimal::ZERO {
             continue;
         }
-        exact &= mul_is_exact(row.amount, ratio_of);
-        let taken = mul(row.amount, ratio_of)?.min(left);
+        let product = mul(row.amount, ratio_of)?;
+        exact &= mul_is_exact(row.amount, ratio_of, product);
+        let taken = product.min(left);
         exacts.push(-(ratio(row.amount) * &exact_ratio).min(ratio(left)));
         index.push(i);
         rows.push(LedgerRow {

@@ -27,39 +27,53 @@ pub fn round_jointly<R: Roundable>(rows: &mut [R], minor_units: u32) -> Result<(
     if rows.is_empty() {
         return Ok(());
     }
+    let unit = Decimal::new(1, minor_units);
     let exact_sum = rows
         .iter()
         .try_fold(Decimal::ZERO, |sum, r| add(sum, r.exact()))?;
     let target =
         exact_sum.round_dp_with_strategy(minor_units, RoundingStrategy::MidpointNearestEven);
-    let truncated: Vec<Decimal> = rows
+
+    // (row, truncated amount, remainder), in the order units are handed out.
+    let mut parts: Vec<(usize, Decimal, Decimal)> = rows
         .iter()
-        .map(|r| {
-            r.exact()
-                .round_dp_with_strategy(minor_units, RoundingStrategy::ToZero)
+        .enumerate()
+        .map(|(i, r)| {
+            let t = r
+                .exact()
+                .round_dp_with_strategy(minor_units, RoundingStrategy::ToZero);
+            (i, t, r.exact() - t)
         })
         .collect();
-    let remainders: Vec<Decimal> = rows
-        .iter()
-        .zip(&truncated)
-        .map(|(r, t)| r.exact() - t)
-        .collect();
     // Truncated amounts sum to at most the exact sum in magnitude: no overflow past it.
-    let mut missing = target - truncated.iter().sum::<Decimal>();
+    let mut missing = target - parts.iter().map(|p| p.1).sum::<Decimal>();
     missing.rescale(minor_units);
     // Whole minor units still to hand out; negative when the rows are (reversals).
     let missing = missing.mantissa();
-    let mut units: Vec<Decimal> = truncated;
-    let step = Decimal::new(missing.signum() as i64, minor_units);
-    let count = u64::try_from(missing.unsigned_abs()).unwrap_or(u64::MAX);
-    for i in hand_out(rows, &remainders, missing > 0, count) {
-        units[i] += step;
+    let positive = missing > 0;
+    if missing != 0 {
+        parts.sort_by(|a, b| {
+            // Largest remainder in the direction of the missing units first.
+            let by_remainder = if positive {
+                b.2.cmp(&a.2)
+            } else {
+                a.2.cmp(&b.2)
+            };
+            by_remainder.then_with(|| by_rule(rows, a.0, b.0))
+        });
+        let step = if positive { unit } else { -unit };
+        // |missing| never exceeds the rows with a remainder (see module docs), so one
+        // pass suffices; the modulo only guards against a caller's inconsistent input.
+        let n = parts.len();
+        for i in 0..missing.unsigned_abs() as usize {
+            parts[i % n].1 += step;
+        }
     }
-    for (row, amount) in rows.iter_mut().zip(units) {
+    for (i, amount, _) in parts {
         // A stable scale, so "12.5" is printed and stored as "12.50".
         let mut a = amount;
         a.rescale(minor_units);
-        row.set_rounded(a);
+        rows[i].set_rounded(a);
     }
     Ok(())
 }
@@ -86,9 +100,9 @@ pub fn round_exactly<R: Roundable>(
     let count = missing.magnitude().to_u64().ok_or(Overflow)?;
     let mut units = truncated;
     let step = missing.signum();
-    for i in hand_out(rows, &remainders, missing.is_positive(), count) {
-        units[i] += &step;
-    }
+    hand_out(rows, &remainders, missing.is_positive(), count, |i| {
+        units[i] += &step
+    });
     for (row, units) in rows.iter_mut().zip(units) {
         let units = units.to_i128().ok_or(Overflow)?;
         let amount = Decimal::try_from_i128_with_scale(units, minor_units).map_err(|_| Overflow)?;
@@ -97,7 +111,7 @@ pub fn round_exactly<R: Roundable>(
     Ok(())
 }
 
-/// The rows that get one of `count` missing units, in order: largest remainder in the
+/// Gives `count` missing units to rows, one each, in order: largest remainder in the
 /// direction of the missing units first (`positive`: up), ties to the lower level,
 /// then the partner id. `count` never exceeds the rows with a remainder (see the module
 /// docs), so one pass suffices; cycling only guards against a caller's inconsistent input.
@@ -106,9 +120,10 @@ fn hand_out<R: Roundable, K: Ord>(
     remainders: &[K],
     positive: bool,
     count: u64,
-) -> Vec<usize> {
+    mut give: impl FnMut(usize),
+) {
     if count == 0 || rows.is_empty() {
-        return Vec::new();
+        return;
     }
     let mut order: Vec<usize> = (0..rows.len()).collect();
     order.sort_by(|&a, &b| {
@@ -117,11 +132,19 @@ fn hand_out<R: Roundable, K: Ord>(
         } else {
             remainders[a].cmp(&remainders[b])
         };
-        by_remainder
-            .then(rows[a].level().cmp(&rows[b].level()))
-            .then_with(|| rows[a].partner().cmp(rows[b].partner()))
+        by_remainder.then_with(|| by_rule(rows, a, b))
     });
-    order.into_iter().cycle().take(count as usize).collect()
+    for k in 0..count {
+        give(order[(k % order.len() as u64) as usize]);
+    }
+}
+
+/// The tie-break between rows of equal remainders: lower level first, then partner id.
+fn by_rule<R: Roundable>(rows: &[R], a: usize, b: usize) -> std::cmp::Ordering {
+    rows[a]
+        .level()
+        .cmp(&rows[b].level())
+        .then_with(|| rows[a].partner().cmp(rows[b].partner()))
 }
 
 /// `x` rounded to an integer, half to even.
@@ -146,14 +169,12 @@ pub fn ratio(d: Decimal) -> BigRational {
     )
 }
 
-/// Whether `Decimal` holds `a × b` exactly: no digit of the product is rounded away.
-/// Conservative: a product it cannot vouch for takes the exact path, with the same
-/// result when it was exact after all.
-pub fn mul_is_exact(a: Decimal, b: Decimal) -> bool {
-    a.scale() + b.scale() <= 28
-        && a.mantissa()
-            .checked_mul(b.mantissa())
-            .is_some_and(|p| p.unsigned_abs() < (1u128 << 96))
+/// Whether `product`, computed as `a × b` by `Decimal`, is exact: `Decimal` keeps the
+/// full scale of a product it can hold and gives up digits (a smaller scale) otherwise.
+/// Conservative: a product scaled down though exact (trailing zeros) takes the exact
+/// path, with the same result.
+pub fn mul_is_exact(a: Decimal, b: Decimal, product: Decimal) -> bool {
+    product.scale() == a.scale() + b.scale()
 }
 
 #[cfg(test)]
