@@ -4,17 +4,21 @@ use touchline::sink::file::PartnerDay;
 
 use super::money;
 
+/// Adds a day's (or a partner's) figures into `into`.
+fn add(into: &mut PartnerDay, d: &PartnerDay) {
+    into.clicks += d.clicks;
+    into.unique_clicks += d.unique_clicks;
+    into.bot_clicks += d.bot_clicks;
+    into.conversions += d.conversions;
+    into.revenue += d.revenue;
+    into.commission += d.commission;
+}
+
 pub(super) fn print_summary(stats: &[PartnerDay], dir: &std::path::Path) -> anyhow::Result<()> {
     use std::collections::BTreeMap;
     let mut by_partner: BTreeMap<&str, PartnerDay> = BTreeMap::new();
     for d in stats {
-        let p = by_partner.entry(&d.partner_id).or_default();
-        p.clicks += d.clicks;
-        p.unique_clicks += d.unique_clicks;
-        p.bot_clicks += d.bot_clicks;
-        p.conversions += d.conversions;
-        p.revenue += d.revenue;
-        p.commission += d.commission;
+        add(by_partner.entry(&d.partner_id).or_default(), d);
     }
     println!();
     println!(
@@ -33,12 +37,7 @@ pub(super) fn print_summary(stats: &[PartnerDay], dir: &std::path::Path) -> anyh
             money(p.revenue),
             money(p.commission)
         );
-        total.clicks += p.clicks;
-        total.unique_clicks += p.unique_clicks;
-        total.bot_clicks += p.bot_clicks;
-        total.conversions += p.conversions;
-        total.revenue += p.revenue;
-        total.commission += p.commission;
+        add(&mut total, p);
     }
     println!(
         "{:<10} {:>8} {:>8} {:>6} {:>12} {:>14} {:>14}",
