@@ -7,6 +7,8 @@
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use crate::events::ConversionKind;
+
 /// A program's fraud rules; every one is off unless set.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -32,23 +34,37 @@ pub struct FraudRules {
     pub refund_rate: Option<Decimal>,
 }
 
-/// The rules, by the names flags and metrics carry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// The rules, by the names flags, reasons and metrics carry. Declared in the order of
+/// their names: a held row's reason lists its rules sorted, as it always has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Rule {
     ClickSpam,
     FastConversion,
-    SelfReferral,
-    ReviewAbove,
     RefundRate,
+    ReviewAbove,
+    SelfReferral,
+}
+
+/// What the conversion rules look at in a settled conversion that earns commissions.
+pub struct Settled<'a> {
+    pub kind: ConversionKind,
+    pub occurred_ms: i64,
+    /// The journey's last touch (ms), when it had one.
+    pub last_touch_ms: Option<i64>,
+    pub settled_amount: Decimal,
+    pub customer_email_sha256: Option<&'a str>,
+    /// The directly credited partners, each with its e-mail hash when it has one.
+    pub partners: Vec<(&'a str, Option<&'a str>)>,
 }
 
 impl Rule {
     pub const ALL: [Rule; 5] = [
         Rule::ClickSpam,
         Rule::FastConversion,
-        Rule::SelfReferral,
-        Rule::ReviewAbove,
         Rule::RefundRate,
+        Rule::ReviewAbove,
+        Rule::SelfReferral,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -150,6 +166,28 @@ impl FraudRules {
     }
 }
 
+impl FraudRules {
+    /// The conversion rules a settled conversion trips, sorted. `refund_rate(p)` answers
+    /// whether partner `p` is over the program's refund rate (it reads history, which the
+    /// caller holds as of the conversion's mark).
+    pub fn flags(&self, c: &Settled<'_>, refund_rate: impl Fn(&str) -> bool) -> Vec<Rule> {
+        let mut out = Vec::new();
+        if c.kind.is_journey_kind() && self.fast_conversion(c.last_touch_ms, c.occurred_ms) {
+            out.push(Rule::FastConversion);
+        }
+        if self.refund_rate.is_some() && c.partners.iter().any(|(p, _)| refund_rate(p)) {
+            out.push(Rule::RefundRate);
+        }
+        if c.kind == ConversionKind::Sale && self.review_above(c.settled_amount) {
+            out.push(Rule::ReviewAbove);
+        }
+        if self.self_referral(c.customer_email_sha256, c.partners.iter().map(|(_, e)| *e)) {
+            out.push(Rule::SelfReferral);
+        }
+        out
+    }
+}
+
 /// A lower-case hex SHA-256 (`customer_email_sha256`, a partner's `email_sha256`).
 pub fn valid_sha256_hex(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
@@ -244,6 +282,55 @@ mod tests {
     fn names_round_trip() {
         for r in Rule::ALL {
             assert_eq!(Rule::parse(r.as_str()), Some(r));
+            // Stored standings carry the names: serde must write exactly them.
+            let json = serde_json::to_string(&r).unwrap();
+            assert_eq!(json, format!("\"{}\"", r.as_str()));
+            assert_eq!(serde_json::from_str::<Rule>(&json).unwrap(), r);
         }
+        // Sorted by name, the order of a held row's reason.
+        let mut names: Vec<&str> = Rule::ALL.iter().map(|r| r.as_str()).collect();
+        names.sort_unstable();
+        let sorted: Vec<&str> = {
+            let mut all = Rule::ALL;
+            all.sort();
+            all.iter().map(|r| r.as_str()).collect()
+        };
+        assert_eq!(sorted, names);
+    }
+
+    #[test]
+    fn a_settled_conversion_trips_each_rule_it_meets() {
+        let rules = FraudRules {
+            min_click_to_conversion_secs: Some(10),
+            self_referral: true,
+            review_above: Some(Decimal::from(100)),
+            refund_rate: Some(Decimal::new(5, 1)),
+            ..FraudRules::default()
+        };
+        let me = "a".repeat(64);
+        let settled = Settled {
+            kind: ConversionKind::Sale,
+            occurred_ms: 5_000,
+            last_touch_ms: Some(0),
+            settled_amount: Decimal::from(101),
+            customer_email_sha256: Some(&me),
+            partners: vec![("p1", None), ("p2", Some(&me))],
+        };
+        assert_eq!(
+            rules.flags(&settled, |p| p == "p1"),
+            [
+                Rule::FastConversion,
+                Rule::RefundRate,
+                Rule::ReviewAbove,
+                Rule::SelfReferral
+            ]
+        );
+        let calm = Settled {
+            kind: ConversionKind::Lead,
+            last_touch_ms: Some(-10_000),
+            customer_email_sha256: None,
+            ..settled
+        };
+        assert!(rules.flags(&calm, |_| false).is_empty());
     }
 }

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::commission::EarnedRow;
+use super::fraud::Rule;
 
 /// The status of a ledger row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -68,7 +69,7 @@ impl Status {
 pub struct Standing {
     /// The fraud rules that flagged the conversion (empty: not held).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub held: Vec<String>,
+    pub held: Vec<Rule>,
     /// When its hold period ends (ms); `None` when it was over at settlement (or the
     /// rows are held, which only a review ends).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -78,7 +79,7 @@ pub struct Standing {
 impl Standing {
     /// The standing of a conversion flagged by `flags`, with a hold of `hold_days` from
     /// its `occurred_ms`, settled at `received_ms`.
-    pub fn new(mut flags: Vec<String>, hold_days: u32, occurred_ms: i64, received_ms: i64) -> Self {
+    pub fn new(mut flags: Vec<Rule>, hold_days: u32, occurred_ms: i64, received_ms: i64) -> Self {
         flags.sort();
         flags.dedup();
         let due = occurred_ms.saturating_add(i64::from(hold_days) * 86_400_000);
@@ -102,11 +103,17 @@ impl Standing {
     /// Why the rows have that status.
     pub fn reason_at(&self, ms: i64) -> String {
         match self.status_at(ms) {
-            Status::Held => self.held.join(","),
+            Status::Held => names(&self.held),
             Status::Pending => "hold period".into(),
             _ => "hold period over".into(),
         }
     }
+}
+
+/// The rules' names as a row's reason: `fast_conversion,self_referral`.
+fn names(rules: &[Rule]) -> String {
+    let names: Vec<&str> = rules.iter().map(|r| r.as_str()).collect();
+    names.join(",")
 }
 
 /// A ledger row a lifecycle step applies to.
@@ -304,11 +311,7 @@ mod tests {
         assert_eq!(late.status_at(31 * DAY), Status::Approved);
         // Flags hold whatever the time; their names are the reason, sorted, once each.
         let held = Standing::new(
-            vec![
-                "self_referral".into(),
-                "fast_conversion".into(),
-                "self_referral".into(),
-            ],
+            vec![Rule::SelfReferral, Rule::FastConversion, Rule::SelfReferral],
             30,
             0,
             1,
@@ -424,7 +427,7 @@ mod tests {
     #[test]
     fn reversals_of_held_rows_are_held_for_the_same_reason() {
         let rows = [earned("p1", 0, "20.00")];
-        let standing = Standing::new(vec!["review_above".into()], 30, 0, 0);
+        let standing = Standing::new(vec![Rule::ReviewAbove], 30, 0, 0);
         let steps = refund_steps(
             Uuid::from_u128(1),
             &rows,

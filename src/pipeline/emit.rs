@@ -5,7 +5,6 @@ use rust_decimal::Decimal;
 use super::resolve::Memo;
 use super::{resolve, Pipeline};
 use crate::engine::dedup;
-use crate::engine::fraud::Rule;
 use crate::engine::settle::ConversionStatus;
 use crate::engine::Status;
 use crate::events::{ClickEvent, ConversionEvent};
@@ -95,10 +94,8 @@ impl Pipeline {
             ));
         }
         for rule in &life.standing.held {
-            if let Some(rule) = Rule::parse(rule) {
-                self.counts
-                    .add(m::PIPELINE_FRAUD_FLAGS_TOTAL, [("rule", rule.as_str())], 1);
-            }
+            self.counts
+                .add(m::PIPELINE_FRAUD_FLAGS_TOTAL, [("rule", rule.as_str())], 1);
         }
         let counts = &mut self.counts;
         counts.add(

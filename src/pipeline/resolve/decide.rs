@@ -11,7 +11,7 @@ use super::plan::{rate_reads, referral_partner, volume_read, Plan};
 use super::{Memo, Outcome};
 use crate::engine::attribution::Touch;
 use crate::engine::dedup;
-use crate::engine::fraud::Rule;
+use crate::engine::fraud::{Rule, Settled};
 use crate::engine::lifecycle::{self, BookedRefund, Lifecycle, Standing};
 use crate::engine::settle::{self, ConversionStatus, Credit, Decision, FirstSale, OrderRecord};
 use crate::events::{ConversionEvent, ConversionKind};
@@ -341,7 +341,8 @@ impl<F: Fn(&Read) -> u64> AsOf<F> {
     }
 }
 
-/// The fraud rules (SPEC §5.8) a conversion that earns commissions trips.
+/// The fraud rules (SPEC §5.8) a conversion that earns commissions trips, with the
+/// credited partners' e-mail hashes from the registry.
 pub(super) fn flags(
     registry: &Registry,
     program: &Program,
@@ -349,37 +350,23 @@ pub(super) fn flags(
     d: &Decision,
     last_touch_ms: Option<i64>,
     refund_rate: impl Fn(&str) -> bool,
-) -> Vec<String> {
-    let rules = &program.fraud;
-    let mut out = Vec::new();
-    if e.kind.is_journey_kind()
-        && rules.fast_conversion(last_touch_ms, e.occurred_at.timestamp_millis())
-    {
-        out.push(Rule::FastConversion.as_str().to_string());
-    }
-    if rules.self_referral {
-        let partners: Vec<Option<String>> = d
-            .rows
+) -> Vec<Rule> {
+    let direct = direct_partners(d);
+    let emails: Vec<Option<String>> = direct
+        .iter()
+        .map(|p| registry.partner(p).and_then(|p| p.email_sha256.clone()))
+        .collect();
+    let settled = Settled {
+        kind: e.kind,
+        occurred_ms: e.occurred_at.timestamp_millis(),
+        last_touch_ms,
+        settled_amount: d.settled_amount,
+        customer_email_sha256: e.customer_email_sha256.as_deref(),
+        partners: direct
             .iter()
-            .filter(|r| r.level == 0)
-            .map(|r| {
-                registry
-                    .partner(&r.partner_id)
-                    .and_then(|p| p.email_sha256.clone())
-            })
-            .collect();
-        if rules.self_referral(
-            e.customer_email_sha256.as_deref(),
-            partners.iter().map(|p| p.as_deref()),
-        ) {
-            out.push(Rule::SelfReferral.as_str().to_string());
-        }
-    }
-    if e.kind == ConversionKind::Sale && rules.review_above(d.settled_amount) {
-        out.push(Rule::ReviewAbove.as_str().to_string());
-    }
-    if rules.refund_rate.is_some() && direct_partners(d).iter().any(|p| refund_rate(p)) {
-        out.push(Rule::RefundRate.as_str().to_string());
-    }
-    out
+            .zip(&emails)
+            .map(|(p, m)| (p.as_str(), m.as_deref()))
+            .collect(),
+    };
+    program.fraud.flags(&settled, refund_rate)
 }

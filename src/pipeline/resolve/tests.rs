@@ -74,7 +74,7 @@ mod settle_tests {
     #[tokio::test]
     async fn a_conversion_beyond_the_ledger_is_dead_lettered_and_the_rest_settles() {
         let mut program: Program =
-            serde_json::from_value(crate::registry::model::tests_support::program_json()).unwrap();
+            serde_json::from_value(crate::testkit::fixtures::unit_program_json()).unwrap();
         program.fx.insert(
             "EUR".into(),
             Decimal::from_str("10000000000000000000000000").unwrap(),
@@ -133,7 +133,7 @@ mod lifecycle_tests {
     }
 
     async fn registry_with_fraud(fraud: serde_json::Value) -> Arc<Registry> {
-        let mut json = crate::registry::model::tests_support::program_json();
+        let mut json = crate::testkit::fixtures::unit_program_json();
         json["hold_days"] = serde_json::json!(30);
         json["fraud"] = fraud;
         let mut program: Program = serde_json::from_value(json).unwrap();
@@ -369,7 +369,13 @@ mod lifecycle_tests {
         let reasons = |memos: &[Memo]| -> Vec<String> {
             memos
                 .iter()
-                .map(|m| m.lifecycle.standing.held.join(","))
+                .map(|m| {
+                    let held = &m.lifecycle.standing.held;
+                    held.iter()
+                        .map(|r| r.as_str())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
                 .collect()
         };
         let state = MemoryState::new();
@@ -502,7 +508,7 @@ mod lifecycle_tests {
     /// batch decides what one conversion at a time does.
     #[tokio::test]
     async fn a_signup_and_a_sale_sharing_an_order_id_keep_their_own_records() {
-        let mut json = crate::registry::model::tests_support::program_json();
+        let mut json = crate::testkit::fixtures::unit_program_json();
         json["hold_days"] = serde_json::json!(30);
         json["commission"]["signup_bounty"] = serde_json::json!("50");
         let mut program: Program = serde_json::from_value(json).unwrap();
