@@ -24,13 +24,8 @@ fn d(s: &str) -> Decimal {
 }
 
 fn program(model: AttributionModel) -> Program {
-    let mut p: Program = serde_json::from_value(serde_json::json!({
-        "name": "Bench", "currency": "USD", "secret": "0123456789abcdef-secret",
-        "fallback_url": "https://shop.example/",
-        "fx": {"USD": "1", "EUR": "1.0837"},
-        "commission": touchline::engine::commission::example_plan()
-    }))
-    .unwrap();
+    let mut p: Program =
+        serde_json::from_value(touchline::testkit::fixtures::program_json()).unwrap();
     p.id = "bench".into();
     p.attribution = model;
     p.validate().unwrap();

@@ -20,11 +20,8 @@ use touchline::registry::{
 fn setup(rt: &tokio::runtime::Runtime) -> (Arc<Edge>, Arc<MemoryBus>) {
     rt.block_on(async {
         let registry = Registry::open(Arc::new(MemoryStore::new())).await.unwrap();
-        let program: Program = serde_json::from_value(serde_json::json!({
-            "name": "Bench", "currency": "USD", "secret": "0123456789abcdef-secret",
-            "fallback_url": "https://shop.example/"
-        }))
-        .unwrap();
+        let program: Program =
+            serde_json::from_value(touchline::testkit::fixtures::program_json()).unwrap();
         registry.put_program("bench", program).await.unwrap();
         let partner = Partner {
             email_sha256: None,

@@ -375,7 +375,7 @@ mod tests {
 
     fn program() -> Program {
         let mut p: Program =
-            serde_json::from_value(crate::registry::model::tests_support::program_json()).unwrap();
+            serde_json::from_value(crate::testkit::fixtures::unit_program_json()).unwrap();
         p.id = "acme".into();
         p.validate().unwrap();
         p

@@ -97,7 +97,7 @@ const STRINGS: &[&str] = &[
     "active",
     "paused",
     "banned",
-    "0123456789abcdef-secret",
+    crate::testkit::fixtures::SECRET,
     "a\r\nb",
     "\u{0}",
 ];
@@ -131,7 +131,7 @@ fn json() -> impl Strategy<Value = Value> {
 
 fn program() -> Program {
     let mut p: Program =
-        serde_json::from_value(crate::registry::model::tests_support::program_json()).unwrap();
+        serde_json::from_value(crate::testkit::fixtures::unit_program_json()).unwrap();
     p.id = "acme".into();
     p.validate().unwrap();
     p
@@ -212,7 +212,7 @@ proptest! {
 
     #[test]
     fn signatures_take_any_header(header in "\\PC{0,80}", body in prop::collection::vec(any::<u8>(), 0..64)) {
-        let _ = crate::signature::verify("0123456789abcdef-secret", Some(&header), &body, 1_700_000_000, 300);
+        let _ = crate::signature::verify(crate::testkit::fixtures::SECRET, Some(&header), &body, 1_700_000_000, 300);
     }
 
     #[test]

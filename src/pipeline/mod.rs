@@ -352,7 +352,7 @@ mod tests {
     async fn registry() -> Arc<Registry> {
         let registry = Registry::open(Arc::new(MemoryStore::new())).await.unwrap();
         let program: Program =
-            serde_json::from_value(crate::registry::model::tests_support::program_json()).unwrap();
+            serde_json::from_value(crate::testkit::fixtures::unit_program_json()).unwrap();
         registry.put_program("acme", program).await.unwrap();
         let partner = Partner {
             email_sha256: None,
@@ -498,7 +498,7 @@ mod tests {
     async fn clicks_past_the_hourly_limit_are_suspicious_and_not_touchpoints() {
         let registry = registry().await;
         let mut program: Program =
-            serde_json::from_value(crate::registry::model::tests_support::program_json()).unwrap();
+            serde_json::from_value(crate::testkit::fixtures::unit_program_json()).unwrap();
         program.fraud.max_clicks_per_ip_hour = Some(2);
         registry.put_program("acme", program).await.unwrap();
         let bus = MemoryBus::new(1000);

@@ -155,7 +155,7 @@ mod tests {
     async fn registry() -> Arc<Registry> {
         let r = Registry::open(Arc::new(MemoryStore::new())).await.unwrap();
         let program: Program =
-            serde_json::from_value(crate::registry::model::tests_support::program_json()).unwrap();
+            serde_json::from_value(crate::testkit::fixtures::unit_program_json()).unwrap();
         r.put_program("acme", program.clone()).await.unwrap();
         r.put_program("globex", program).await.unwrap();
         for (id, p) in [("alice", "acme"), ("gina", "globex")] {

@@ -606,7 +606,7 @@ mod tests {
     }
 
     fn program() -> Program {
-        serde_json::from_value(model::tests_support::program_json()).unwrap()
+        serde_json::from_value(crate::testkit::fixtures::unit_program_json()).unwrap()
     }
 
     fn partner(program: &str, parent: Option<&str>) -> Partner {

@@ -467,24 +467,9 @@ impl crate::engine::PartnerRules for Partner {
 }
 
 #[cfg(test)]
-pub(crate) mod tests_support {
-    /// The program of SPEC §3.3, as the admin API receives it.
-    pub fn program_json() -> serde_json::Value {
-        serde_json::json!({
-            "name": "Acme partners", "currency": "USD", "secret": "0123456789abcdef-secret",
-            "fallback_url": "https://acme.example/", "lookback_days": 30,
-            "attribution": {"model": "time_decay", "half_life_days": "7"},
-            "click_dedup_window_secs": 3600, "max_touches": 32,
-            "fx": {"USD": "1", "EUR": "1.0837", "JPY": "0.006571"},
-            "commission": {"tiers": {"bronze": "0.15"}, "default_tier": "bronze"}
-        })
-    }
-}
-
-#[cfg(test)]
 mod tests {
-    use super::tests_support::program_json;
     use super::*;
+    use crate::testkit::fixtures::unit_program_json as program_json;
 
     #[test]
     fn program_from_spec_example_validates() {
