@@ -93,14 +93,14 @@ impl Pipeline {
             .map(|&(part, at_end)| {
                 let progress = Progress {
                     at_end,
-                    ..self.progress.get(&part).copied().unwrap_or_default()
+                    ..self.queue.progress.get(&part).copied().unwrap_or_default()
                 };
                 (
                     part,
                     (
                         progress.read_frontier(now_ms, grace_ms),
-                        self.clicks.first_of(part),
-                        self.conversions.first_of(part),
+                        self.queue.clicks.first_of(part),
+                        self.queue.conversions.first_of(part),
                     ),
                 )
             })
@@ -147,8 +147,8 @@ impl Pipeline {
         let Some(conversions) = self.settle_conversions(&frame, shutdown).await else {
             return self.block();
         };
-        metrics::gauge!(m::PIPELINE_PENDING).set(self.conversions.len() as f64);
-        metrics::gauge!(m::PIPELINE_PENDING_CLICKS).set(self.clicks.len() as f64);
+        metrics::gauge!(m::PIPELINE_PENDING).set(self.queue.conversions.len() as f64);
+        metrics::gauge!(m::PIPELINE_PENDING_CLICKS).set(self.queue.clicks.len() as f64);
 
         // What this instance now vouches for.
         let bounds = self.bounds(&Frame {
@@ -170,8 +170,8 @@ impl Pipeline {
             clicks_ms = clicks_done.as_millis() as u64,
             conversions_settled = conversions.count,
             conversions_ms = (round.elapsed() - clicks_done).as_millis() as u64,
-            pending_clicks = self.clicks.len(),
-            pending_conversions = self.conversions.len(),
+            pending_clicks = self.queue.clicks.len(),
+            pending_conversions = self.queue.conversions.len(),
             "advanced"
         );
         more
@@ -199,7 +199,7 @@ impl Pipeline {
         // At most a poll's worth at once: rows, memory and round trips stay bounded, and
         // writes and commits keep coming during a long backlog.
         let limit = self.config.poll_batch;
-        let released = self.clicks.release(
+        let released = self.queue.clicks.release(
             bounds.decide_below,
             self.max_wait(),
             self.config.max_pending,
@@ -234,7 +234,7 @@ impl Pipeline {
             } else {
                 dedup::ClickVerdict::Duplicate
             };
-            self.emit_click(p.event, verdict);
+            self.out.click(p.event, verdict);
         }
         Some(done)
     }
@@ -248,7 +248,7 @@ impl Pipeline {
     ) -> Option<Released> {
         let bounds = self.bounds(frame);
         let limit = self.config.poll_batch;
-        let released = self.conversions.release(
+        let released = self.queue.conversions.release(
             bounds.settle_below,
             self.max_wait(),
             self.config.max_pending,
@@ -294,7 +294,7 @@ impl Pipeline {
         .await?;
         for ((_, p), outcome) in chunk.into_iter().zip(outcomes) {
             match outcome {
-                Outcome::Settled(memo) => self.emit_conversion(&p.event, &memo),
+                Outcome::Settled(memo) => self.out.conversion(&self.registry, &p.event, &memo),
                 Outcome::DeadLetter(reason) => {
                     let payload = serde_json::to_vec(&p.event).unwrap_or_default();
                     let letter = Letter {
@@ -328,8 +328,12 @@ impl Pipeline {
         let fresh: Vec<String> = entries
             .into_iter()
             .filter(|e| {
-                !self.due_done.contains(e)
-                    && !self.flight.as_ref().is_some_and(|f| f.due.contains(e))
+                !self.out.due_done.contains(e)
+                    && !self
+                        .write
+                        .flight
+                        .as_ref()
+                        .is_some_and(|f| f.due.contains(e))
             })
             .collect();
         // Ends already approved wait for the write; only new ones call for more.
@@ -337,9 +341,9 @@ impl Pipeline {
         if let Some(rows) = retry(shutdown, || resolve::approvals(&*state, &fresh)).await {
             metrics::counter!(m::PIPELINE_LIFECYCLE_STEPS_TOTAL, "status" => "approved")
                 .increment(rows.len() as u64);
-            self.outbox.steps(&self.registry, &rows);
-            self.rows.statuses.extend(rows);
-            self.due_done.extend(fresh);
+            self.out.outbox.steps(&self.registry, &rows);
+            self.out.rows.statuses.extend(rows);
+            self.out.due_done.extend(fresh);
         }
         more
     }

@@ -21,6 +21,22 @@ pub(super) struct Flight {
     pub(super) due: Vec<String>,
 }
 
+/// The pipeline's writes: the one under way, and when the last one began (a round
+/// writes once enough rows wait or enough time has passed).
+pub(super) struct Writes {
+    pub(super) flight: Option<Flight>,
+    pub(super) last: Instant,
+}
+
+impl Default for Writes {
+    fn default() -> Self {
+        Writes {
+            flight: None,
+            last: Instant::now(),
+        }
+    }
+}
+
 impl Pipeline {
     /// A rebalance waits on this member: writes and commits what is settled while the
     /// partitions are still its own, forgets what waits (their next owner reads it from
@@ -58,10 +74,10 @@ impl Pipeline {
     /// Starts writing the pending rows (retrying transient failures), then their
     /// webhook events, then removing the hold ends they approve from the queue.
     pub(super) fn launch(&mut self, shutdown: &Shutdown) {
-        let rows = std::mem::take(&mut self.rows);
-        self.last_write = Instant::now();
-        let events = self.outbox.take();
-        let due = std::mem::take(&mut self.due_done);
+        let rows = std::mem::take(&mut self.out.rows);
+        self.write.last = Instant::now();
+        let events = self.out.outbox.take();
+        let due = std::mem::take(&mut self.out.due_done);
         let done: Vec<store::Write> = due
             .iter()
             .map(|json| store::Write::DueDone { json: json.clone() })
@@ -109,7 +125,7 @@ impl Pipeline {
             }
             Ok(true)
         });
-        self.flight = Some(Flight {
+        self.write.flight = Some(Flight {
             task,
             positions,
             due,
@@ -118,7 +134,7 @@ impl Pipeline {
 
     /// Waits for the write under way and commits the offsets it covers.
     pub(super) async fn land(&mut self, source: &mut dyn EventSource) -> Result<(), PipelineError> {
-        let Some(flight) = self.flight.take() else {
+        let Some(flight) = self.write.flight.take() else {
             return Ok(());
         };
         let written = match flight.task.await {
@@ -140,12 +156,13 @@ impl Pipeline {
 
     /// The next offset to read of every partition taken from, short of what waits.
     pub(super) fn positions(&self) -> Vec<Position> {
-        self.taken
+        self.queue
+            .taken
             .iter()
             .map(|(&part, &next)| {
                 let waiting = [
-                    self.clicks.first_offset_of(part),
-                    self.conversions.first_offset_of(part),
+                    self.queue.clicks.first_offset_of(part),
+                    self.queue.conversions.first_offset_of(part),
                 ]
                 .into_iter()
                 .flatten()

@@ -2,15 +2,19 @@
 
 use rust_decimal::Decimal;
 
+use super::counts::Counts;
+use super::resolve;
 use super::resolve::Memo;
-use super::{resolve, Pipeline};
 use crate::engine::dedup;
 use crate::engine::settle::ConversionStatus;
 use crate::engine::Status;
 use crate::events::{ClickEvent, ConversionEvent};
 use crate::metrics as m;
 use crate::money;
+use crate::outbox::Outbox;
+use crate::registry::Registry;
 use crate::sink::rows::{conversion_rows, ClickRow, RowKey, StatusRow, Step};
+use crate::sink::Batch;
 
 /// Bounded metric labels.
 /// The metric label of `model`: one of the names there are, never a free string.
@@ -28,8 +32,20 @@ pub(super) fn currency_label(code: &str) -> &'static str {
         .map_or("other", |i| money::KNOWN[i])
 }
 
-impl Pipeline {
-    pub(super) fn emit_click(&mut self, c: ClickEvent, verdict: dedup::ClickVerdict) {
+/// What the pipeline has decided and not yet written: rows, their webhook events
+/// (published once the rows are written), the hold ends whose approvals are among the
+/// rows (removed from the queue once written), and the round's counter increments
+/// (handed to the recorder when the round ends).
+#[derive(Default)]
+pub(super) struct Output {
+    pub(super) rows: Batch,
+    pub(super) outbox: Outbox,
+    pub(super) due_done: Vec<String>,
+    pub(super) counts: Counts,
+}
+
+impl Output {
+    pub(super) fn click(&mut self, c: ClickEvent, verdict: dedup::ClickVerdict) {
         let counts = &mut self.counts;
         counts.add(
             m::PIPELINE_CLICK_DEDUP_TOTAL,
@@ -46,7 +62,7 @@ impl Pipeline {
 
     // Long on purpose: one row builder per table of SPEC §4 from the same memo, in the
     // order the tables are written.
-    pub(super) fn emit_conversion(&mut self, e: &ConversionEvent, memo: &Memo) {
+    pub(super) fn conversion(&mut self, registry: &Registry, e: &ConversionEvent, memo: &Memo) {
         let d = &memo.decision;
         let life = &memo.lifecycle;
         let (conversion, attributions, commissions) = conversion_rows(e, d, &memo.campaigns, life);
@@ -127,7 +143,7 @@ impl Pipeline {
             );
         }
         self.outbox.conversion(
-            &self.registry,
+            registry,
             &conversion,
             &commissions,
             &self.rows.statuses[first_step..],

@@ -1,12 +1,14 @@
 //! Taking a batch of messages: decoded, checked, the registry caught up to the versions
 //! they carry, clicks recorded and everything queued behind the frontiers.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::dead_letter::Letter;
+use super::schedule::{Part, Pending, Progress};
 use super::store::{Candidate, ClickRecord, Mark, Tally};
 use super::{retry, PendingClick, PendingConversion, Pipeline};
 use crate::bus::{Delivered, Topic};
@@ -45,6 +47,17 @@ struct Recorded {
     candidate: Option<Candidate>,
 }
 
+/// What the pipeline has taken and not yet decided: each partition's progress, the
+/// clicks and conversions that wait, and the next offset per partition after the
+/// messages taken so far.
+#[derive(Default)]
+pub(super) struct Queue {
+    pub(super) progress: HashMap<Part, Progress>,
+    pub(super) clicks: Pending<PendingClick>,
+    pub(super) conversions: Pending<PendingConversion>,
+    pub(super) taken: BTreeMap<Part, i64>,
+}
+
 impl Pipeline {
     /// Takes a batch of messages: decodes them, catches the registry up, records the
     /// clicks and queues what must wait for the frontiers.
@@ -67,6 +80,7 @@ impl Pipeline {
         let mut decoded = Decoded::default();
         for msg in messages {
             let next = self
+                .queue
                 .taken
                 .entry((msg.topic, msg.partition))
                 .or_insert(msg.offset + 1);
@@ -172,10 +186,10 @@ impl Pipeline {
         );
         for c in decided_now {
             let verdict = dedup::precheck(&c).unwrap_or(dedup::ClickVerdict::Duplicate);
-            self.emit_click(c, verdict);
+            self.out.click(c, verdict);
         }
         for (part, offset, p) in candidates {
-            self.clicks.insert(p.candidate.mark, part, offset, p);
+            self.queue.clicks.insert(p.candidate.mark, part, offset, p);
         }
         true
     }
@@ -201,7 +215,9 @@ impl Pipeline {
                 partition: msg.partition,
                 offset: msg.offset,
             };
-            self.conversions.insert(mark, part, msg.offset, pending);
+            self.queue
+                .conversions
+                .insert(mark, part, msg.offset, pending);
         }
     }
 

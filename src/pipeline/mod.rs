@@ -21,7 +21,6 @@ pub mod resolve;
 pub mod schedule;
 pub mod store;
 
-use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,13 +33,13 @@ use crate::bus::{BusError, EventBus, EventSource, Topic};
 use crate::config::PipelineConfig;
 use crate::events::{ClickEvent, ConversionEvent};
 use crate::metrics as m;
-use crate::outbox::Outbox;
 use crate::registry::Registry;
 use crate::shutdown::Shutdown;
-use crate::sink::{Batch, Sink, SinkError};
-use commit::Flight;
-use counts::Counts;
-use schedule::{Part, Pending, Progress};
+use crate::sink::{Sink, SinkError};
+use commit::Writes;
+use emit::Output;
+use intake::Queue;
+use schedule::Part;
 use store::{Candidate, StateError, StateStore};
 
 /// Conversions resolved per state round trip, at most.
@@ -83,19 +82,12 @@ pub struct Pipeline {
     /// agree on them).
     click_topic: String,
     conversion_topic: String,
-    progress: HashMap<Part, Progress>,
-    clicks: Pending<PendingClick>,
-    conversions: Pending<PendingConversion>,
-    /// Next offset per partition after the messages taken so far.
-    taken: BTreeMap<Part, i64>,
-    rows: Batch,
-    /// Webhook events of `rows`, published once they are written.
-    outbox: Outbox,
-    /// Hold ends whose approvals are among `rows`: removed from the queue once written.
-    due_done: Vec<String>,
-    /// The write under way, if any.
-    flight: Option<Flight>,
-    last_write: Instant,
+    /// What has been taken and waits to be decided.
+    queue: Queue,
+    /// What has been decided and waits to be written.
+    out: Output,
+    /// The write under way and when the last one began.
+    write: Writes,
     /// The wall clock when the pipeline started, and the monotonic instant then: "now"
     /// is their sum with the time since, so that tests can run on tokio's paused clock.
     started: (chrono::DateTime<Utc>, Instant),
@@ -109,8 +101,6 @@ pub struct Pipeline {
     /// among the pending: from then on nothing is committed, and the restart replays
     /// (idempotently).
     commit_blocked: bool,
-    /// Counter increments of the round, handed to the recorder when it ends.
-    counts: Counts,
 }
 
 /// State store calls wait out an unavailable store; `None` once stopping.
@@ -140,21 +130,14 @@ impl Pipeline {
             dlq,
             click_topic: Topic::Clicks.label().to_string(),
             conversion_topic: Topic::Conversions.label().to_string(),
-            progress: HashMap::new(),
-            clicks: Pending::default(),
-            conversions: Pending::default(),
-            taken: BTreeMap::new(),
-            rows: Batch::default(),
-            outbox: Outbox::default(),
-            due_done: Vec::new(),
-            flight: None,
-            last_write: Instant::now(),
+            queue: Queue::default(),
+            out: Output::default(),
+            write: Writes::default(),
             started: (Utc::now(), Instant::now()),
             generation: 0,
             warned_split: None,
             drain_on_stop: false,
             commit_blocked: false,
-            counts: Counts::default(),
         }
     }
 
@@ -216,7 +199,7 @@ impl Pipeline {
             let (all, owned) = (source.partitions(), source.owned());
             self.warn_split(&all, &owned);
             let more = self.advance(all, owned, false, &shutdown).await;
-            self.counts.flush();
+            self.out.counts.flush();
             // With more already released, go on without waiting for messages.
             wait = if more { Duration::ZERO } else { idle };
             for (topic, partition, lag) in source.lag() {
@@ -227,8 +210,8 @@ impl Pipeline {
                 self.drain_revoked(&mut *source, &shutdown).await?;
                 continue;
             }
-            let due = self.rows.len() as u64 >= self.config.batch_rows
-                || self.last_write.elapsed()
+            let due = self.out.rows.len() as u64 >= self.config.batch_rows
+                || self.write.last.elapsed()
                     >= Duration::from_millis(self.config.flush_interval_ms);
             if due {
                 self.write_and_commit(&mut *source, &shutdown, false)
@@ -258,12 +241,12 @@ impl Pipeline {
                 .advance(source.partitions(), source.owned(), true, &deadline)
                 .await
             {}
-            self.counts.flush();
+            self.out.counts.flush();
         }
         self.write_and_commit(&mut *source, &deadline, true).await?;
         tracing::info!(
-            clicks = self.clicks.len(),
-            conversions = self.conversions.len(),
+            clicks = self.queue.clicks.len(),
+            conversions = self.queue.conversions.len(),
             "pipeline stopped"
         );
         Ok(())
@@ -296,15 +279,15 @@ impl Pipeline {
     /// from its committed offset (the assignor revokes them all), and what was taken
     /// of it comes again.
     fn forget_partitions(&mut self) {
-        self.taken.clear();
-        self.progress.clear();
-        self.clicks.clear();
-        self.conversions.clear();
+        self.queue.taken.clear();
+        self.queue.progress.clear();
+        self.queue.clicks.clear();
+        self.queue.conversions.clear();
     }
 
     /// Notes an event time read on a partition.
     fn saw(&mut self, part: Part, ms: i64) {
-        let p = self.progress.entry(part).or_default();
+        let p = self.queue.progress.entry(part).or_default();
         p.latest_ms = Some(p.latest_ms.map_or(ms, |l| l.max(ms)));
     }
 
@@ -321,12 +304,15 @@ mod tests {
     //! frontiers hold a conversion back for the grace, so a click the edge held back
     //! still counts, and one later than that does not.
 
+    use super::counts::Counts;
     use super::emit::currency_label;
     use super::*;
     use crate::bus::memory::MemoryBus;
     use crate::events::{ClickStatus, ConversionKind, EVENT_VERSION};
     use crate::registry::{Link, LinkStatus, MemoryStore, Partner, PartnerStatus, Program};
+    use crate::sink::Batch;
     use rust_decimal::Decimal;
+    use std::collections::HashMap;
     use std::sync::Mutex;
     use uuid::Uuid;
 
