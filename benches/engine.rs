@@ -87,6 +87,9 @@ fn conversion() -> ConversionEvent {
         original_order_id: None,
         registry_version: 0,
         customer_email_sha256: None,
+        country: None,
+        product_id: None,
+        metadata: Default::default(),
     }
 }
 
@@ -126,6 +129,7 @@ fn bench_commission(c: &mut Criterion) {
             tier_rate: d("0.20"),
             volume_bonus: d("0.05"),
             ancestors: vec![Some("mid".into()), Some("root".into())],
+            rule: None,
         },
         Share {
             partner_id: "p2".into(),
@@ -133,6 +137,7 @@ fn bench_commission(c: &mut Criterion) {
             tier_rate: d("0.15"),
             volume_bonus: d("0"),
             ancestors: vec![],
+            rule: None,
         },
         Share {
             partner_id: "p3".into(),
@@ -140,6 +145,7 @@ fn bench_commission(c: &mut Criterion) {
             tier_rate: d("0.25"),
             volume_bonus: d("0"),
             ancestors: vec![Some("root".into())],
+            rule: None,
         },
     ];
     let mut g = c.benchmark_group("commission");
@@ -185,9 +191,15 @@ fn bench_decision(c: &mut Criterion) {
                         p.max_touches,
                         |id| settle::is_active(&dir, id),
                     );
-                    let decision =
-                        settle::settle(&p, &conv, Credit::Journey(touches), &dir, |_, _| 60)
-                            .unwrap();
+                    let decision = settle::settle(
+                        &p,
+                        &conv,
+                        Credit::Journey(touches),
+                        &dir,
+                        |_, _| 60,
+                        settle::Customer::default(),
+                    )
+                    .unwrap();
                     black_box((key, decision))
                 },
                 BatchSize::SmallInput,

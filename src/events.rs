@@ -1,6 +1,8 @@
 //! Events on the bus (SPEC §4): JSON objects with `"v": 1`, described by the JSON Schema
 //! files in `schemas/events/`.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -137,6 +139,14 @@ pub struct ConversionEvent {
     /// Hex SHA-256 of the customer's lower-cased e-mail, for the self-referral rule.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub customer_email_sha256: Option<String>,
+    /// ISO 3166-1 alpha-2, upper case (reward rules, SPEC §10.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub country: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product_id: Option<String>,
+    /// At most 16 string keys and values of at most 64 bytes each.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
 }
 
 impl ConversionEvent {

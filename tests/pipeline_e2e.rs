@@ -402,7 +402,7 @@ async fn a_conversion_beyond_the_ledger_is_dead_lettered_and_the_next_lands() {
     program["fx"]["EUR"] = json!("10000000000000000000000000");
     let mut program: touchline::registry::Program = serde_json::from_value(program).unwrap();
     program.id = "acme".into();
-    store.put(&Entity::Program(program)).await.unwrap();
+    store.put(&Entity::Program(Box::new(program))).await.unwrap();
     store
         .put(&Entity::Partner(
             serde_json::from_value(json!({"id": "alice", "program_id": "acme"})).unwrap(),
@@ -427,6 +427,9 @@ async fn a_conversion_beyond_the_ledger_is_dead_lettered_and_the_next_lands() {
     for (i, currency) in [(1u128, "EUR"), (2, "USD")] {
         let sale = touchline::events::ConversionEvent {
             customer_email_sha256: None,
+            country: None,
+            product_id: None,
+            metadata: Default::default(),
             v: 1,
             conversion_id: uuid::Uuid::from_u128(i),
             program_id: "acme".into(),

@@ -101,7 +101,8 @@ CREATE TABLE IF NOT EXISTS {db}.commissions
     created_at     DateTime,
     created_at_ms  UInt16,
     occurred_at    DateTime,
-    occurred_at_ms UInt16
+    occurred_at_ms UInt16,
+    reason         String
 )
 ENGINE = ReplacingMergeTree()
 PARTITION BY toYYYYMM(occurred_at)

@@ -4,6 +4,8 @@
 //! fields (400) → publish (202 once acknowledged, 503 when the broker is away). Nothing
 //! is published unless every item of an array is valid.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, TimeZone, Utc};
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
@@ -36,6 +38,9 @@ pub(crate) const FIELDS: &[&str] = &[
     "customer_id",
     "original_order_id",
     "customer_email_sha256",
+    "country",
+    "product_id",
+    "metadata",
 ];
 
 /// Why a request was refused: the metric's reason and the answer.
@@ -261,6 +266,7 @@ pub fn parse_conversion(
             "must be 64 lower-case hex digits (SHA-256 of the lower-cased e-mail)",
         ));
     }
+    let (country, product_id, metadata) = reward_fields(item)?;
     let event = ConversionEvent {
         v: EVENT_VERSION,
         conversion_id: Uuid::now_v7(),
@@ -278,9 +284,67 @@ pub fn parse_conversion(
         original_order_id,
         registry_version: 0,
         customer_email_sha256,
+        country,
+        product_id,
+        metadata,
     };
     links_required(&event)?;
     Ok(event)
+}
+
+/// A conversion's country, product id and metadata.
+type RewardFields = (Option<String>, Option<String>, BTreeMap<String, String>);
+
+/// What reward rules read (SPEC §10.1): `country` (ISO 3166-1 alpha-2, stored upper
+/// case), `product_id`, and `metadata` of at most 16 string pairs of at most 64 bytes.
+fn reward_fields(item: &Map<String, Value>) -> Result<RewardFields, ApiError> {
+    let country = opt_string(item, "country", 2)?;
+    if country
+        .as_deref()
+        .is_some_and(|c| c.len() != 2 || !c.bytes().all(|b| b.is_ascii_alphabetic()))
+    {
+        return Err(ApiError::invalid(
+            "country",
+            "must be an ISO 3166-1 alpha-2 code such as \"DE\"",
+        ));
+    }
+    let product_id = opt_string(item, "product_id", 64)?;
+    let metadata = match item.get("metadata") {
+        None | Some(Value::Null) => BTreeMap::new(),
+        Some(Value::Object(m)) if m.len() <= 16 => {
+            let mut out = BTreeMap::new();
+            let text = |s: &str| !s.is_empty() && s.len() <= 64 && !s.chars().any(char::is_control);
+            for (k, v) in m {
+                // A hostile key is not echoed back.
+                let field = if text(k) {
+                    format!("metadata.{k}")
+                } else {
+                    "metadata".to_string()
+                };
+                match v {
+                    Value::String(s) if text(k) && text(s) => out.insert(k.clone(), s.clone()),
+                    _ => {
+                        return Err(ApiError::invalid(
+                            field,
+                            "keys and values are strings of 1 to 64 bytes, no control characters",
+                        ))
+                    }
+                };
+            }
+            out
+        }
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "metadata",
+                "must be an object of at most 16 string keys and values",
+            ))
+        }
+    };
+    Ok((
+        country.map(|c| c.to_ascii_uppercase()),
+        product_id,
+        metadata,
+    ))
 }
 
 /// The amount: a decimal string (numbers lose precision); leads and signups may omit it.

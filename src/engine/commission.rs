@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use num_rational::BigRational;
 use num_traits::One;
 
+use super::rewards::{Pays, RewardRule};
 use super::rounding::{mul_is_exact, ratio, round_exactly, round_jointly, Roundable};
 use super::{add, mul, Overflow};
 
@@ -53,6 +54,9 @@ pub struct CommissionPlan {
     /// Override rates paid to the parent, grandparent, … of a partner on its direct rows.
     #[serde(default)]
     pub overrides: Vec<Decimal>,
+    /// Conditional rewards in place of the tier rate or bounty (SPEC §10.1).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<RewardRule>,
 }
 
 /// Commission on recurring payments.
@@ -85,6 +89,7 @@ impl Default for CommissionPlan {
             recurring: RecurringPlan::default(),
             volume_bonuses: Vec::new(),
             overrides: Vec::new(),
+            rules: Vec::new(),
         }
     }
 }
@@ -151,7 +156,7 @@ impl CommissionPlan {
                 return Err((format!("overrides[{i}]"), "must be a rate from 0 to 1"));
             }
         }
-        Ok(())
+        super::rewards::validate(&self.rules)
     }
 
     /// The tier rate of a partner's tier (the default tier's when it has none or an
@@ -223,6 +228,9 @@ pub struct LedgerRow {
     pub exact: Decimal,
     /// Amount rounded to the currency's minor unit, jointly with the conversion's rows.
     pub amount: Decimal,
+    /// Why a direct row earned what it did when not by the plan alone: `rule {name}`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
 }
 
 impl Roundable for LedgerRow {
@@ -253,6 +261,47 @@ pub struct Share {
     /// Active ancestors by level: `ancestors[0]` is the parent. `None` where the
     /// ancestor at that level is not active (it earns nothing, deeper levels still do).
     pub ancestors: Vec<Option<String>>,
+    /// The reward rule chosen for the partner, paying in place of the tier rate, the
+    /// recurring rate or the bounty.
+    pub rule: Option<Chosen>,
+}
+
+/// A reward rule chosen for one partner: its name and what it pays.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chosen {
+    pub name: String,
+    pub pays: Pays,
+}
+
+impl Share {
+    /// The rate paid on a sale (before the volume bonus) or a recurring payment
+    /// (`plan_rate`), and the bounty of a lead or signup (`plan_bounty`): the chosen
+    /// rule's when there is one.
+    fn rate_or(&self, plan_rate: Decimal) -> Decimal {
+        match self.rule {
+            Some(Chosen {
+                pays: Pays::Rate(r),
+                ..
+            }) => r,
+            _ => plan_rate,
+        }
+    }
+
+    fn bounty_or(&self, plan_bounty: Decimal) -> Decimal {
+        match self.rule {
+            Some(Chosen {
+                pays: Pays::Bounty(b),
+                ..
+            }) => b,
+            _ => plan_bounty,
+        }
+    }
+
+    fn reason(&self) -> String {
+        self.rule
+            .as_ref()
+            .map_or_else(String::new, |c| format!("rule {}", c.name))
+    }
 }
 
 /// What a conversion earns, for the kinds that earn.
@@ -289,10 +338,16 @@ pub fn earn(
         let (base, rate) = match earning {
             Earning::Sale => (
                 mul(amount, share.weight)?,
-                mul(share.tier_rate, add(Decimal::ONE, share.volume_bonus)?)?,
+                mul(
+                    share.rate_or(share.tier_rate),
+                    add(Decimal::ONE, share.volume_bonus)?,
+                )?,
             ),
-            Earning::Bounty(bounty) => (bounty, share.weight),
-            Earning::Recurring => (mul(amount, share.weight)?, plan.recurring.rate),
+            Earning::Bounty(bounty) => (share.bounty_or(bounty), share.weight),
+            Earning::Recurring => (
+                mul(amount, share.weight)?,
+                share.rate_or(plan.recurring.rate),
+            ),
         };
         let direct = mul(base, rate)?;
         rows.push(LedgerRow {
@@ -303,6 +358,7 @@ pub fn earn(
             rate,
             exact: direct,
             amount: Decimal::ZERO,
+            reason: share.reason(),
         });
         for (i, (ancestor, rate)) in share.ancestors.iter().zip(&plan.overrides).enumerate() {
             let Some(ancestor) = ancestor else { continue };
@@ -314,6 +370,7 @@ pub fn earn(
                 rate: *rate,
                 exact: mul(direct, *rate)?,
                 amount: Decimal::ZERO,
+                reason: String::new(),
             });
         }
     }
@@ -339,10 +396,12 @@ fn exact_earnings(
         let direct = match earning {
             Earning::Sale => {
                 let bonus = BigRational::one() + ratio(share.volume_bonus);
-                ratio(amount) * weight * ratio(share.tier_rate) * bonus
+                ratio(amount) * weight * ratio(share.rate_or(share.tier_rate)) * bonus
             }
-            Earning::Bounty(bounty) => ratio(bounty) * weight,
-            Earning::Recurring => ratio(amount) * weight * ratio(plan.recurring.rate),
+            Earning::Bounty(bounty) => ratio(share.bounty_or(bounty)) * weight,
+            Earning::Recurring => {
+                ratio(amount) * weight * ratio(share.rate_or(plan.recurring.rate))
+            }
         };
         let overrides = share.ancestors.iter().zip(&plan.overrides);
         let overrides: Vec<BigRational> = overrides
@@ -413,6 +472,7 @@ pub fn reverse(
             rate: -ratio_of,
             exact: -taken,
             amount: Decimal::ZERO,
+            reason: String::new(),
         });
     }
     if exact {
@@ -447,6 +507,7 @@ mod tests {
             tier_rate: plan().tier_rate(Some(tier)),
             volume_bonus: d(bonus),
             ancestors: ancestors.iter().map(|a| Some(a.to_string())).collect(),
+            rule: None,
         }
     }
 

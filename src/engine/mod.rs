@@ -7,10 +7,12 @@
 
 pub mod attribution;
 pub mod commission;
+pub mod conditions;
 pub mod dedup;
 pub mod fraud;
 pub mod journey;
 pub mod lifecycle;
+pub mod rewards;
 pub mod rounding;
 pub mod rules;
 pub mod settle;

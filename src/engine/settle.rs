@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::attribution::Touch;
-use super::commission::{self, EarnedRow, Earning, LedgerRow, Share};
+use super::commission::{self, Chosen, EarnedRow, Earning, LedgerRow, Share};
+use super::conditions::Facts;
+use super::rewards;
 pub use super::rules::{is_active, Directory};
 use super::rules::{PartnerRules, ProgramRules};
 use super::{add, mul, Overflow};
@@ -176,9 +178,39 @@ pub fn previous_month(t: DateTime<Utc>) -> u32 {
     (y as u32) * 100 + m
 }
 
+/// Whole calendar months from `from` to `to` as the calendar adds them (31 Dec plus two
+/// months is 28 Feb); 0 when `to` is not after `from`. A rule's `months` holds while
+/// this is below it, as a recurring term does.
+pub fn whole_months(from: DateTime<Utc>, to: DateTime<Utc>) -> u32 {
+    if to <= from {
+        return 0;
+    }
+    let span = (to.year() - from.year()) * 12 + to.month() as i32 - from.month() as i32;
+    let mut months = span.max(0) as u32;
+    // The calendar count overshoots by one when `to`'s day-of-month comes before `from`'s.
+    while months > 0
+        && from
+            .checked_add_months(Months::new(months))
+            .is_none_or(|t| t > to)
+    {
+        months -= 1;
+    }
+    months
+}
+
 /// `yyyymm` of `t`'s UTC calendar month.
 pub fn month_of(t: DateTime<Utc>) -> u32 {
     (t.year() as u32) * 100 + t.month()
+}
+
+/// What reward rules may read of the conversion's customer (SPEC §10.1), as the caller
+/// resolved it from state in intake order; `None` without a customer id.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Customer {
+    /// 1 for the customer's first attributed sale.
+    pub sale_number: Option<u64>,
+    /// Whole months from the customer's first attributed sale to this conversion.
+    pub months_since_first_sale: Option<u32>,
 }
 
 /// Settles `conv` under `program`. `volume(partner, yyyymm)` answers how many
@@ -190,6 +222,7 @@ pub fn settle(
     credit: Credit<'_>,
     directory: &impl Directory,
     volume: impl Fn(&str, u32) -> u64,
+    customer: Customer,
 ) -> Result<Decision, Overflow> {
     let minor = money::minor_units(program.currency());
     let unattributed =
@@ -226,12 +259,28 @@ pub fn settle(
         reverses: Vec::new(),
     };
     let bonus_month = previous_month(conv.occurred_at);
+    let on = Facts {
+        country: conv.country.as_deref(),
+        product_id: conv.product_id.as_deref(),
+        amount: settled,
+        currency: &conv.currency,
+        metadata: Some(&conv.metadata),
+        sale_number: customer.sale_number,
+        months_since_first_sale: customer.months_since_first_sale,
+        ..Facts::default()
+    };
     let shares: Vec<Share> = decision
         .shares()
         .into_iter()
         .map(|(partner_id, weight)| {
             let volume = (earning == Earning::Sale).then(|| volume(&partner_id, bonus_month));
-            share(plan, directory, partner_id, weight, volume)
+            share(
+                plan,
+                directory,
+                (partner_id, weight),
+                volume,
+                (conv.kind, &on),
+            )
         })
         .collect();
     decision.rows = commission::earn(plan, earning, settled, &shares, minor)?;
@@ -319,17 +368,34 @@ fn in_term(months: Option<u32>, first: &FirstSale, conv: &ConversionEvent) -> bo
     within && conv.occurred_at >= first.occurred_at
 }
 
-/// A credited partner's share with what its rate depends on: its tier, the volume
-/// bonus for `volume` (sales only) and its ancestors for overrides.
+/// A credited partner's share with what its rate depends on: its tier, the reward rule
+/// that pays it most for a `kind` conversion `on` those facts, the volume bonus for
+/// `volume` (sales only) and its ancestors for overrides.
 fn share(
     plan: &super::commission::CommissionPlan,
     directory: &impl Directory,
-    partner_id: String,
-    weight: Decimal,
+    (partner_id, weight): (String, Decimal),
     volume: Option<u64>,
+    (kind, on): (ConversionKind, &Facts<'_>),
 ) -> Share {
     let partner = directory.partner(&partner_id);
-    let tier_rate = plan.tier_rate(partner.as_ref().and_then(|p| p.tier()));
+    let tier = partner.as_ref().and_then(|p| p.tier());
+    let tier_rate = plan.tier_rate(tier);
+    let rule = if plan.rules.is_empty() {
+        None
+    } else {
+        // An unknown tier is paid as the default tier, and reads as it.
+        let tier = tier.filter(|t| plan.tiers.contains_key(*t));
+        let facts = Facts {
+            partner_tier: Some(tier.unwrap_or(&plan.default_tier)),
+            partner_id: &partner_id,
+            ..*on
+        };
+        rewards::best(&plan.rules, kind, &facts).map(|r| Chosen {
+            name: r.name.clone(),
+            pays: r.pays,
+        })
+    };
     let volume_bonus = volume.map_or(Decimal::ZERO, |v| plan.volume_bonus(v));
     let ancestors = ancestors(directory, partner.as_ref(), plan.overrides.len());
     Share {
@@ -338,6 +404,7 @@ fn share(
         tier_rate,
         volume_bonus,
         ancestors,
+        rule,
     }
 }
 
@@ -480,6 +547,9 @@ mod tests {
             original_order_id: None,
             registry_version: 0,
             customer_email_sha256: None,
+            country: None,
+            product_id: None,
+            metadata: Default::default(),
         }
     }
 
@@ -518,6 +588,7 @@ mod tests {
                     0
                 }
             },
+            Customer::default(),
         )
         .unwrap();
         assert_eq!(dec.status, ConversionStatus::Attributed);
@@ -548,6 +619,7 @@ mod tests {
             Credit::Journey(vec![touch(1, "solo", 1)]),
             &directory(),
             |_, _| 0,
+            Customer::default(),
         )
         .unwrap();
         assert_eq!(rows(&dec), vec![("solo".into(), 0, "direct", d("12.81"))]);
@@ -571,6 +643,7 @@ mod tests {
             ]),
             &directory(),
             |_, _| 99,
+            Customer::default(),
         )
         .unwrap();
         assert_eq!(
@@ -597,6 +670,7 @@ mod tests {
             Credit::Referral("solo".into()),
             &directory(),
             |_, _| 0,
+            Customer::default(),
         )
         .unwrap();
         assert_eq!(dec.model, "referral_code");
@@ -623,6 +697,7 @@ mod tests {
             Credit::Recurring(&first),
             &directory(),
             |_, _| 500,
+            Customer::default(),
         )
         .unwrap();
         assert_eq!(
@@ -642,6 +717,7 @@ mod tests {
             Credit::Recurring(&late),
             &directory(),
             |_, _| 0,
+            Customer::default(),
         )
         .unwrap();
         assert_eq!(dec.status, ConversionStatus::Unattributed);
@@ -662,6 +738,7 @@ mod tests {
             Credit::Journey(vec![touch(1, "leaf", 1)]),
             &dir,
             |_, _| 0,
+            Customer::default(),
         )
         .unwrap();
         assert_eq!(
@@ -677,6 +754,7 @@ mod tests {
             Credit::Journey(vec![touch(1, "leaf", 1)]),
             &dir,
             |_, _| 0,
+            Customer::default(),
         )
         .unwrap();
         assert_eq!(dec.status, ConversionStatus::Unattributed);
@@ -691,6 +769,7 @@ mod tests {
             Credit::Journey(vec![touch(1, "leaf", 1)]),
             &directory(),
             |_, _| 0,
+            Customer::default(),
         )
         .unwrap();
         // 50.00 direct, 5.00 and 2.50 overrides.
@@ -704,7 +783,15 @@ mod tests {
         refund.original_order_id = Some("INV-1".into());
         // 50 of 200 = 25% of each row: -12.5, -1.25, -0.625; exact sum -14.375 rounds
         // half-even to -14.38; truncated -14.37, so the cent goes to root's -0.625.
-        let dec = settle(&p, &refund, Credit::Refund(&order), &directory(), |_, _| 0).unwrap();
+        let dec = settle(
+            &p,
+            &refund,
+            Credit::Refund(&order),
+            &directory(),
+            |_, _| 0,
+            Customer::default(),
+        )
+        .unwrap();
         assert_eq!(
             rows(&dec),
             vec![
@@ -721,7 +808,15 @@ mod tests {
         let mut order = order;
         order.book(&dec).unwrap();
         refund.amount = d("150");
-        let rest = settle(&p, &refund, Credit::Refund(&order), &directory(), |_, _| 0).unwrap();
+        let rest = settle(
+            &p,
+            &refund,
+            Credit::Refund(&order),
+            &directory(),
+            |_, _| 0,
+            Customer::default(),
+        )
+        .unwrap();
         order.book(&rest).unwrap();
         assert_eq!(
             rest.rows.iter().map(|r| r.amount).sum::<Decimal>(),
@@ -744,7 +839,15 @@ mod tests {
         };
         let mut refund = conv(ConversionKind::Refund, "50", "USD");
         refund.original_order_id = Some("INV-1".into());
-        let dec = settle(&p, &refund, Credit::Refund(&order), &directory(), |_, _| 0).unwrap();
+        let dec = settle(
+            &p,
+            &refund,
+            Credit::Refund(&order),
+            &directory(),
+            |_, _| 0,
+            Customer::default(),
+        )
+        .unwrap();
         assert_eq!(dec.status, ConversionStatus::Unattributed);
         assert!(dec.rows.is_empty());
     }
@@ -762,7 +865,8 @@ mod tests {
                 &sale,
                 Credit::Referral("leaf".into()),
                 &directory(),
-                |_, _| 0
+                |_, _| 0,
+                Customer::default()
             ),
             Err(Overflow)
         );
@@ -775,7 +879,8 @@ mod tests {
                 &lead,
                 Credit::Referral("leaf".into()),
                 &directory(),
-                |_, _| 0
+                |_, _| 0,
+                Customer::default()
             ),
             Err(Overflow)
         );
@@ -789,5 +894,159 @@ mod tests {
             202512
         );
         assert_eq!(month_of(at()), 202611);
+    }
+
+    fn with_rules(model: AttributionModel, rules: serde_json::Value) -> Rules {
+        let mut p = program(model);
+        p.commission.rules = serde_json::from_value(rules).unwrap();
+        p.commission.validate().unwrap();
+        p
+    }
+
+    fn geo_rules() -> serde_json::Value {
+        serde_json::json!([
+            {"name": "eu-enterprise", "when": {"all": [
+                {"field": "country", "op": "in", "value": ["DE", "FR"]},
+                {"field": "product_id", "op": "eq", "value": "enterprise"}]},
+             "kinds": ["sale", "recurring"], "rate": "0.35"},
+            {"name": "new-customers", "when": {"field": "customer.sale_number", "op": "eq", "value": 1},
+             "kinds": ["sale"], "rate": "0.30", "months": 3},
+            {"name": "low-margin", "when": {"field": "metadata.margin", "op": "eq", "value": "low"},
+             "kinds": ["sale"], "rate": "0.05"},
+            {"name": "gold-leads", "when": {"field": "partner.tier", "op": "eq", "value": "gold"},
+             "kinds": ["lead"], "bounty": "8.00"}])
+    }
+
+    #[test]
+    fn the_best_matching_rule_pays_in_place_of_the_tier_with_bonus_and_overrides_on_top() {
+        // Linear over solo (bronze) and leaf (gold, parent mid, grandparent root): each
+        // half of 200.00. eu-enterprise (0.35) and new-customers (0.30) both match: the
+        // higher wins for both partners, whatever their tiers. leaf has last month's
+        // bonus of 5 %: 100 × 0.35 × 1.05 = 36.75; overrides 3.675 and 1.8375 on top.
+        // Exact sum 77.2625 → 77.26: truncated 77.25, the cent to root's larger remainder.
+        let p = with_rules(AttributionModel::Linear, geo_rules());
+        let mut c = conv(ConversionKind::Sale, "200.00", "USD");
+        c.country = Some("DE".into());
+        c.product_id = Some("enterprise".into());
+        let journey = Credit::Journey(vec![touch(1, "solo", 3), touch(2, "leaf", 1)]);
+        let first = Customer {
+            sale_number: Some(1),
+            months_since_first_sale: Some(0),
+        };
+        let volume = |p: &str, _| if p == "leaf" { 2 } else { 0 };
+        let dec = settle(&p, &c, journey.clone(), &directory(), volume, first).unwrap();
+        let rows: Vec<(&str, u8, String, String)> = dec
+            .rows
+            .iter()
+            .map(|r| {
+                (
+                    r.partner_id.as_str(),
+                    r.level,
+                    r.amount.to_string(),
+                    r.reason.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("leaf", 0, "36.75".into(), "rule eu-enterprise".into()),
+                ("mid", 1, "3.67".into(), String::new()),
+                ("root", 2, "1.84".into(), String::new()),
+                ("solo", 0, "35.00".into(), "rule eu-enterprise".into()),
+            ]
+        );
+        // Outside the EU, the first sale pays new-customers; a later one the tier rate.
+        c.country = Some("US".into());
+        let dec = settle(&p, &c, journey.clone(), &directory(), |_, _| 0, first).unwrap();
+        assert_eq!(dec.rows[0].reason, "rule new-customers");
+        assert_eq!(dec.rows[0].rate, d("0.30"));
+        let second = Customer {
+            sale_number: Some(2),
+            ..first
+        };
+        let dec = settle(&p, &c, journey.clone(), &directory(), |_, _| 0, second).unwrap();
+        assert_eq!(
+            (dec.rows[0].rate, dec.rows[0].reason.as_str()),
+            (d("0.25"), "")
+        );
+        // A rule may pay less than the tier: it still takes the tier's place.
+        c.metadata.insert("margin".into(), "low".into());
+        let dec = settle(&p, &c, journey, &directory(), |_, _| 0, second).unwrap();
+        assert_eq!(
+            (dec.rows[0].rate, dec.rows[0].reason.as_str()),
+            (d("0.05"), "rule low-margin")
+        );
+    }
+
+    #[test]
+    fn bounty_and_recurring_rules_follow_the_partner() {
+        let p = with_rules(AttributionModel::Linear, geo_rules());
+        let lead = conv(ConversionKind::Lead, "0", "USD");
+        let journey = Credit::Journey(vec![touch(1, "solo", 3), touch(2, "leaf", 1)]);
+        let dec = settle(
+            &p,
+            &lead,
+            journey,
+            &directory(),
+            |_, _| 0,
+            Customer::default(),
+        )
+        .unwrap();
+        let direct: Vec<(&str, String, &str)> = dec
+            .rows
+            .iter()
+            .filter(|r| r.level == 0)
+            .map(|r| {
+                (
+                    r.partner_id.as_str(),
+                    r.amount.to_string(),
+                    r.reason.as_str(),
+                )
+            })
+            .collect();
+        // gold leaf: half of 8.00; bronze solo: half of the plan's 5.00.
+        assert_eq!(
+            direct,
+            [
+                ("leaf", "4.00".into(), "rule gold-leads"),
+                ("solo", "2.50".into(), "")
+            ]
+        );
+        let first = FirstSale {
+            conversion_id: Uuid::from_u128(1),
+            occurred_at: at() - Duration::days(40),
+            model: "last_touch".into(),
+            shares: vec![("solo".into(), Decimal::ONE)],
+            campaigns: vec![String::new()],
+        };
+        let mut rec = conv(ConversionKind::Recurring, "50.00", "USD");
+        rec.country = Some("fr".into());
+        rec.product_id = Some("enterprise".into());
+        let dec = settle(
+            &p,
+            &rec,
+            Credit::Recurring(&first),
+            &directory(),
+            |_, _| 0,
+            Customer::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            (dec.rows[0].amount, dec.rows[0].reason.as_str()),
+            (d("17.50"), "rule eu-enterprise")
+        );
+    }
+
+    #[test]
+    fn whole_months_count_as_the_calendar_adds_them() {
+        let t = |y, m, d| Utc.with_ymd_and_hms(y, m, d, 12, 0, 0).unwrap();
+        assert_eq!(whole_months(t(2026, 12, 31), t(2026, 12, 31)), 0);
+        assert_eq!(whole_months(t(2026, 12, 31), t(2026, 12, 1)), 0);
+        assert_eq!(whole_months(t(2026, 12, 31), t(2027, 1, 30)), 0);
+        assert_eq!(whole_months(t(2026, 12, 31), t(2027, 1, 31)), 1);
+        assert_eq!(whole_months(t(2026, 12, 31), t(2027, 2, 28)), 2);
+        assert_eq!(whole_months(t(2026, 1, 15), t(2027, 1, 14)), 11);
+        assert_eq!(whole_months(t(2026, 1, 15), t(2027, 1, 15)), 12);
     }
 }

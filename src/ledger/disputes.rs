@@ -286,6 +286,7 @@ impl Ledger {
             created_at_ms: millis(now),
             occurred_at: now,
             occurred_at_ms: millis(now),
+            reason: String::new(),
         };
         let batch = Batch {
             commissions: vec![row.clone()],

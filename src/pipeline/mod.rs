@@ -413,6 +413,9 @@ mod tests {
             original_order_id: None,
             registry_version: 0,
             customer_email_sha256: None,
+            country: None,
+            product_id: None,
+            metadata: Default::default(),
         }
     }
 

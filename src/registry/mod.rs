@@ -296,7 +296,7 @@ impl Registry {
     fn apply(&self, entity: Entity) {
         match entity {
             Entity::Program(p) => {
-                self.programs.insert(p.id.clone(), Arc::new(p));
+                self.programs.insert(p.id.clone(), Arc::new(*p));
             }
             Entity::Partner(p) => {
                 self.partners.insert(p.id.clone(), Arc::new(p));
@@ -427,7 +427,7 @@ impl Registry {
         let _w = self.writes.lock().await;
         self.refresh().await?;
         let created = self.program(id).is_none();
-        self.put(Entity::Program(program)).await?;
+        self.put(Entity::Program(Box::new(program))).await?;
         Ok(created)
     }
 

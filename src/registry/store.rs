@@ -14,7 +14,8 @@ use super::model::{Link, Partner, Program, Webhook};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Entity {
-    Program(Program),
+    // Boxed: a program with its plan and rules is several times the size of the rest.
+    Program(Box<Program>),
     Partner(Partner),
     Link(Link),
     Webhook(Webhook),

@@ -232,6 +232,7 @@ const ADDED_COLUMNS: &[(&str, &str, &str, &str)] = &[
         "occurred_at",
     ),
     ("clicks", "sub_ids", "Array(String)", "is_unique"),
+    ("commissions", "reason", "String", "occurred_at_ms"),
 ];
 
 /// Creates or upgrades the database; idempotent.

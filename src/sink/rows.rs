@@ -270,6 +270,9 @@ pub struct CommissionRow {
     #[serde(with = "ser::datetime")]
     pub occurred_at: DateTime<Utc>,
     pub occurred_at_ms: u16,
+    /// Why a direct row earned what it did when not by the plan alone (`rule {name}`);
+    /// empty otherwise.
+    pub reason: String,
 }
 
 /// A row of `commission_status`, the audit trail (SPEC §5.7): one step in the life of
@@ -455,6 +458,7 @@ pub fn conversion_rows(
             created_at_ms: millis(e.received_at),
             occurred_at: e.occurred_at,
             occurred_at_ms: millis(e.occurred_at),
+            reason: r.reason.clone(),
         })
         .collect();
     (conversion, attributions, commissions)
@@ -483,6 +487,7 @@ mod tests {
             created_at_ms: 250,
             occurred_at: chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 11, 20, 10, 15, 0).unwrap(),
             occurred_at_ms: 0,
+            reason: String::new(),
         };
         let json = serde_json::to_string(&row).unwrap();
         assert!(json.contains(r#""base_amount":34.1224"#), "{json}");

@@ -192,6 +192,9 @@ pub async fn produce_in(
             original_order_id: original,
             registry_version: 0,
             customer_email_sha256: None,
+            country: None,
+            product_id: None,
+            metadata: Default::default(),
         }
     };
     for (v, own_clicks) in visitor_clicks.iter().enumerate() {

@@ -13,7 +13,10 @@ use crate::engine::attribution::Touch;
 use crate::engine::dedup;
 use crate::engine::fraud::{Rule, Settled};
 use crate::engine::lifecycle::{self, BookedRefund, Lifecycle, Standing};
-use crate::engine::settle::{self, ConversionStatus, Credit, Decision, FirstSale, OrderRecord};
+use crate::engine::rewards;
+use crate::engine::settle::{
+    self, ConversionStatus, Credit, Customer, Decision, FirstSale, OrderRecord,
+};
 use crate::events::{ConversionEvent, ConversionKind};
 use crate::pipeline::store::{Answer, Mark, OrderSlot, Read, StateError, StateStore, StoredTouch};
 use crate::registry::{Program, Registry};
@@ -89,6 +92,7 @@ impl Turn<'_> {
         let order = order_state.and_then(|o| o.as_of(self.mark));
         let earlier = order_state.map_or_else(Vec::new, |o| o.before(self.mark));
         let count = |read: &Read| overlay.count(&stored, read);
+        let customer = self.customer(overlay, first_sale.as_ref());
         let memo = decide(
             self.registry,
             self.program,
@@ -102,6 +106,7 @@ impl Turn<'_> {
             &AsOf {
                 mark: self.mark,
                 count,
+                customer,
             },
         );
         if let Ok(memo) = &memo {
@@ -127,17 +132,48 @@ impl Turn<'_> {
         }
     }
 
-    /// A recurring payment's first sale: the earlier of the stored one and the batch's.
+    /// The customer's first sale (for a recurring payment, or a sale whose rules read
+    /// the customer): the earlier of the stored one and the batch's.
     fn first_sale(&self, overlay: &Overlay) -> Option<FirstSale> {
         let e = self.e;
-        let (ConversionKind::Recurring, Some(customer)) = (e.kind, &e.customer_id) else {
-            return None;
+        let wanted = match e.kind {
+            ConversionKind::Recurring => true,
+            ConversionKind::Sale => rewards::read_customer(&self.program.commission.rules),
+            _ => false,
         };
+        let customer = e.customer_id.as_ref().filter(|_| wanted)?;
         let stored = self.plan.first_sale(self.k);
         let in_batch = overlay.first_sale(&e.program_id, customer, self.mark);
         match (stored, in_batch) {
             (Some(a), Some(b)) => Some(if a.0 <= b.0 { a.1 } else { b.1 }),
             (a, b) => a.or(b).map(|(_, f)| f),
+        }
+    }
+
+    /// What reward rules read of the customer as of this conversion (SPEC §10.1): its
+    /// sale number and the months since its first sale. A sale with no earlier one is
+    /// the customer's first; nothing without a customer id, or when no rule reads it.
+    fn customer(&self, overlay: &Overlay, first_sale: Option<&FirstSale>) -> Customer {
+        let e = self.e;
+        let Some(customer) = &e.customer_id else {
+            return Customer::default();
+        };
+        if !rewards::read_customer(&self.program.commission.rules) {
+            return Customer::default();
+        }
+        let earlier = self.plan.customer_sales(self.k)
+            + overlay.customer_sales(&e.program_id, customer, self.mark);
+        let months = first_sale.map(|f| settle::whole_months(f.occurred_at, e.occurred_at));
+        match e.kind {
+            ConversionKind::Sale => Customer {
+                sale_number: Some(earlier + 1),
+                months_since_first_sale: Some(months.unwrap_or(0)),
+            },
+            ConversionKind::Recurring => Customer {
+                sale_number: Some(earlier),
+                months_since_first_sale: months,
+            },
+            _ => Customer::default(),
         }
     }
 
@@ -151,7 +187,9 @@ impl Turn<'_> {
     ) -> Result<HashMap<Read, u64>, StateError> {
         let mut stored = self.plan.counts(self.k);
         let rate_partners: Vec<String> = match (first_sale, self.program.fraud.refund_rate) {
-            (Some(f), Some(_)) => f.shares.iter().map(|(p, _)| p.clone()).collect(),
+            (Some(f), Some(_)) if self.e.kind == ConversionKind::Recurring => {
+                f.shares.iter().map(|(p, _)| p.clone()).collect()
+            }
             _ => Vec::new(),
         };
         let missing: Vec<Read> = rate_partners
@@ -189,7 +227,8 @@ pub(super) fn decide(
         Credit::Journey(touches) => touches.iter().map(|t| t.ts.timestamp_millis()).max(),
         _ => None,
     };
-    let decision = settle::settle(program, e, credit, registry, |p, _| as_of.volume(e, p))
+    let volume = |p: &str, _| as_of.volume(e, p);
+    let decision = settle::settle(program, e, credit, registry, volume, as_of.customer)
         .map_err(|why| format!("{OUT_OF_RANGE}: {why}"))?;
     // Within Decimal's range is not yet within the ledger's columns.
     crate::sink::rows::fits(e, &decision).map_err(|why| format!("{OUT_OF_RANGE}: {why}"))?;
@@ -315,10 +354,12 @@ fn lifecycle_of(
     }
 }
 
-/// The tallies as a conversion at `mark` sees them (`count` answers [`Read::Count`]s).
+/// The tallies as a conversion at `mark` sees them (`count` answers [`Read::Count`]s),
+/// and what rules read of its customer then.
 pub(super) struct AsOf<F> {
     mark: Mark,
     count: F,
+    customer: Customer,
 }
 
 impl<F: Fn(&Read) -> u64> AsOf<F> {

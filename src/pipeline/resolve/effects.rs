@@ -6,6 +6,7 @@ use rust_decimal::Decimal;
 
 use super::{DueEntry, Memo};
 use crate::engine::dedup;
+use crate::engine::rewards;
 use crate::engine::settle::{self, ConversionStatus, Decision, FirstSale, OrderRecord};
 use crate::events::{ConversionEvent, ConversionKind};
 use crate::pipeline::store::{Mark, OrderSlot, Tally, Write};
@@ -73,9 +74,11 @@ pub(super) fn effects(
         return out;
     }
     if let (ConversionKind::Sale, Some(customer)) = (e.kind, &e.customer_id) {
-        // Lifetime plans need the first sale for good; others until the term ends.
+        // Lifetime plans, and rules that read the customer's history, need its sales
+        // for good; others the first sale until the recurring term ends.
         let ttl = program
             .as_deref()
+            .filter(|p| !rewards::read_customer(&p.commission.rules))
             .and_then(|p| p.commission.recurring.months)
             .map(|m| std::time::Duration::from_secs(u64::from(m + 1) * 31 * 86_400));
         if let Ok(json) = serde_json::to_string(&first_sale(e, memo)) {

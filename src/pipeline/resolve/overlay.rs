@@ -61,6 +61,8 @@ pub(super) struct Overlay {
     claims: HashMap<String, Uuid>,
     tallied: HashMap<Tally, Vec<Mark>>,
     first_sales: HashMap<(String, String), (Mark, FirstSale)>,
+    /// The marks of each customer's attributed sales in this batch.
+    customer_sales: HashMap<(String, String), Vec<Mark>>,
     /// The stored orders refunds reverse, before this batch's conversions add theirs
     /// (the overlay keeps to the order of slots: a sale's record comes before a lead's).
     pub(super) orders: HashMap<(String, String), OrderState>,
@@ -115,6 +117,15 @@ impl Overlay {
             .cloned()
     }
 
+    /// How many attributed sales of the customer this batch settled before `mark`.
+    pub(super) fn customer_sales(&self, program: &str, customer: &str, mark: Mark) -> u64 {
+        self.customer_sales
+            .get(&(program.to_string(), customer.to_string()))
+            .map_or(0, |marks| {
+                marks.iter().filter(|m| **m < mark).count() as u64
+            })
+    }
+
     /// A [`Read::Count`] as of its mark: `stored` (read as of the mark) plus what this
     /// batch added before it.
     pub(super) fn count(&self, stored: &HashMap<Read, u64>, read: &Read) -> u64 {
@@ -152,6 +163,7 @@ impl Overlay {
     fn record(&mut self, program: &Program, e: &ConversionEvent, mark: Mark, memo: &Memo) {
         let (tallied, first_sales, orders) =
             (&mut self.tallied, &mut self.first_sales, &mut self.orders);
+        let customer_sales = &mut self.customer_sales;
         let d = &memo.decision;
         if d.status == ConversionStatus::Duplicate {
             return;
@@ -180,6 +192,10 @@ impl Overlay {
             return;
         }
         if let (ConversionKind::Sale, Some(customer)) = (e.kind, &e.customer_id) {
+            customer_sales
+                .entry((e.program_id.clone(), customer.clone()))
+                .or_default()
+                .push(mark);
             let slot = first_sales.entry((e.program_id.clone(), customer.clone()));
             let first = first_sale(e, memo);
             slot.and_modify(|(m, f)| {

@@ -11,6 +11,7 @@ use crate::engine::attribution::Touch;
 use crate::engine::dedup;
 use crate::engine::fraud::REFUND_RATE_WINDOW_MS;
 use crate::engine::journey;
+use crate::engine::rewards;
 use crate::engine::settle::{self, FirstSale};
 use crate::events::{ConversionEvent, ConversionKind};
 use crate::pipeline::store::{Answer, Mark, Read, StateError, StateStore, StoredTouch, Tally};
@@ -21,6 +22,8 @@ struct Asked {
     claim: usize,
     visitor: Option<usize>,
     first_sale: Option<usize>,
+    /// The customer's attributed sales before it, for rules that read them.
+    customer_sales: Option<usize>,
     order: Option<usize>,
 }
 
@@ -46,12 +49,12 @@ impl Plan {
         batch: &[(Mark, ConversionEvent)],
         fresh: Vec<usize>,
     ) -> Result<Plan, StateError> {
-        let (reads, asked) = first_reads(batch, &fresh);
-        let answers = state.read(&reads).await?;
-        let programs = fresh
+        let programs: Vec<Option<Arc<Program>>> = fresh
             .iter()
             .map(|&i| registry.program(&batch[i].1.program_id))
             .collect();
+        let (reads, asked) = first_reads(batch, &fresh, &programs);
+        let answers = state.read(&reads).await?;
         let mut plan = Plan {
             fresh,
             asked,
@@ -79,7 +82,17 @@ impl Plan {
             .and_then(|h| Uuid::parse_str(&h).ok())
     }
 
-    /// The stored first sale of a recurring conversion's customer, before its mark.
+    /// How many attributed sales of the customer the stored state holds before the
+    /// `k`-th conversion's mark (asked only for rules that read the customer).
+    pub(super) fn customer_sales(&self, k: usize) -> u64 {
+        match self.asked[k].customer_sales.map(|r| &self.answers[r]) {
+            Some(Answer::Count(n)) => *n,
+            _ => 0,
+        }
+    }
+
+    /// The stored first sale of the customer of a recurring payment (or of a sale whose
+    /// program's rules read the customer), before its mark.
     pub(super) fn first_sale(&self, k: usize) -> Option<(Mark, FirstSale)> {
         match self.asked[k].first_sale.map(|r| &self.answers[r]) {
             Some(Answer::Marked(Some((m, j)))) => {
@@ -199,7 +212,10 @@ impl Plan {
         if program.fraud.refund_rate.is_some() && e.kind != ConversionKind::Refund {
             // A recurring payment's partners are its first sale's: those stored are read
             // now, one of this batch later (see `decide`).
-            if let Some((_, f)) = self.first_sale(k) {
+            if let Some((_, f)) = self
+                .first_sale(k)
+                .filter(|_| e.kind == ConversionKind::Recurring)
+            {
                 partners.extend(f.shares.into_iter().map(|(p, _)| p));
             }
             for p in &partners {
@@ -211,8 +227,13 @@ impl Plan {
 }
 
 /// Step 2: each fresh conversion's claim, click visitor, first sale and order, every
-/// distinct read once.
-fn first_reads(batch: &[(Mark, ConversionEvent)], fresh: &[usize]) -> (Vec<Read>, Vec<Asked>) {
+/// distinct read once; for programs whose rules read the customer, a sale's first sale
+/// too and the customer's sales so far.
+fn first_reads(
+    batch: &[(Mark, ConversionEvent)],
+    fresh: &[usize],
+    programs: &[Option<Arc<Program>>],
+) -> (Vec<Read>, Vec<Asked>) {
     let mut reads = Vec::new();
     let mut at = HashMap::new();
     let mut ask = |read: Read| -> usize {
@@ -222,23 +243,37 @@ fn first_reads(batch: &[(Mark, ConversionEvent)], fresh: &[usize]) -> (Vec<Read>
         })
     };
     let mut asked = Vec::with_capacity(fresh.len());
-    for &i in fresh {
+    for (&i, program) in fresh.iter().zip(programs) {
         let (mark, e) = &batch[i];
         let key = dedup::conversion_key(&e.program_id, e.kind.as_str(), &e.order_id);
+        let reads_customer = program
+            .as_deref()
+            .is_some_and(|p| rewards::read_customer(&p.commission.rules));
+        let customer = match (e.kind, &e.customer_id) {
+            (ConversionKind::Recurring, Some(c)) => Some((c, reads_customer)),
+            (ConversionKind::Sale, Some(c)) if reads_customer => Some((c, true)),
+            _ => None,
+        };
         asked.push(Asked {
             claim: ask(Read::Claim(key)),
             visitor: match (e.kind.is_journey_kind(), e.click_id) {
                 (true, Some(c)) => Some(ask(Read::ClickVisitor(c))),
                 _ => None,
             },
-            first_sale: match (e.kind, &e.customer_id) {
-                (ConversionKind::Recurring, Some(c)) => Some(ask(Read::FirstSale {
+            first_sale: customer.map(|(c, _)| {
+                ask(Read::FirstSale {
                     program: e.program_id.clone(),
                     customer: c.clone(),
                     before: *mark,
-                })),
-                _ => None,
-            },
+                })
+            }),
+            customer_sales: customer.filter(|(_, count)| *count).map(|(c, _)| {
+                ask(Read::CustomerSales {
+                    program: e.program_id.clone(),
+                    customer: c.clone(),
+                    before: *mark,
+                })
+            }),
             order: match (e.kind, &e.original_order_id) {
                 (ConversionKind::Refund, Some(o)) => Some(ask(Read::Order {
                     program: e.program_id.clone(),

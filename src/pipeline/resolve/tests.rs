@@ -42,6 +42,9 @@ mod settle_tests {
             original_order_id: None,
             registry_version: 0,
             customer_email_sha256: None,
+            country: None,
+            product_id: None,
+            metadata: Default::default(),
         }
     }
 
@@ -53,7 +56,7 @@ mod settle_tests {
     ) -> Arc<Registry> {
         let store = Arc::new(MemoryStore::new());
         program.id = "acme".into();
-        store.put(&Entity::Program(program)).await.unwrap();
+        store.put(&Entity::Program(Box::new(program))).await.unwrap();
         store
             .put(&Entity::Partner(serde_json::from_value(alice).unwrap()))
             .await
@@ -169,6 +172,9 @@ mod lifecycle_tests {
             original_order_id: None,
             registry_version: 0,
             customer_email_sha256: None,
+            country: None,
+            product_id: None,
+            metadata: Default::default(),
         }
     }
 
@@ -193,6 +199,77 @@ mod lifecycle_tests {
     }
 
     /// The memos of `events` settled as one batch on a fresh store.
+    /// Reward rules that read the customer's history (SPEC §10.1) see it in intake
+    /// order: a sale's number and months since the first sale are the same settled one
+    /// by one as in one batch.
+    #[tokio::test]
+    async fn rules_read_the_customers_history_live_and_in_a_batch() {
+        let mut json = crate::testkit::fixtures::unit_program_json();
+        json["commission"]["rules"] = serde_json::json!([
+            {"name": "first-sale", "when": {"field": "customer.sale_number", "op": "eq", "value": 1},
+             "kinds": ["sale"], "rate": "0.30"},
+            {"name": "loyal", "when": {"field": "months_since_first_sale", "op": "gte", "value": 2},
+             "kinds": ["sale"], "rate": "0.20"},
+            {"name": "de-launch", "when": {"field": "country", "op": "eq", "value": "DE"},
+             "kinds": ["sale"], "rate": "0.25", "months": 1}]);
+        let mut program: Program = serde_json::from_value(json).unwrap();
+        program.id = "acme".into();
+        program.validate().unwrap();
+        let registry = super::settle_tests::registry_with(
+            program,
+            serde_json::json!({"id": "alice", "program_id": "acme"}),
+        )
+        .await;
+        let sale = |id: u128, customer: Option<&str>, country: &str, days: i64| ConversionEvent {
+            customer_id: customer.map(str::to_string),
+            country: Some(country.into()),
+            ..conversion(id, ConversionKind::Sale, "100", t0() + Duration::days(days))
+        };
+        let events = vec![
+            sale(1, Some("c-1"), "US", 0),
+            sale(2, Some("c-1"), "DE", 10),
+            sale(3, Some("c-1"), "DE", 40),
+            sale(4, Some("c-1"), "US", 70),
+            sale(5, Some("c-2"), "US", 70),
+            // Without a customer id nothing is known of the customer: the tier pays.
+            sale(6, None, "DE", 70),
+        ];
+        let state = MemoryState::new();
+        let mut one_by_one = Vec::new();
+        for e in &events {
+            one_by_one.push(settle(&registry, &state, e.clone()).await);
+        }
+        let paid: Vec<(String, String)> = one_by_one
+            .iter()
+            .map(|m| {
+                let row = &m.decision.rows[0];
+                (row.amount.to_string(), row.reason.clone())
+            })
+            .collect();
+        let want = [
+            ("30.00", "rule first-sale"),
+            ("25.00", "rule de-launch"),
+            ("15.00", ""),
+            ("20.00", "rule loyal"),
+            ("30.00", "rule first-sale"),
+            ("15.00", ""),
+        ];
+        let want: Vec<(String, String)> = want
+            .iter()
+            .map(|(a, r)| (a.to_string(), r.to_string()))
+            .collect();
+        assert_eq!(paid, want);
+        assert_eq!(settle_together(&registry, &events).await, one_by_one);
+        // A batch that starts after some were stored reads the rest from the state.
+        let state = MemoryState::new();
+        let mut split = Vec::new();
+        for e in &events[..2] {
+            split.push(settle(&registry, &state, e.clone()).await);
+        }
+        split.extend(settle_on(&registry, &state, &events[2..]).await);
+        assert_eq!(split, one_by_one);
+    }
+
     async fn settle_together(registry: &Registry, events: &[ConversionEvent]) -> Vec<Memo> {
         settle_on(registry, &MemoryState::new(), events).await
     }
@@ -598,6 +675,9 @@ mod lifecycle_tests {
         // self_referral: the customer's e-mail hash is alice's own.
         let own = ConversionEvent {
             customer_email_sha256: Some(ALICE_EMAIL.into()),
+            country: None,
+            product_id: None,
+            metadata: Default::default(),
             ..conversion(3, ConversionKind::Sale, "600", t0())
         };
         let own = settle(&registry, &state, own).await;
@@ -680,6 +760,9 @@ mod bounds_tests {
         ] {
             let e = ConversionEvent {
                 customer_email_sha256: None,
+                country: None,
+                product_id: None,
+                metadata: Default::default(),
                 v: 1,
                 conversion_id: Uuid::from_u128(1),
                 program_id: "worst".into(),
@@ -706,6 +789,7 @@ mod bounds_tests {
                 Credit::Referral("p0".into()),
                 &chain,
                 |_, _| 1_000_000,
+                settle::Customer::default(),
             )
             .unwrap();
             assert_eq!(d.rows.len(), 6, "{kind:?}: direct and five overrides");
@@ -740,6 +824,9 @@ mod corrupt_tests {
             .unwrap();
         let e = ConversionEvent {
             customer_email_sha256: None,
+            country: None,
+            product_id: None,
+            metadata: Default::default(),
             v: 1,
             conversion_id: id,
             program_id: "acme".into(),

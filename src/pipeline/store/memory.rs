@@ -240,6 +240,15 @@ impl Inner {
                     .filter(|(m, _)| *m < before)
                     .map(|(m, json)| (*m, json.clone())),
             ),
+            Read::CustomerSales {
+                program,
+                customer,
+                before,
+            } => Answer::Count(
+                self.first_sales
+                    .get(&(program.clone(), customer.clone()))
+                    .map_or(0, |s| s.range(..*before).count() as u64),
+            ),
             Read::Order {
                 program,
                 order,

@@ -22,7 +22,7 @@
 //! | `{p}:ts:{program}:{partner}`      | zset   | [`RATE_KEEP`]            | [`Write::Tally`] ([`Tally::Sales`]): sales crediting the partner, when `refund_rate` is on |
 //! | `{p}:tr:{program}:{partner}`      | zset   | [`RATE_KEEP`]            | [`Write::Tally`] ([`Tally::Refunds`]): first refunds of those sales |
 //! | `{p}:ti:{program}:{partner}:{ip}` | zset   | [`IP_KEEP`]              | [`StateStore::record_clicks`] ([`Tally::IpClicks`]): clicks, when `click_spam` is on |
-//! | `{p}:fs:{program}:{customer}`     | zset   | recurring months + 1, or none | [`Write::FirstSale`]: attributed sales (score received ms) |
+//! | `{p}:fs:{program}:{customer}`     | zset   | recurring months + 1, or none (lifetime plans, rules that read the customer) | [`Write::FirstSale`]: attributed sales (score received ms, member id hex + first-sale JSON); read first ([`Read::FirstSale`]) or counted ([`Read::CustomerSales`]) |
 //! | `{p}:o:{{program:order}}{slot}`   | string | [`ORDER_TTL`]            | [`Write::Order`]: what the order's sale (slot empty), recurring payment (`:recurring`), lead (`:lead`) or signup (`:signup`) earned |
 //! | `{p}:o:{{program:order}}{slot}:r` | hash   | [`ORDER_TTL`]            | [`Write::Refund`]: reversals booked on that record, by the refund's mark |
 //! | `{p}:due`                         | zset   | none (members removed once done) | [`Write::Due`]: orders whose hold ends (score due ms, member the entry) |
@@ -338,6 +338,13 @@ pub enum Read {
     /// The customer's first attributed sale, if it lies before `before` →
     /// [`Answer::Marked`].
     FirstSale {
+        program: String,
+        customer: String,
+        before: Mark,
+    },
+    /// How many attributed sales of the customer lie before `before` (the first sales'
+    /// set, counted) → [`Answer::Count`].
+    CustomerSales {
         program: String,
         customer: String,
         before: Mark,

@@ -222,6 +222,31 @@ pub async fn conversions_read_as_of_a_mark(s: &dyn StateStore) {
             Answer::Marked(None)
         ]
     );
+    // Counted as of a mark: by time, then by id within one millisecond.
+    s.write(&[sale(T, 3, "same ms, lower id")]).await.unwrap();
+    let sales_before = |ms: i64, id: u128| Read::CustomerSales {
+        program: "acme".into(),
+        customer: "c".into(),
+        before: Mark { ms, id },
+    };
+    assert_eq!(
+        s.read(&[
+            sales_before(T, 0),
+            sales_before(T, 4),
+            sales_before(T, 10),
+            sales_before(T + 10, 1),
+            sales_before(T + 11, 0),
+        ])
+        .await
+        .unwrap(),
+        vec![
+            Answer::Count(0),
+            Answer::Count(1),
+            Answer::Count(2),
+            Answer::Count(2),
+            Answer::Count(3)
+        ]
+    );
 
     let order = |slot| Read::Order {
         program: "acme".into(),

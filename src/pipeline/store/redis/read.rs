@@ -262,6 +262,23 @@ impl RedisState {
                     .arg(0)
                     .arg("WITHSCORES");
             }
+            Read::CustomerSales {
+                program,
+                customer,
+                before,
+            } => {
+                // Sales before the mark's millisecond, then those at it, whose ids
+                // decide (members start with the id in hex).
+                let key = self.first_sale(program, customer);
+                pipe.cmd("ZCOUNT")
+                    .arg(&key)
+                    .arg("-inf")
+                    .arg(format!("({}", before.ms));
+                pipe.cmd("ZRANGEBYSCORE")
+                    .arg(&key)
+                    .arg(before.ms)
+                    .arg(before.ms);
+            }
             Read::Order {
                 program,
                 order,
@@ -341,6 +358,16 @@ fn answer<'a>(
                 };
                 (mark < *before).then(|| (mark, json.to_string()))
             }))
+        }
+        Read::CustomerSales { before, .. } => {
+            let earlier = int(next()?)?;
+            let same_ms: Vec<String> = redis::from_redis_value_ref(next()?)?;
+            let id = before.id_hex();
+            let tied = same_ms
+                .iter()
+                .filter(|m| m.get(..32).is_some_and(|h| h < id.as_str()))
+                .count() as u64;
+            Answer::Count(earlier + tied)
         }
         Read::Order { slot, .. } => order_answer(*slot, next)?,
         Read::DueBefore { .. } => Answer::Entries(redis::from_redis_value_ref(next()?)?),
