@@ -1,0 +1,210 @@
+//! Rewards beyond the plan on the real stack (SPEC §10): reward rules through the admin
+//! API (their bad input rows of §7), signed conversions carrying country, product and
+//! metadata, the pipeline, and the ledger in ClickHouse with each row's reason.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use hyper::{Method, StatusCode};
+use serde_json::{json, Value};
+
+fn rules() -> Value {
+    json!([
+        {"name": "eu-enterprise", "when": {"all": [
+            {"field": "country", "op": "in", "value": ["DE", "FR"]},
+            {"field": "product_id", "op": "eq", "value": "enterprise"}]},
+         "kinds": ["sale"], "rate": "0.35"},
+        {"name": "big-deal", "when": {"any": [{"field": "amount", "op": "gte", "value": "1000"}]},
+         "kinds": ["sale"], "rate": "0.30", "months": 3},
+        {"name": "partner-plan", "when": {"field": "metadata.plan", "op": "eq", "value": "partner"},
+         "kinds": ["sale"], "rate": "0.05"},
+        {"name": "gold-leads", "when": {"all": [{"field": "partner.tier", "op": "eq", "value": "gold"}]},
+         "kinds": ["lead"], "bounty": "8.00"}
+    ])
+}
+
+fn program_with(rules: Value) -> Value {
+    let mut p = program_json();
+    p["commission"]["rules"] = rules;
+    p
+}
+
+/// Each bad rule answers 400 naming the field and the rule, and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_rules_are_refused_naming_the_rule() {
+    let config = config(&[]);
+    create_topics(&config).await;
+    let edge = start_edge(&config).await;
+    let url = edge.url("/api/v1/programs/acme");
+    let rule = |when: Value, extra: Value| {
+        let mut r = json!({"name": "geo", "when": when, "kinds": ["sale"], "rate": "0.3"});
+        for (k, v) in extra.as_object().unwrap() {
+            r[k] = v.clone();
+        }
+        r
+    };
+    let de = json!({"field": "country", "op": "eq", "value": "DE"});
+    let cases: Vec<(Value, &str, &str)> = vec![
+        (
+            json!([rule(json!({"field": "land", "op": "eq", "value": "DE"}), json!({}))]),
+            "commission.rules[0]",
+            "rule `geo`: when.field: unknown field `land`",
+        ),
+        (
+            json!([rule(json!({"all": [{"field": "country", "op": "like", "value": "DE"}]}), json!({}))]),
+            "commission.rules[0]",
+            "rule `geo`: when.all[0].op: unknown op `like`",
+        ),
+        (
+            json!([rule(json!({"all": [{"any": [{"all": [{"any": [de.clone()]}]}]}]}), json!({}))]),
+            "commission.rules[0]",
+            "nest at most 3 deep",
+        ),
+        (
+            json!([rule(json!({"field": "amount", "op": "gte", "value": "99999999999999"}), json!({}))]),
+            "commission.rules[0]",
+            "rule `geo`: when.value",
+        ),
+        (
+            json!([rule(de.clone(), json!({"rate": "1.01"}))]),
+            "commission.rules[0]",
+            "rule `geo`: rate must be from 0 to 1",
+        ),
+        (
+            json!([rule(de.clone(), json!({"kinds": ["lead"]}))]),
+            "commission.rules[0]",
+            "rule `geo`: a rate pays sale",
+        ),
+        (
+            json!([rule(de.clone(), json!({"colour": "red"}))]),
+            "commission.rules[0].colour",
+            "unknown field `colour`",
+        ),
+        (
+            json!([rule(de.clone(), json!({})), rule(de.clone(), json!({}))]),
+            "commission.rules[1].name",
+            "unique",
+        ),
+        (
+            Value::Array((0..51).map(|i| rule(de.clone(), json!({"name": format!("r{i}")}))).collect()),
+            "commission.rules",
+            "at most 50",
+        ),
+    ];
+    for (rules, field, message) in cases {
+        let r = admin(Method::PUT, &url, program_with(rules.clone())).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{rules}: {:?}", r.body);
+        let err = &r.json()["error"];
+        assert_eq!(err["field"], field, "{rules}: {err}");
+        let text = err["message"].as_str().unwrap_or_default();
+        assert!(text.contains(message), "{rules}: {err}");
+    }
+    let r = admin(Method::GET, &url, Value::Null).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "nothing was written");
+    // The rules of SPEC §10.1 are accepted and read back as sent.
+    let r = admin(Method::PUT, &url, program_with(rules())).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let r = admin(Method::GET, &url, Value::Null).await;
+    assert_eq!(r.json()["commission"]["rules"], rules());
+    edge.stop().await;
+}
+
+/// Conversions carrying country, product and metadata are paid by the best matching
+/// rule, each direct row naming it; overrides follow from the rule's amount.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_best_rule_pays_and_names_itself_in_the_ledger() {
+    let config = config(&[
+        ("TOUCHLINE__PIPELINE__LATE_GRACE_SECS", "2"),
+        ("TOUCHLINE__PIPELINE__FLUSH_INTERVAL_MS", "200"),
+    ]);
+    migrate(&config).await;
+    let edge = start_edge(&config).await;
+    let pipeline = start_pipeline(&config);
+    let url = edge.url("");
+    let r = admin(
+        Method::PUT,
+        &format!("{url}/api/v1/programs/acme"),
+        program_with(rules()),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    for (id, tier, parent) in [("mid", "silver", None), ("alice", "gold", Some("mid"))] {
+        let r = admin(
+            Method::PUT,
+            &format!("{url}/api/v1/partners/{id}"),
+            json!({"program_id": "acme", "tier": tier, "parent_id": parent}),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    }
+    let r = admin(
+        Method::POST,
+        &format!("{url}/api/v1/links"),
+        json!({"program_id": "acme", "partner_id": "alice", "code": "alice-eu", "destination": "https://acme.example/"}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let sale = |order: &str, amount: &str, extra: Value| {
+        let mut s = json!({"program_id": "acme", "order_id": order, "kind": "sale", "amount": amount,
+                           "currency": "USD", "referral_code": "alice-eu", "customer_id": format!("c-{order}")});
+        for (k, v) in extra.as_object().unwrap() {
+            s[k] = v.clone();
+        }
+        s
+    };
+    let body = json!([
+        // eu-enterprise 0.35 beats big-deal 0.30: 2000 × 0.35 = 700.00, mid 10 % 70.00.
+        sale("S-1", "2000.00", json!({"country": "de", "product_id": "enterprise"})),
+        // big-deal only (a first sale, within three months): 1500 × 0.30 = 450.00.
+        sale("S-2", "1500.00", json!({"country": "US", "product_id": "enterprise"})),
+        // partner-plan pays less than gold's 0.25, and still takes its place: 5.00.
+        sale("S-3", "100.00", json!({"metadata": {"plan": "partner"}})),
+        // No rule matches: gold 0.25 → 25.00.
+        sale("S-4", "100.00", json!({"country": "FR", "product_id": "starter"})),
+        {"program_id": "acme", "order_id": "L-1", "kind": "lead", "referral_code": "alice-eu"}
+    ]);
+    let r = post_conversions(&url, &body.to_string()).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
+    let n = wait_count(
+        &config,
+        "SELECT count() FROM conversions FINAL",
+        5,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(n, 5);
+    wait_count(
+        &config,
+        "SELECT count() FROM commissions FINAL",
+        10,
+        Duration::from_secs(30),
+    )
+    .await;
+    let ledger = ch_query(
+        &config,
+        "SELECT c.order_id, m.partner_id, m.level, m.amount, m.reason \
+         FROM commissions AS m FINAL ANY INNER JOIN (SELECT conversion_id, order_id FROM conversions FINAL) AS c USING conversion_id \
+         ORDER BY c.order_id, m.level",
+    )
+    .await;
+    let ledger: Vec<String> = ledger.iter().map(|r| r.join(" ").trim_end().to_string()).collect();
+    assert_eq!(
+        ledger,
+        vec![
+            "L-1 alice 0 8.0000 rule gold-leads",
+            "L-1 mid 1 0.8000",
+            "S-1 alice 0 700.0000 rule eu-enterprise",
+            "S-1 mid 1 70.0000",
+            "S-2 alice 0 450.0000 rule big-deal",
+            "S-2 mid 1 45.0000",
+            "S-3 alice 0 5.0000 rule partner-plan",
+            "S-3 mid 1 0.5000",
+            "S-4 alice 0 25.0000",
+            "S-4 mid 1 2.5000",
+        ]
+    );
+    pipeline.stop().await;
+    edge.stop().await;
+}
