@@ -130,6 +130,7 @@ fn bench_commission(c: &mut Criterion) {
             volume_bonus: d("0.05"),
             ancestors: vec![Some("mid".into()), Some("root".into())],
             rule: None,
+            headroom: None,
         },
         Share {
             partner_id: "p2".into(),
@@ -138,6 +139,7 @@ fn bench_commission(c: &mut Criterion) {
             volume_bonus: d("0"),
             ancestors: vec![],
             rule: None,
+            headroom: None,
         },
         Share {
             partner_id: "p3".into(),
@@ -146,6 +148,7 @@ fn bench_commission(c: &mut Criterion) {
             volume_bonus: d("0"),
             ancestors: vec![Some("root".into())],
             rule: None,
+            headroom: None,
         },
     ];
     let mut g = c.benchmark_group("commission");
@@ -196,8 +199,7 @@ fn bench_decision(c: &mut Criterion) {
                         &conv,
                         Credit::Journey(touches),
                         &dir,
-                        |_, _| 60,
-                        settle::Customer::default(),
+                        &|_: &str, _: u32| 60,
                     )
                     .unwrap();
                     black_box((key, decision))

@@ -270,7 +270,13 @@ mod tests {
             required.sort();
             // Optional fields are left out when absent.
             let mut present = fields(&event);
-            let optional = ["customer_email_sha256", "sub_ids", "country", "product_id", "metadata"];
+            let optional = [
+                "customer_email_sha256",
+                "sub_ids",
+                "country",
+                "product_id",
+                "metadata",
+            ];
             present.retain(|f| !optional.contains(&f.as_str()));
             assert_eq!(required, present, "{name} required");
             assert_eq!(

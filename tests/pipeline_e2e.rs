@@ -402,7 +402,10 @@ async fn a_conversion_beyond_the_ledger_is_dead_lettered_and_the_next_lands() {
     program["fx"]["EUR"] = json!("10000000000000000000000000");
     let mut program: touchline::registry::Program = serde_json::from_value(program).unwrap();
     program.id = "acme".into();
-    store.put(&Entity::Program(Box::new(program))).await.unwrap();
+    store
+        .put(&Entity::Program(Box::new(program)))
+        .await
+        .unwrap();
     store
         .put(&Entity::Partner(
             serde_json::from_value(json!({"id": "alice", "program_id": "acme"})).unwrap(),

@@ -48,22 +48,34 @@ async fn bad_rules_are_refused_naming_the_rule() {
     let de = json!({"field": "country", "op": "eq", "value": "DE"});
     let cases: Vec<(Value, &str, &str)> = vec![
         (
-            json!([rule(json!({"field": "land", "op": "eq", "value": "DE"}), json!({}))]),
+            json!([rule(
+                json!({"field": "land", "op": "eq", "value": "DE"}),
+                json!({})
+            )]),
             "commission.rules[0]",
             "rule `geo`: when.field: unknown field `land`",
         ),
         (
-            json!([rule(json!({"all": [{"field": "country", "op": "like", "value": "DE"}]}), json!({}))]),
+            json!([rule(
+                json!({"all": [{"field": "country", "op": "like", "value": "DE"}]}),
+                json!({})
+            )]),
             "commission.rules[0]",
             "rule `geo`: when.all[0].op: unknown op `like`",
         ),
         (
-            json!([rule(json!({"all": [{"any": [{"all": [{"any": [de.clone()]}]}]}]}), json!({}))]),
+            json!([rule(
+                json!({"all": [{"any": [{"all": [{"any": [de.clone()]}]}]}]}),
+                json!({})
+            )]),
             "commission.rules[0]",
             "nest at most 3 deep",
         ),
         (
-            json!([rule(json!({"field": "amount", "op": "gte", "value": "99999999999999"}), json!({}))]),
+            json!([rule(
+                json!({"field": "amount", "op": "gte", "value": "99999999999999"}),
+                json!({})
+            )]),
             "commission.rules[0]",
             "rule `geo`: when.value",
         ),
@@ -88,7 +100,11 @@ async fn bad_rules_are_refused_naming_the_rule() {
             "unique",
         ),
         (
-            Value::Array((0..51).map(|i| rule(de.clone(), json!({"name": format!("r{i}")}))).collect()),
+            Value::Array(
+                (0..51)
+                    .map(|i| rule(de.clone(), json!({"name": format!("r{i}")})))
+                    .collect(),
+            ),
             "commission.rules",
             "at most 50",
         ),
@@ -189,7 +205,10 @@ async fn the_best_rule_pays_and_names_itself_in_the_ledger() {
          ORDER BY c.order_id, m.level",
     )
     .await;
-    let ledger: Vec<String> = ledger.iter().map(|r| r.join(" ").trim_end().to_string()).collect();
+    let ledger: Vec<String> = ledger
+        .iter()
+        .map(|r| r.join(" ").trim_end().to_string())
+        .collect();
     assert_eq!(
         ledger,
         vec![

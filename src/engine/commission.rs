@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use num_rational::BigRational;
 use num_traits::One;
 
+use super::caps::Cap;
 use super::rewards::{Pays, RewardRule};
 use super::rounding::{mul_is_exact, ratio, round_exactly, round_jointly, Roundable};
 use super::{add, mul, Overflow};
@@ -57,6 +58,9 @@ pub struct CommissionPlan {
     /// Conditional rewards in place of the tier rate or bounty (SPEC §10.1).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<RewardRule>,
+    /// The most a partner's direct rows may earn per period (SPEC §10.1).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub caps: Vec<Cap>,
 }
 
 /// Commission on recurring payments.
@@ -90,6 +94,7 @@ impl Default for CommissionPlan {
             volume_bonuses: Vec::new(),
             overrides: Vec::new(),
             rules: Vec::new(),
+            caps: Vec::new(),
         }
     }
 }
@@ -264,6 +269,8 @@ pub struct Share {
     /// The reward rule chosen for the partner, paying in place of the tier rate, the
     /// recurring rate or the bounty.
     pub rule: Option<Chosen>,
+    /// What the partner's caps leave it in this conversion's periods; `None`: no cap.
+    pub headroom: Option<Decimal>,
 }
 
 /// A reward rule chosen for one partner: its name and what it pays.
@@ -297,10 +304,18 @@ impl Share {
         }
     }
 
-    fn reason(&self) -> String {
-        self.rule
-            .as_ref()
-            .map_or_else(String::new, |c| format!("rule {}", c.name))
+    fn reason(&self, capped: bool) -> String {
+        match (&self.rule, capped) {
+            (Some(c), false) => format!("rule {}", c.name),
+            (Some(c), true) => format!("rule {}, capped", c.name),
+            (None, true) => "capped".into(),
+            (None, false) => String::new(),
+        }
+    }
+
+    /// Whether `direct` passes the headroom, and so is clipped to it.
+    fn clips(&self, direct: Decimal) -> bool {
+        self.headroom.is_some_and(|left| direct > left)
     }
 }
 
@@ -349,7 +364,13 @@ pub fn earn(
                 share.rate_or(plan.recurring.rate),
             ),
         };
-        let direct = mul(base, rate)?;
+        let uncapped = mul(base, rate)?;
+        let capped = share.clips(uncapped);
+        // Clipped to what is left: a whole number of minor units, exact.
+        let direct = match share.headroom {
+            Some(left) if capped => left,
+            _ => uncapped,
+        };
         rows.push(LedgerRow {
             partner_id: share.partner_id.clone(),
             level: 0,
@@ -358,7 +379,7 @@ pub fn earn(
             rate,
             exact: direct,
             amount: Decimal::ZERO,
-            reason: share.reason(),
+            reason: share.reason(capped),
         });
         for (i, (ancestor, rate)) in share.ancestors.iter().zip(&plan.overrides).enumerate() {
             let Some(ancestor) = ancestor else { continue };
@@ -377,21 +398,29 @@ pub fn earn(
     if exact {
         round_jointly(&mut rows, minor_units)?;
     } else {
-        let exact = exact_earnings(plan, earning, amount, shares);
+        let clipped: Vec<Option<Decimal>> = rows
+            .iter()
+            .filter(|r| r.level == 0)
+            .map(|r| r.reason.ends_with("capped").then_some(r.exact))
+            .collect();
+        let exact = exact_earnings(plan, earning, amount, shares, &clipped);
         round_exactly(&mut rows, &exact, minor_units)?;
     }
     Ok(rows)
 }
 
-/// The exact amounts of [`earn`]'s rows, in the same order, as rationals.
+/// The exact amounts of [`earn`]'s rows, in the same order, as rationals; `clipped`
+/// holds, per direct row, the amount a cap clipped it to.
 fn exact_earnings(
     plan: &CommissionPlan,
     earning: Earning,
     amount: Decimal,
     shares: &[Share],
+    clipped: &[Option<Decimal>],
 ) -> Vec<BigRational> {
     let mut out = Vec::new();
-    for share in shares.iter().filter(|s| s.weight > Decimal::ZERO) {
+    let earning_shares = shares.iter().filter(|s| s.weight > Decimal::ZERO);
+    for (share, clipped) in earning_shares.zip(clipped) {
         let weight = ratio(share.weight);
         let direct = match earning {
             Earning::Sale => {
@@ -403,6 +432,7 @@ fn exact_earnings(
                 ratio(amount) * weight * ratio(share.rate_or(plan.recurring.rate))
             }
         };
+        let direct = clipped.map_or(direct, ratio);
         let overrides = share.ancestors.iter().zip(&plan.overrides);
         let overrides: Vec<BigRational> = overrides
             .filter(|(ancestor, _)| ancestor.is_some())
@@ -508,6 +538,7 @@ mod tests {
             volume_bonus: d(bonus),
             ancestors: ancestors.iter().map(|a| Some(a.to_string())).collect(),
             rule: None,
+            headroom: None,
         }
     }
 

@@ -6,6 +6,7 @@
 //! registry comes through the traits of [`rules`].
 
 pub mod attribution;
+pub mod caps;
 pub mod commission;
 pub mod conditions;
 pub mod dedup;

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::attribution::Touch;
+use super::caps::{self, Period};
 use super::commission::{self, Chosen, EarnedRow, Earning, LedgerRow, Share};
 use super::conditions::Facts;
 use super::rewards;
@@ -213,16 +214,52 @@ pub struct Customer {
     pub months_since_first_sale: Option<u32>,
 }
 
-/// Settles `conv` under `program`. `volume(partner, yyyymm)` answers how many
-/// conversions were attributed to the partner in that month. Every operation on money
-/// is checked: [`Overflow`] when the amounts leave `Decimal`'s range.
+/// What settlement reads of the history before a conversion, in intake order.
+pub trait History {
+    /// How many conversions were attributed to the partner in month `yyyymm`.
+    fn volume(&self, partner: &str, month: u32) -> u64;
+    /// What reward rules read of the conversion's customer.
+    fn customer(&self) -> Customer;
+    /// The partner's running total of direct commissions in the cap `period` that the
+    /// conversion falls in (0 before its first).
+    fn cap_total(&self, partner: &str, period: Period) -> Decimal;
+}
+
+/// A history of monthly volumes only (`volume(partner, yyyymm)`): no customer facts,
+/// no cap totals (the engine's tests and benches).
+impl<F: Fn(&str, u32) -> u64> History for F {
+    fn volume(&self, partner: &str, month: u32) -> u64 {
+        self(partner, month)
+    }
+    fn customer(&self) -> Customer {
+        Customer::default()
+    }
+    fn cap_total(&self, _: &str, _: Period) -> Decimal {
+        Decimal::ZERO
+    }
+}
+
+/// A history of nothing: no volume, no customer, no totals.
+impl History for () {
+    fn volume(&self, _: &str, _: u32) -> u64 {
+        0
+    }
+    fn customer(&self) -> Customer {
+        Customer::default()
+    }
+    fn cap_total(&self, _: &str, _: Period) -> Decimal {
+        Decimal::ZERO
+    }
+}
+
+/// Settles `conv` under `program` with what `history` says came before it. Every
+/// operation on money is checked: [`Overflow`] when the amounts leave `Decimal`'s range.
 pub fn settle(
     program: &impl ProgramRules,
     conv: &ConversionEvent,
     credit: Credit<'_>,
     directory: &impl Directory,
-    volume: impl Fn(&str, u32) -> u64,
-    customer: Customer,
+    history: &impl History,
 ) -> Result<Decision, Overflow> {
     let minor = money::minor_units(program.currency());
     let unattributed =
@@ -259,6 +296,7 @@ pub fn settle(
         reverses: Vec::new(),
     };
     let bonus_month = previous_month(conv.occurred_at);
+    let customer = history.customer();
     let on = Facts {
         country: conv.country.as_deref(),
         product_id: conv.product_id.as_deref(),
@@ -273,14 +311,14 @@ pub fn settle(
         .shares()
         .into_iter()
         .map(|(partner_id, weight)| {
-            let volume = (earning == Earning::Sale).then(|| volume(&partner_id, bonus_month));
-            share(
-                plan,
-                directory,
-                (partner_id, weight),
-                volume,
-                (conv.kind, &on),
-            )
+            let volume =
+                (earning == Earning::Sale).then(|| history.volume(&partner_id, bonus_month));
+            let on = (conv.kind, &on);
+            let mut share = share(plan, directory, (partner_id, weight), volume, on);
+            share.headroom = caps::headroom(&plan.caps, |period| {
+                history.cap_total(&share.partner_id, period)
+            });
+            share
         })
         .collect();
     decision.rows = commission::earn(plan, earning, settled, &shares, minor)?;
@@ -405,6 +443,7 @@ fn share(
         volume_bonus,
         ancestors,
         rule,
+        headroom: None,
     }
 }
 
@@ -483,6 +522,34 @@ mod tests {
             ]),
             attribution: model,
             commission,
+        }
+    }
+
+    /// A history as plain values: last month's volumes, the customer, cap totals.
+    struct Past<F> {
+        volume: F,
+        customer: Customer,
+        totals: HashMap<(String, Period), Decimal>,
+    }
+
+    impl<F: Fn(&str, u32) -> u64> History for Past<F> {
+        fn volume(&self, partner: &str, month: u32) -> u64 {
+            (self.volume)(partner, month)
+        }
+        fn customer(&self) -> Customer {
+            self.customer
+        }
+        fn cap_total(&self, partner: &str, period: Period) -> Decimal {
+            let key = (partner.to_string(), period);
+            self.totals.get(&key).copied().unwrap_or_default()
+        }
+    }
+
+    fn past<F: Fn(&str, u32) -> u64>(volume: F, customer: Customer) -> Past<F> {
+        Past {
+            volume,
+            customer,
+            totals: HashMap::new(),
         }
     }
 
@@ -581,14 +648,16 @@ mod tests {
             &conv(ConversionKind::Sale, "129.99", "EUR"),
             Credit::Journey(vec![touch(1, "solo", 3), touch(2, "leaf", 1)]),
             &directory(),
-            |partner, month| {
-                if partner == "leaf" && month == 202610 {
-                    3
-                } else {
-                    0
-                }
-            },
-            Customer::default(),
+            &past(
+                |partner, month| {
+                    if partner == "leaf" && month == 202610 {
+                        3
+                    } else {
+                        0
+                    }
+                },
+                Customer::default(),
+            ),
         )
         .unwrap();
         assert_eq!(dec.status, ConversionStatus::Attributed);
@@ -618,8 +687,7 @@ mod tests {
             &conv(ConversionKind::Sale, "12999", "JPY"),
             Credit::Journey(vec![touch(1, "solo", 1)]),
             &directory(),
-            |_, _| 0,
-            Customer::default(),
+            &past(|_, _| 0, Customer::default()),
         )
         .unwrap();
         assert_eq!(rows(&dec), vec![("solo".into(), 0, "direct", d("12.81"))]);
@@ -642,8 +710,7 @@ mod tests {
                 touch(3, "solo", 1),
             ]),
             &directory(),
-            |_, _| 99,
-            Customer::default(),
+            &past(|_, _| 99, Customer::default()),
         )
         .unwrap();
         assert_eq!(
@@ -669,8 +736,7 @@ mod tests {
             &conv(ConversionKind::Signup, "0", "USD"),
             Credit::Referral("solo".into()),
             &directory(),
-            |_, _| 0,
-            Customer::default(),
+            &past(|_, _| 0, Customer::default()),
         )
         .unwrap();
         assert_eq!(dec.model, "referral_code");
@@ -696,8 +762,7 @@ mod tests {
             &conv(ConversionKind::Recurring, "49.99", "USD"),
             Credit::Recurring(&first),
             &directory(),
-            |_, _| 500,
-            Customer::default(),
+            &past(|_, _| 500, Customer::default()),
         )
         .unwrap();
         assert_eq!(
@@ -716,8 +781,7 @@ mod tests {
             &conv(ConversionKind::Recurring, "49.99", "USD"),
             Credit::Recurring(&late),
             &directory(),
-            |_, _| 0,
-            Customer::default(),
+            &past(|_, _| 0, Customer::default()),
         )
         .unwrap();
         assert_eq!(dec.status, ConversionStatus::Unattributed);
@@ -737,8 +801,7 @@ mod tests {
             &conv(ConversionKind::Sale, "100", "USD"),
             Credit::Journey(vec![touch(1, "leaf", 1)]),
             &dir,
-            |_, _| 0,
-            Customer::default(),
+            &past(|_, _| 0, Customer::default()),
         )
         .unwrap();
         assert_eq!(
@@ -753,8 +816,7 @@ mod tests {
             &conv(ConversionKind::Sale, "100", "GBP"),
             Credit::Journey(vec![touch(1, "leaf", 1)]),
             &dir,
-            |_, _| 0,
-            Customer::default(),
+            &past(|_, _| 0, Customer::default()),
         )
         .unwrap();
         assert_eq!(dec.status, ConversionStatus::Unattributed);
@@ -768,8 +830,7 @@ mod tests {
             &conv(ConversionKind::Sale, "200", "USD"),
             Credit::Journey(vec![touch(1, "leaf", 1)]),
             &directory(),
-            |_, _| 0,
-            Customer::default(),
+            &past(|_, _| 0, Customer::default()),
         )
         .unwrap();
         // 50.00 direct, 5.00 and 2.50 overrides.
@@ -788,8 +849,7 @@ mod tests {
             &refund,
             Credit::Refund(&order),
             &directory(),
-            |_, _| 0,
-            Customer::default(),
+            &past(|_, _| 0, Customer::default()),
         )
         .unwrap();
         assert_eq!(
@@ -813,8 +873,7 @@ mod tests {
             &refund,
             Credit::Refund(&order),
             &directory(),
-            |_, _| 0,
-            Customer::default(),
+            &past(|_, _| 0, Customer::default()),
         )
         .unwrap();
         order.book(&rest).unwrap();
@@ -844,8 +903,7 @@ mod tests {
             &refund,
             Credit::Refund(&order),
             &directory(),
-            |_, _| 0,
-            Customer::default(),
+            &past(|_, _| 0, Customer::default()),
         )
         .unwrap();
         assert_eq!(dec.status, ConversionStatus::Unattributed);
@@ -865,8 +923,7 @@ mod tests {
                 &sale,
                 Credit::Referral("leaf".into()),
                 &directory(),
-                |_, _| 0,
-                Customer::default()
+                &past(|_, _| 0, Customer::default())
             ),
             Err(Overflow)
         );
@@ -879,8 +936,7 @@ mod tests {
                 &lead,
                 Credit::Referral("leaf".into()),
                 &directory(),
-                |_, _| 0,
-                Customer::default()
+                &past(|_, _| 0, Customer::default())
             ),
             Err(Overflow)
         );
@@ -934,7 +990,7 @@ mod tests {
             months_since_first_sale: Some(0),
         };
         let volume = |p: &str, _| if p == "leaf" { 2 } else { 0 };
-        let dec = settle(&p, &c, journey.clone(), &directory(), volume, first).unwrap();
+        let dec = settle(&p, &c, journey.clone(), &directory(), &past(volume, first)).unwrap();
         let rows: Vec<(&str, u8, String, String)> = dec
             .rows
             .iter()
@@ -958,21 +1014,35 @@ mod tests {
         );
         // Outside the EU, the first sale pays new-customers; a later one the tier rate.
         c.country = Some("US".into());
-        let dec = settle(&p, &c, journey.clone(), &directory(), |_, _| 0, first).unwrap();
+        let dec = settle(
+            &p,
+            &c,
+            journey.clone(),
+            &directory(),
+            &past(|_, _| 0, first),
+        )
+        .unwrap();
         assert_eq!(dec.rows[0].reason, "rule new-customers");
         assert_eq!(dec.rows[0].rate, d("0.30"));
         let second = Customer {
             sale_number: Some(2),
             ..first
         };
-        let dec = settle(&p, &c, journey.clone(), &directory(), |_, _| 0, second).unwrap();
+        let dec = settle(
+            &p,
+            &c,
+            journey.clone(),
+            &directory(),
+            &past(|_, _| 0, second),
+        )
+        .unwrap();
         assert_eq!(
             (dec.rows[0].rate, dec.rows[0].reason.as_str()),
             (d("0.25"), "")
         );
         // A rule may pay less than the tier: it still takes the tier's place.
         c.metadata.insert("margin".into(), "low".into());
-        let dec = settle(&p, &c, journey, &directory(), |_, _| 0, second).unwrap();
+        let dec = settle(&p, &c, journey, &directory(), &past(|_, _| 0, second)).unwrap();
         assert_eq!(
             (dec.rows[0].rate, dec.rows[0].reason.as_str()),
             (d("0.05"), "rule low-margin")
@@ -989,8 +1059,7 @@ mod tests {
             &lead,
             journey,
             &directory(),
-            |_, _| 0,
-            Customer::default(),
+            &past(|_, _| 0, Customer::default()),
         )
         .unwrap();
         let direct: Vec<(&str, String, &str)> = dec
@@ -1028,8 +1097,7 @@ mod tests {
             &rec,
             Credit::Recurring(&first),
             &directory(),
-            |_, _| 0,
-            Customer::default(),
+            &past(|_, _| 0, Customer::default()),
         )
         .unwrap();
         assert_eq!(
@@ -1048,5 +1116,134 @@ mod tests {
         assert_eq!(whole_months(t(2026, 12, 31), t(2027, 2, 28)), 2);
         assert_eq!(whole_months(t(2026, 1, 15), t(2027, 1, 14)), 11);
         assert_eq!(whole_months(t(2026, 1, 15), t(2027, 1, 15)), 12);
+    }
+
+    fn with_caps(rules: serde_json::Value, caps: serde_json::Value) -> Rules {
+        let mut p = with_rules(AttributionModel::LastTouch, rules);
+        p.commission.caps = serde_json::from_value(caps).unwrap();
+        caps::validate(&p.commission.caps, 2).unwrap();
+        p
+    }
+
+    #[test]
+    fn a_cap_clips_the_direct_row_and_overrides_follow_the_clipped_amount() {
+        // leaf (gold 0.25, parent mid, grandparent root) on 100.00: 25.00 uncapped.
+        let p = with_caps(
+            serde_json::json!([]),
+            serde_json::json!([{"period": "day", "max": "40.00"}, {"period": "month", "max": "100"}]),
+        );
+        let c = conv(ConversionKind::Sale, "100.00", "USD");
+        let journey = Credit::Journey(vec![touch(1, "leaf", 1)]);
+        let totals = |day: &str, month: &str| Past {
+            totals: HashMap::from([
+                (("leaf".to_string(), Period::Day), d(day)),
+                (("leaf".to_string(), Period::Month), d(month)),
+            ]),
+            ..past(|_, _| 0, Customer::default())
+        };
+        let rows = |h: &Past<_>| -> Vec<(String, String)> {
+            settle(&p, &c, journey.clone(), &directory(), h)
+                .unwrap()
+                .rows
+                .iter()
+                .map(|r| (r.amount.to_string(), r.reason.clone()))
+                .collect()
+        };
+        let s = |a: &str, r: &str| (a.to_string(), r.to_string());
+        // Room for it all: nothing clipped.
+        assert_eq!(
+            rows(&totals("0", "0")),
+            [s("25.00", ""), s("2.50", ""), s("1.25", "")]
+        );
+        // 30 of the day's 40 earned: clipped to 10.00, overrides 1.00 and 0.50 of it.
+        assert_eq!(
+            rows(&totals("30.00", "30.00")),
+            [s("10.00", "capped"), s("1.00", ""), s("0.50", "")]
+        );
+        // The month is the tighter: 3.33 left.
+        assert_eq!(
+            rows(&totals("0", "96.67")),
+            [s("3.33", "capped"), s("0.33", ""), s("0.17", "")]
+        );
+        // Nothing left: the row stays, earning nothing, and says why.
+        assert_eq!(
+            rows(&totals("40.00", "40.00")),
+            [s("0.00", "capped"), s("0.00", ""), s("0.00", "")]
+        );
+        // A rule's rate is clipped the same way, and both reasons show.
+        let p = with_caps(
+            geo_rules(),
+            serde_json::json!([{"period": "lifetime", "max": "10"}]),
+        );
+        let mut de = conv(ConversionKind::Sale, "100.00", "USD");
+        de.country = Some("DE".into());
+        de.product_id = Some("enterprise".into());
+        let dec = settle(&p, &de, journey, &directory(), &|_: &str, _: u32| 0).unwrap();
+        assert_eq!(dec.rows[0].amount, d("10.00"));
+        assert_eq!(dec.rows[0].reason, "rule eu-enterprise, capped");
+    }
+
+    mod cap_props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// A run of sales by one partner under a day and a month cap, totals kept
+            /// as the pipeline keeps them: no period total passes its cap, every
+            /// conversion's rows add up to the half-even rounding of their exact sum,
+            /// a clipped row leaves its tightest cap exactly full, and what a cap cut
+            /// plus what was paid is what the row would have earned.
+            #[test]
+            fn caps_are_never_passed_and_no_cent_is_lost(
+                sales in proptest::collection::vec((1i64..2_000_000, 0i64..3), 1..30),
+                day_max in 0i64..50_000,
+                month_max in 0i64..200_000,
+            ) {
+                let caps = serde_json::json!([
+                    {"period": "day", "max": Decimal::new(day_max, 2).to_string()},
+                    {"period": "month", "max": Decimal::new(month_max, 2).to_string()}]);
+                let p = with_caps(serde_json::json!([]), caps);
+                let (day_cap, month_cap) = (Decimal::new(day_max, 2), Decimal::new(month_max, 2));
+                let mut day_totals: HashMap<u32, Decimal> = HashMap::new();
+                let mut month_total = Decimal::ZERO;
+                for (i, (cents, day)) in sales.iter().enumerate() {
+                    let mut c = conv(ConversionKind::Sale, &Decimal::new(*cents, 2).to_string(), "EUR");
+                    c.occurred_at = at() + Duration::days(*day);
+                    let day = *day as u32;
+                    let before_day = day_totals.get(&day).copied().unwrap_or_default();
+                    let h = Past {
+                        totals: HashMap::from([
+                            (("leaf".to_string(), Period::Day), before_day),
+                            (("leaf".to_string(), Period::Month), month_total),
+                        ]),
+                        ..past(|_, _| 0, Customer::default())
+                    };
+                    let journey = Credit::Journey(vec![touch(i as u128 + 1, "leaf", 0)]);
+                    let dec = settle(&p, &c, journey, &directory(), &h).unwrap();
+                    let direct = &dec.rows[0];
+                    let exact_sum: Decimal = dec.rows.iter().map(|r| r.exact).sum();
+                    let paid_sum: Decimal = dec.rows.iter().map(|r| r.amount).sum();
+                    prop_assert_eq!(paid_sum, exact_sum.round_dp_with_strategy(2, rust_decimal::RoundingStrategy::MidpointNearestEven));
+                    let uncapped = direct.base_amount * direct.rate;
+                    let left = (day_cap - before_day).min(month_cap - month_total);
+                    if direct.reason == "capped" {
+                        prop_assert!(uncapped > left);
+                        prop_assert_eq!(direct.exact, left);
+                        prop_assert_eq!(direct.amount, left);
+                        // Cut plus paid is the uncapped amount, exactly.
+                        prop_assert_eq!((uncapped - direct.exact) + direct.amount, uncapped);
+                    } else {
+                        prop_assert_eq!(direct.exact, uncapped);
+                    }
+                    *day_totals.entry(day).or_default() += direct.amount;
+                    month_total += direct.amount;
+                    prop_assert!(day_totals[&day] <= day_cap);
+                    prop_assert!(month_total <= month_cap);
+                    if direct.reason == "capped" {
+                        prop_assert!(day_totals[&day] == day_cap || month_total == month_cap);
+                    }
+                }
+            }
+        }
     }
 }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use crate::engine::caps;
 use crate::engine::fraud::valid_sha256_hex;
 use crate::engine::{AttributionModel, CommissionPlan, FraudRules};
 use crate::money;
@@ -162,6 +163,10 @@ impl Program {
         }
         self.normalize_fx()?;
         if let Err((field, message)) = self.commission.validate() {
+            return Err(Invalid::new(format!("commission.{field}"), message));
+        }
+        let minor = money::minor_units(&self.currency);
+        if let Err((field, message)) = caps::validate(&self.commission.caps, minor) {
             return Err(Invalid::new(format!("commission.{field}"), message));
         }
         if self.hold_days > 365 {

@@ -5,11 +5,13 @@ use std::collections::HashMap;
 
 use rust_decimal::Decimal;
 
+use super::caps;
 use super::effects::direct_partners;
 use super::overlay::Overlay;
 use super::plan::{rate_reads, referral_partner, volume_read, Plan};
 use super::{Memo, Outcome};
 use crate::engine::attribution::Touch;
+use crate::engine::caps::Period;
 use crate::engine::dedup;
 use crate::engine::fraud::{Rule, Settled};
 use crate::engine::lifecycle::{self, BookedRefund, Lifecycle, Standing};
@@ -18,7 +20,9 @@ use crate::engine::settle::{
     self, ConversionStatus, Credit, Customer, Decision, FirstSale, OrderRecord,
 };
 use crate::events::{ConversionEvent, ConversionKind};
-use crate::pipeline::store::{Answer, Mark, OrderSlot, Read, StateError, StateStore, StoredTouch};
+use crate::pipeline::store::{
+    Answer, CapKey, Mark, OrderSlot, Read, StateError, StateStore, StoredTouch,
+};
 use crate::registry::{Program, Registry};
 
 /// Decides the fresh conversions of `batch` in mark order. One that cannot be settled
@@ -93,6 +97,7 @@ impl Turn<'_> {
         let earlier = order_state.map_or_else(Vec::new, |o| o.before(self.mark));
         let count = |read: &Read| overlay.count(&stored, read);
         let customer = self.customer(overlay, first_sale.as_ref());
+        let totals = self.cap_totals(state, overlay, first_sale.as_ref()).await?;
         let memo = decide(
             self.registry,
             self.program,
@@ -104,9 +109,11 @@ impl Turn<'_> {
                 .zip(order_state)
                 .map(|(o, state)| (o, earlier.as_slice(), state.slot)),
             &AsOf {
+                e,
                 mark: self.mark,
                 count,
                 customer,
+                totals,
             },
         );
         if let Ok(memo) = &memo {
@@ -177,6 +184,43 @@ impl Turn<'_> {
         }
     }
 
+    /// The cap totals of every partner the conversion may credit as of its mark: the
+    /// later of what was read (in step 4, or here for the partners of a first sale of
+    /// this batch) and what the batch settled before it.
+    async fn cap_totals(
+        &self,
+        state: &dyn StateStore,
+        overlay: &Overlay,
+        first_sale: Option<&FirstSale>,
+    ) -> Result<HashMap<CapKey, Decimal>, StateError> {
+        let (e, program) = (self.e, self.program);
+        let mut stored = self.plan.cap_totals(self.k);
+        if program.commission.caps.is_empty() || e.kind == ConversionKind::Refund {
+            return Ok(HashMap::new());
+        }
+        if let (Some(f), ConversionKind::Recurring) = (first_sale, e.kind) {
+            let partners: Vec<String> = f.shares.iter().map(|(p, _)| p.clone()).collect();
+            let missing: Vec<Read> = caps::reads(program, e, &partners, self.mark)
+                .into_iter()
+                .filter(|r| matches!(r, Read::CapTotal { key, .. } if !stored.contains_key(key)))
+                .collect();
+            if !missing.is_empty() {
+                for (read, answer) in missing.iter().zip(state.read(&missing).await?) {
+                    if let Read::CapTotal { key, .. } = read {
+                        stored.insert(key.clone(), caps::answer(&answer));
+                    }
+                }
+            }
+        }
+        Ok(stored
+            .into_iter()
+            .map(|(key, read)| {
+                let total = caps::later(read, overlay.cap_total(&key, self.mark));
+                (key, total)
+            })
+            .collect())
+    }
+
     /// The tallies read in step 4, and those of the partners of a first sale of this
     /// batch, read here: who they are is known only once that sale is decided, so this
     /// one read stays in the loop (only for recurring payments under `refund_rate`).
@@ -220,15 +264,14 @@ pub(super) fn decide(
     selected: &[StoredTouch],
     first_sale: Option<&FirstSale>,
     order: Option<(&OrderRecord, &[BookedRefund], OrderSlot)>,
-    as_of: &AsOf<impl Fn(&Read) -> u64>,
+    as_of: &AsOf<'_, impl Fn(&Read) -> u64>,
 ) -> Result<Memo, String> {
     let (credit, campaigns) = credit_of(registry, program, e, selected, first_sale, order);
     let last_touch_ms = match &credit {
         Credit::Journey(touches) => touches.iter().map(|t| t.ts.timestamp_millis()).max(),
         _ => None,
     };
-    let volume = |p: &str, _| as_of.volume(e, p);
-    let decision = settle::settle(program, e, credit, registry, volume, as_of.customer)
+    let decision = settle::settle(program, e, credit, registry, as_of)
         .map_err(|why| format!("{OUT_OF_RANGE}: {why}"))?;
     // Within Decimal's range is not yet within the ledger's columns.
     crate::sink::rows::fits(e, &decision).map_err(|why| format!("{OUT_OF_RANGE}: {why}"))?;
@@ -237,6 +280,7 @@ pub(super) fn decide(
         && !decision.rows.is_empty()
         && order.is_some_and(|(_, earlier, _)| earlier.is_empty());
     Ok(Memo {
+        caps: caps::after(program, e, &decision, &as_of.totals),
         decision,
         campaigns,
         lifecycle,
@@ -307,7 +351,7 @@ fn lifecycle_of(
     decision: &Decision,
     order: Option<(&OrderRecord, &[BookedRefund], OrderSlot)>,
     last_touch_ms: Option<i64>,
-    as_of: &AsOf<impl Fn(&Read) -> u64>,
+    as_of: &AsOf<'_, impl Fn(&Read) -> u64>,
 ) -> Lifecycle {
     match (e.kind, order) {
         (ConversionKind::Refund, Some((order, earlier, _))) => {
@@ -354,15 +398,33 @@ fn lifecycle_of(
     }
 }
 
-/// The tallies as a conversion at `mark` sees them (`count` answers [`Read::Count`]s),
-/// and what rules read of its customer then.
-pub(super) struct AsOf<F> {
+/// The history as the conversion `e` at `mark` sees it: tallies (`count` answers
+/// [`Read::Count`]s), what rules read of its customer, and its partners' cap totals.
+pub(super) struct AsOf<'a, F> {
+    e: &'a ConversionEvent,
     mark: Mark,
     count: F,
     customer: Customer,
+    totals: HashMap<CapKey, Decimal>,
 }
 
-impl<F: Fn(&Read) -> u64> AsOf<F> {
+impl<F: Fn(&Read) -> u64> settle::History for AsOf<'_, F> {
+    fn volume(&self, partner: &str, _month: u32) -> u64 {
+        // The month is the conversion's previous one, which the read names itself.
+        AsOf::volume(self, self.e, partner)
+    }
+
+    fn customer(&self) -> Customer {
+        self.customer
+    }
+
+    fn cap_total(&self, partner: &str, period: Period) -> Decimal {
+        let key = caps::key(self.e, partner, period);
+        self.totals.get(&key).copied().unwrap_or_default()
+    }
+}
+
+impl<F: Fn(&Read) -> u64> AsOf<'_, F> {
     /// The partner's conversions in the month before the conversion's (volume tiers).
     pub(super) fn volume(&self, e: &ConversionEvent, partner: &str) -> u64 {
         (self.count)(&volume_read(e, partner, self.mark))

@@ -64,6 +64,11 @@ pub(super) fn effects(
             }
         }
     }
+    out.extend(memo.caps.iter().map(|c| Write::CapTotal {
+        key: c.key.clone(),
+        mark,
+        total: c.total,
+    }));
     let program = registry.program(&e.program_id);
     out.extend(
         tallies(program.as_deref(), e, memo)

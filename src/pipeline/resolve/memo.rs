@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub use super::caps::CapTotal;
 use super::effects::effects;
 use crate::engine::lifecycle::Lifecycle;
 use crate::engine::settle::Decision;
@@ -27,6 +28,9 @@ pub struct Memo {
     /// order id (see [`OrderSlot::PRECEDENCE`]).
     #[serde(default, skip_serializing_if = "OrderSlot::is_sale")]
     pub reversed: OrderSlot,
+    /// The cap totals its direct rows leave (SPEC §10.1).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub caps: Vec<CapTotal>,
 }
 
 /// What became of one conversion of a batch.
@@ -46,6 +50,7 @@ impl Memo {
             lifecycle: Lifecycle::default(),
             first_refund: false,
             reversed: OrderSlot::Sale,
+            caps: Vec::new(),
         }
     }
 }

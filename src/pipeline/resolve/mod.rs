@@ -19,6 +19,7 @@
 //! the batch's `overlay`; the state a settled conversion changes in `effects`; hold
 //! ends in `holds`.
 
+mod caps;
 mod decide;
 mod effects;
 mod holds;

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use rust_decimal::Decimal;
 use uuid::Uuid;
 
 use super::effects::{booked, first_sale, order_record, order_slot, tallies, Booked};
@@ -11,7 +12,7 @@ use super::Memo;
 use crate::engine::lifecycle::BookedRefund;
 use crate::engine::settle::{ConversionStatus, FirstSale, OrderRecord};
 use crate::events::{ConversionEvent, ConversionKind};
-use crate::pipeline::store::{Answer, Mark, OrderSlot, Read, Tally};
+use crate::pipeline::store::{Answer, CapKey, Mark, OrderSlot, Read, Tally};
 use crate::registry::Program;
 
 /// State of one order while a batch is resolved.
@@ -61,6 +62,8 @@ pub(super) struct Overlay {
     claims: HashMap<String, Uuid>,
     tallied: HashMap<Tally, Vec<Mark>>,
     first_sales: HashMap<(String, String), (Mark, FirstSale)>,
+    /// Cap totals the batch's conversions left, with their marks.
+    cap_totals: HashMap<CapKey, Vec<(Mark, Decimal)>>,
     /// The marks of each customer's attributed sales in this batch.
     customer_sales: HashMap<(String, String), Vec<Mark>>,
     /// The stored orders refunds reverse, before this batch's conversions add theirs
@@ -117,6 +120,16 @@ impl Overlay {
             .cloned()
     }
 
+    /// The latest cap total the batch left before `mark`.
+    pub(super) fn cap_total(&self, key: &CapKey, mark: Mark) -> Option<(Mark, Decimal)> {
+        self.cap_totals
+            .get(key)?
+            .iter()
+            .filter(|(m, _)| *m < mark)
+            .max_by_key(|(m, _)| *m)
+            .copied()
+    }
+
     /// How many attributed sales of the customer this batch settled before `mark`.
     pub(super) fn customer_sales(&self, program: &str, customer: &str, mark: Mark) -> u64 {
         self.customer_sales
@@ -164,6 +177,10 @@ impl Overlay {
         let (tallied, first_sales, orders) =
             (&mut self.tallied, &mut self.first_sales, &mut self.orders);
         let customer_sales = &mut self.customer_sales;
+        for c in &memo.caps {
+            let totals = self.cap_totals.entry(c.key.clone()).or_default();
+            totals.push((mark, c.total));
+        }
         let d = &memo.decision;
         if d.status == ConversionStatus::Duplicate {
             return;

@@ -5,8 +5,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use rust_decimal::Decimal;
 use uuid::Uuid;
 
+use super::caps;
 use crate::engine::attribution::Touch;
 use crate::engine::dedup;
 use crate::engine::fraud::REFUND_RATE_WINDOW_MS;
@@ -14,7 +16,9 @@ use crate::engine::journey;
 use crate::engine::rewards;
 use crate::engine::settle::{self, FirstSale};
 use crate::events::{ConversionEvent, ConversionKind};
-use crate::pipeline::store::{Answer, Mark, Read, StateError, StateStore, StoredTouch, Tally};
+use crate::pipeline::store::{
+    Answer, CapKey, Mark, Read, StateError, StateStore, StoredTouch, Tally,
+};
 use crate::registry::{Program, Registry};
 
 /// Where the answers of one conversion's first reads are.
@@ -111,12 +115,24 @@ impl Plan {
     pub(super) fn counts(&self, k: usize) -> HashMap<Read, u64> {
         self.counts_of[k]
             .iter()
+            .filter(|(read, _)| matches!(read, Read::Count { .. }))
             .map(|(read, r)| {
                 let n = match self.counts[*r] {
                     Answer::Count(n) => n,
                     _ => 0,
                 };
                 (read.clone(), n)
+            })
+            .collect()
+    }
+
+    /// The running totals of caps read for the `k`-th conversion, with their marks.
+    pub(super) fn cap_totals(&self, k: usize) -> HashMap<CapKey, Option<(Mark, Decimal)>> {
+        self.counts_of[k]
+            .iter()
+            .filter_map(|(read, r)| match read {
+                Read::CapTotal { key, .. } => Some((key.clone(), caps::answer(&self.counts[*r]))),
+                _ => None,
             })
             .collect()
     }
@@ -164,7 +180,7 @@ impl Plan {
     }
 
     /// Step 4: tallies as of each conversion: last month's counts of the partners sales
-    /// may credit, and the refund rates of the partners it may credit.
+    /// may credit, the refund rates and the cap totals of the partners it may credit.
     async fn read_tallies(
         &mut self,
         registry: &Registry,
@@ -221,6 +237,17 @@ impl Plan {
             for p in &partners {
                 tallies.extend(rate_reads(e, p, *mark));
             }
+        }
+        if !program.commission.caps.is_empty() && e.kind != ConversionKind::Refund {
+            if let Some((_, f)) = self
+                .first_sale(k)
+                .filter(|_| e.kind == ConversionKind::Recurring)
+            {
+                partners.extend(f.shares.into_iter().map(|(p, _)| p));
+            }
+            partners.sort();
+            partners.dedup();
+            tallies.extend(caps::reads(program, e, &partners, *mark));
         }
         tallies
     }

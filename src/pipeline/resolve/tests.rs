@@ -56,7 +56,10 @@ mod settle_tests {
     ) -> Arc<Registry> {
         let store = Arc::new(MemoryStore::new());
         program.id = "acme".into();
-        store.put(&Entity::Program(Box::new(program))).await.unwrap();
+        store
+            .put(&Entity::Program(Box::new(program)))
+            .await
+            .unwrap();
         store
             .put(&Entity::Partner(serde_json::from_value(alice).unwrap()))
             .await
@@ -267,6 +270,76 @@ mod lifecycle_tests {
             split.push(settle(&registry, &state, e.clone()).await);
         }
         split.extend(settle_on(&registry, &state, &events[2..]).await);
+        assert_eq!(split, one_by_one);
+    }
+
+    /// Caps (SPEC §10.1) count in intake order per UTC day and month of `occurred_at`:
+    /// the same settled one by one, as one batch, or split between the two.
+    #[tokio::test]
+    async fn caps_clip_in_intake_order_live_and_in_a_batch() {
+        let mut json = crate::testkit::fixtures::unit_program_json();
+        json["commission"]["caps"] = serde_json::json!([
+            {"period": "day", "max": "20.00"}, {"period": "month", "max": "50"}]);
+        let mut program: Program = serde_json::from_value(json).unwrap();
+        program.id = "acme".into();
+        program.validate().unwrap();
+        let registry = super::settle_tests::registry_with(
+            program,
+            serde_json::json!({"id": "alice", "program_id": "acme"}),
+        )
+        .await;
+        // Each sale of 100 earns bronze 15.00 uncapped.
+        let sale = |id: u128, days: i64, minutes: i64| {
+            let at = t0() + Duration::days(days) + Duration::minutes(minutes);
+            conversion(id, ConversionKind::Sale, "100", at)
+        };
+        let events = vec![
+            sale(1, 0, 0),
+            sale(2, 0, 1),
+            sale(3, 0, 2),
+            sale(4, 1, 0),
+            sale(5, 1, 1),
+            sale(6, 2, 0),
+            // Next month: both periods start again.
+            sale(7, 31, 0),
+        ];
+        let state = MemoryState::new();
+        let mut one_by_one = Vec::new();
+        for e in &events {
+            one_by_one.push(settle(&registry, &state, e.clone()).await);
+        }
+        let paid: Vec<String> = one_by_one
+            .iter()
+            .map(|m| {
+                let row = &m.decision.rows[0];
+                format!("{} {}", row.amount, row.reason)
+                    .trim_end()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(
+            paid,
+            [
+                "15.00",
+                "5.00 capped",
+                "0.00 capped",
+                "15.00",
+                "5.00 capped",
+                // 15 + 5 + 15 + 5 = 40 of the month's 50.
+                "10.00 capped",
+                "15.00",
+            ]
+        );
+        assert_eq!(settle_together(&registry, &events).await, one_by_one);
+        let state = MemoryState::new();
+        let mut split = Vec::new();
+        for e in &events[..2] {
+            split.push(settle(&registry, &state, e.clone()).await);
+        }
+        split.extend(settle_on(&registry, &state, &events[2..5]).await);
+        for e in &events[5..] {
+            split.push(settle(&registry, &state, e.clone()).await);
+        }
         assert_eq!(split, one_by_one);
     }
 
@@ -788,8 +861,7 @@ mod bounds_tests {
                 &e,
                 Credit::Referral("p0".into()),
                 &chain,
-                |_, _| 1_000_000,
-                settle::Customer::default(),
+                &|_: &str, _: u32| 1_000_000,
             )
             .unwrap();
             assert_eq!(d.rows.len(), 6, "{kind:?}: direct and five overrides");

@@ -9,13 +9,14 @@ use std::ops::Bound;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
+use rust_decimal::Decimal;
 use uuid::Uuid;
 
 use tokio::time::{Duration, Instant};
 
 use super::{
-    Answer, ClickRecord, Decide, Mark, OrderSlot, Read, StateError, StateStore, StoredTouch, Tally,
-    Write, MAX_JOURNEY, MEMO_TTL,
+    Answer, CapKey, ClickRecord, Decide, Mark, OrderSlot, Read, StateError, StateStore,
+    StoredTouch, Tally, Write, CAP_ENTRIES_KEPT, MAX_JOURNEY, MEMO_TTL,
 };
 
 /// How often expired entries are swept.
@@ -97,6 +98,7 @@ struct Inner {
     /// tally → (marks, expiry)
     tallies: HashMap<Tally, (Marks, Instant)>,
     first_sales: HashMap<(String, String), BTreeMap<Mark, String>>,
+    cap_totals: HashMap<CapKey, BTreeMap<Mark, Decimal>>,
     orders: HashMap<(String, String, OrderSlot), String>,
     refunds: HashMap<(String, String, OrderSlot), BTreeMap<Mark, String>>,
     due: BTreeSet<(i64, String)>,
@@ -240,6 +242,12 @@ impl Inner {
                     .filter(|(m, _)| *m < before)
                     .map(|(m, json)| (*m, json.clone())),
             ),
+            Read::CapTotal { key, before } => Answer::Marked(
+                self.cap_totals
+                    .get(key)
+                    .and_then(|t| t.range(..*before).next_back())
+                    .map(|(m, total)| (*m, total.to_string())),
+            ),
             Read::CustomerSales {
                 program,
                 customer,
@@ -351,6 +359,14 @@ impl Inner {
             }
             Write::DueDone { json } => {
                 self.due.retain(|(_, j)| j != json);
+                None
+            }
+            Write::CapTotal { key, mark, total } => {
+                let totals = self.cap_totals.entry(key.clone()).or_default();
+                totals.entry(*mark).or_insert(*total);
+                while totals.len() > CAP_ENTRIES_KEPT {
+                    totals.pop_first();
+                }
                 None
             }
         }

@@ -25,6 +25,7 @@
 //! | `{p}:fs:{program}:{customer}`     | zset   | recurring months + 1, or none (lifetime plans, rules that read the customer) | [`Write::FirstSale`]: attributed sales (score received ms, member id hex + first-sale JSON); read first ([`Read::FirstSale`]) or counted ([`Read::CustomerSales`]) |
 //! | `{p}:o:{{program:order}}{slot}`   | string | [`ORDER_TTL`]            | [`Write::Order`]: what the order's sale (slot empty), recurring payment (`:recurring`), lead (`:lead`) or signup (`:signup`) earned |
 //! | `{p}:o:{{program:order}}{slot}:r` | hash   | [`ORDER_TTL`]            | [`Write::Refund`]: reversals booked on that record, by the refund's mark |
+//! | `{p}:cap:{program}:{partner}:{period}` | zset | 3 days (day), 63 days (month), none (lifetime) | [`Write::CapTotal`]: running totals of direct commissions (score 0, member [`Mark::bound`] + total), the last [`CAP_ENTRIES_KEPT`] |
 //! | `{p}:due`                         | zset   | none (members removed once done) | [`Write::Due`]: orders whose hold ends (score due ms, member the entry) |
 //! | `{p}:wm`                          | hash   | none                     | [`StateStore::publish`]: partition frontiers |
 //!
@@ -52,6 +53,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
+use rust_decimal::Decimal;
 use uuid::Uuid;
 
 pub use crate::kv::StateError;
@@ -225,6 +227,31 @@ pub struct Decide {
     pub touchpoint: bool,
 }
 
+/// A partner's running total of direct commissions in one cap period (SPEC §10.1):
+/// `period` is [`crate::engine::caps::Period::key`] of the conversions it counts.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct CapKey {
+    pub program: String,
+    pub partner: String,
+    pub period: String,
+}
+
+impl CapKey {
+    /// How long a running total is kept after its last write: its period and a margin
+    /// for late events; a lifetime total for good (`None`).
+    pub fn ttl(&self) -> Option<Duration> {
+        match self.period.as_bytes().first() {
+            Some(b'd') => Some(Duration::from_secs(3 * 86_400)),
+            Some(b'm') => Some(Duration::from_secs(63 * 86_400)),
+            _ => None,
+        }
+    }
+}
+
+/// Running totals kept per cap key: only the latest before a mark is ever read, so
+/// older entries go (a forced settlement far behind is the only reader that far back).
+pub const CAP_ENTRIES_KEPT: usize = 256;
+
 /// Marks counted as of a mark: each key holds the marks (ms, id) of what it counts.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Tally {
@@ -349,6 +376,9 @@ pub enum Read {
         customer: String,
         before: Mark,
     },
+    /// The latest running total before `before`, with the mark it was written at →
+    /// [`Answer::Marked`] (the total as a decimal string).
+    CapTotal { key: CapKey, before: Mark },
     /// What one record of the order earned and the reversals booked on it →
     /// [`Answer::Order`]; with no slot, the record a refund reverses.
     Order {
@@ -415,6 +445,12 @@ pub enum Write {
     Due { due_ms: i64, json: String },
     /// Removes a hold end whose approvals are written.
     DueDone { json: String },
+    /// Records the running total after the conversion at `mark`.
+    CapTotal {
+        key: CapKey,
+        mark: Mark,
+        total: Decimal,
+    },
 }
 
 /// Pipeline state.

@@ -248,6 +248,45 @@ pub async fn conversions_read_as_of_a_mark(s: &dyn StateStore) {
         ]
     );
 
+    // Cap totals: the latest entry before a mark, whatever the order of writes.
+    let cap = CapKey {
+        program: "acme".into(),
+        partner: "alice".into(),
+        period: "d20261207".into(),
+    };
+    let total = |ms: i64, id: u128, t: &str| Write::CapTotal {
+        key: cap.clone(),
+        mark: Mark { ms, id },
+        total: t.parse().unwrap(),
+    };
+    s.write(&[
+        total(T + 5, 2, "30.00"),
+        total(T, 7, "10.50"),
+        total(T + 5, 1, "20.00"),
+    ])
+    .await
+    .unwrap();
+    let latest = |ms: i64, id: u128| Read::CapTotal {
+        key: cap.clone(),
+        before: Mark { ms, id },
+    };
+    assert_eq!(
+        s.read(&[
+            latest(T, 7),
+            latest(T, 8),
+            latest(T + 5, 2),
+            latest(T + 6, 0)
+        ])
+        .await
+        .unwrap(),
+        vec![
+            Answer::Marked(None),
+            Answer::Marked(Some((Mark { ms: T, id: 7 }, "10.50".into()))),
+            Answer::Marked(Some((Mark { ms: T + 5, id: 1 }, "20.00".into()))),
+            Answer::Marked(Some((Mark { ms: T + 5, id: 2 }, "30.00".into()))),
+        ]
+    );
+
     let order = |slot| Read::Order {
         program: "acme".into(),
         order: "o-1".into(),

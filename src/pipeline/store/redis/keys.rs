@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::renewals::RENEW_EVERY;
 use super::{Cmds, RedisState};
-use crate::pipeline::store::{ms, Mark, OrderSlot, Tally};
+use crate::pipeline::store::{ms, CapKey, Mark, OrderSlot, Tally};
 
 impl RedisState {
     pub(super) fn click(&self, id: Uuid) -> String {
@@ -46,6 +46,15 @@ impl RedisState {
                 ip_hash,
             } => format!("{p}:ti:{program}:{partner}:{ip_hash}"),
         }
+    }
+
+    pub(super) fn cap(&self, key: &CapKey) -> String {
+        let CapKey {
+            program,
+            partner,
+            period,
+        } = key;
+        format!("{}:cap:{program}:{partner}:{period}", self.prefix)
     }
 
     pub(super) fn first_sale(&self, program: &str, customer: &str) -> String {

@@ -262,6 +262,16 @@ impl RedisState {
                     .arg(0)
                     .arg("WITHSCORES");
             }
+            Read::CapTotal { key, before } => {
+                // The latest entry before the mark: members sort by the mark's bound.
+                pipe.cmd("ZREVRANGEBYLEX")
+                    .arg(self.cap(key))
+                    .arg(before.bound("("))
+                    .arg("-")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(1);
+            }
             Read::CustomerSales {
                 program,
                 customer,
@@ -357,6 +367,13 @@ fn answer<'a>(
                     id: u128::from_str_radix(id, 16).ok()?,
                 };
                 (mark < *before).then(|| (mark, json.to_string()))
+            }))
+        }
+        Read::CapTotal { .. } => {
+            let latest: Vec<String> = redis::from_redis_value_ref(next()?)?;
+            Answer::Marked(latest.into_iter().find_map(|member| {
+                let mark = Mark::decode(member.get(..48)?)?;
+                Some((mark, member.get(48..)?.to_string()))
             }))
         }
         Read::CustomerSales { before, .. } => {

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use super::{Cmds, RedisState};
-use crate::pipeline::store::{ms, Write, CLAIM_TTL, MEMO_TTL, ORDER_TTL};
+use crate::pipeline::store::{ms, Write, CAP_ENTRIES_KEPT, CLAIM_TTL, MEMO_TTL, ORDER_TTL};
 
 impl RedisState {
     /// The commands of one write; a memo's is the first (its reply is the memo that
@@ -83,6 +83,24 @@ impl RedisState {
             }
             Write::DueDone { json } => {
                 pipe.cmd("ZREM").arg(self.due()).arg(json);
+            }
+            Write::CapTotal { key, mark, total } => {
+                let key_name = self.cap(key);
+                pipe.cmd("ZADD")
+                    .arg(&key_name)
+                    .arg(0)
+                    .arg(format!("{}{total}", mark.bound("")));
+                // Only the latest entries are read; the rest go.
+                pipe.cmd("ZREMRANGEBYRANK")
+                    .arg(&key_name)
+                    .arg(0)
+                    .arg(-(CAP_ENTRIES_KEPT as i64) - 1);
+                match key.ttl() {
+                    Some(t) => self.renew(pipe, key_name, t, now),
+                    None => {
+                        pipe.cmd("PERSIST").arg(&key_name);
+                    }
+                }
             }
         }
     }
