@@ -31,7 +31,9 @@ async fn shuffled_backlog_read_by_two_instances_matches_intake_order() {
     let shuffled = config(&small);
     for c in [&reference, &shuffled] {
         migrate(c).await;
-        seed_registry_direct(c, PARTNERS).await;
+        // Reward rules and caps too (SPEC §10.1): the customer's history and the caps'
+        // running totals are read in intake order like every other count.
+        seed_registry_rewards(c, PARTNERS, true).await;
     }
     let base = chrono::Utc::now() - chrono::Duration::hours(3);
     let stream = touchline::testkit::synthetic::produce_in(
@@ -74,6 +76,22 @@ async fn shuffled_backlog_read_by_two_instances_matches_intake_order() {
         vec!["0.200000000000", "0.210000000000"],
         "p1's sales earn the bonus only once received after 50 of last month's signups"
     );
+    // Rules paid and caps clipped: the scenario exercises both.
+    let reasons = ch_query(
+        &reference,
+        "SELECT reason, count() FROM commissions FINAL WHERE kind = 'direct' AND reason != ''          GROUP BY reason ORDER BY reason",
+    )
+    .await;
+    let reasons: Vec<&str> = reasons.iter().map(|r| r[0].as_str()).collect();
+    for expected in [
+        "capped",
+        "rule eu-enterprise",
+        "rule first-sale",
+        "rule gold-leads",
+        "rule pro-plan",
+    ] {
+        assert!(reasons.contains(&expected), "{expected} among {reasons:?}");
+    }
 
     // Backlog: everything is on the topics before either instance starts.
     let mut first = spawn_pipeline_process(&shuffled, &[]);

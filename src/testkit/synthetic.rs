@@ -14,11 +14,45 @@ use crate::events::{to_millis, ClickEvent, ClickStatus, ConversionEvent, Convers
 use crate::registry::{Link, LinkStatus, Partner, PartnerStatus, Program, Registry, RegistryError};
 use crate::rng::Rng;
 
+/// Reward rules and caps for the synthetic program (SPEC §10.1): every field kind a
+/// condition reads, the customer's history, and caps that clip within the stream's day.
+/// p1 keeps the plan's rates: the volume bonus scenario reads them.
+pub fn rewards() -> (serde_json::Value, serde_json::Value) {
+    let not_p1 = serde_json::json!({"field": "partner.id", "op": "ne", "value": "p1"});
+    let rules = serde_json::json!([
+        {"name": "eu-enterprise", "when": {"all": [not_p1,
+            {"field": "country", "op": "in", "value": ["DE", "FR"]},
+            {"field": "product_id", "op": "eq", "value": "enterprise"}]},
+         "kinds": ["sale", "recurring"], "rate": "0.35"},
+        {"name": "first-sale", "when": {"all": [not_p1,
+            {"field": "customer.sale_number", "op": "eq", "value": 1},
+            {"field": "amount", "op": "gte", "value": "100"}]},
+         "kinds": ["sale"], "rate": "0.22", "months": 1},
+        {"name": "pro-plan", "when": {"all": [not_p1, {"any": [
+            {"field": "metadata.plan", "op": "eq", "value": "pro"},
+            {"field": "months_since_first_sale", "op": "gte", "value": 1}]}]},
+         "kinds": ["sale"], "rate": "0.18"},
+        {"name": "gold-leads", "when": {"field": "partner.tier", "op": "eq", "value": "gold"},
+         "kinds": ["lead"], "bounty": "7.50"}]);
+    let caps =
+        serde_json::json!([{"period": "day", "max": "400.00"}, {"period": "month", "max": "900"}]);
+    (rules, caps)
+}
+
 /// Writes program `acme` (a week's hold, every fraud rule that counts history on),
 /// `partners`
 /// partners (every fourth the parent of the next three) and one link per partner.
 pub async fn seed_registry(registry: &Registry, partners: usize) -> Result<(), RegistryError> {
-    let program: Program = serde_json::from_value(serde_json::json!({
+    seed_registry_with(registry, partners, false).await
+}
+
+/// [`seed_registry`], with the plan's [`rewards`] when `with_rewards`.
+pub async fn seed_registry_with(
+    registry: &Registry,
+    partners: usize,
+    with_rewards: bool,
+) -> Result<(), RegistryError> {
+    let mut program: Program = serde_json::from_value(serde_json::json!({
         "name": "Synthetic", "currency": "USD", "secret": "synthetic-signing-secret-0001",
         "fallback_url": "https://shop.example/",
         "attribution": {"model": "time_decay", "half_life_days": "7"},
@@ -33,6 +67,11 @@ pub async fn seed_registry(registry: &Registry, partners: usize) -> Result<(), R
         "fraud": {"review_above": "450", "max_clicks_per_ip_hour": 2, "refund_rate": "0.25"}
     }))
     .expect("a valid program");
+    if with_rewards {
+        let (rules, caps) = rewards();
+        program.commission.rules = serde_json::from_value(rules).expect("valid rules");
+        program.commission.caps = serde_json::from_value(caps).expect("valid caps");
+    }
     registry.put_program("acme", program).await?;
     let tiers = ["bronze", "silver", "gold", "platinum"];
     for i in 0..partners {
@@ -175,6 +214,15 @@ pub async fn produce_in(
                     original: Option<String>,
                     offset_s: i64| {
         m += 1;
+        // What reward rules read, from the conversion's number (not the generator, so
+        // that the rest of the stream is what it always was).
+        let country = ["DE", "US", "FR", "GB", "US"][(m % 5) as usize];
+        let product = (m % 7 == 0).then(|| "enterprise".to_string());
+        let metadata = if m % 3 == 0 {
+            std::collections::BTreeMap::from([("plan".to_string(), "pro".to_string())])
+        } else {
+            std::collections::BTreeMap::new()
+        };
         ConversionEvent {
             v: 1,
             conversion_id: uuid::Uuid::from_u128(0xE000_0000_0000 + m),
@@ -192,9 +240,9 @@ pub async fn produce_in(
             original_order_id: original,
             registry_version: 0,
             customer_email_sha256: None,
-            country: None,
-            product_id: None,
-            metadata: Default::default(),
+            country: Some(country.into()),
+            product_id: product,
+            metadata,
         }
     };
     for (v, own_clicks) in visitor_clicks.iter().enumerate() {
@@ -228,6 +276,22 @@ pub async fn produce_in(
                     None,
                     at_s,
                 ));
+                if v % 8 == 0 {
+                    // The customer buys again a minute later: its second sale (reward
+                    // rules read the sale number; caps see a second row).
+                    conversions.push(conv(
+                        ConversionKind::Sale,
+                        format!("S2-{v}"),
+                        &amount,
+                        currency,
+                        Some(click),
+                        None,
+                        None,
+                        Some(customer.clone()),
+                        None,
+                        at_s + 60,
+                    ));
+                }
                 if rng.below(4) == 0 {
                     // A merchant retry of the same order: a duplicate.
                     conversions.push(conv(

@@ -4,11 +4,16 @@ use super::*;
 
 /// Writes the registry of the generated stream into the store `config` names.
 pub async fn seed_registry_direct(config: &Config, partners: usize) {
+    seed_registry_rewards(config, partners, false).await
+}
+
+/// [`seed_registry_direct`], with reward rules and caps when `with_rewards`.
+pub async fn seed_registry_rewards(config: &Config, partners: usize, with_rewards: bool) {
     let store = touchline::app::registry_store(config)
         .await
         .expect("redis is required (scripts/stack.sh up)");
     let registry = touchline::registry::Registry::open(store).await.unwrap();
-    touchline::testkit::synthetic::seed_registry(&registry, partners)
+    touchline::testkit::synthetic::seed_registry_with(&registry, partners, with_rewards)
         .await
         .unwrap();
 }
