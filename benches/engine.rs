@@ -208,7 +208,122 @@ fn bench_decision(c: &mut Criterion) {
             )
         });
     }
+    // SPEC §8 with §10.1: the same decision under ten reward rules (two of them match)
+    // and two caps, the customer's history and the running totals handed in.
+    let mut p = program(AttributionModel::LastTouch);
+    p.commission.rules = serde_json::from_value(ten_rules()).unwrap();
+    p.commission.caps = serde_json::from_value(serde_json::json!([
+        {"period": "day", "max": "500.00"}, {"period": "month", "max": "5000"}]))
+    .unwrap();
+    p.validate().unwrap();
+    let mut conv = conv;
+    conv.country = Some("DE".into());
+    conv.product_id = Some("enterprise".into());
+    conv.metadata.insert("plan".into(), "pro".into());
+    g.bench_function("sale_4_touch_journey_last_touch_10_rules_2_caps", |b| {
+        b.iter_batched(
+            || clicks.clone(),
+            |touches| {
+                let key =
+                    dedup::conversion_key(&conv.program_id, conv.kind.as_str(), &conv.order_id);
+                let touches = journey::select(
+                    touches,
+                    conv.occurred_at,
+                    None,
+                    p.lookback_days,
+                    p.max_touches,
+                    |id| settle::is_active(&dir, id),
+                );
+                let decision =
+                    settle::settle(&p, &conv, Credit::Journey(touches), &dir, &Seen).unwrap();
+                black_box((key, decision))
+            },
+            BatchSize::SmallInput,
+        )
+    });
     g.finish();
+}
+
+/// A history for the rules bench: volume for the bonus, a returning customer, and cap
+/// totals below the caps.
+struct Seen;
+
+impl settle::History for Seen {
+    fn volume(&self, _: &str, _: u32) -> u64 {
+        60
+    }
+    fn customer(&self) -> settle::Customer {
+        settle::Customer {
+            sale_number: Some(2),
+            months_since_first_sale: Some(1),
+        }
+    }
+    fn cap_total(&self, _: &str, _: touchline::engine::caps::Period) -> Decimal {
+        Decimal::new(12_000, 2)
+    }
+}
+
+/// Ten rules over every kind of field; `eu-enterprise` and `returning` match the bench's
+/// sale, the rest do not.
+fn ten_rules() -> serde_json::Value {
+    let rule = |name: &str, when: serde_json::Value, rate: &str| serde_json::json!({"name": name, "when": when, "kinds": ["sale"], "rate": rate});
+    let test = |field: &str, op: &str, value: serde_json::Value| serde_json::json!({"field": field, "op": op, "value": value});
+    serde_json::json!([
+        rule("us-only", test("country", "eq", "US".into()), "0.40"),
+        rule(
+            "eu-enterprise",
+            serde_json::json!({"all": [
+            test("country", "in", serde_json::json!(["DE", "FR", "IT", "ES"])),
+            test("product_id", "eq", "enterprise".into())]}),
+            "0.35"
+        ),
+        rule("big-deal", test("amount", "gte", "100000".into()), "0.50"),
+        rule(
+            "starter",
+            test("product_id", "eq", "starter".into()),
+            "0.10"
+        ),
+        rule(
+            "free-plan",
+            test("metadata.plan", "eq", "free".into()),
+            "0.05"
+        ),
+        rule(
+            "returning",
+            test("customer.sale_number", "gte", 2.into()),
+            "0.12"
+        ),
+        rule(
+            "first-year",
+            serde_json::json!({"all": [
+            test("months_since_first_sale", "lt", 12.into()),
+            test("currency", "eq", "JPY".into())]}),
+            "0.45"
+        ),
+        rule(
+            "platinum-us",
+            serde_json::json!({"all": [
+            test("partner.tier", "eq", "platinum".into()),
+            test("country", "eq", "US".into())]}),
+            "0.42"
+        ),
+        rule(
+            "vip",
+            test(
+                "partner.id",
+                "in",
+                serde_json::json!(["vip1", "vip2", "vip3"])
+            ),
+            "0.60"
+        ),
+        rule(
+            "mid-deal",
+            serde_json::json!({"any": [
+            test("amount", "gt", "50000".into()),
+            {"all": [test("country", "eq", "GB".into()), test("metadata.plan", "ne", "pro".into())]}]}),
+            "0.30"
+        )
+    ])
 }
 
 fn bench_click_dedup(c: &mut Criterion) {

@@ -273,10 +273,11 @@ pub struct Share {
     pub headroom: Option<Decimal>,
 }
 
-/// A reward rule chosen for one partner: its name and what it pays.
-#[derive(Debug, Clone, PartialEq)]
+/// A reward rule chosen for one partner: its place in the plan's rules and what it
+/// pays (an index, so that choosing allocates nothing).
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Chosen {
-    pub name: String,
+    pub index: usize,
     pub pays: Pays,
 }
 
@@ -304,10 +305,12 @@ impl Share {
         }
     }
 
-    fn reason(&self, capped: bool) -> String {
-        match (&self.rule, capped) {
-            (Some(c), false) => format!("rule {}", c.name),
-            (Some(c), true) => format!("rule {}, capped", c.name),
+    /// The direct row's reason: the rule's (`rule {name}`), and whether it was capped.
+    fn reason(&self, plan: &CommissionPlan, capped: bool) -> String {
+        let rule = self.rule.and_then(|c| plan.rules.get(c.index));
+        match (rule, capped) {
+            (Some(r), false) => r.reason.clone(),
+            (Some(r), true) => format!("{}, capped", r.reason),
             (None, true) => "capped".into(),
             (None, false) => String::new(),
         }
@@ -379,7 +382,7 @@ pub fn earn(
             rate,
             exact: direct,
             amount: Decimal::ZERO,
-            reason: share.reason(capped),
+            reason: share.reason(plan, capped),
         });
         for (i, (ancestor, rate)) in share.ancestors.iter().zip(&plan.overrides).enumerate() {
             let Some(ancestor) = ancestor else { continue };

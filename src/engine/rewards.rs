@@ -40,6 +40,8 @@ pub struct RewardRule {
     pub pays: Pays,
     /// Only within this many months of the customer's first attributed sale.
     pub months: Option<u32>,
+    /// The reason its rows carry, `rule {name}`, made once.
+    pub reason: String,
 }
 
 /// A rule as the API sends and shows it.
@@ -102,6 +104,7 @@ impl TryFrom<RawRule> for RewardRule {
             return Err(fail("months must be 1 to 120".into()));
         }
         Ok(RewardRule {
+            reason: format!("rule {}", raw.name),
             name: raw.name,
             when,
             kinds: raw.kinds,
@@ -174,14 +177,14 @@ pub fn read_customer(rules: &[RewardRule]) -> bool {
 }
 
 /// The rule that pays most among those matching a `kind` conversion for the partner
-/// `facts` describe (ties: the first listed); `None` when none matches.
+/// `facts` describe (ties: the first listed), with its index; `None` when none matches.
 pub fn best<'r>(
     rules: &'r [RewardRule],
     kind: ConversionKind,
     facts: &Facts<'_>,
-) -> Option<&'r RewardRule> {
-    let mut chosen: Option<&RewardRule> = None;
-    for rule in rules {
+) -> Option<(usize, &'r RewardRule)> {
+    let mut chosen: Option<(usize, &RewardRule)> = None;
+    for (i, rule) in rules.iter().enumerate() {
         let in_term = match rule.months {
             None => true,
             Some(m) => facts.months_since_first_sale.is_some_and(|since| since < m),
@@ -189,8 +192,8 @@ pub fn best<'r>(
         if !rule.kinds.contains(&kind) || !in_term || !rule.when.holds(facts) {
             continue;
         }
-        if chosen.is_none_or(|c| rule.pays.value() > c.pays.value()) {
-            chosen = Some(rule);
+        if chosen.is_none_or(|(_, c)| rule.pays.value() > c.pays.value()) {
+            chosen = Some((i, rule));
         }
     }
     chosen
@@ -235,7 +238,7 @@ mod tests {
     #[test]
     fn the_highest_paying_match_wins() {
         let r = spec_rules();
-        let name = |f: &Facts, k| best(&r, k, f).map(|r| r.name.as_str());
+        let name = |f: &Facts, k| best(&r, k, f).map(|(_, r)| r.name.as_str());
         assert_eq!(name(&facts(), ConversionKind::Sale), Some("eu-enterprise"));
         let us = Facts {
             country: Some("US"),
@@ -265,7 +268,10 @@ mod tests {
             {"name": "b", "when": {"field": "amount", "op": "gt", "value": "0"}, "kinds": ["sale"], "rate": "0.20"},
             {"name": "c", "when": {"field": "amount", "op": "gt", "value": "0"}, "kinds": ["sale"], "rate": "0.1"}]))
         .unwrap();
-        assert_eq!(best(&r, ConversionKind::Sale, &facts()).unwrap().name, "a");
+        assert_eq!(
+            best(&r, ConversionKind::Sale, &facts()).unwrap().1.name,
+            "a"
+        );
         assert!(!read_customer(&r));
     }
 
@@ -389,7 +395,7 @@ mod tests {
                     .collect();
                 let top = matching.iter().map(|r| r.pays.value()).max();
                 let expected = matching.iter().find(|r| Some(r.pays.value()) == top).map(|r| &r.name);
-                let chosen = best(&rules, kind, &facts);
+                let chosen = best(&rules, kind, &facts).map(|(_, r)| r);
                 prop_assert_eq!(chosen.map(|r| &r.name), expected);
                 if let Some(c) = chosen {
                     prop_assert!(matching.iter().all(|r| r.pays.value() <= c.pays.value()));

@@ -429,8 +429,8 @@ fn share(
             partner_id: &partner_id,
             ..*on
         };
-        rewards::best(&plan.rules, kind, &facts).map(|r| Chosen {
-            name: r.name.clone(),
+        rewards::best(&plan.rules, kind, &facts).map(|(index, r)| Chosen {
+            index,
             pays: r.pays,
         })
     };

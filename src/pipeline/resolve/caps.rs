@@ -2,8 +2,6 @@
 //! partner it may credit, as of its mark (stored or settled earlier in the batch), and
 //! the totals its direct rows leave, remembered in its memo and written as effects.
 
-use std::collections::HashMap;
-
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +16,18 @@ use crate::registry::Program;
 pub struct CapTotal {
     pub key: CapKey,
     pub total: Decimal,
+}
+
+/// A total as a conversion reads it: its key, the cap's period, the amount.
+pub(super) type Total = (CapKey, Period, Decimal);
+
+/// The partner's total in `period` among `totals` (0 when it has none): a short list,
+/// searched without building a key.
+pub(super) fn total_of(totals: &[Total], partner: &str, period: Period) -> Decimal {
+    totals
+        .iter()
+        .find(|(k, p, _)| *p == period && k.partner == partner)
+        .map_or(Decimal::ZERO, |(_, _, t)| *t)
 }
 
 /// The key of `partner`'s total in the `period` the conversion falls in.
@@ -72,21 +82,20 @@ pub(super) fn after(
     program: &Program,
     e: &ConversionEvent,
     d: &Decision,
-    totals: &HashMap<CapKey, Decimal>,
+    totals: &[Total],
 ) -> Vec<CapTotal> {
     let caps = &program.commission.caps;
     let mut out = Vec::new();
-    for row in d
+    let earned = d
         .rows
         .iter()
-        .filter(|r| r.level == 0 && r.amount > Decimal::ZERO)
-    {
+        .filter(|r| r.level == 0 && r.amount > Decimal::ZERO);
+    for row in earned {
         for cap in caps {
-            let key = key(e, &row.partner_id, cap.period);
-            let before = totals.get(&key).copied().unwrap_or_default();
+            let before = total_of(totals, &row.partner_id, cap.period);
             out.push(CapTotal {
+                key: key(e, &row.partner_id, cap.period),
                 total: before + row.amount,
-                key,
             });
         }
     }

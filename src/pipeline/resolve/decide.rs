@@ -20,9 +20,7 @@ use crate::engine::settle::{
     self, ConversionStatus, Credit, Customer, Decision, FirstSale, OrderRecord,
 };
 use crate::events::{ConversionEvent, ConversionKind};
-use crate::pipeline::store::{
-    Answer, CapKey, Mark, OrderSlot, Read, StateError, StateStore, StoredTouch,
-};
+use crate::pipeline::store::{Answer, Mark, OrderSlot, Read, StateError, StateStore, StoredTouch};
 use crate::registry::{Program, Registry};
 
 /// Decides the fresh conversions of `batch` in mark order. One that cannot be settled
@@ -192,11 +190,11 @@ impl Turn<'_> {
         state: &dyn StateStore,
         overlay: &Overlay,
         first_sale: Option<&FirstSale>,
-    ) -> Result<HashMap<CapKey, Decimal>, StateError> {
+    ) -> Result<Vec<caps::Total>, StateError> {
         let (e, program) = (self.e, self.program);
         let mut stored = self.plan.cap_totals(self.k);
         if program.commission.caps.is_empty() || e.kind == ConversionKind::Refund {
-            return Ok(HashMap::new());
+            return Ok(Vec::new());
         }
         if let (Some(f), ConversionKind::Recurring) = (first_sale, e.kind) {
             let partners: Vec<String> = f.shares.iter().map(|(p, _)| p.clone()).collect();
@@ -212,11 +210,18 @@ impl Turn<'_> {
                 }
             }
         }
+        let periods: Vec<(String, Period)> = program
+            .commission
+            .caps
+            .iter()
+            .map(|c| (c.period.key(e.occurred_at), c.period))
+            .collect();
         Ok(stored
             .into_iter()
-            .map(|(key, read)| {
+            .filter_map(|(key, read)| {
+                let (_, period) = periods.iter().find(|(k, _)| *k == key.period)?;
                 let total = caps::later(read, overlay.cap_total(&key, self.mark));
-                (key, total)
+                Some((key, *period, total))
             })
             .collect())
     }
@@ -405,7 +410,7 @@ pub(super) struct AsOf<'a, F> {
     mark: Mark,
     count: F,
     customer: Customer,
-    totals: HashMap<CapKey, Decimal>,
+    totals: Vec<caps::Total>,
 }
 
 impl<F: Fn(&Read) -> u64> settle::History for AsOf<'_, F> {
@@ -419,8 +424,7 @@ impl<F: Fn(&Read) -> u64> settle::History for AsOf<'_, F> {
     }
 
     fn cap_total(&self, partner: &str, period: Period) -> Decimal {
-        let key = caps::key(self.e, partner, period);
-        self.totals.get(&key).copied().unwrap_or_default()
+        caps::total_of(&self.totals, partner, period)
     }
 }
 
