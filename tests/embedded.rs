@@ -59,6 +59,14 @@ async fn demo_files_load_into_clickhouse_and_agree() {
             "no {expected} in {kinds:?}"
         );
     }
+    // The demo's reward rules paid and its cap clipped (SPEC §10.1).
+    let reasons = ch_query(
+        &config,
+        "SELECT DISTINCT reason FROM commissions FINAL WHERE kind = 'direct' ORDER BY reason",
+    )
+    .await;
+    let reasons: Vec<&str> = reasons.iter().map(|r| r[0].as_str()).collect();
+    assert!(reasons.contains(&"rule eu-shoppers"), "{reasons:?}");
     let bots = ch_query(
         &config,
         "SELECT sum(is_bot), sum(is_unique), count() FROM clicks FINAL",

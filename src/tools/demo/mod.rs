@@ -102,6 +102,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     serve.await.context("embedded server")??;
     let stats = partner_stats(&opts.data_dir)?;
     summary::print_summary(&stats, &opts.data_dir)?;
+    summary::print_rewards(&opts.data_dir)?;
     lifecycle::lifecycle(&opts.data_dir).await?;
     keys::keys_tour(&opts).await?;
     Ok(())

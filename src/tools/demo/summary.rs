@@ -67,3 +67,43 @@ pub(super) fn print_summary(stats: &[PartnerDay], dir: &std::path::Path) -> anyh
     );
     Ok(())
 }
+
+/// What reward rules and caps did (SPEC §10.1): the direct rows by reason, from the
+/// ledger file the embedded sink wrote.
+pub(super) fn print_rewards(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::collections::BTreeMap;
+    let text = std::fs::read_to_string(dir.join("commissions.jsonl"))?;
+    let mut by: BTreeMap<String, (usize, rust_decimal::Decimal)> = BTreeMap::new();
+    #[derive(serde::Deserialize)]
+    struct Row<'a> {
+        kind: &'a str,
+        #[serde(default)]
+        reason: String,
+        // JSONEachRow writes Decimal(18,4) as a number: read its text, never a float.
+        #[serde(borrow)]
+        amount: &'a serde_json::value::RawValue,
+    }
+    for line in text.lines() {
+        let row: Row = serde_json::from_str(line)?;
+        if row.kind != "direct" {
+            continue;
+        }
+        let reason = if row.reason.is_empty() {
+            "tier rate or bounty".to_string()
+        } else {
+            row.reason
+        };
+        let amount: rust_decimal::Decimal = row.amount.get().parse()?;
+        let slot = by.entry(reason).or_default();
+        slot.0 += 1;
+        slot.1 += amount;
+    }
+    println!();
+    println!("reward rules and caps: direct rows by what paid them");
+    for (reason, (rows, amount)) in by {
+        println!("  {reason:<28} {rows:>6} rows {:>12} USD", money(amount));
+    }
+    println!("  (eu-shoppers: 30 % for German and French shoppers; big-basket: 28 % from 200.00;");
+    println!("   capped: clipped to what is left of a partner's 4000.00 a day)");
+    Ok(())
+}

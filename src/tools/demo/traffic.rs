@@ -78,7 +78,7 @@ pub(super) async fn seed(http: &Http) -> anyhow::Result<()> {
             "attribution": {"model": "position_based", "first": "0.4", "last": "0.4"},
             "click_dedup_window_secs": 3600, "max_touches": 32,
             "fx": {"USD": "1", "EUR": "1.0837", "JPY": "0.006571"},
-            "commission": touchline::engine::commission::example_plan(),
+            "commission": plan(),
             // A week's hold; the largest sales wait for review; payouts from 25.00.
             "hold_days": HOLD_DAYS, "min_payout": "25",
             "fraud": {"review_above": "250"}
@@ -103,6 +103,21 @@ pub(super) async fn seed(http: &Http) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The example plan with reward rules and a cap (SPEC §10.1): shoppers from Germany or
+/// France pay 30 % on sales, large baskets 28 %, and no partner earns more than 4000.00
+/// of direct commission a day.
+fn plan() -> serde_json::Value {
+    let mut plan = touchline::engine::commission::example_plan();
+    plan["rules"] = json!([
+        {"name": "eu-shoppers", "kinds": ["sale"], "rate": "0.30",
+         "when": {"field": "country", "op": "in", "value": ["DE", "FR"]}},
+        {"name": "big-basket", "kinds": ["sale"], "rate": "0.28",
+         "when": {"all": [{"field": "amount", "op": "gte", "value": "200"},
+                          {"field": "partner.tier", "op": "ne", "value": "platinum"}]}}]);
+    plan["caps"] = json!([{"period": "day", "max": "4000.00"}]);
+    plan
 }
 
 pub(super) fn links() -> Vec<&'static str> {
@@ -176,7 +191,8 @@ pub(super) async fn visit(
         conversions.push(json!({
             "program_id": PROGRAM, "order_id": format!("ORD-{visitor}"), "kind": "sale",
             "amount": format!("{}.{:02}", cents / 100, cents % 100), "currency": if euros { "EUR" } else { "USD" },
-            "occurred_at": at, "click_id": last_click, "customer_id": format!("cust-{visitor}")
+            "occurred_at": at, "click_id": last_click, "customer_id": format!("cust-{visitor}"),
+            "country": rng.pick(&["US", "DE", "GB", "FR", "US", "CA"])
         }));
     } else if roll < 40 {
         conversions.push(
