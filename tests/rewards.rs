@@ -31,7 +31,8 @@ fn program_with(rules: Value) -> Value {
     p
 }
 
-/// Each bad rule answers 400 naming the field and the rule, and writes nothing.
+/// Each bad rule answers 400 naming the field and the rule, each bad cap its field, and
+/// nothing is written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_rules_are_refused_naming_the_rule() {
     let config = config(&[]);
@@ -116,6 +117,31 @@ async fn bad_rules_are_refused_naming_the_rule() {
         assert_eq!(err["field"], field, "{rules}: {err}");
         let text = err["message"].as_str().unwrap_or_default();
         assert!(text.contains(message), "{rules}: {err}");
+    }
+    // Caps: a period there is not, more decimals than the currency's, one period twice.
+    for (caps, field) in [
+        (
+            json!([{"period": "week", "max": "10"}]),
+            "commission.caps[0].period",
+        ),
+        (
+            json!([{"period": "day", "max": "10.001"}]),
+            "commission.caps[0].max",
+        ),
+        (
+            json!([{"period": "day", "max": "-1"}]),
+            "commission.caps[0].max",
+        ),
+        (
+            json!([{"period": "day", "max": "1"}, {"period": "day", "max": "2"}]),
+            "commission.caps[1].period",
+        ),
+    ] {
+        let mut p = program_json();
+        p["commission"]["caps"] = caps.clone();
+        let r = admin(Method::PUT, &url, p).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{caps}: {:?}", r.body);
+        assert_eq!(r.json()["error"]["field"], field, "{caps}");
     }
     let r = admin(Method::GET, &url, Value::Null).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND, "nothing was written");
