@@ -181,29 +181,7 @@ fn bench_decision(c: &mut Criterion) {
             // The journey arrives owned from the state store: cloning it is setup.
             b.iter_batched(
                 || clicks.clone(),
-                |touches| {
-                    // Everything the pipeline decides for one conversion, without I/O:
-                    // dedup key, journey selection, weights, plan and joint rounding.
-                    let key =
-                        dedup::conversion_key(&conv.program_id, conv.kind.as_str(), &conv.order_id);
-                    let touches = journey::select(
-                        touches,
-                        conv.occurred_at,
-                        None,
-                        p.lookback_days,
-                        p.max_touches,
-                        |id| settle::is_active(&dir, id),
-                    );
-                    let decision = settle::settle(
-                        &p,
-                        &conv,
-                        Credit::Journey(touches),
-                        &dir,
-                        &|_: &str, _: u32| 60,
-                    )
-                    .unwrap();
-                    black_box((key, decision))
-                },
+                |touches| decide(&p, &conv, &dir, touches, &|_: &str, _: u32| 60),
                 BatchSize::SmallInput,
             )
         });
@@ -223,25 +201,33 @@ fn bench_decision(c: &mut Criterion) {
     g.bench_function("sale_4_touch_journey_last_touch_10_rules_2_caps", |b| {
         b.iter_batched(
             || clicks.clone(),
-            |touches| {
-                let key =
-                    dedup::conversion_key(&conv.program_id, conv.kind.as_str(), &conv.order_id);
-                let touches = journey::select(
-                    touches,
-                    conv.occurred_at,
-                    None,
-                    p.lookback_days,
-                    p.max_touches,
-                    |id| settle::is_active(&dir, id),
-                );
-                let decision =
-                    settle::settle(&p, &conv, Credit::Journey(touches), &dir, &Seen).unwrap();
-                black_box((key, decision))
-            },
+            |touches| decide(&p, &conv, &dir, touches, &Seen),
             BatchSize::SmallInput,
         )
     });
     g.finish();
+}
+
+/// Everything the pipeline decides for one conversion, without I/O: dedup key, journey
+/// selection, weights, plan and joint rounding.
+fn decide(
+    p: &Program,
+    conv: &ConversionEvent,
+    dir: &HashMap<String, Arc<Partner>>,
+    touches: Vec<Touch>,
+    history: &impl settle::History,
+) -> (String, settle::Decision) {
+    let key = dedup::conversion_key(&conv.program_id, conv.kind.as_str(), &conv.order_id);
+    let touches = journey::select(
+        touches,
+        conv.occurred_at,
+        None,
+        p.lookback_days,
+        p.max_touches,
+        |id| settle::is_active(dir, id),
+    );
+    let decision = settle::settle(p, conv, Credit::Journey(touches), dir, history).unwrap();
+    black_box((key, decision))
 }
 
 /// A history for the rules bench: volume for the bonus, a returning customer, and cap
