@@ -344,6 +344,8 @@ pub fn earn(
     minor_units: u32,
 ) -> Result<Vec<LedgerRow>, Overflow> {
     let mut rows = Vec::with_capacity(shares.len() * (1 + plan.overrides.len()));
+    // Per direct row, the amount a cap clipped it to (for the exact path).
+    let mut clipped: Vec<Option<Decimal>> = Vec::with_capacity(shares.len());
     // Whether every product below is exact in `Decimal`; if not, rounding decides on
     // the exact rationals (SPEC §5.5: ties by the rule, not by the 28th digit).
     let mut exact = true;
@@ -374,6 +376,7 @@ pub fn earn(
             Some(left) if capped => left,
             _ => uncapped,
         };
+        clipped.push(capped.then_some(direct));
         rows.push(LedgerRow {
             partner_id: share.partner_id.clone(),
             level: 0,
@@ -401,11 +404,6 @@ pub fn earn(
     if exact {
         round_jointly(&mut rows, minor_units)?;
     } else {
-        let clipped: Vec<Option<Decimal>> = rows
-            .iter()
-            .filter(|r| r.level == 0)
-            .map(|r| r.reason.ends_with("capped").then_some(r.exact))
-            .collect();
         let exact = exact_earnings(plan, earning, amount, shares, &clipped);
         round_exactly(&mut rows, &exact, minor_units)?;
     }
