@@ -70,26 +70,15 @@ fn journey4() -> Vec<Touch> {
 }
 
 fn conversion() -> ConversionEvent {
+    let at = Utc.with_ymd_and_hms(2026, 11, 20, 12, 0, 0).unwrap();
     ConversionEvent {
-        v: 1,
-        conversion_id: Uuid::from_u128(99),
         program_id: "bench".into(),
         order_id: "INV-1".into(),
-        kind: ConversionKind::Sale,
-        amount: d("129.99"),
         currency: "EUR".into(),
-        occurred_at: Utc.with_ymd_and_hms(2026, 11, 20, 12, 0, 0).unwrap(),
-        received_at: Utc.with_ymd_and_hms(2026, 11, 20, 12, 0, 1).unwrap(),
+        received_at: at + Duration::seconds(1),
         click_id: Some(Uuid::from_u128(4)),
-        visitor_id: None,
-        referral_code: None,
         customer_id: Some("c-1".into()),
-        original_order_id: None,
-        registry_version: 0,
-        customer_email_sha256: None,
-        country: None,
-        product_id: None,
-        metadata: Default::default(),
+        ..touchline::testkit::fixtures::conversion(99, ConversionKind::Sale, "129.99", at)
     }
 }
 

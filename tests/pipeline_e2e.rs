@@ -428,27 +428,14 @@ async fn a_conversion_beyond_the_ledger_is_dead_lettered_and_the_next_lands() {
         .unwrap();
     let now = chrono::Utc::now();
     for (i, currency) in [(1u128, "EUR"), (2, "USD")] {
+        let at = touchline::events::to_millis(now);
+        let kind = touchline::events::ConversionKind::Sale;
         let sale = touchline::events::ConversionEvent {
-            customer_email_sha256: None,
-            country: None,
-            product_id: None,
-            metadata: Default::default(),
-            v: 1,
-            conversion_id: uuid::Uuid::from_u128(i),
-            program_id: "acme".into(),
             order_id: format!("O-{i}"),
-            kind: touchline::events::ConversionKind::Sale,
-            amount: "100".parse().unwrap(),
             currency: currency.into(),
-            occurred_at: touchline::events::to_millis(now),
-            received_at: touchline::events::to_millis(now)
-                + chrono::Duration::milliseconds(i as i64),
-            click_id: None,
-            visitor_id: None,
+            received_at: at + chrono::Duration::milliseconds(i as i64),
             referral_code: Some("alice-1".into()),
-            customer_id: None,
-            original_order_id: None,
-            registry_version: 0,
+            ..touchline::testkit::fixtures::conversion(i, kind, "100", at)
         };
         producer
             .send(

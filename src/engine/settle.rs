@@ -598,25 +598,10 @@ mod tests {
 
     fn conv(kind: ConversionKind, amount: &str, currency: &str) -> ConversionEvent {
         ConversionEvent {
-            v: 1,
-            conversion_id: Uuid::from_u128(42),
-            program_id: "acme".into(),
             order_id: "INV-1".into(),
-            kind,
-            amount: d(amount),
             currency: currency.into(),
-            occurred_at: at(),
-            received_at: at(),
-            click_id: None,
-            visitor_id: None,
-            referral_code: None,
             customer_id: Some("c-1".into()),
-            original_order_id: None,
-            registry_version: 0,
-            customer_email_sha256: None,
-            country: None,
-            product_id: None,
-            metadata: Default::default(),
+            ..crate::testkit::fixtures::conversion(42, kind, amount, at())
         }
     }
 

@@ -308,8 +308,8 @@ mod tests {
     use super::emit::currency_label;
     use super::*;
     use crate::bus::memory::MemoryBus;
-    use crate::events::{ClickStatus, ConversionKind, EVENT_VERSION};
-    use crate::registry::{Link, LinkStatus, MemoryStore, Partner, PartnerStatus, Program};
+    use crate::events::ConversionKind;
+    use crate::registry::{MemoryStore, Program};
     use crate::sink::Batch;
     use rust_decimal::Decimal;
     use std::collections::HashMap;
@@ -340,82 +340,21 @@ mod tests {
         let program: Program =
             serde_json::from_value(crate::testkit::fixtures::unit_program_json()).unwrap();
         registry.put_program("acme", program).await.unwrap();
-        let partner = Partner {
-            email_sha256: None,
-            id: String::new(),
-            program_id: "acme".into(),
-            name: None,
-            tier: None,
-            parent_id: None,
-            status: PartnerStatus::Active,
-        };
+        let partner = crate::testkit::fixtures::partner("acme");
         registry.put_partner("alice", partner).await.unwrap();
-        registry
-            .create_link(Link {
-                code: "alice-1".into(),
-                program_id: "acme".into(),
-                partner_id: "alice".into(),
-                destination: "https://shop.example/".into(),
-                campaign: None,
-                utm_source: None,
-                utm_medium: None,
-                utm_campaign: None,
-                utm_term: None,
-                utm_content: None,
-                sub_ids: Vec::new(),
-                status: LinkStatus::Active,
-            })
-            .await
-            .unwrap();
+        let link = crate::testkit::fixtures::link("alice-1", "acme", "alice");
+        registry.create_link(link).await.unwrap();
         registry
     }
 
     fn click(id: u128, visitor: Uuid, ts: chrono::DateTime<Utc>) -> ClickEvent {
-        ClickEvent {
-            v: EVENT_VERSION,
-            click_id: Uuid::from_u128(id),
-            ts,
-            program_id: "acme".into(),
-            partner_id: "alice".into(),
-            link_code: "alice-1".into(),
-            campaign: None,
-            visitor_id: visitor,
-            ip_hash: format!("{id:032x}"),
-            user_agent: "Mozilla/5.0".into(),
-            referer: None,
-            utm_source: None,
-            utm_medium: None,
-            utm_campaign: None,
-            utm_term: None,
-            utm_content: None,
-            sub_ids: Vec::new(),
-            is_bot: false,
-            status: ClickStatus::Ok,
-            registry_version: 0,
-        }
+        crate::testkit::fixtures::click(id, visitor, ts)
     }
 
     fn sale(id: u128, click: u128, at: chrono::DateTime<Utc>) -> ConversionEvent {
         ConversionEvent {
-            v: EVENT_VERSION,
-            conversion_id: Uuid::from_u128(id),
-            program_id: "acme".into(),
-            order_id: format!("o-{id}"),
-            kind: ConversionKind::Sale,
-            amount: Decimal::from(100),
-            currency: "USD".into(),
-            occurred_at: at,
-            received_at: at,
             click_id: Some(Uuid::from_u128(click)),
-            visitor_id: None,
-            referral_code: None,
-            customer_id: None,
-            original_order_id: None,
-            registry_version: 0,
-            customer_email_sha256: None,
-            country: None,
-            product_id: None,
-            metadata: Default::default(),
+            ..crate::testkit::fixtures::conversion(id, ConversionKind::Sale, "100", at)
         }
     }
 

@@ -26,25 +26,9 @@ mod settle_tests {
             .with_ymd_and_hms(2026, 11, 20, 10, 0, 0)
             .unwrap();
         ConversionEvent {
-            v: 1,
-            conversion_id: Uuid::from_u128(id),
-            program_id: "acme".into(),
-            order_id: format!("o-{id}"),
-            kind: ConversionKind::Sale,
-            amount: Decimal::from(100),
             currency: currency.into(),
-            occurred_at: at,
-            received_at: at,
-            click_id: None,
-            visitor_id: None,
             referral_code: Some("alice-1".into()),
-            customer_id: None,
-            original_order_id: None,
-            registry_version: 0,
-            customer_email_sha256: None,
-            country: None,
-            product_id: None,
-            metadata: Default::default(),
+            ..crate::testkit::fixtures::conversion(id, ConversionKind::Sale, "100", at)
         }
     }
 
@@ -159,25 +143,8 @@ mod lifecycle_tests {
         at: chrono::DateTime<Utc>,
     ) -> ConversionEvent {
         ConversionEvent {
-            v: 1,
-            conversion_id: Uuid::from_u128(id),
-            program_id: "acme".into(),
-            order_id: format!("o-{id}"),
-            kind,
-            amount: d(amount),
-            currency: "USD".into(),
-            occurred_at: at,
-            received_at: at,
-            click_id: None,
-            visitor_id: None,
             referral_code: Some("alice-1".into()),
-            customer_id: None,
-            original_order_id: None,
-            registry_version: 0,
-            customer_email_sha256: None,
-            country: None,
-            product_id: None,
-            metadata: Default::default(),
+            ..crate::testkit::fixtures::conversion(id, kind, amount, at)
         }
     }
 
