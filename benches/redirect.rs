@@ -13,9 +13,7 @@ use touchline::bus::memory::MemoryBus;
 use touchline::bus::EventSource;
 use touchline::config::Config;
 use touchline::edge::Edge;
-use touchline::registry::{
-    Link, LinkStatus, MemoryStore, Partner, PartnerStatus, Program, Registry,
-};
+use touchline::registry::{Link, LinkStatus, MemoryStore, Program, Registry};
 
 fn setup(rt: &tokio::runtime::Runtime) -> (Arc<Edge>, Arc<MemoryBus>) {
     rt.block_on(async {
@@ -23,15 +21,7 @@ fn setup(rt: &tokio::runtime::Runtime) -> (Arc<Edge>, Arc<MemoryBus>) {
         let program: Program =
             serde_json::from_value(touchline::testkit::fixtures::program_json()).unwrap();
         registry.put_program("bench", program).await.unwrap();
-        let partner = Partner {
-            email_sha256: None,
-            id: String::new(),
-            program_id: "bench".into(),
-            name: None,
-            tier: None,
-            parent_id: None,
-            status: PartnerStatus::Active,
-        };
+        let partner = touchline::testkit::fixtures::partner("bench");
         registry.put_partner("p1", partner).await.unwrap();
         registry
             .create_link(Link {

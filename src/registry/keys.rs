@@ -131,7 +131,7 @@ pub fn may_create(by: Option<KeyScope>, scope: KeyScope) -> bool {
 mod tests {
     use super::*;
     use crate::registry::api_key::{generate, hash_secret};
-    use crate::registry::{MemoryStore, Partner, PartnerStatus, Program};
+    use crate::registry::{MemoryStore, Program};
 
     fn key(scope: KeyScope, program: &str, partner: Option<&str>) -> (ApiKey, String) {
         let (id, secret) = generate();
@@ -159,15 +159,7 @@ mod tests {
         r.put_program("acme", program.clone()).await.unwrap();
         r.put_program("globex", program).await.unwrap();
         for (id, p) in [("alice", "acme"), ("gina", "globex")] {
-            let partner = Partner {
-                id: String::new(),
-                program_id: p.into(),
-                name: None,
-                tier: None,
-                parent_id: None,
-                status: PartnerStatus::Active,
-                email_sha256: None,
-            };
+            let partner = crate::testkit::fixtures::partner(p);
             r.put_partner(id, partner).await.unwrap();
         }
         r

@@ -611,13 +611,8 @@ mod tests {
 
     fn partner(program: &str, parent: Option<&str>) -> Partner {
         Partner {
-            id: String::new(),
-            program_id: program.into(),
-            name: None,
-            tier: None,
             parent_id: parent.map(str::to_string),
-            status: PartnerStatus::Active,
-            email_sha256: None,
+            ..crate::testkit::fixtures::partner(program)
         }
     }
 
