@@ -862,25 +862,9 @@ mod corrupt_tests {
             .with_ymd_and_hms(2026, 11, 20, 10, 0, 0)
             .unwrap();
         let e = ConversionEvent {
-            customer_email_sha256: None,
-            country: None,
-            product_id: None,
-            metadata: Default::default(),
-            v: 1,
             conversion_id: id,
-            program_id: "acme".into(),
             order_id: "o".into(),
-            kind: ConversionKind::Signup,
-            amount: Decimal::ZERO,
-            currency: "USD".into(),
-            occurred_at: at,
-            received_at: at,
-            click_id: None,
-            visitor_id: None,
-            referral_code: None,
-            customer_id: None,
-            original_order_id: None,
-            registry_version: 0,
+            ..crate::testkit::fixtures::conversion(0, ConversionKind::Signup, "0", at)
         };
         let outcomes = settle_batch(&registry, &state, &[(Mark::new(at, id), e)])
             .await
