@@ -38,6 +38,8 @@ fn directory() -> HashMap<String, Arc<Partner>> {
             id.to_string(),
             Arc::new(Partner {
                 email_sha256: None,
+                tier_auto: true,
+                tier_history: Vec::new(),
                 id: id.into(),
                 program_id: "bench".into(),
                 name: None,

@@ -50,6 +50,7 @@ pub const PIPELINE_COMMISSION_MINOR_UNITS_TOTAL: &str =
 pub const PIPELINE_PENDING: &str = "touchline_pipeline_pending_conversions";
 /// Conversions settled before the partitions' frontiers released them.
 pub const PIPELINE_FORCED_SETTLEMENTS_TOTAL: &str = "touchline_pipeline_forced_settlements_total";
+pub const PIPELINE_TIER_MOVES_TOTAL: &str = "touchline_pipeline_tier_moves_total";
 /// Fraud flags raised, by `rule` (SPEC §5.8).
 pub const PIPELINE_FRAUD_FLAGS_TOTAL: &str = "touchline_pipeline_fraud_flags_total";
 /// Lifecycle steps of ledger rows recorded by the pipeline, by `status`.
@@ -203,6 +204,11 @@ pub const ALL: &[(&str, &str, &str)] = &[
         PIPELINE_FORCED_SETTLEMENTS_TOTAL,
         "counter",
         "Conversions settled before every partition released them (a partition stayed behind past pipeline.max_wait_secs, or pipeline.max_pending was reached).",
+    ),
+    (
+        PIPELINE_TIER_MOVES_TOTAL,
+        "counter",
+        "Automatic tier moves made at period boundaries (SPEC §10.2), counted by every instance that makes them.",
     ),
     (
         PIPELINE_FRAUD_FLAGS_TOTAL,

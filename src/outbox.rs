@@ -17,8 +17,12 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::registry::{Registry, WebhookEventType};
-use crate::sink::rows::{CommissionRow, ConversionRow, DisputeRow, PayoutRow, StatusRow};
+use crate::sink::rows::{
+    CommissionRow, ConversionRow, DisputeRow, PayoutRow, StatusRow, TierRow,
+};
 
+/// Ids of `partner.tier_changed` events: one per move.
+const TIER_EVENT_NS: Uuid = Uuid::from_u128(0x7a41_c2e9_0d5b_4f18_8c36_b9e0_f1a2_d3c4);
 /// Ids of `payout.created` events: one per payout line, so per partner.
 const PAYOUT_EVENT_NS: Uuid = Uuid::from_u128(0x5d8c_1f0e_7b2a_4c61_9e3d_a4b5_c6d7_e8f9);
 
@@ -163,6 +167,25 @@ impl Outbox {
             if registry.subscribed(&d.program_id, kind) {
                 let id = Uuid::new_v5(&d.dispute_id, &d.version.to_be_bytes());
                 self.push(id, kind, &d.program_id, d.partner_id.clone(), d.at, d);
+            }
+        }
+    }
+
+    /// Tier moves: `partner.tier_changed` each, under an id of the partner and the
+    /// boundary (the same move made again is the same event).
+    pub fn tier_moves(&mut self, registry: &Registry, rows: &[TierRow]) {
+        for t in rows {
+            let kind = WebhookEventType::PartnerTierChanged;
+            if registry.subscribed(&t.program_id, kind) {
+                let name = format!(
+                    "{}|{}|{}|{}",
+                    t.program_id,
+                    t.partner_id,
+                    t.effective_at.timestamp_millis(),
+                    t.source
+                );
+                let id = Uuid::new_v5(&TIER_EVENT_NS, name.as_bytes());
+                self.push(id, kind, &t.program_id, t.partner_id.clone(), t.effective_at, t);
             }
         }
     }

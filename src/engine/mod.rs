@@ -17,6 +17,7 @@ pub mod rewards;
 pub mod rounding;
 pub mod rules;
 pub mod settle;
+pub mod tiers;
 
 pub use attribution::{AttributionModel, Touch, Weights};
 pub use commission::{CommissionPlan, LedgerKind, LedgerRow};

@@ -6,10 +6,12 @@ use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 
 use super::attribution::AttributionModel;
 use super::commission::CommissionPlan;
+use super::tiers::HeldTier;
 
 /// A program's settlement rules.
 pub trait ProgramRules {
@@ -25,6 +27,14 @@ pub trait ProgramRules {
 pub trait PartnerRules {
     /// A tier of the program's plan; `None`: the plan's default tier.
     fn tier(&self) -> Option<&str>;
+    /// The tier the registry held at `t` (SPEC §10.2); without a history, the tier.
+    fn held_at(&self, _t: DateTime<Utc>) -> HeldTier<'_> {
+        HeldTier {
+            tier: self.tier(),
+            since: None,
+            pinned: false,
+        }
+    }
     /// The partner that earns overrides on this one's commissions.
     fn parent_id(&self) -> Option<&str>;
     /// Credited at all (paused and banned partners are not).
@@ -34,6 +44,9 @@ pub trait PartnerRules {
 impl<T: PartnerRules + ?Sized> PartnerRules for Arc<T> {
     fn tier(&self) -> Option<&str> {
         (**self).tier()
+    }
+    fn held_at(&self, t: DateTime<Utc>) -> HeldTier<'_> {
+        (**self).held_at(t)
     }
     fn parent_id(&self) -> Option<&str> {
         (**self).parent_id()

@@ -12,6 +12,7 @@ use super::caps::{self, Period};
 use super::commission::{self, Chosen, EarnedRow, Earning, LedgerRow, Share};
 use super::conditions::Facts;
 use super::rewards;
+use super::tiers::{self, TierMove};
 pub use super::rules::{is_active, Directory};
 use super::rules::{PartnerRules, ProgramRules};
 use super::{add, mul, Overflow};
@@ -64,6 +65,10 @@ pub struct OrderRecord {
     /// lifecycle existed read as approved.
     #[serde(default)]
     pub standing: super::lifecycle::Standing,
+    /// Who it credited, with what weight (for the revenue its refunds take back from
+    /// tier figures); empty for orders recorded before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shares: Vec<(String, Decimal)>,
 }
 
 impl OrderRecord {
@@ -223,6 +228,11 @@ pub trait History {
     /// The partner's running total of direct commissions in the cap `period` that the
     /// conversion falls in (0 before its first).
     fn cap_total(&self, partner: &str, period: Period) -> Decimal;
+    /// The partner's latest automatic tier move at or before the conversion's
+    /// [`tiers::tier_time`] (SPEC §10.2).
+    fn tier_move(&self, _partner: &str) -> Option<&TierMove> {
+        None
+    }
 }
 
 /// A history of monthly volumes only (`volume(partner, yyyymm)`): no customer facts,
@@ -296,6 +306,7 @@ pub fn settle(
         reverses: Vec::new(),
     };
     let bonus_month = previous_month(conv.occurred_at);
+    let tier_at = tiers::tier_time(conv.occurred_at, conv.received_at);
     let customer = history.customer();
     let on = Facts {
         country: conv.country.as_deref(),
@@ -314,7 +325,9 @@ pub fn settle(
             let volume =
                 (earning == Earning::Sale).then(|| history.volume(&partner_id, bonus_month));
             let on = (conv.kind, &on);
-            let mut share = share(plan, directory, (partner_id, weight), volume, on);
+            let moved = history.tier_move(&partner_id);
+            let held = (tier_at, moved);
+            let mut share = share(plan, directory, (partner_id, weight), volume, on, held);
             share.headroom = caps::headroom(&plan.caps, |period| {
                 history.cap_total(&share.partner_id, period)
             });
@@ -406,7 +419,8 @@ fn in_term(months: Option<u32>, first: &FirstSale, conv: &ConversionEvent) -> bo
     within && conv.occurred_at >= first.occurred_at
 }
 
-/// A credited partner's share with what its rate depends on: its tier, the reward rule
+/// A credited partner's share with what its rate depends on: its tier in force at `at`
+/// (the registry's then, or the automatic move `moved` after it), the reward rule
 /// that pays it most for a `kind` conversion `on` those facts, the volume bonus for
 /// `volume` (sales only) and its ancestors for overrides.
 fn share(
@@ -415,9 +429,12 @@ fn share(
     (partner_id, weight): (String, Decimal),
     volume: Option<u64>,
     (kind, on): (ConversionKind, &Facts<'_>),
+    (at, moved): (DateTime<Utc>, Option<&TierMove>),
 ) -> Share {
     let partner = directory.partner(&partner_id);
-    let tier = partner.as_ref().and_then(|p| p.tier());
+    let tier = partner
+        .as_ref()
+        .and_then(|p| tiers::in_force(p.held_at(at), moved));
     let tier_rate = plan.tier_rate(tier);
     let rule = if plan.rules.is_empty() {
         None
@@ -824,6 +841,7 @@ mod tests {
             settled_amount: sale.settled_amount,
             rows: sale.earned_rows(),
             standing: Default::default(),
+            shares: Vec::new(),
         };
         let mut refund = conv(ConversionKind::Refund, "50", "USD");
         refund.original_order_id = Some("INV-1".into());
@@ -880,6 +898,7 @@ mod tests {
             settled_amount: d("100"),
             rows: vec![],
             standing: Default::default(),
+            shares: Vec::new(),
         };
         let mut refund = conv(ConversionKind::Refund, "50", "USD");
         refund.original_order_id = Some("INV-1".into());

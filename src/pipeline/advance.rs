@@ -164,6 +164,14 @@ impl Pipeline {
             tracing::warn!("stopping before the frontiers were published");
             return more;
         }
+        // Boundaries no conversion crossed yet (a quiet program's month ends too).
+        if self
+            .move_tiers(bounds.settled_everywhere, false, shutdown)
+            .await
+            .is_none()
+        {
+            return more;
+        }
         more |= self.approve_due(&bounds, shutdown).await;
         tracing::debug!(
             clicks_decided = clicks.count,
@@ -267,8 +275,19 @@ impl Pipeline {
             count: items.len(),
             more: items.len() == limit,
         };
-        while !items.is_empty() {
-            let rest = items.split_off(items.len().min(SETTLE_CHUNK));
+        while let Some((first, _)) = items.first() {
+            // A chunk never spans a month's start, where tier periods begin: the moves
+            // made there come after what was taken in before it, and before the rest.
+            self.move_tiers(*first, true, shutdown).await?;
+            let next_month = crate::engine::tiers::Period::Month
+                .next(chrono::DateTime::from_timestamp_millis(first.ms).unwrap_or_default())
+                .timestamp_millis();
+            let end = items
+                .iter()
+                .take(SETTLE_CHUNK)
+                .position(|(m, _)| m.ms >= next_month)
+                .unwrap_or(items.len().min(SETTLE_CHUNK));
+            let rest = items.split_off(end);
             let chunk = std::mem::replace(&mut items, rest);
             self.settle_chunk(chunk, shutdown).await?;
         }
@@ -288,8 +307,9 @@ impl Pipeline {
             .collect();
         let state = Arc::clone(&self.state);
         let registry = Arc::clone(&self.registry);
+        let book = &self.tiers.book;
         let outcomes = retry(shutdown, || {
-            resolve::settle_batch(&registry, &*state, &batch)
+            resolve::settle_batch(&registry, book, &*state, &batch)
         })
         .await?;
         for ((_, p), outcome) in chunk.into_iter().zip(outcomes) {

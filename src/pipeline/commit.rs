@@ -78,10 +78,11 @@ impl Pipeline {
         self.write.last = Instant::now();
         let events = self.out.outbox.take();
         let due = std::mem::take(&mut self.out.due_done);
-        let done: Vec<store::Write> = due
+        let mut done: Vec<store::Write> = due
             .iter()
             .map(|json| store::Write::DueDone { json: json.clone() })
             .collect();
+        done.append(&mut self.out.after_write);
         // The offsets this write covers: everything taken before a waiting click or
         // conversion. Messages taken later lie after them.
         let positions = if self.commit_blocked {
@@ -120,7 +121,7 @@ impl Pipeline {
             // Left in the queue, a hold end is approved again: the same rows.
             if !done.is_empty() {
                 if let Err(e) = state.write(&done).await {
-                    tracing::warn!(error = %e, "hold ends left queued; they will be approved again");
+                    tracing::warn!(error = %e, "hold ends or tier boundaries left to do again; they make the same rows");
                 }
             }
             Ok(true)

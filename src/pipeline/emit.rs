@@ -41,6 +41,8 @@ pub(super) struct Output {
     pub(super) rows: Batch,
     pub(super) outbox: Outbox,
     pub(super) due_done: Vec<String>,
+    /// State written once the rows are (a boundary's tier moves marked done).
+    pub(super) after_write: Vec<crate::pipeline::store::Write>,
     pub(super) counts: Counts,
 }
 

@@ -20,6 +20,7 @@ mod intake;
 pub mod resolve;
 pub mod schedule;
 pub mod store;
+mod tiers;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -88,6 +89,8 @@ pub struct Pipeline {
     out: Output,
     /// The write under way and when the last one began.
     write: Writes,
+    /// Tier moves made and the boundaries done (SPEC §10.2).
+    tiers: tiers::Tiers,
     /// The wall clock when the pipeline started, and the monotonic instant then: "now"
     /// is their sum with the time since, so that tests can run on tokio's paused clock.
     started: (chrono::DateTime<Utc>, Instant),
@@ -133,6 +136,7 @@ impl Pipeline {
             queue: Queue::default(),
             out: Output::default(),
             write: Writes::default(),
+            tiers: tiers::Tiers::default(),
             started: (Utc::now(), Instant::now()),
             generation: 0,
             warned_split: None,

@@ -78,6 +78,9 @@ pub struct PartnerPatch {
     pub status: Option<PartnerStatus>,
     #[serde(default, with = "double_option")]
     pub tier: Option<Option<String>>,
+    /// Whether `tier_rules` move the partner; a `tier` without it pins (`false`).
+    #[serde(default)]
+    pub tier_auto: Option<bool>,
     #[serde(default, with = "double_option")]
     pub parent_id: Option<Option<String>>,
     #[serde(default, with = "double_option")]
@@ -407,6 +410,26 @@ impl Registry {
         self.links.get(code).map(|e| Arc::clone(e.value()))
     }
 
+    /// Every program, by id.
+    pub fn programs(&self) -> Vec<Arc<Program>> {
+        let mut all: Vec<Arc<Program>> = self.programs.iter().map(|e| Arc::clone(e.value())).collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all
+    }
+
+    /// The partners of `program_id`, by id (a walk over every partner: for the rare
+    /// reader, such as the tier moves at a period boundary).
+    pub fn partners_of(&self, program_id: &str) -> Vec<Arc<Partner>> {
+        let mut all: Vec<Arc<Partner>> = self
+            .partners
+            .iter()
+            .filter(|e| e.value().program_id == program_id)
+            .map(|e| Arc::clone(e.value()))
+            .collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all
+    }
+
     /// Number of programs, partners and links cached.
     pub fn sizes(&self) -> (usize, usize, usize) {
         (self.programs.len(), self.partners.len(), self.links.len())
@@ -445,9 +468,10 @@ impl Registry {
             }
         }
         self.check_partner(&partner)?;
-        let created = self.partner(id).is_none();
+        let existing = self.partner(id);
+        partner.record_tier(existing.as_deref(), chrono::Utc::now());
         self.put(Entity::Partner(partner)).await?;
-        Ok(created)
+        Ok(existing.is_none())
     }
 
     /// Changes a partner's status, tier, parent or name.
@@ -458,12 +482,18 @@ impl Registry {
     ) -> Result<Arc<Partner>, RegistryError> {
         let _w = self.writes.lock().await;
         self.refresh().await?;
-        let mut partner = (*self.partner(id).ok_or(RegistryError::NotFound("partner"))?).clone();
+        let before = self.partner(id).ok_or(RegistryError::NotFound("partner"))?;
+        let mut partner = (*before).clone();
         if let Some(s) = patch.status {
             partner.status = s;
         }
         if let Some(t) = patch.tier {
+            // A tier set by hand holds until automatic moves are turned on again.
             partner.tier = t;
+            partner.tier_auto = false;
+        }
+        if let Some(auto) = patch.tier_auto {
+            partner.tier_auto = auto;
         }
         if let Some(p) = patch.parent_id {
             partner.parent_id = p;
@@ -473,6 +503,7 @@ impl Registry {
         }
         partner.validate()?;
         self.check_partner(&partner)?;
+        partner.record_tier(Some(&before), chrono::Utc::now());
         self.put(Entity::Partner(partner)).await?;
         Ok(self.partner(id).expect("just written"))
     }

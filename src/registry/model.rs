@@ -7,6 +7,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::caps;
+use crate::engine::tiers::{HeldTier, TierRules};
 use crate::engine::fraud::valid_sha256_hex;
 use crate::engine::{AttributionModel, CommissionPlan, FraudRules};
 use crate::money;
@@ -127,6 +128,9 @@ pub struct Program {
     /// for its subdomains); empty: the fallback URL's host (SPEC §9.1).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_destinations: Vec<String>,
+    /// Automatic tier moves at period boundaries (SPEC §10.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier_rules: Option<TierRules>,
 }
 
 fn default_lookback() -> u32 {
@@ -183,6 +187,11 @@ impl Program {
         }
         if let Err((field, message)) = self.fraud.validate() {
             return Err(Invalid::new(format!("fraud.{field}"), message));
+        }
+        if let Some(Err((field, message))) =
+            self.tier_rules.as_ref().map(|t| t.validate(&self.commission))
+        {
+            return Err(Invalid::new(format!("tier_rules.{field}"), message));
         }
         if self.allowed_destinations.len() > 100
             || !self
@@ -314,6 +323,83 @@ pub struct Partner {
     /// Hex SHA-256 of the partner's lower-cased e-mail, for the self-referral rule.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email_sha256: Option<String>,
+    /// Whether the program's `tier_rules` move this partner; setting a tier by hand
+    /// turns it off (SPEC §10.2).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub tier_auto: bool,
+    /// Every change of `tier` or `tier_auto`, oldest first, kept by the registry (a
+    /// request cannot set it) so that a conversion is paid with the tier in force at its
+    /// own time, however late it is settled.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tier_history: Vec<TierChange>,
+}
+
+/// Most entries of a partner's tier history kept; older ones go (a conversion older
+/// than the oldest kept is paid at that entry's tier).
+pub const MAX_TIER_HISTORY: usize = 100;
+
+/// One change of a partner's tier in the registry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierChange {
+    #[serde(with = "crate::events::rfc3339_millis")]
+    pub at: chrono::DateTime<chrono::Utc>,
+    pub tier: Option<String>,
+    pub tier_auto: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+impl Partner {
+    /// What the registry held at `t`: the latest change at or before it (the first
+    /// change for earlier moments: the partner's tier when it was created).
+    pub fn held_at(&self, t: chrono::DateTime<chrono::Utc>) -> HeldTier<'_> {
+        let change = self
+            .tier_history
+            .iter()
+            .rev()
+            .find(|c| c.at <= t)
+            .or(self.tier_history.first());
+        match change {
+            Some(c) => HeldTier {
+                tier: c.tier.as_deref(),
+                since: (c.at <= t).then_some(c.at),
+                pinned: !c.tier_auto,
+            },
+            // Partners stored before the history existed.
+            None => HeldTier {
+                tier: self.tier.as_deref(),
+                since: None,
+                pinned: !self.tier_auto,
+            },
+        }
+    }
+
+    /// Appends a change at `at` when the tier or `tier_auto` differ from `before`'s
+    /// (`None`: a new partner), keeping the history `before` had; a body's own history
+    /// is never taken.
+    pub fn record_tier(&mut self, before: Option<&Partner>, at: chrono::DateTime<chrono::Utc>) {
+        self.tier_history = before.map(|b| b.tier_history.clone()).unwrap_or_default();
+        let changed =
+            before.is_none_or(|b| b.tier != self.tier || b.tier_auto != self.tier_auto);
+        if changed {
+            // Never before the last entry: the registry's clock is the only one here.
+            let at = self.tier_history.last().map_or(at, |l| at.max(l.at));
+            self.tier_history.push(TierChange {
+                at,
+                tier: self.tier.clone(),
+                tier_auto: self.tier_auto,
+            });
+        }
+        let excess = self.tier_history.len().saturating_sub(MAX_TIER_HISTORY);
+        self.tier_history.drain(..excess);
+    }
 }
 
 impl Partner {
@@ -463,6 +549,9 @@ impl crate::engine::PartnerRules for Partner {
     fn tier(&self) -> Option<&str> {
         self.tier.as_deref()
     }
+    fn held_at(&self, t: chrono::DateTime<chrono::Utc>) -> HeldTier<'_> {
+        Partner::held_at(self, t)
+    }
     fn parent_id(&self) -> Option<&str> {
         self.parent_id.as_deref()
     }
@@ -582,16 +671,19 @@ pub enum WebhookEventType {
     DisputeOpened,
     #[serde(rename = "dispute.resolved")]
     DisputeResolved,
+    #[serde(rename = "partner.tier_changed")]
+    PartnerTierChanged,
 }
 
 impl WebhookEventType {
-    pub const ALL: [WebhookEventType; 6] = [
+    pub const ALL: [WebhookEventType; 7] = [
         WebhookEventType::ConversionSettled,
         WebhookEventType::CommissionCreated,
         WebhookEventType::CommissionStatusChanged,
         WebhookEventType::PayoutCreated,
         WebhookEventType::DisputeOpened,
         WebhookEventType::DisputeResolved,
+        WebhookEventType::PartnerTierChanged,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -602,6 +694,7 @@ impl WebhookEventType {
             WebhookEventType::PayoutCreated => "payout.created",
             WebhookEventType::DisputeOpened => "dispute.opened",
             WebhookEventType::DisputeResolved => "dispute.resolved",
+            WebhookEventType::PartnerTierChanged => "partner.tier_changed",
         }
     }
 }

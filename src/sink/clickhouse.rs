@@ -39,6 +39,10 @@ pub const SCHEMA: &[(&str, &str)] = &[
         "006_disputes.sql",
         include_str!("../../schemas/clickhouse/006_disputes.sql"),
     ),
+    (
+        "007_partner_tiers.sql",
+        include_str!("../../schemas/clickhouse/007_partner_tiers.sql"),
+    ),
 ];
 
 /// Server error codes that no retry can cure: the rows themselves are refused (as in
@@ -150,6 +154,7 @@ impl Sink for ClickHouseSink {
             self.insert("commission_status", &batch.statuses),
             self.insert("payouts", &batch.payouts),
             self.insert("disputes", &batch.disputes),
+            self.insert("partner_tiers", &batch.tiers),
         )
         .map(|_| ())
     }
@@ -311,7 +316,7 @@ mod tests {
     #[test]
     fn statements_split_and_substitute() {
         let s = statements("tl_test");
-        assert_eq!(s.len(), 11);
+        assert_eq!(s.len(), 12);
         assert!(s[0].starts_with("CREATE DATABASE IF NOT EXISTS tl_test"));
         assert!(s.iter().all(|x| !x.contains("{db}")));
         assert!(s
@@ -320,7 +325,7 @@ mod tests {
         assert!(s
             .last()
             .unwrap()
-            .contains("CREATE TABLE IF NOT EXISTS tl_test.disputes"));
+            .contains("CREATE TABLE IF NOT EXISTS tl_test.partner_tiers"));
     }
 }
 

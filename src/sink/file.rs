@@ -98,6 +98,7 @@ impl Sink for FileSink {
             ),
             ("payouts", batch.payouts.len(), encode(&batch.payouts)?),
             ("disputes", batch.disputes.len(), encode(&batch.disputes)?),
+            ("partner_tiers", batch.tiers.len(), encode(&batch.tiers)?),
         ];
         let files = Arc::clone(&self.files);
         // Writing and fsync block: off the runtime's threads.

@@ -9,13 +9,13 @@ use async_trait::async_trait;
 
 pub use rows::{
     AttributionRow, AuditRow, ClickRow, CommissionRow, ConversionRow, DeliveryRow, DisputeRow,
-    PayoutRow, RowKey, StatusRow, Step,
+    PayoutRow, RowKey, StatusRow, Step, TierRow,
 };
 
 /// The tables the pipeline and the review, payout and dispute API write, in the order
 /// they are written: a ledger row before its steps, a payout's steps before its lines
 /// (a payout found is complete).
-pub const TABLES: [&str; 7] = [
+pub const TABLES: [&str; 8] = [
     "clicks",
     "conversions",
     "attributions",
@@ -23,6 +23,7 @@ pub const TABLES: [&str; 7] = [
     "commission_status",
     "payouts",
     "disputes",
+    "partner_tiers",
 ];
 
 /// Rows of one processing round, written together before offsets are committed.
@@ -35,6 +36,7 @@ pub struct Batch {
     pub statuses: Vec<StatusRow>,
     pub payouts: Vec<PayoutRow>,
     pub disputes: Vec<DisputeRow>,
+    pub tiers: Vec<TierRow>,
 }
 
 impl Batch {
@@ -47,6 +49,7 @@ impl Batch {
             + self.statuses.len()
             + self.payouts.len()
             + self.disputes.len()
+            + self.tiers.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -62,6 +65,7 @@ impl Batch {
         self.statuses.append(&mut other.statuses);
         self.payouts.append(&mut other.payouts);
         self.disputes.append(&mut other.disputes);
+        self.tiers.append(&mut other.tiers);
     }
 }
 

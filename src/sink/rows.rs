@@ -593,3 +593,52 @@ pub struct DeliveryRow {
     pub attempted_at: DateTime<Utc>,
     pub attempted_at_ms: u16,
 }
+
+/// A row of `partner_tiers`: one tier move (SPEC §10.2), made at a period boundary by
+/// the program's `tier_rules` (`auto`) or by hand (`manual`).
+#[derive(Debug, Clone, PartialEq, Serialize, clickhouse::Row)]
+pub struct TierRow {
+    pub program_id: String,
+    pub partner_id: String,
+    /// From when the tier holds (conversions at or after it are paid at it).
+    #[serde(with = "ser::datetime")]
+    pub effective_at: DateTime<Utc>,
+    pub effective_at_ms: u16,
+    pub tier: String,
+    pub previous: String,
+    /// `auto` or `manual`.
+    pub source: &'static str,
+    /// The figures of the period before `effective_at` that decided an automatic move
+    /// (zero for a manual one), within the columns' range.
+    pub conversions: u64,
+    #[serde(with = "ser::decimal4")]
+    pub revenue: Decimal,
+    #[serde(with = "ser::decimal4")]
+    pub commission: Decimal,
+}
+
+impl TierRow {
+    /// The row of a move of `partner_id` in `program_id`.
+    pub fn new(
+        program_id: &str,
+        partner_id: &str,
+        m: &crate::engine::tiers::TierMove,
+        source: &'static str,
+    ) -> TierRow {
+        // Decimal(18, 4) holds ±10^14: a period's figures beyond it are shown at the bound.
+        let bound = Decimal::new(99_999_999_999_999_9999, 4);
+        let fit = |d: Decimal| d.clamp(-bound, bound).round_dp(4);
+        TierRow {
+            program_id: program_id.to_string(),
+            partner_id: partner_id.to_string(),
+            effective_at: m.from,
+            effective_at_ms: millis(m.from),
+            tier: m.tier.clone(),
+            previous: m.previous.clone(),
+            source,
+            conversions: m.figures.conversions,
+            revenue: fit(m.figures.revenue),
+            commission: fit(m.figures.commission),
+        }
+    }
+}

@@ -95,6 +95,8 @@ pub fn click(id: u128, visitor: Uuid, ts: DateTime<Utc>) -> ClickEvent {
 pub fn partner(program: &str) -> Partner {
     Partner {
         email_sha256: None,
+        tier_auto: true,
+        tier_history: Vec::new(),
         id: String::new(),
         program_id: program.into(),
         name: None,

@@ -83,6 +83,8 @@ pub async fn seed_registry_with(
         };
         let partner = Partner {
             email_sha256: None,
+            tier_auto: true,
+            tier_history: Vec::new(),
             id: String::new(),
             program_id: "acme".into(),
             name: None,

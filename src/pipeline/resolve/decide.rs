@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use rust_decimal::Decimal;
 
 use super::caps;
+use super::tiers::TierBook;
 use super::effects::direct_partners;
 use super::overlay::Overlay;
 use super::plan::{rate_reads, referral_partner, volume_read, Plan};
@@ -16,6 +17,7 @@ use crate::engine::dedup;
 use crate::engine::fraud::{Rule, Settled};
 use crate::engine::lifecycle::{self, BookedRefund, Lifecycle, Standing};
 use crate::engine::rewards;
+use crate::engine::tiers::{self, TierMove};
 use crate::engine::settle::{
     self, ConversionStatus, Credit, Customer, Decision, FirstSale, OrderRecord,
 };
@@ -27,6 +29,7 @@ use crate::registry::{Program, Registry};
 /// gets its dead-letter outcome: nothing of it is stored or seen by later conversions.
 pub(super) async fn in_order(
     registry: &Registry,
+    tiers: &TierBook,
     state: &dyn StateStore,
     batch: &[(Mark, ConversionEvent)],
     plan: &Plan,
@@ -45,6 +48,7 @@ pub(super) async fn in_order(
             Some(program) => {
                 let turn = Turn {
                     registry,
+                    tiers,
                     plan,
                     k,
                     mark: *mark,
@@ -65,6 +69,7 @@ pub(super) async fn in_order(
 /// One conversion's turn in its batch: the `k`-th fresh one of the plan.
 struct Turn<'a> {
     registry: &'a Registry,
+    tiers: &'a TierBook,
     plan: &'a Plan,
     k: usize,
     mark: Mark,
@@ -112,6 +117,7 @@ impl Turn<'_> {
                 count,
                 customer,
                 totals,
+                tiers: self.tiers,
             },
         );
         if let Ok(memo) = &memo {
@@ -286,6 +292,7 @@ pub(super) fn decide(
         && order.is_some_and(|(_, earlier, _)| earlier.is_empty());
     Ok(Memo {
         caps: caps::after(program, e, &decision, &as_of.totals),
+        tiers: super::tiers::counted(program, e, &decision, order.map(|(o, _, _)| o)),
         decision,
         campaigns,
         lifecycle,
@@ -411,6 +418,7 @@ pub(super) struct AsOf<'a, F> {
     count: F,
     customer: Customer,
     totals: Vec<caps::Total>,
+    tiers: &'a TierBook,
 }
 
 impl<F: Fn(&Read) -> u64> settle::History for AsOf<'_, F> {
@@ -425,6 +433,11 @@ impl<F: Fn(&Read) -> u64> settle::History for AsOf<'_, F> {
 
     fn cap_total(&self, partner: &str, period: Period) -> Decimal {
         caps::total_of(&self.totals, partner, period)
+    }
+
+    fn tier_move(&self, partner: &str) -> Option<&TierMove> {
+        let at = tiers::tier_time(self.e.occurred_at, self.e.received_at);
+        self.tiers.latest(&self.e.program_id, partner, at)
     }
 }
 

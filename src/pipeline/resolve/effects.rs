@@ -69,6 +69,13 @@ pub(super) fn effects(
         mark,
         total: c.total,
     }));
+    out.extend(memo.tiers.iter().filter_map(|c| {
+        Some(Write::TierFigures {
+            key: c.key.clone(),
+            conversion_id: e.conversion_id,
+            json: serde_json::to_string(&c.figures).ok()?,
+        })
+    }));
     let program = registry.program(&e.program_id);
     out.extend(
         tallies(program.as_deref(), e, memo)
@@ -180,6 +187,7 @@ pub(super) fn order_record(e: &ConversionEvent, memo: &Memo) -> OrderRecord {
         settled_amount: d.settled_amount,
         rows: d.earned_rows(),
         standing: memo.lifecycle.standing.clone(),
+        shares: d.shares(),
     }
 }
 

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub use super::caps::CapTotal;
+pub use super::tiers::Counted;
 use super::effects::effects;
 use crate::engine::lifecycle::Lifecycle;
 use crate::engine::settle::Decision;
@@ -31,6 +32,9 @@ pub struct Memo {
     /// The cap totals its direct rows leave (SPEC §10.1).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub caps: Vec<CapTotal>,
+    /// What it counts toward its partners' tier figures (SPEC §10.2).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tiers: Vec<Counted>,
 }
 
 /// What became of one conversion of a batch.
@@ -51,6 +55,7 @@ impl Memo {
             first_refund: false,
             reversed: OrderSlot::Sale,
             caps: Vec::new(),
+            tiers: Vec::new(),
         }
     }
 }

@@ -28,18 +28,22 @@ mod overlay;
 mod plan;
 #[cfg(test)]
 mod tests;
+mod tiers;
 
 pub use holds::{approvals, step_row, DueEntry};
 pub use memo::{Memo, Outcome};
+pub use tiers::{Counted, TierBook};
 
 use super::store::{Mark, StateError, StateStore};
 use crate::events::ConversionEvent;
 use crate::registry::Registry;
 use plan::Plan;
 
-/// Settles `batch` (in mark order); one outcome per conversion, in order.
+/// Settles `batch` (in mark order) under the tier moves of `tiers`; one outcome per
+/// conversion, in order.
 pub async fn settle_batch(
     registry: &Registry,
+    tiers: &TierBook,
     state: &dyn StateStore,
     batch: &[(Mark, ConversionEvent)],
 ) -> Result<Vec<Outcome>, StateError> {
@@ -49,7 +53,7 @@ pub async fn settle_batch(
         .collect();
     if !fresh.is_empty() {
         let plan = Plan::read(registry, state, batch, fresh).await?;
-        let decided = decide::in_order(registry, state, batch, &plan, &mut outcomes).await?;
+        let decided = decide::in_order(registry, tiers, state, batch, &plan, &mut outcomes).await?;
         memo::stand(registry, state, batch, decided, &mut outcomes).await?;
     }
     Ok(outcomes.into_iter().flatten().collect())

@@ -79,7 +79,7 @@ mod settle_tests {
             .into_iter()
             .map(|e| (Mark::new(e.received_at, e.conversion_id), e))
             .collect();
-        let outcomes = settle_batch(&registry, &state, &batch).await.unwrap();
+        let outcomes = settle_batch(&registry, &TierBook::default(), &state, &batch).await.unwrap();
         assert!(
             matches!(&outcomes[0], Outcome::DeadLetter(r) if r.contains("range")),
             "the EUR sale is dead-lettered"
@@ -158,7 +158,7 @@ mod lifecycle_tests {
 
     async fn settle(registry: &Registry, state: &MemoryState, e: ConversionEvent) -> Memo {
         let batch = vec![(Mark::new(e.received_at, e.conversion_id), e)];
-        match settle_batch(registry, state, &batch)
+        match settle_batch(registry, &TierBook::default(), state, &batch)
             .await
             .unwrap()
             .remove(0)
@@ -324,7 +324,7 @@ mod lifecycle_tests {
             .iter()
             .map(|e| (Mark::new(e.received_at, e.conversion_id), e.clone()))
             .collect();
-        settle_batch(registry, state, &batch)
+        settle_batch(registry, &TierBook::default(), state, &batch)
             .await
             .unwrap()
             .into_iter()
@@ -866,7 +866,7 @@ mod corrupt_tests {
             order_id: "o".into(),
             ..crate::testkit::fixtures::conversion(0, ConversionKind::Signup, "0", at)
         };
-        let outcomes = settle_batch(&registry, &state, &[(Mark::new(at, id), e)])
+        let outcomes = settle_batch(&registry, &TierBook::default(), &state, &[(Mark::new(at, id), e)])
             .await
             .unwrap();
         assert!(matches!(&outcomes[0], Outcome::DeadLetter(r) if r.contains("undecodable memo")));

@@ -15,7 +15,7 @@ use uuid::Uuid;
 use tokio::time::{Duration, Instant};
 
 use super::{
-    Answer, CapKey, ClickRecord, Decide, Mark, OrderSlot, Read, StateError, StateStore,
+    Answer, CapKey, ClickRecord, TierKey, Decide, Mark, OrderSlot, Read, StateError, StateStore,
     StoredTouch, Tally, Write, CAP_ENTRIES_KEPT, MAX_JOURNEY, MEMO_TTL,
 };
 
@@ -99,6 +99,11 @@ struct Inner {
     tallies: HashMap<Tally, (Marks, Instant)>,
     first_sales: HashMap<(String, String), BTreeMap<Mark, String>>,
     cap_totals: HashMap<CapKey, BTreeMap<Mark, Decimal>>,
+    /// Tier figures are read once their period ends and kept with the program (the
+    /// embedded default runs a demo's months, not years).
+    tier_figures: HashMap<TierKey, BTreeMap<Uuid, String>>,
+    tier_moves: HashMap<(String, String), BTreeMap<i64, String>>,
+    tier_done: HashMap<String, i64>,
     orders: HashMap<(String, String, OrderSlot), String>,
     refunds: HashMap<(String, String, OrderSlot), BTreeMap<Mark, String>>,
     due: BTreeSet<(i64, String)>,
@@ -242,6 +247,21 @@ impl Inner {
                     .filter(|(m, _)| *m < before)
                     .map(|(m, json)| (*m, json.clone())),
             ),
+            Read::TierFigures(key) => Answer::Entries(
+                self.tier_figures
+                    .get(key)
+                    .map(|m| m.values().cloned().collect())
+                    .unwrap_or_default(),
+            ),
+            Read::TierMoves { program, partner } => Answer::Entries(
+                self.tier_moves
+                    .get(&(program.clone(), partner.clone()))
+                    .map(|m| m.values().cloned().collect())
+                    .unwrap_or_default(),
+            ),
+            Read::TierDone { program } => {
+                Answer::Count(self.tier_done.get(program).map_or(0, |ms| *ms as u64))
+            }
             Read::CapTotal { key, before } => Answer::Marked(
                 self.cap_totals
                     .get(key)
@@ -359,6 +379,44 @@ impl Inner {
             }
             Write::DueDone { json } => {
                 self.due.retain(|(_, j)| j != json);
+                None
+            }
+            Write::TierFigures {
+                key,
+                conversion_id,
+                json,
+            } => {
+                self.tier_figures
+                    .entry(key.clone())
+                    .or_default()
+                    .insert(*conversion_id, json.clone());
+                None
+            }
+            Write::TierMove {
+                program,
+                partner,
+                from_ms,
+                json,
+            } => {
+                let moves = self
+                    .tier_moves
+                    .entry((program.clone(), partner.clone()))
+                    .or_default();
+                match moves.get(from_ms) {
+                    // Only a different move is an answer: the same one stands.
+                    Some(existing) => Some(existing.clone()).filter(|e| e != json),
+                    None => {
+                        moves.insert(*from_ms, json.clone());
+                        None
+                    }
+                }
+            }
+            Write::TierDone {
+                program,
+                boundary_ms,
+            } => {
+                let done = self.tier_done.entry(program.clone()).or_insert(0);
+                *done = (*done).max((*boundary_ms).max(0));
                 None
             }
             Write::CapTotal { key, mark, total } => {

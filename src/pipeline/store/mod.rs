@@ -26,6 +26,9 @@
 //! | `{p}:o:{{program:order}}{slot}`   | string | [`ORDER_TTL`]            | [`Write::Order`]: what the order's sale (slot empty), recurring payment (`:recurring`), lead (`:lead`) or signup (`:signup`) earned |
 //! | `{p}:o:{{program:order}}{slot}:r` | hash   | [`ORDER_TTL`]            | [`Write::Refund`]: reversals booked on that record, by the refund's mark |
 //! | `{p}:cap:{program}:{partner}:{period}` | zset | 3 days (day), 63 days (month), none (lifetime) | [`Write::CapTotal`]: running totals of direct commissions (score 0, member [`Mark::bound`] + total), the last [`CAP_ENTRIES_KEPT`] |
+//! | `{p}:tf:{program}:{period}:{partner}` | hash | [`TIER_FIGURES_TTL`] | [`Write::TierFigures`]: what each conversion (field: its id) counted toward the partner's tier figures |
+//! | `{p}:tm:{program}:{partner}`      | hash   | none                     | [`Write::TierMove`]: automatic tier moves (field: the boundary's ms), set once |
+//! | `{p}:tb:{program}`                | string | none                     | [`Write::TierDone`]: the last boundary whose moves are done (ms) |
 //! | `{p}:due`                         | zset   | none (members removed once done) | [`Write::Due`]: orders whose hold ends (score due ms, member the entry) |
 //! | `{p}:wm`                          | hash   | none                     | [`StateStore::publish`]: partition frontiers |
 //!
@@ -389,7 +392,28 @@ pub enum Read {
     /// Up to `limit` queued hold ends before `before_ms`, earliest first →
     /// [`Answer::Entries`].
     DueBefore { before_ms: i64, limit: usize },
+    /// What each conversion counted toward the partner's figures of one tier period →
+    /// [`Answer::Entries`] (any order).
+    TierFigures(TierKey),
+    /// The partner's automatic tier moves → [`Answer::Entries`] (any order).
+    TierMoves { program: String, partner: String },
+    /// The last period boundary whose tier moves are done → [`Answer::Count`] (its ms;
+    /// 0 when none).
+    TierDone { program: String },
 }
+
+/// A partner's figures in one tier period (SPEC §10.2): `period` is
+/// [`crate::engine::tiers::Period::key`] of the period they count toward.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct TierKey {
+    pub program: String,
+    pub partner: String,
+    pub period: String,
+}
+
+/// How long a period's figures are kept after their last write: read once the period
+/// ends, at most a quarter long, with a margin for a pipeline that was down.
+pub const TIER_FIGURES_TTL: Duration = Duration::from_secs(200 * 86_400);
 
 /// The answer to one [`Read`].
 #[derive(Debug, Clone, PartialEq)]
@@ -451,6 +475,23 @@ pub enum Write {
         mark: Mark,
         total: Decimal,
     },
+    /// Records what one conversion counted toward a partner's tier figures.
+    TierFigures {
+        key: TierKey,
+        conversion_id: Uuid,
+        json: String,
+    },
+    /// Records a tier move made at `from_ms` unless one is recorded; answers the
+    /// recorded one when it differs from this.
+    TierMove {
+        program: String,
+        partner: String,
+        from_ms: i64,
+        json: String,
+    },
+    /// Marks the program's tier moves done up to the boundary at `boundary_ms` (never
+    /// moves the mark back).
+    TierDone { program: String, boundary_ms: i64 },
 }
 
 /// Pipeline state.

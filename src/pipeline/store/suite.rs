@@ -657,5 +657,78 @@ pub async fn all(s: &dyn StateStore) {
     tallies_count_in_windows(s).await;
     counts_in_one_call(s).await;
     frontiers(s).await;
+    tier_state(s).await;
     s.ping().await.unwrap();
+}
+
+/// Tier figures gather one entry per conversion (written again, still one); a tier move
+/// is set once and a second, different one answers the first; the done mark only
+/// moves forward.
+async fn tier_state(s: &dyn StateStore) {
+    let key = TierKey {
+        program: "acme".into(),
+        partner: "alice".into(),
+        period: "m202611".into(),
+    };
+    let figure = |id: u128, json: &str| Write::TierFigures {
+        key: key.clone(),
+        conversion_id: Uuid::from_u128(id),
+        json: json.into(),
+    };
+    let w = s
+        .write(&[figure(1, "a"), figure(2, "b"), figure(1, "a")])
+        .await
+        .unwrap();
+    assert_eq!(w, vec![None, None, None]);
+    let mv = |from_ms: i64, json: &str| Write::TierMove {
+        program: "acme".into(),
+        partner: "alice".into(),
+        from_ms,
+        json: json.into(),
+    };
+    let done = |boundary_ms| Write::TierDone {
+        program: "acme".into(),
+        boundary_ms,
+    };
+    let answers = s
+        .write(&[mv(T, "gold"), mv(T, "gold"), mv(T, "silver"), mv(T + 1, "x"), done(T + 9), done(T)])
+        .await
+        .unwrap();
+    assert_eq!(
+        answers,
+        vec![None, None, Some("gold".into()), None, None, None]
+    );
+    let reads = [
+        Read::TierFigures(key.clone()),
+        Read::TierMoves {
+            program: "acme".into(),
+            partner: "alice".into(),
+        },
+        Read::TierDone {
+            program: "acme".into(),
+        },
+        Read::TierDone {
+            program: "other".into(),
+        },
+        Read::TierMoves {
+            program: "acme".into(),
+            partner: "bob".into(),
+        },
+    ];
+    let mut got = s.read(&reads).await.unwrap();
+    for a in &mut got {
+        if let Answer::Entries(e) = a {
+            e.sort();
+        }
+    }
+    assert_eq!(
+        got,
+        vec![
+            Answer::Entries(vec!["a".into(), "b".into()]),
+            Answer::Entries(vec!["gold".into(), "x".into()]),
+            Answer::Count((T + 9) as u64),
+            Answer::Count(0),
+            Answer::Entries(vec![]),
+        ]
+    );
 }

@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::renewals::RENEW_EVERY;
 use super::{Cmds, RedisState};
-use crate::pipeline::store::{ms, CapKey, Mark, OrderSlot, Tally};
+use crate::pipeline::store::{ms, CapKey, Mark, OrderSlot, Tally, TierKey};
 
 impl RedisState {
     pub(super) fn click(&self, id: Uuid) -> String {
@@ -46,6 +46,23 @@ impl RedisState {
                 ip_hash,
             } => format!("{p}:ti:{program}:{partner}:{ip_hash}"),
         }
+    }
+
+    pub(super) fn tier_figures(&self, key: &TierKey) -> String {
+        let TierKey {
+            program,
+            partner,
+            period,
+        } = key;
+        format!("{}:tf:{program}:{period}:{partner}", self.prefix)
+    }
+
+    pub(super) fn tier_moves(&self, program: &str, partner: &str) -> String {
+        format!("{}:tm:{program}:{partner}", self.prefix)
+    }
+
+    pub(super) fn tier_done(&self, program: &str) -> String {
+        format!("{}:tb:{program}", self.prefix)
     }
 
     pub(super) fn cap(&self, key: &CapKey) -> String {

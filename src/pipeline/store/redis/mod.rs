@@ -223,21 +223,33 @@ impl StateStore for RedisState {
         }
         let mut pipe = Cmds::default();
         let now = Instant::now();
-        let mut memo_at = Vec::with_capacity(writes.len());
+        // The reply that answers each write: a memo's first command (what was there
+        // before), a tier move's read-back (what stands, compared with what was sent).
+        let mut answered_at = Vec::with_capacity(writes.len());
         for w in writes {
-            memo_at.push(matches!(w, Write::Memo { .. }).then_some(pipe.0.len()));
+            let start = pipe.0.len();
+            answered_at.push(match w {
+                Write::Memo { .. } => Some((start, None)),
+                Write::TierMove { json, .. } => Some((start + 1, Some(json.as_str()))),
+                _ => None,
+            });
             self.write_cmds(w, &mut pipe, now);
         }
         let replies = self.run(pipe.0).await?;
-        memo_at
+        answered_at
             .into_iter()
-            .map(|at| match at {
-                Some(i) => text(
-                    replies
-                        .get(i)
-                        .ok_or_else(|| StateError("fewer replies than writes".into()))?,
-                ),
-                None => Ok(None),
+            .map(|at| {
+                let Some((i, sent)) = at else {
+                    return Ok(None);
+                };
+                let reply = replies
+                    .get(i)
+                    .ok_or_else(|| StateError("fewer replies than writes".into()))?;
+                let stored = text(reply)?;
+                Ok(match sent {
+                    Some(sent) => stored.filter(|s| s != sent),
+                    None => stored,
+                })
             })
             .collect()
     }

@@ -262,6 +262,15 @@ impl RedisState {
                     .arg(0)
                     .arg("WITHSCORES");
             }
+            Read::TierFigures(key) => {
+                pipe.cmd("HVALS").arg(self.tier_figures(key));
+            }
+            Read::TierMoves { program, partner } => {
+                pipe.cmd("HVALS").arg(self.tier_moves(program, partner));
+            }
+            Read::TierDone { program } => {
+                pipe.cmd("ZSCORE").arg(self.tier_done(program)).arg("done");
+            }
             Read::CapTotal { key, before } => {
                 // The latest entry before the mark: members sort by the mark's bound.
                 pipe.cmd("ZREVRANGEBYLEX")
@@ -387,7 +396,13 @@ fn answer<'a>(
             Answer::Count(earlier + tied)
         }
         Read::Order { slot, .. } => order_answer(*slot, next)?,
-        Read::DueBefore { .. } => Answer::Entries(redis::from_redis_value_ref(next()?)?),
+        Read::DueBefore { .. } | Read::TierFigures(_) | Read::TierMoves { .. } => {
+            Answer::Entries(redis::from_redis_value_ref(next()?)?)
+        }
+        Read::TierDone { .. } => {
+            let score: Option<String> = redis::from_redis_value_ref(next()?)?;
+            Answer::Count(score.and_then(|s| s.parse::<f64>().ok()).map_or(0, |s| s as u64))
+        }
     })
 }
 

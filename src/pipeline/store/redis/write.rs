@@ -4,7 +4,9 @@
 use std::time::Instant;
 
 use super::{Cmds, RedisState};
-use crate::pipeline::store::{ms, Write, CAP_ENTRIES_KEPT, CLAIM_TTL, MEMO_TTL, ORDER_TTL};
+use crate::pipeline::store::{
+    ms, Write, CAP_ENTRIES_KEPT, CLAIM_TTL, MEMO_TTL, ORDER_TTL, TIER_FIGURES_TTL,
+};
 
 impl RedisState {
     /// The commands of one write; a memo's is the first (its reply is the memo that
@@ -83,6 +85,36 @@ impl RedisState {
             }
             Write::DueDone { json } => {
                 pipe.cmd("ZREM").arg(self.due()).arg(json);
+            }
+            Write::TierFigures {
+                key,
+                conversion_id,
+                json,
+            } => {
+                let key = self.tier_figures(key);
+                pipe.cmd("HSET").arg(&key).arg(conversion_id.to_string()).arg(json);
+                self.renew(pipe, key, TIER_FIGURES_TTL, now);
+            }
+            Write::TierMove {
+                program,
+                partner,
+                from_ms,
+                json,
+            } => {
+                // Set once, then read back: the reply says which move stands.
+                let key = self.tier_moves(program, partner);
+                pipe.cmd("HSETNX").arg(&key).arg(*from_ms).arg(json);
+                pipe.cmd("HGET").arg(&key).arg(*from_ms);
+            }
+            Write::TierDone {
+                program,
+                boundary_ms,
+            } => {
+                pipe.cmd("ZADD")
+                    .arg(self.tier_done(program))
+                    .arg("GT")
+                    .arg(*boundary_ms)
+                    .arg("done");
             }
             Write::CapTotal { key, mark, total } => {
                 let key_name = self.cap(key);
