@@ -17,9 +17,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::registry::{Registry, WebhookEventType};
-use crate::sink::rows::{
-    CommissionRow, ConversionRow, DisputeRow, PayoutRow, StatusRow, TierRow,
-};
+use crate::sink::rows::{CommissionRow, ConversionRow, DisputeRow, PayoutRow, StatusRow, TierRow};
 
 /// Ids of `partner.tier_changed` events: one per move.
 const TIER_EVENT_NS: Uuid = Uuid::from_u128(0x7a41_c2e9_0d5b_4f18_8c36_b9e0_f1a2_d3c4);
@@ -185,7 +183,14 @@ impl Outbox {
                     t.source
                 );
                 let id = Uuid::new_v5(&TIER_EVENT_NS, name.as_bytes());
-                self.push(id, kind, &t.program_id, t.partner_id.clone(), t.effective_at, t);
+                self.push(
+                    id,
+                    kind,
+                    &t.program_id,
+                    t.partner_id.clone(),
+                    t.effective_at,
+                    t,
+                );
             }
         }
     }

@@ -304,10 +304,7 @@ pub fn in_force<'a>(held: HeldTier<'a>, moved: Option<&'a TierMove>) -> Option<&
 
 /// The latest of `moves` at or before `t`.
 pub fn latest_move(moves: &[TierMove], t: DateTime<Utc>) -> Option<&TierMove> {
-    moves
-        .iter()
-        .filter(|m| m.from <= t)
-        .max_by_key(|m| m.from)
+    moves.iter().filter(|m| m.from <= t).max_by_key(|m| m.from)
 }
 
 /// The moment whose tier a conversion is paid at: its `occurred_at`, or its
@@ -341,10 +338,12 @@ mod tests {
     }
 
     fn ladder(demote: bool) -> TierRules {
-        serde_json::from_value(serde_json::json!({"period": "month", "demote": demote, "tiers": [
+        serde_json::from_value(
+            serde_json::json!({"period": "month", "demote": demote, "tiers": [
             {"tier": "silver",   "min": {"conversions": 10}},
             {"tier": "gold",     "min": {"revenue": "10000", "conversions": 25}},
-            {"tier": "platinum", "min": {"revenue": "50000"}}]}))
+            {"tier": "platinum", "min": {"revenue": "50000"}}]}),
+        )
         .unwrap()
     }
 
@@ -421,9 +420,15 @@ mod tests {
         assert_eq!(in_force(held(None, false), Some(&moved)), Some("gold"));
         assert_eq!(in_force(held(None, true), Some(&moved)), Some("silver"));
         // Set by hand after the boundary: the hand wins; before it: the move.
-        assert_eq!(in_force(held(Some(at(2)), false), Some(&moved)), Some("silver"));
         assert_eq!(
-            in_force(held(Some(at(1) - chrono::Duration::days(3)), false), Some(&moved)),
+            in_force(held(Some(at(2)), false), Some(&moved)),
+            Some("silver")
+        );
+        assert_eq!(
+            in_force(
+                held(Some(at(1) - chrono::Duration::days(3)), false),
+                Some(&moved)
+            ),
             Some("gold")
         );
         assert_eq!(in_force(held(None, false), None), Some("silver"));

@@ -21,6 +21,8 @@ pub mod resolve;
 pub mod schedule;
 pub mod store;
 mod tiers;
+#[cfg(test)]
+mod tiers_tests;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -412,7 +412,11 @@ impl Registry {
 
     /// Every program, by id.
     pub fn programs(&self) -> Vec<Arc<Program>> {
-        let mut all: Vec<Arc<Program>> = self.programs.iter().map(|e| Arc::clone(e.value())).collect();
+        let mut all: Vec<Arc<Program>> = self
+            .programs
+            .iter()
+            .map(|e| Arc::clone(e.value()))
+            .collect();
         all.sort_by(|a, b| a.id.cmp(&b.id));
         all
     }

@@ -7,8 +7,8 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::caps;
-use crate::engine::tiers::{HeldTier, TierRules};
 use crate::engine::fraud::valid_sha256_hex;
+use crate::engine::tiers::{HeldTier, TierRules};
 use crate::engine::{AttributionModel, CommissionPlan, FraudRules};
 use crate::money;
 
@@ -188,8 +188,10 @@ impl Program {
         if let Err((field, message)) = self.fraud.validate() {
             return Err(Invalid::new(format!("fraud.{field}"), message));
         }
-        if let Some(Err((field, message))) =
-            self.tier_rules.as_ref().map(|t| t.validate(&self.commission))
+        if let Some(Err((field, message))) = self
+            .tier_rules
+            .as_ref()
+            .map(|t| t.validate(&self.commission))
         {
             return Err(Invalid::new(format!("tier_rules.{field}"), message));
         }
@@ -386,8 +388,7 @@ impl Partner {
     /// is never taken.
     pub fn record_tier(&mut self, before: Option<&Partner>, at: chrono::DateTime<chrono::Utc>) {
         self.tier_history = before.map(|b| b.tier_history.clone()).unwrap_or_default();
-        let changed =
-            before.is_none_or(|b| b.tier != self.tier || b.tier_auto != self.tier_auto);
+        let changed = before.is_none_or(|b| b.tier != self.tier || b.tier_auto != self.tier_auto);
         if changed {
             // Never before the last entry: the registry's clock is the only one here.
             let at = self.tier_history.last().map_or(at, |l| at.max(l.at));

@@ -6,10 +6,10 @@ use std::collections::HashMap;
 use rust_decimal::Decimal;
 
 use super::caps;
-use super::tiers::TierBook;
 use super::effects::direct_partners;
 use super::overlay::Overlay;
 use super::plan::{rate_reads, referral_partner, volume_read, Plan};
+use super::tiers::TierBook;
 use super::{Memo, Outcome};
 use crate::engine::attribution::Touch;
 use crate::engine::caps::Period;
@@ -17,10 +17,10 @@ use crate::engine::dedup;
 use crate::engine::fraud::{Rule, Settled};
 use crate::engine::lifecycle::{self, BookedRefund, Lifecycle, Standing};
 use crate::engine::rewards;
-use crate::engine::tiers::{self, TierMove};
 use crate::engine::settle::{
     self, ConversionStatus, Credit, Customer, Decision, FirstSale, OrderRecord,
 };
+use crate::engine::tiers::{self, TierMove};
 use crate::events::{ConversionEvent, ConversionKind};
 use crate::pipeline::store::{Answer, Mark, OrderSlot, Read, StateError, StateStore, StoredTouch};
 use crate::registry::{Program, Registry};

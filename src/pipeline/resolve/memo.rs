@@ -5,8 +5,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub use super::caps::CapTotal;
-pub use super::tiers::Counted;
 use super::effects::effects;
+pub use super::tiers::Counted;
 use crate::engine::lifecycle::Lifecycle;
 use crate::engine::settle::Decision;
 use crate::events::ConversionEvent;

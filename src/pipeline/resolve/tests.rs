@@ -79,7 +79,9 @@ mod settle_tests {
             .into_iter()
             .map(|e| (Mark::new(e.received_at, e.conversion_id), e))
             .collect();
-        let outcomes = settle_batch(&registry, &TierBook::default(), &state, &batch).await.unwrap();
+        let outcomes = settle_batch(&registry, &TierBook::default(), &state, &batch)
+            .await
+            .unwrap();
         assert!(
             matches!(&outcomes[0], Outcome::DeadLetter(r) if r.contains("range")),
             "the EUR sale is dead-lettered"
@@ -866,9 +868,14 @@ mod corrupt_tests {
             order_id: "o".into(),
             ..crate::testkit::fixtures::conversion(0, ConversionKind::Signup, "0", at)
         };
-        let outcomes = settle_batch(&registry, &TierBook::default(), &state, &[(Mark::new(at, id), e)])
-            .await
-            .unwrap();
+        let outcomes = settle_batch(
+            &registry,
+            &TierBook::default(),
+            &state,
+            &[(Mark::new(at, id), e)],
+        )
+        .await
+        .unwrap();
         assert!(matches!(&outcomes[0], Outcome::DeadLetter(r) if r.contains("undecodable memo")));
     }
 }

@@ -81,28 +81,50 @@ pub(super) fn counted(
         return Vec::new();
     }
     let mut by_partner: Vec<(String, Figures)> = Vec::new();
-    let mut add = |partner: &str, f: Figures| match by_partner.iter_mut().find(|(p, _)| p == partner)
-    {
-        Some((_, sum)) => *sum = sum.plus(f),
-        None => by_partner.push((partner.to_string(), f)),
-    };
+    let mut add =
+        |partner: &str, f: Figures| match by_partner.iter_mut().find(|(p, _)| p == partner) {
+            Some((_, sum)) => *sum = sum.plus(f),
+            None => by_partner.push((partner.to_string(), f)),
+        };
     if e.kind.is_journey_kind() {
         for (partner, weight) in d.shares() {
             let revenue = d.settled_amount.checked_mul(weight).unwrap_or_default();
-            add(&partner, Figures { conversions: 1, revenue, commission: Decimal::ZERO });
+            add(
+                &partner,
+                Figures {
+                    conversions: 1,
+                    revenue,
+                    commission: Decimal::ZERO,
+                },
+            );
         }
     }
     if let (ConversionKind::Refund, Some(order)) = (e.kind, order) {
         for (partner, weight) in &order.shares {
             let revenue = -d.settled_amount.checked_mul(*weight).unwrap_or_default();
-            add(partner, Figures { conversions: 0, revenue, commission: Decimal::ZERO });
+            add(
+                partner,
+                Figures {
+                    conversions: 0,
+                    revenue,
+                    commission: Decimal::ZERO,
+                },
+            );
         }
     }
     for row in &d.rows {
         let commission = row.amount;
-        add(&row.partner_id, Figures { commission, ..Figures::default() });
+        add(
+            &row.partner_id,
+            Figures {
+                commission,
+                ..Figures::default()
+            },
+        );
     }
-    let period = rules.period.key(tiers::counted_at(e.occurred_at, e.received_at));
+    let period = rules
+        .period
+        .key(tiers::counted_at(e.occurred_at, e.received_at));
     let mut out: Vec<Counted> = by_partner
         .into_iter()
         .filter(|(_, f)| !f.is_zero())

@@ -15,8 +15,8 @@ use uuid::Uuid;
 use tokio::time::{Duration, Instant};
 
 use super::{
-    Answer, CapKey, ClickRecord, TierKey, Decide, Mark, OrderSlot, Read, StateError, StateStore,
-    StoredTouch, Tally, Write, CAP_ENTRIES_KEPT, MAX_JOURNEY, MEMO_TTL,
+    Answer, CapKey, ClickRecord, Decide, Mark, OrderSlot, Read, StateError, StateStore,
+    StoredTouch, Tally, TierKey, Write, CAP_ENTRIES_KEPT, MAX_JOURNEY, MEMO_TTL,
 };
 
 /// How often expired entries are swept.

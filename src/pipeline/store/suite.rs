@@ -691,7 +691,14 @@ async fn tier_state(s: &dyn StateStore) {
         boundary_ms,
     };
     let answers = s
-        .write(&[mv(T, "gold"), mv(T, "gold"), mv(T, "silver"), mv(T + 1, "x"), done(T + 9), done(T)])
+        .write(&[
+            mv(T, "gold"),
+            mv(T, "gold"),
+            mv(T, "silver"),
+            mv(T + 1, "x"),
+            done(T + 9),
+            done(T),
+        ])
         .await
         .unwrap();
     assert_eq!(

@@ -401,7 +401,11 @@ fn answer<'a>(
         }
         Read::TierDone { .. } => {
             let score: Option<String> = redis::from_redis_value_ref(next()?)?;
-            Answer::Count(score.and_then(|s| s.parse::<f64>().ok()).map_or(0, |s| s as u64))
+            Answer::Count(
+                score
+                    .and_then(|s| s.parse::<f64>().ok())
+                    .map_or(0, |s| s as u64),
+            )
         }
     })
 }

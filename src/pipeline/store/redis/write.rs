@@ -92,7 +92,10 @@ impl RedisState {
                 json,
             } => {
                 let key = self.tier_figures(key);
-                pipe.cmd("HSET").arg(&key).arg(conversion_id.to_string()).arg(json);
+                pipe.cmd("HSET")
+                    .arg(&key)
+                    .arg(conversion_id.to_string())
+                    .arg(json);
                 self.renew(pipe, key, TIER_FIGURES_TTL, now);
             }
             Write::TierMove {
