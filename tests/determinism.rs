@@ -35,23 +35,26 @@ async fn shuffled_backlog_read_by_two_instances_matches_intake_order() {
         // running totals are read in intake order like every other count.
         seed_registry_rewards(c, PARTNERS, true).await;
     }
-    let base = chrono::Utc::now() - chrono::Duration::hours(3);
-    let stream = touchline::testkit::synthetic::produce_in(
+    // Three bursts 31 days apart: three calendar months, with tier moves (SPEC §10.2)
+    // at each month's start between them.
+    let now = chrono::Utc::now() - chrono::Duration::hours(3);
+    let bases = [62, 31, 0].map(|days| now - chrono::Duration::days(days));
+    let stream = touchline::testkit::synthetic::produce_bursts(
         &reference.kafka,
         5,
         VISITORS,
         PARTNERS,
-        base,
+        &bases,
         Order::Intake,
     )
     .await
     .expect("broker acknowledged");
-    touchline::testkit::synthetic::produce_in(
+    touchline::testkit::synthetic::produce_bursts(
         &shuffled.kafka,
         5,
         VISITORS,
         PARTNERS,
-        base,
+        &bases,
         Order::Shuffled(9),
     )
     .await
@@ -67,6 +70,7 @@ async fn shuffled_backlog_read_by_two_instances_matches_intake_order() {
         "SELECT toString(c.rate), count() FROM commissions AS c FINAL \
          ANY INNER JOIN (SELECT conversion_id, kind AS conversion_kind FROM conversions FINAL) USING conversion_id \
          WHERE c.kind = 'direct' AND c.partner_id = 'p1' AND conversion_kind = 'sale' \
+         AND c.conversion_id IN (SELECT conversion_id FROM conversions FINAL WHERE order_id NOT LIKE 'm%') \
          GROUP BY toString(c.rate) ORDER BY toString(c.rate)",
     )
     .await;
@@ -93,6 +97,14 @@ async fn shuffled_backlog_read_by_two_instances_matches_intake_order() {
         assert!(reasons.contains(&expected), "{expected} among {reasons:?}");
     }
 
+    // Partners moved at both month starts, up and down, and were paid at their new tiers.
+    let moves = ch_query(
+        &reference,
+        "SELECT toStartOfMonth(effective_at), countIf(tier != previous) FROM partner_tiers FINAL \
+         WHERE source = 'auto' GROUP BY toStartOfMonth(effective_at) ORDER BY toStartOfMonth(effective_at)",
+    )
+    .await;
+    assert_eq!(moves.len(), 2, "moves at two month starts: {moves:?}");
     // Backlog: everything is on the topics before either instance starts.
     let mut first = spawn_pipeline_process(&shuffled, &[]);
     let mut second = spawn_pipeline_process(&shuffled, &[]);

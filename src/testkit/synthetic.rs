@@ -39,6 +39,15 @@ pub fn rewards() -> (serde_json::Value, serde_json::Value) {
     (rules, caps)
 }
 
+/// The synthetic program's tier ladder (SPEC §10.2): monthly, with demotion, so that a
+/// stream spanning months moves partners both ways.
+pub fn tier_rules() -> serde_json::Value {
+    serde_json::json!({"period": "month", "demote": true, "tiers": [
+        {"tier": "silver", "min": {"conversions": 12}},
+        {"tier": "gold", "min": {"conversions": 20, "revenue": "2500"}},
+        {"tier": "platinum", "min": {"revenue": "6000"}}]})
+}
+
 /// Writes program `acme` (a week's hold, every fraud rule that counts history on),
 /// `partners`
 /// partners (every fourth the parent of the next three) and one link per partner.
@@ -71,6 +80,7 @@ pub async fn seed_registry_with(
         let (rules, caps) = rewards();
         program.commission.rules = serde_json::from_value(rules).expect("valid rules");
         program.commission.caps = serde_json::from_value(caps).expect("valid caps");
+        program.tier_rules = Some(serde_json::from_value(tier_rules()).expect("valid tier rules"));
     }
     registry.put_program("acme", program).await?;
     let tiers = ["bronze", "silver", "gold", "platinum"];
@@ -159,12 +169,65 @@ pub async fn produce_in(
     base: chrono::DateTime<chrono::Utc>,
     order: Order,
 ) -> Result<Stream, KafkaError> {
+    produce_burst(kafka, seed, visitors, partners, (base, 0), order).await
+}
+
+/// One [`produce_in`] stream per base, one after the other (each shuffled on its own
+/// with [`Order::Shuffled`]): the same visitors and customers coming back, with ids and
+/// order ids of their own per burst. Bases months apart make a backlog spanning months.
+pub async fn produce_bursts(
+    kafka: &KafkaConfig,
+    seed: u64,
+    visitors: usize,
+    partners: usize,
+    bases: &[chrono::DateTime<chrono::Utc>],
+    order: Order,
+) -> Result<Stream, KafkaError> {
+    let mut total = Stream {
+        clicks: 0,
+        conversions: 0,
+    };
+    for (burst, base) in bases.iter().enumerate() {
+        let s = produce_burst(kafka, seed, visitors, partners, (*base, burst as u32), order).await?;
+        total.clicks += s.clicks;
+        total.conversions += s.conversions;
+    }
+    Ok(total)
+}
+
+/// Ids and order ids of burst `burst` (0: as they always were).
+fn rebase(burst: u32, clicks: &mut [ClickEvent], conversions: &mut [ConversionEvent]) {
+    if burst == 0 {
+        return;
+    }
+    let shift = |u: uuid::Uuid| uuid::Uuid::from_u128(u.as_u128() + (u128::from(burst) << 48));
+    let name = |o: &str| format!("m{burst}-{o}");
+    for c in clicks {
+        c.click_id = shift(c.click_id);
+    }
+    for c in conversions {
+        c.conversion_id = shift(c.conversion_id);
+        c.click_id = c.click_id.map(shift);
+        c.order_id = name(&c.order_id);
+        c.original_order_id = c.original_order_id.as_deref().map(name);
+    }
+}
+
+async fn produce_burst(
+    kafka: &KafkaConfig,
+    seed: u64,
+    visitors: usize,
+    partners: usize,
+    (base, burst): (chrono::DateTime<chrono::Utc>, u32),
+    order: Order,
+) -> Result<Stream, KafkaError> {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &kafka.brokers)
         .set("linger.ms", "5")
         .set("queue.buffering.max.messages", "1000000")
         .create()?;
-    let mut rng = Rng::new(seed);
+    // Each burst draws its own visitors' behaviour (burst 0: the stream as it always was).
+    let mut rng = Rng::new(seed.wrapping_add(u64::from(burst)));
     let base = to_millis(base);
     let mut clicks = Vec::new();
     let mut visitor_clicks: Vec<Vec<uuid::Uuid>> = vec![Vec::new(); visitors];
@@ -418,6 +481,7 @@ pub async fn produce_in(
         signup.occurred_at = last_month + chrono::Duration::minutes(i);
         conversions.push(signup);
     }
+    rebase(burst, &mut clicks, &mut conversions);
     clicks.sort_by_key(|c| (c.ts, c.click_id));
     conversions.sort_by_key(|c| (c.received_at, c.conversion_id));
     let mut records: Vec<(&String, String, serde_json::Result<Vec<u8>>)> = clicks

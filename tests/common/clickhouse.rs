@@ -87,6 +87,10 @@ pub async fn snapshot(config: &Config) -> Vec<(String, Vec<Vec<String>>)> {
         ("commissions", "commission_id"),
         ("commission_status", "commission_id, step"),
         ("partner_stats_daily", "day, partner_id"),
+        (
+            "partner_tiers",
+            "program_id, partner_id, effective_at, effective_at_ms, source",
+        ),
     ] {
         // A view has no FINAL of its own: it reads the tables with FINAL.
         let final_ = if table == "partner_stats_daily" {
