@@ -253,3 +253,139 @@ async fn the_best_rule_pays_and_names_itself_in_the_ledger() {
     pipeline.stop().await;
     edge.stop().await;
 }
+
+/// A tier set by hand holds from the moment it is set (SPEC §10.2): a sale before the
+/// change keeps the old tier's rate when the whole log is settled again later by a
+/// pipeline with fresh state — the registry keeps the tier's history. The change is a
+/// `manual` row of `partner_tiers`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_tier_change_then_a_replay_pays_what_live_settlement_paid() {
+    let fast = [
+        ("TOUCHLINE__PIPELINE__LATE_GRACE_SECS", "2"),
+        ("TOUCHLINE__PIPELINE__FLUSH_INTERVAL_MS", "200"),
+    ];
+    let live = config(&fast);
+    migrate(&live).await;
+    let edge = start_edge(&live).await;
+    let pipeline = start_pipeline(&live);
+    let url = edge.url("");
+    let put = |path: &str, body: Value| {
+        let url = format!("{url}{path}");
+        async move { admin(Method::PUT, &url, body).await }
+    };
+    assert_eq!(
+        put("/api/v1/programs/acme", program_json()).await.status,
+        StatusCode::CREATED
+    );
+    let r = put(
+        "/api/v1/partners/alice",
+        json!({"program_id": "acme", "tier": "silver"}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let r = admin(
+        Method::POST,
+        &format!("{url}/api/v1/links"),
+        json!({"program_id": "acme", "partner_id": "alice", "code": "alice-t", "destination": "https://acme.example/"}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let sale = |order: &str| {
+        json!({"program_id": "acme", "order_id": order, "kind": "sale", "amount": "100.00",
+               "currency": "USD", "referral_code": "alice-t"})
+    };
+    let ledger = |config: touchline::config::Config| async move {
+        ch_query(
+            &config,
+            "SELECT c.order_id, toString(m.amount) FROM commissions AS m FINAL \
+             ANY INNER JOIN (SELECT conversion_id, order_id FROM conversions FINAL) AS c USING conversion_id \
+             ORDER BY c.order_id",
+        )
+        .await
+    };
+    let r = post_conversions(&url, &sale("T-1").to_string()).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
+    wait_count(
+        &live,
+        "SELECT count() FROM commissions FINAL",
+        1,
+        Duration::from_secs(60),
+    )
+    .await;
+    // Gold from now on, by hand.
+    let r = admin(
+        Method::PATCH,
+        &format!("{url}/api/v1/partners/alice"),
+        json!({"tier": "gold"}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(
+        r.json()["tier_auto"],
+        json!(false),
+        "a tier set by hand pins: {:?}",
+        r.body
+    );
+    assert_eq!(
+        r.json()["tier_history"].as_array().map(Vec::len),
+        Some(2),
+        "{:?}",
+        r.body
+    );
+    // The edge follows its own write; the pipeline waits for the version it names.
+    let r = post_conversions(&url, &sale("T-2").to_string()).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
+    wait_count(
+        &live,
+        "SELECT count() FROM commissions FINAL",
+        2,
+        Duration::from_secs(60),
+    )
+    .await;
+    let paid = ledger(live.clone()).await;
+    assert_eq!(
+        paid,
+        vec![
+            vec!["T-1".to_string(), "20.0000".to_string()],
+            vec!["T-2".to_string(), "25.0000".to_string()]
+        ]
+    );
+    let manual = ch_query(
+        &live,
+        "SELECT partner_id, previous, tier, source FROM partner_tiers FINAL",
+    )
+    .await;
+    assert_eq!(manual, vec![vec!["alice", "silver", "gold", "manual"]]);
+    pipeline.stop().await;
+    edge.stop().await;
+
+    // The replay: the same topics and registry, fresh state, database and group.
+    let mut replay = config(&fast);
+    replay.kafka.topics = live.kafka.topics.clone();
+    let client = redis::Client::open(live.redis.url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    for key in ["reg:entities", "reg:log"] {
+        let copied: i64 = redis::cmd("COPY")
+            .arg(format!("{}:{key}", live.redis.prefix))
+            .arg(format!("{}:{key}", replay.redis.prefix))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(copied, 1, "{key} copied");
+    }
+    migrate(&replay).await;
+    let again = start_pipeline(&replay);
+    wait_count(
+        &replay,
+        "SELECT count() FROM commissions FINAL",
+        2,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(
+        ledger(replay.clone()).await,
+        paid,
+        "the replay pays what live settlement paid"
+    );
+    again.stop().await;
+}

@@ -143,11 +143,15 @@ impl Edge {
     pub(crate) async fn put_partner(&self, call: Call) -> Result<HttpResponse, ApiError> {
         let id = call.param("id");
         let partner: Partner = parse_known(&call.body)?;
+        let before = self.registry.partner(id);
         let created = self.registry.put_partner(id, partner).await?;
         let p = self
             .registry
             .partner(id)
             .ok_or_else(|| ApiError::internal("partner vanished"))?;
+        if !created {
+            self.record_manual_tier(before.as_deref(), &p).await;
+        }
         Ok(http::json(put_status(created), &*p))
     }
 
@@ -161,8 +165,39 @@ impl Edge {
 
     pub(crate) async fn patch_partner(&self, call: Call) -> Result<HttpResponse, ApiError> {
         let patch: PartnerPatch = parse(&call.body)?;
+        let before = self.registry.partner(call.param("id"));
         let p = self.registry.patch_partner(call.param("id"), patch).await?;
+        self.record_manual_tier(before.as_deref(), &p).await;
         Ok(http::json(StatusCode::OK, &*p))
+    }
+
+    /// A tier set by hand is a row of `partner_tiers` (`manual`) and a
+    /// `partner.tier_changed` event. The registry's history is what pays; the row is
+    /// its report, so a ledger that cannot take it now is logged, not refused.
+    async fn record_manual_tier(&self, before: Option<&Partner>, after: &Partner) {
+        let (Some(ledger), Some(before)) = (&self.ledger, before) else {
+            return;
+        };
+        if before.tier == after.tier {
+            return;
+        }
+        let Some(change) = after.tier_history.last() else {
+            return;
+        };
+        let Some(program) = self.registry.program(&after.program_id) else {
+            return;
+        };
+        let default = &program.commission.default_tier;
+        let m = crate::engine::tiers::TierMove {
+            from: change.at,
+            tier: after.tier.clone().unwrap_or_else(|| default.clone()),
+            previous: before.tier.clone().unwrap_or_else(|| default.clone()),
+            figures: Default::default(),
+        };
+        let row = crate::sink::TierRow::new(&after.program_id, &after.id, &m, "manual");
+        if let Err(e) = ledger.record_tiers(&[row]).await {
+            tracing::warn!(partner = %after.id, error = %e, "a manual tier change was not recorded in partner_tiers");
+        }
     }
 
     pub(crate) async fn create_link(&self, call: Call) -> Result<HttpResponse, ApiError> {

@@ -298,6 +298,17 @@ impl Ledger {
     /// Publishes the webhook events `fill` gathers, acknowledged, before the request is
     /// answered. Events are derived from what is written, after it is: a request
     /// repeated after a failure publishes them again from the ledger, with the same ids.
+    /// Tier moves made by hand: their rows, then their events.
+    pub async fn record_tiers(&self, rows: &[crate::sink::TierRow]) -> Result<(), LedgerError> {
+        self.sink
+            .write(&Batch {
+                tiers: rows.to_vec(),
+                ..Batch::default()
+            })
+            .await?;
+        self.publish(|o, r| o.tier_moves(r, rows)).await
+    }
+
     async fn publish(&self, fill: impl FnOnce(&mut Outbox, &Registry)) -> Result<(), LedgerError> {
         let Some(o) = &self.outbox else {
             return Ok(());

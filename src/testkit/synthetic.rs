@@ -188,7 +188,15 @@ pub async fn produce_bursts(
         conversions: 0,
     };
     for (burst, base) in bases.iter().enumerate() {
-        let s = produce_burst(kafka, seed, visitors, partners, (*base, burst as u32), order).await?;
+        let s = produce_burst(
+            kafka,
+            seed,
+            visitors,
+            partners,
+            (*base, burst as u32),
+            order,
+        )
+        .await?;
         total.clicks += s.clicks;
         total.conversions += s.conversions;
     }
