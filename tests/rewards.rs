@@ -143,11 +143,70 @@ async fn bad_rules_are_refused_naming_the_rule() {
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{caps}: {:?}", r.body);
         assert_eq!(r.json()["error"]["field"], field, "{caps}");
     }
+    // Tier rules (SPEC §10.2): thresholds that do not increase with the tiers' order,
+    // tiers the plan lacks, rungs asking for nothing, periods there are not.
+    let ladder = |tiers: Value| json!({"period": "month", "demote": true, "tiers": tiers});
+    for (rules, field, message) in [
+        (
+            json!({"period": "week", "tiers": [{"tier": "silver", "min": {"conversions": 1}}]}),
+            "tier_rules.period",
+            "",
+        ),
+        (
+            ladder(json!([{"tier": "diamond", "min": {"conversions": 1}}])),
+            "tier_rules.tiers[0].tier",
+            "not a tier",
+        ),
+        (
+            ladder(json!([{"tier": "silver", "min": {}}])),
+            "tier_rules.tiers[0].min",
+            "must ask for",
+        ),
+        (
+            ladder(json!([
+                {"tier": "silver", "min": {"conversions": 10}},
+                {"tier": "gold", "min": {"conversions": 5, "revenue": "1000"}}])),
+            "tier_rules.tiers[1].min.conversions",
+            "below the tier before it",
+        ),
+        (
+            ladder(json!([
+                {"tier": "silver", "min": {"revenue": "100"}},
+                {"tier": "gold", "min": {"revenue": "100"}}])),
+            "tier_rules.tiers[1].min",
+            "more than the tier before it",
+        ),
+        (
+            ladder(json!([{"tier": "silver", "min": {"revenue": "1.00001"}}])),
+            "tier_rules.tiers[0].min.revenue",
+            "at most 4 decimals",
+        ),
+    ] {
+        let mut p = program_json();
+        p["tier_rules"] = rules.clone();
+        let r = admin(Method::PUT, &url, p).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{rules}: {:?}", r.body);
+        let err = &r.json()["error"];
+        assert_eq!(err["field"], field, "{rules}: {err}");
+        let text = err["message"].as_str().unwrap_or_default();
+        assert!(text.contains(message), "{rules}: {err}");
+    }
     let r = admin(Method::GET, &url, Value::Null).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND, "nothing was written");
+    // SPEC §10.2's example is accepted and read back as sent.
+    let spec = json!({"period": "month", "demote": true, "tiers": [
+        {"tier": "silver", "min": {"conversions": 10}},
+        {"tier": "gold", "min": {"revenue": "10000", "conversions": 25}},
+        {"tier": "platinum", "min": {"revenue": "50000"}}]});
+    let mut p = program_json();
+    p["tier_rules"] = spec.clone();
+    let r = admin(Method::PUT, &url, p).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let r = admin(Method::GET, &url, Value::Null).await;
+    assert_eq!(r.json()["tier_rules"], spec);
     // The rules of SPEC §10.1 are accepted and read back as sent.
     let r = admin(Method::PUT, &url, program_with(rules())).await;
-    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     let r = admin(Method::GET, &url, Value::Null).await;
     assert_eq!(r.json()["commission"]["rules"], rules());
     edge.stop().await;
