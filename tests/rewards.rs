@@ -448,3 +448,104 @@ async fn a_manual_tier_change_then_a_replay_pays_what_live_settlement_paid() {
     );
     again.stop().await;
 }
+
+/// `GET /api/v1/me` shows the tier in force, the partner's moves and its progress in the
+/// current period toward the next rung, from what the ledger holds (SPEC §10.2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partner_sees_its_tier_progress_and_history() {
+    let config = config(&[
+        ("TOUCHLINE__PIPELINE__LATE_GRACE_SECS", "2"),
+        ("TOUCHLINE__PIPELINE__FLUSH_INTERVAL_MS", "200"),
+    ]);
+    migrate(&config).await;
+    let edge = start_edge(&config).await;
+    let pipeline = start_pipeline(&config);
+    let url = edge.url("");
+    let mut program = program_json();
+    program["tier_rules"] = json!({"period": "month", "tiers": [
+        {"tier": "silver", "min": {"conversions": 3}},
+        {"tier": "gold", "min": {"conversions": 5, "revenue": "1000"}}]});
+    let r = admin(Method::PUT, &format!("{url}/api/v1/programs/acme"), program).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let r = admin(
+        Method::PUT,
+        &format!("{url}/api/v1/partners/alice"),
+        json!({"program_id": "acme"}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let r = admin(
+        Method::POST,
+        &format!("{url}/api/v1/links"),
+        json!({"program_id": "acme", "partner_id": "alice", "code": "alice-p", "destination": "https://acme.example/"}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let sales: Vec<Value> = ["P-1", "P-2"]
+        .iter()
+        .map(|o| {
+            json!({"program_id": "acme", "order_id": o, "kind": "sale", "amount": "120.50",
+                   "currency": "USD", "referral_code": "alice-p"})
+        })
+        .collect();
+    let r = post_conversions(&url, &Value::Array(sales).to_string()).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
+    wait_count(
+        &config,
+        "SELECT count() FROM partner_tier_figures FINAL",
+        2,
+        Duration::from_secs(60),
+    )
+    .await;
+    let me_url = format!("{url}/api/v1/me?partner_id=alice");
+    let me = || admin(Method::GET, &me_url, Value::Null);
+    let r = me().await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let body = r.json();
+    assert_eq!(body["tier"], "bronze", "{body}");
+    let progress = &body["tier_progress"];
+    let dec = |v: &Value| {
+        v.as_str()
+            .unwrap()
+            .parse::<rust_decimal::Decimal>()
+            .unwrap()
+    };
+    assert_eq!(progress["figures"]["conversions"], 2, "{progress}");
+    assert_eq!(dec(&progress["figures"]["revenue"]), dec(&json!("241.00")));
+    // bronze 15 % of each 120.50 is 18.075, booked 18.08 (half even): 36.16.
+    assert_eq!(
+        dec(&progress["figures"]["commission"]),
+        dec(&json!("36.16"))
+    );
+    assert_eq!(progress["next"]["tier"], "silver", "{progress}");
+    assert_eq!(progress["next"]["missing"]["conversions"], 1, "{progress}");
+    assert_eq!(progress["earns"], "bronze");
+    // A tier set by hand is in force at once, pinned, and in the history.
+    let r = admin(
+        Method::PATCH,
+        &format!("{url}/api/v1/partners/alice"),
+        json!({"tier": "gold"}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let body = me().await.json();
+    assert_eq!(body["tier"], "gold", "{body}");
+    assert_eq!(body["tier_set_by_hand"], true);
+    let history = body["tier_history"].as_array().unwrap();
+    assert_eq!(history.len(), 1, "{body}");
+    assert_eq!(
+        (
+            &history[0]["previous"],
+            &history[0]["tier"],
+            &history[0]["source"]
+        ),
+        (&json!("bronze"), &json!("gold"), &json!("manual"))
+    );
+    assert_eq!(
+        body["tier_progress"]["next"],
+        Value::Null,
+        "gold is the top rung"
+    );
+    pipeline.stop().await;
+    edge.stop().await;
+}

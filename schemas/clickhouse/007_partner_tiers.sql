@@ -19,3 +19,19 @@ CREATE TABLE IF NOT EXISTS {db}.partner_tiers
 )
 ENGINE = ReplacingMergeTree()
 ORDER BY (program_id, partner_id, effective_at, effective_at_ms, source);
+
+-- What each conversion counted toward a partner's tier figures of a period: the
+-- figures behind each automatic move, and a partner's progress in the current period,
+-- are sums of these rows (read with FINAL: a replay writes the same row again).
+CREATE TABLE IF NOT EXISTS {db}.partner_tier_figures
+(
+    program_id     String,
+    partner_id     String,
+    period         String,
+    conversion_id  UUID,
+    conversions    UInt64,
+    revenue        Decimal(18, 4),
+    commission     Decimal(18, 4)
+)
+ENGINE = ReplacingMergeTree()
+ORDER BY (program_id, partner_id, period, conversion_id);

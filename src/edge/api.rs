@@ -250,7 +250,7 @@ impl Edge {
             Op::CreateKey => self.create_key(call).await,
             Op::ListKeys => self.list_keys(call).await,
             Op::RevokeKey => self.revoke_key(call).await,
-            Op::Me => self.my_profile(call),
+            Op::Me => self.my_profile(call).await,
             Op::MyLinks => self.my_links(call),
             Op::CreateMyLink => self.create_my_link(call).await,
             Op::MyCommissions => self.my_commissions(call).await,

@@ -14,6 +14,7 @@ pub mod partner;
 mod postbacks;
 pub mod redirect;
 pub mod routes;
+mod tiers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -3,6 +3,7 @@
 //! the access layer (`api.rs`): a partner key's own, or `?partner_id=` for the operator
 //! and program keys acting for one.
 
+use chrono::Utc;
 use hyper::StatusCode;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -40,26 +41,25 @@ struct MyLink {
 }
 
 impl Edge {
-    pub(crate) fn my_profile(&self, call: Call) -> Result<HttpResponse, ApiError> {
+    pub(crate) async fn my_profile(&self, call: Call) -> Result<HttpResponse, ApiError> {
         let me = call.me()?;
         let program = self
             .registry
             .program(&me.program_id)
             .ok_or_else(|| ApiError::not_found("program not found"))?;
-        let tier = me
-            .tier
-            .clone()
-            .unwrap_or_else(|| program.commission.default_tier.clone());
-        Ok(http::json(
-            StatusCode::OK,
-            &serde_json::json!({
-                "id": me.id, "program_id": me.program_id, "name": me.name,
-                "status": me.status, "tier": tier, "tier_set_by_hand": me.tier.is_some(),
-                "parent_id": me.parent_id,
-                "program": {"id": program.id, "name": program.name, "currency": program.currency},
-                "links": self.registry.links_of(&me.id).len(),
-            }),
-        ))
+        let mut view = serde_json::json!({
+            "id": me.id, "program_id": me.program_id, "name": me.name,
+            "status": me.status, "tier_set_by_hand": !me.tier_auto,
+            "parent_id": me.parent_id,
+            "program": {"id": program.id, "name": program.name, "currency": program.currency},
+            "links": self.registry.links_of(&me.id).len(),
+        });
+        let tier =
+            super::tiers::tier_view(self.ledger.as_deref(), &program, me, Utc::now()).await?;
+        if let (Some(view), Some(tier)) = (view.as_object_mut(), tier.as_object()) {
+            view.extend(tier.clone());
+        }
+        Ok(http::json(StatusCode::OK, &view))
     }
 
     pub(crate) fn my_links(&self, call: Call) -> Result<HttpResponse, ApiError> {

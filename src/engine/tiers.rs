@@ -493,8 +493,8 @@ mod tests {
         /// More of every figure never earns a lower rung.
         #[test]
         fn tier_choice_is_monotone_in_the_figures(
-            c in 0u64..200, r in 0i64..100_000_00, k in 0i64..10_000_00,
-            dc in 0u64..50, dr in 0i64..20_000_00, dk in 0i64..2_000_00,
+            c in 0u64..200, r in 0i64..10_000_000, k in 0i64..1_000_000,
+            dc in 0u64..50, dr in 0i64..2_000_000, dk in 0i64..200_000,
         ) {
             let mut l = ladder(true);
             l.tiers[0].min.commission = Some(d("100"));

@@ -5,8 +5,9 @@
 use async_trait::async_trait;
 use clickhouse::Client;
 
-use super::{Entry, Filter, LedgerView};
+use super::{Entry, Filter, LedgerView, TierMoveRow};
 use crate::config::ClickHouseConfig;
+use crate::engine::tiers::Figures;
 use crate::engine::{LedgerKind, Status};
 use crate::sink::clickhouse::{classify, client};
 use crate::sink::{DisputeRow, PayoutRow, SinkError};
@@ -257,4 +258,96 @@ impl LedgerView for ClickHouseLedger {
         let rows: Vec<DisputeText> = q.fetch_all().await.map_err(classify)?;
         rows.into_iter().map(DisputeText::row).collect()
     }
+
+    async fn tier_moves(
+        &self,
+        program: &str,
+        partner: &str,
+    ) -> Result<Vec<TierMoveRow>, SinkError> {
+        let rows: Vec<TierText> = self
+            .client
+            .query(
+                "SELECT toUInt32(effective_at), effective_at_ms, tier, previous, source, \
+                 conversions, toString(revenue), toString(commission) FROM partner_tiers FINAL \
+                 WHERE program_id = ? AND partner_id = ? \
+                 ORDER BY effective_at, effective_at_ms, source LIMIT ?",
+            )
+            .bind(program)
+            .bind(partner)
+            .bind(super::MAX_LIMIT as u64)
+            .fetch_all()
+            .await
+            .map_err(classify)?;
+        rows.into_iter().map(TierText::row).collect()
+    }
+
+    async fn tier_figures(
+        &self,
+        program: &str,
+        partner: &str,
+        period: &str,
+    ) -> Result<Figures, SinkError> {
+        let rows: Vec<FiguresText> = self
+            .client
+            .query(
+                "SELECT sum(conversions), toString(sum(revenue)), toString(sum(commission)) \
+                 FROM partner_tier_figures FINAL \
+                 WHERE program_id = ? AND partner_id = ? AND period = ?",
+            )
+            .bind(program)
+            .bind(partner)
+            .bind(period)
+            .fetch_all()
+            .await
+            .map_err(classify)?;
+        let Some(f) = rows.into_iter().next() else {
+            return Ok(Figures::default());
+        };
+        let amount = |s: &str| s.parse().map_err(|_| corrupt("tier figures"));
+        Ok(Figures {
+            conversions: f.conversions,
+            revenue: amount(&f.revenue)?,
+            commission: amount(&f.commission)?,
+        })
+    }
+}
+
+#[derive(Debug, clickhouse::Row, serde::Deserialize)]
+struct TierText {
+    effective_at: u32,
+    effective_at_ms: u16,
+    tier: String,
+    previous: String,
+    source: String,
+    conversions: u64,
+    revenue: String,
+    commission: String,
+}
+
+impl TierText {
+    fn row(self) -> Result<TierMoveRow, SinkError> {
+        let amount = |s: &str| s.parse().map_err(|_| corrupt("tier move"));
+        Ok(TierMoveRow {
+            effective_at: chrono::DateTime::from_timestamp(
+                i64::from(self.effective_at),
+                u32::from(self.effective_at_ms) * 1_000_000,
+            )
+            .ok_or_else(|| corrupt("tier move time"))?,
+            figures: Figures {
+                conversions: self.conversions,
+                revenue: amount(&self.revenue)?,
+                commission: amount(&self.commission)?,
+            },
+            tier: self.tier,
+            previous: self.previous,
+            source: self.source,
+        })
+    }
+}
+
+#[derive(Debug, clickhouse::Row, serde::Deserialize)]
+struct FiguresText {
+    conversions: u64,
+    revenue: String,
+    commission: String,
 }

@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use uuid::Uuid;
 
-use super::{Entry, Filter, LedgerView};
+use super::{Entry, Filter, LedgerView, TierMoveRow};
+use crate::engine::tiers::Figures;
 use crate::sink::file::FileSink;
 use crate::sink::rows::{DisputeRow, PayoutRow};
 use crate::sink::{Batch, Sink, SinkError};
@@ -19,11 +20,18 @@ pub struct MemoryLedger {
     inner: Mutex<MemoryInner>,
 }
 
+/// One partner's tier moves by (effective ms, source).
+type MovesByTime = BTreeMap<(i64, &'static str), TierMoveRow>;
+
 #[derive(Default)]
 struct MemoryInner {
     rows: BTreeMap<Uuid, Entry>,
     payouts: HashMap<Uuid, Vec<PayoutRow>>,
     disputes: BTreeMap<Uuid, DisputeRow>,
+    /// Tier moves by (program, partner), keyed by their time and source.
+    tier_moves: HashMap<(String, String), MovesByTime>,
+    /// Tier figures by (program, partner, period), one entry per conversion.
+    tier_figures: HashMap<(String, String, String), HashMap<Uuid, Figures>>,
 }
 
 impl MemoryLedger {
@@ -53,6 +61,26 @@ impl MemoryLedger {
             if !lines.iter().any(|l| l.partner_id == p.partner_id) {
                 lines.push(p.clone());
             }
+        }
+        for t in &batch.tiers {
+            inner
+                .tier_moves
+                .entry((t.program_id.clone(), t.partner_id.clone()))
+                .or_default()
+                .insert((t.effective_at.timestamp_millis(), t.source), t.into());
+        }
+        for f in &batch.tier_figures {
+            let key = (f.program_id.clone(), f.partner_id.clone(), f.period.clone());
+            let figures = Figures {
+                conversions: f.conversions,
+                revenue: f.revenue,
+                commission: f.commission,
+            };
+            inner
+                .tier_figures
+                .entry(key)
+                .or_default()
+                .insert(f.conversion_id, figures);
         }
         for d in &batch.disputes {
             match inner.disputes.get(&d.dispute_id) {
@@ -107,6 +135,34 @@ impl LedgerView for MemoryLedger {
             .collect();
         rows.sort_by_key(|d| (d.opened_at, d.dispute_id));
         Ok(rows)
+    }
+
+    async fn tier_moves(
+        &self,
+        program: &str,
+        partner: &str,
+    ) -> Result<Vec<TierMoveRow>, SinkError> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(inner
+            .tier_moves
+            .get(&(program.to_string(), partner.to_string()))
+            .map(|m| m.values().take(super::MAX_LIMIT).cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn tier_figures(
+        &self,
+        program: &str,
+        partner: &str,
+        period: &str,
+    ) -> Result<Figures, SinkError> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (program.to_string(), partner.to_string(), period.to_string());
+        Ok(inner
+            .tier_figures
+            .get(&key)
+            .map(|m| m.values().fold(Figures::default(), |a, f| a.plus(*f)))
+            .unwrap_or_default())
     }
 }
 

@@ -210,6 +210,46 @@ pub trait LedgerView: Send + Sync + 'static {
         program: Option<&str>,
         id: Option<Uuid>,
     ) -> Result<Vec<DisputeRow>, SinkError>;
+    /// The partner's tier moves (`partner_tiers`), oldest first, at most
+    /// [`MAX_LIMIT`].
+    async fn tier_moves(&self, program: &str, partner: &str)
+        -> Result<Vec<TierMoveRow>, SinkError>;
+    /// The partner's figures of tier period `period` so far (`partner_tier_figures`).
+    async fn tier_figures(
+        &self,
+        program: &str,
+        partner: &str,
+        period: &str,
+    ) -> Result<crate::engine::tiers::Figures, SinkError>;
+}
+
+/// A tier move as the ledger holds it (SPEC §10.2).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TierMoveRow {
+    #[serde(with = "crate::events::rfc3339_millis")]
+    pub effective_at: DateTime<Utc>,
+    pub tier: String,
+    pub previous: String,
+    /// `auto` or `manual`.
+    pub source: String,
+    /// What decided an automatic move: the figures of the period before.
+    pub figures: crate::engine::tiers::Figures,
+}
+
+impl From<&crate::sink::TierRow> for TierMoveRow {
+    fn from(t: &crate::sink::TierRow) -> Self {
+        TierMoveRow {
+            effective_at: t.effective_at,
+            tier: t.tier.clone(),
+            previous: t.previous.clone(),
+            source: t.source.to_string(),
+            figures: crate::engine::tiers::Figures {
+                conversions: t.conversions,
+                revenue: t.revenue,
+                commission: t.commission,
+            },
+        }
+    }
 }
 
 /// Why a review or payout was refused.

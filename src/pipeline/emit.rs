@@ -13,7 +13,7 @@ use crate::metrics as m;
 use crate::money;
 use crate::outbox::Outbox;
 use crate::registry::Registry;
-use crate::sink::rows::{conversion_rows, ClickRow, RowKey, StatusRow, Step};
+use crate::sink::rows::{conversion_rows, ClickRow, RowKey, StatusRow, Step, TierFigureRow};
 use crate::sink::Batch;
 
 /// Bounded metric labels.
@@ -153,5 +153,16 @@ impl Output {
         self.rows.conversions.push(conversion);
         self.rows.attributions.extend(attributions);
         self.rows.commissions.extend(commissions);
+        self.rows
+            .tier_figures
+            .extend(memo.tiers.iter().map(|c| TierFigureRow {
+                program_id: c.key.program.clone(),
+                partner_id: c.key.partner.clone(),
+                period: c.key.period.clone(),
+                conversion_id: e.conversion_id,
+                conversions: c.figures.conversions,
+                revenue: c.figures.revenue,
+                commission: c.figures.commission,
+            }));
     }
 }

@@ -164,6 +164,28 @@ async fn tiers_move_at_month_starts_and_pay_from_there() {
     assert!(rows.tiers.iter().all(|t| t.source == "auto"));
     let gold = rows.tiers.iter().find(|t| t.tier == "gold").unwrap();
     assert_eq!((gold.revenue, gold.commission), (d("300"), d("30")));
+    // Every move's figures are the sum of what each conversion of the period before
+    // counted (partner_tier_figures), so the ledger shows what decided it.
+    for t in &rows.tiers {
+        let period = format!(
+            "m{}",
+            (t.effective_at - chrono::Duration::days(1)).format("%Y%m")
+        );
+        let mut seen = std::collections::HashSet::new();
+        let counted = rows
+            .tier_figures
+            .iter()
+            .filter(|f| f.partner_id == t.partner_id && f.period == period)
+            .filter(|f| seen.insert(f.conversion_id));
+        let (n, revenue, commission) = counted.fold((0, d("0"), d("0")), |(n, r, c), f| {
+            (n + f.conversions, r + f.revenue, c + f.commission)
+        });
+        assert_eq!(
+            (n, revenue, commission),
+            (t.conversions, t.revenue, t.commission),
+            "{t:?}"
+        );
+    }
     let events: Vec<_> = bus
         .outbox()
         .into_iter()

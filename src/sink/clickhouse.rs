@@ -155,6 +155,7 @@ impl Sink for ClickHouseSink {
             self.insert("payouts", &batch.payouts),
             self.insert("disputes", &batch.disputes),
             self.insert("partner_tiers", &batch.tiers),
+            self.insert("partner_tier_figures", &batch.tier_figures),
         )
         .map(|_| ())
     }
@@ -316,7 +317,7 @@ mod tests {
     #[test]
     fn statements_split_and_substitute() {
         let s = statements("tl_test");
-        assert_eq!(s.len(), 12);
+        assert_eq!(s.len(), 13);
         assert!(s[0].starts_with("CREATE DATABASE IF NOT EXISTS tl_test"));
         assert!(s.iter().all(|x| !x.contains("{db}")));
         assert!(s
@@ -325,7 +326,7 @@ mod tests {
         assert!(s
             .last()
             .unwrap()
-            .contains("CREATE TABLE IF NOT EXISTS tl_test.partner_tiers"));
+            .contains("CREATE TABLE IF NOT EXISTS tl_test.partner_tier_figures"));
     }
 }
 

@@ -99,6 +99,11 @@ impl Sink for FileSink {
             ("payouts", batch.payouts.len(), encode(&batch.payouts)?),
             ("disputes", batch.disputes.len(), encode(&batch.disputes)?),
             ("partner_tiers", batch.tiers.len(), encode(&batch.tiers)?),
+            (
+                "partner_tier_figures",
+                batch.tier_figures.len(),
+                encode(&batch.tier_figures)?,
+            ),
         ];
         let files = Arc::clone(&self.files);
         // Writing and fsync block: off the runtime's threads.

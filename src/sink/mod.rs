@@ -9,13 +9,13 @@ use async_trait::async_trait;
 
 pub use rows::{
     AttributionRow, AuditRow, ClickRow, CommissionRow, ConversionRow, DeliveryRow, DisputeRow,
-    PayoutRow, RowKey, StatusRow, Step, TierRow,
+    PayoutRow, RowKey, StatusRow, Step, TierFigureRow, TierRow,
 };
 
 /// The tables the pipeline and the review, payout and dispute API write, in the order
 /// they are written: a ledger row before its steps, a payout's steps before its lines
 /// (a payout found is complete).
-pub const TABLES: [&str; 8] = [
+pub const TABLES: [&str; 9] = [
     "clicks",
     "conversions",
     "attributions",
@@ -24,6 +24,7 @@ pub const TABLES: [&str; 8] = [
     "payouts",
     "disputes",
     "partner_tiers",
+    "partner_tier_figures",
 ];
 
 /// Rows of one processing round, written together before offsets are committed.
@@ -37,6 +38,7 @@ pub struct Batch {
     pub payouts: Vec<PayoutRow>,
     pub disputes: Vec<DisputeRow>,
     pub tiers: Vec<TierRow>,
+    pub tier_figures: Vec<TierFigureRow>,
 }
 
 impl Batch {
@@ -50,6 +52,7 @@ impl Batch {
             + self.payouts.len()
             + self.disputes.len()
             + self.tiers.len()
+            + self.tier_figures.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -66,6 +69,7 @@ impl Batch {
         self.payouts.append(&mut other.payouts);
         self.disputes.append(&mut other.disputes);
         self.tiers.append(&mut other.tiers);
+        self.tier_figures.append(&mut other.tier_figures);
     }
 }
 

@@ -626,7 +626,7 @@ impl TierRow {
         source: &'static str,
     ) -> TierRow {
         // Decimal(18, 4) holds ±10^14: a period's figures beyond it are shown at the bound.
-        let bound = Decimal::new(99_999_999_999_999_9999, 4);
+        let bound = Decimal::new(999_999_999_999_999_999, 4);
         let fit = |d: Decimal| d.clamp(-bound, bound).round_dp(4);
         TierRow {
             program_id: program_id.to_string(),
@@ -641,4 +641,22 @@ impl TierRow {
             commission: fit(m.figures.commission),
         }
     }
+}
+
+/// A row of `partner_tier_figures`: what one conversion counted toward one partner's
+/// tier figures of one period (SPEC §10.2), exactly as the pipeline counted it, so that
+/// a partner's progress and the figures behind each move add up from the ledger.
+#[derive(Debug, Clone, PartialEq, Serialize, clickhouse::Row)]
+pub struct TierFigureRow {
+    pub program_id: String,
+    pub partner_id: String,
+    /// The period's key (`m202612`, `q20264`).
+    pub period: String,
+    #[serde(with = "ser::uuid")]
+    pub conversion_id: Uuid,
+    pub conversions: u64,
+    #[serde(with = "ser::decimal4")]
+    pub revenue: Decimal,
+    #[serde(with = "ser::decimal4")]
+    pub commission: Decimal,
 }

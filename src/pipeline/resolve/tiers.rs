@@ -88,7 +88,7 @@ pub(super) fn counted(
         };
     if e.kind.is_journey_kind() {
         for (partner, weight) in d.shares() {
-            let revenue = d.settled_amount.checked_mul(weight).unwrap_or_default();
+            let revenue = revenue(d.settled_amount, weight);
             add(
                 &partner,
                 Figures {
@@ -101,7 +101,7 @@ pub(super) fn counted(
     }
     if let (ConversionKind::Refund, Some(order)) = (e.kind, order) {
         for (partner, weight) in &order.shares {
-            let revenue = -d.settled_amount.checked_mul(*weight).unwrap_or_default();
+            let revenue = -revenue(d.settled_amount, *weight);
             add(
                 partner,
                 Figures {
@@ -139,4 +139,16 @@ pub(super) fn counted(
         .collect();
     out.sort_by(|a, b| a.key.partner.cmp(&b.key.partner));
     out
+}
+
+/// A partner's share of a settled amount, to the ledger's 4 decimals (half even): what
+/// the figures add is what `partner_tier_figures` shows, to the last digit.
+fn revenue(settled: Decimal, weight: Decimal) -> Decimal {
+    settled
+        .checked_mul(weight)
+        .unwrap_or_default()
+        .round_dp_with_strategy(
+            crate::money::AMOUNT_SCALE,
+            rust_decimal::RoundingStrategy::MidpointNearestEven,
+        )
 }
