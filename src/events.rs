@@ -147,6 +147,10 @@ pub struct ConversionEvent {
     /// At most 16 string keys and values of at most 64 bytes each.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
+    /// A promo code of the program, as the merchant sent it (SPEC §10.3; `sale`,
+    /// `lead` and `signup` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promo_code: Option<String>,
 }
 
 impl ConversionEvent {

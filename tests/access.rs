@@ -186,6 +186,10 @@ async fn world() -> World {
             "/api/v1/programs/acme/webhooks/crm",
             json!({"url": "https://crm.example/hooks", "secret": "whsec-0123456789abcdef", "events": ["commission.created"]}),
         ),
+        (
+            "/api/v1/programs/acme/promo_codes/ALICE10",
+            json!({"partner_id": "alice"}),
+        ),
     ] {
         let r = call(&url, Some(&op), Method::PUT, path, &body).await;
         assert!(r.status.is_success(), "{path}: {:?}", r.body);
@@ -379,6 +383,20 @@ fn cases(w: &World) -> Vec<Case> {
             M,
         ),
         delete_hook,
+        case(
+            Method::GET,
+            "/api/v1/programs/{id}/promo_codes",
+            "/api/v1/programs/acme/promo_codes",
+            Value::Null,
+            M,
+        ),
+        case(
+            Method::PUT,
+            "/api/v1/programs/{id}/promo_codes/{code}",
+            "/api/v1/programs/acme/promo_codes/ALICE10",
+            json!({"partner_id": "alice"}),
+            M,
+        ),
         case(
             Method::PUT,
             "/api/v1/partners/{id}",
@@ -657,6 +675,11 @@ async fn another_tenants_resource_answers_exactly_as_a_missing_one() {
             &globex,
             "/api/v1/programs/acme/webhooks/crm",
             "/api/v1/programs/nothing/webhooks/crm",
+        ),
+        (
+            &globex,
+            "/api/v1/programs/acme/promo_codes",
+            "/api/v1/programs/nothing/promo_codes",
         ),
         (
             &globex,

@@ -105,6 +105,13 @@ async fn shuffled_backlog_read_by_two_instances_matches_intake_order() {
     )
     .await;
     assert_eq!(moves.len(), 2, "moves at two month starts: {moves:?}");
+    // Promo codes took some conversions' credit (SPEC §10.3).
+    let promo = ch_query(
+        &reference,
+        "SELECT count() FROM attributions FINAL WHERE source = 'promo_code' AND partner_id = 'p3'",
+    )
+    .await;
+    assert_ne!(promo[0][0], "0", "promo-code credits");
     // Backlog: everything is on the topics before either instance starts.
     let mut first = spawn_pipeline_process(&shuffled, &[]);
     let mut second = spawn_pipeline_process(&shuffled, &[]);

@@ -549,3 +549,159 @@ async fn a_partner_sees_its_tier_progress_and_history() {
     pipeline.stop().await;
     edge.stop().await;
 }
+
+/// Promo codes (SPEC §10.3): a known code credits its partner with one synthetic touch,
+/// over the clicks by default, only without a journey under `fallback`; codes are
+/// case-insensitive; an unknown code changes nothing; a recurring payment follows the
+/// first sale however it was credited. Attribution rows say where the credit came from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promo_codes_credit_their_partner_over_clicks_or_as_a_fallback() {
+    let config = config(&[
+        ("TOUCHLINE__PIPELINE__LATE_GRACE_SECS", "2"),
+        ("TOUCHLINE__PIPELINE__FLUSH_INTERVAL_MS", "200"),
+    ]);
+    migrate(&config).await;
+    let edge = start_edge(&config).await;
+    let pipeline = start_pipeline(&config);
+    let url = edge.url("");
+    let put = |path: String, body: Value| async move { admin(Method::PUT, &path, body).await };
+    let r = put(format!("{url}/api/v1/programs/acme"), program_json()).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let mut other = program_json();
+    other["name"] = json!("Globex");
+    assert!(put(format!("{url}/api/v1/programs/globex"), other)
+        .await
+        .status
+        .is_success());
+    for (id, program) in [("alice", "acme"), ("bob", "acme"), ("gina", "globex")] {
+        let r = put(
+            format!("{url}/api/v1/partners/{id}"),
+            json!({"program_id": program}),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    }
+    let r = admin(
+        Method::POST,
+        &format!("{url}/api/v1/links"),
+        json!({"program_id": "acme", "partner_id": "alice", "code": "alice-c", "destination": "https://acme.example/"}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    // Bad codes: a partner of another program, characters a code cannot have.
+    let code_url = |code: &str| format!("{url}/api/v1/programs/acme/promo_codes/{code}");
+    let r = put(code_url("GINA"), json!({"partner_id": "gina"})).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{:?}", r.body);
+    assert_eq!(r.json()["error"]["field"], "partner_id");
+    let r = put(code_url("no%20spaces"), json!({"partner_id": "bob"})).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{:?}", r.body);
+    assert_eq!(r.json()["error"]["field"], "code");
+    let r = put(code_url("BOB10"), json!({"partner_id": "bob"})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    // The same code in another case is the same code, its first spelling kept.
+    let r = put(code_url("bob10"), json!({"partner_id": "bob"})).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.json()["code"], "BOB10");
+
+    // Each click from its own browser: unique, a touch.
+    let clicks = std::sync::atomic::AtomicU32::new(0);
+    let click = || async {
+        let n = clicks.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let agent = format!("Mozilla/5.0 promo {n}");
+        let r = send(
+            Method::GET,
+            &format!("{url}/r/alice-c"),
+            &[("user-agent", agent.as_str())],
+            "",
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::FOUND);
+        let location = r.header("location").to_string();
+        form_urlencoded::parse(location.split_once('?').unwrap().1.as_bytes())
+            .find(|(k, _)| k == "tl_click")
+            .unwrap()
+            .1
+            .into_owned()
+    };
+    let sale = |order: &str, click: Option<String>, code: Option<&str>| {
+        json!({"program_id": "acme", "order_id": order, "kind": "sale", "amount": "100.00",
+               "currency": "USD", "click_id": click, "promo_code": code,
+               "customer_id": format!("cust-{order}")})
+    };
+    // A promo code is for sales, leads and signups.
+    let refund = json!({"program_id": "acme", "order_id": "RF", "kind": "refund", "amount": "1",
+                        "original_order_id": "S-1", "promo_code": "BOB10"});
+    let r = post_conversions(&url, &refund.to_string()).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{:?}", r.body);
+    assert_eq!(r.json()["error"]["field"], "promo_code");
+
+    let body = json!([
+        sale("S-1", Some(click().await), Some("bob10")),
+        sale("S-2", Some(click().await), None),
+        sale("S-3", Some(click().await), Some("UNKNOWN")),
+    ]);
+    let r = post_conversions(&url, &body.to_string()).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
+    wait_count(
+        &config,
+        "SELECT count() FROM attributions FINAL",
+        3,
+        Duration::from_secs(60),
+    )
+    .await;
+    // Fallback from now on: the code counts only without a journey.
+    let mut fallback = program_json();
+    fallback["promo_code_priority"] = json!("fallback");
+    assert_eq!(
+        put(format!("{url}/api/v1/programs/acme"), fallback)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let body = json!([
+        sale("S-4", Some(click().await), Some("BOB10")),
+        sale("S-5", None, Some("Bob10")),
+        {"program_id": "acme", "order_id": "R-1", "kind": "recurring", "amount": "50.00",
+         "currency": "USD", "customer_id": "cust-S-5"},
+    ]);
+    let r = post_conversions(&url, &body.to_string()).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
+    wait_count(
+        &config,
+        "SELECT count() FROM attributions FINAL",
+        6,
+        Duration::from_secs(60),
+    )
+    .await;
+    let rows = ch_query(
+        &config,
+        "SELECT c.order_id, a.partner_id, a.model, a.source FROM attributions AS a FINAL \
+         ANY INNER JOIN (SELECT conversion_id, order_id FROM conversions FINAL) AS c USING conversion_id \
+         ORDER BY c.order_id",
+    )
+    .await;
+    let rows: Vec<String> = rows.iter().map(|r| r.join(" ")).collect();
+    assert_eq!(
+        rows,
+        vec![
+            "R-1 bob promo_code first_sale",
+            "S-1 bob promo_code promo_code",
+            "S-2 alice last_touch click",
+            "S-3 alice last_touch click",
+            "S-4 alice last_touch click",
+            "S-5 bob promo_code promo_code",
+        ]
+    );
+    let r = admin(
+        Method::GET,
+        &format!("{url}/api/v1/programs/acme/promo_codes"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(
+        r.json()["promo_codes"],
+        json!([{"program_id": "acme", "code": "BOB10", "partner_id": "bob"}])
+    );
+    pipeline.stop().await;
+    edge.stop().await;
+}

@@ -79,7 +79,9 @@ CREATE TABLE IF NOT EXISTS {db}.attributions
     credited_amount  Decimal(18, 4),
     kind             String,
     occurred_at      DateTime,
-    occurred_at_ms   UInt16
+    occurred_at_ms   UInt16,
+    -- What the credit came from: click, referral_code, promo_code or first_sale.
+    source           String
 )
 ENGINE = ReplacingMergeTree()
 PARTITION BY toYYYYMM(occurred_at)

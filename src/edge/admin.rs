@@ -92,7 +92,7 @@ fn program_view(p: &Program) -> serde_json::Value {
 }
 
 /// `201` for a new resource, `200` for a replaced one.
-fn put_status(created: bool) -> StatusCode {
+pub(crate) fn put_status(created: bool) -> StatusCode {
     if created {
         StatusCode::CREATED
     } else {

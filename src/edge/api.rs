@@ -234,6 +234,8 @@ impl Edge {
             Op::PutProgram => self.put_program(call).await,
             Op::GetProgram => self.get_program(call),
             Op::ListWebhooks => self.list_webhooks(call),
+            Op::ListPromoCodes => self.list_promo_codes(call),
+            Op::PutPromoCode => self.put_promo_code(call).await,
             Op::PutWebhook => self.put_webhook(call).await,
             Op::GetWebhook => self.get_webhook(call),
             Op::DeleteWebhook => self.delete_webhook(call).await,

@@ -41,6 +41,7 @@ pub(crate) const FIELDS: &[&str] = &[
     "country",
     "product_id",
     "metadata",
+    "promo_code",
 ];
 
 /// Why a request was refused: the metric's reason and the answer.
@@ -267,6 +268,7 @@ pub fn parse_conversion(
         ));
     }
     let (country, product_id, metadata) = reward_fields(item)?;
+    let promo_code = opt_string(item, "promo_code", 64)?;
     let event = ConversionEvent {
         v: EVENT_VERSION,
         conversion_id: Uuid::now_v7(),
@@ -287,6 +289,7 @@ pub fn parse_conversion(
         country,
         product_id,
         metadata,
+        promo_code,
     };
     links_required(&event)?;
     Ok(event)
@@ -428,6 +431,9 @@ fn links_required(e: &ConversionEvent) -> Result<(), ApiError> {
             "original_order_id",
             "is required for refunds",
         )),
+        ConversionKind::Recurring | ConversionKind::Refund if e.promo_code.is_some() => Err(
+            ApiError::invalid("promo_code", "is for sales, leads and signups only"),
+        ),
         _ => Ok(()),
     }
 }

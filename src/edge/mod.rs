@@ -12,6 +12,7 @@ pub mod keys;
 pub mod lifecycle;
 pub mod partner;
 mod postbacks;
+mod promo;
 pub mod redirect;
 pub mod routes;
 mod tiers;

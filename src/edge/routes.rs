@@ -82,6 +82,8 @@ pub enum Op {
     DeletePostback,
     ListDisputes,
     ResolveDispute,
+    ListPromoCodes,
+    PutPromoCode,
 }
 
 /// One route: method, template (matchit syntax, as documented), access, checks, op.
@@ -137,6 +139,8 @@ pub static ROUTES: &[Route] = &[
     route(Method::PUT, "/api/v1/programs/{id}/webhooks/{name}", MERCHANT, &[ProgramPath], Op::PutWebhook),
     route(Method::GET, "/api/v1/programs/{id}/webhooks/{name}", MERCHANT, &[ProgramPath], Op::GetWebhook),
     route(Method::DELETE, "/api/v1/programs/{id}/webhooks/{name}", MERCHANT, &[ProgramPath], Op::DeleteWebhook),
+    route(Method::GET, "/api/v1/programs/{id}/promo_codes", MERCHANT, &[ProgramPath], Op::ListPromoCodes),
+    route(Method::PUT, "/api/v1/programs/{id}/promo_codes/{code}", MERCHANT, &[ProgramPath], Op::PutPromoCode),
     route(Method::PUT, "/api/v1/partners/{id}", MERCHANT, &[PartnerPath, BodyProgram], Op::PutPartner),
     route(Method::GET, "/api/v1/partners/{id}", MERCHANT, &[PartnerPath], Op::GetPartner),
     route(Method::PATCH, "/api/v1/partners/{id}", MERCHANT, &[PartnerPath], Op::PatchPartner),

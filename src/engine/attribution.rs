@@ -18,15 +18,19 @@ pub const WEIGHT_SCALE: u32 = 12;
 /// journey.
 pub const REFERRAL_CODE: &str = "referral_code";
 
-/// Every `attributions.model` there is: each model's [`AttributionModel::name`] and
-/// [`REFERRAL_CODE`]. A test keeps it complete.
-pub const MODEL_NAMES: [&str; 6] = [
+/// The `attributions.model` of a conversion credited by its promo code (SPEC §10.3).
+pub const PROMO_CODE: &str = "promo_code";
+
+/// Every `attributions.model` there is: each model's [`AttributionModel::name`],
+/// [`REFERRAL_CODE`] and [`PROMO_CODE`]. A test keeps it complete.
+pub const MODEL_NAMES: [&str; 7] = [
     "first_touch",
     "last_touch",
     "linear",
     "time_decay",
     "position_based",
     REFERRAL_CODE,
+    PROMO_CODE,
 ];
 
 /// One touchpoint of a journey: a unique click of an active partner.

@@ -92,6 +92,8 @@ pub enum Credit<'a> {
     Journey(Vec<Touch>),
     /// No touchpoint, but the referral code names a link of this partner.
     Referral(String),
+    /// A promo code of this partner: one synthetic touch at `occurred_at` (SPEC §10.3).
+    PromoCode(String),
     /// A recurring payment of a customer with this first sale.
     Recurring(&'a FirstSale),
     /// A refund of this order.
@@ -389,6 +391,10 @@ fn lines(
         }
         Credit::Referral(partner_id) => (
             super::attribution::REFERRAL_CODE.to_string(),
+            vec![line(0, partner_id, None, Decimal::ONE)?],
+        ),
+        Credit::PromoCode(partner_id) => (
+            super::attribution::PROMO_CODE.to_string(),
             vec![line(0, partner_id, None, Decimal::ONE)?],
         ),
         Credit::Recurring(first) => {

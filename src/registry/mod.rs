@@ -5,6 +5,7 @@
 pub mod api_key;
 mod keys;
 pub mod model;
+pub mod promo;
 pub mod redis_store;
 pub mod store;
 
@@ -18,8 +19,10 @@ use crate::engine::settle::Directory;
 use crate::shutdown::Shutdown;
 pub use keys::{may_create, KeyUses};
 pub use model::{
-    Invalid, Link, LinkStatus, Partner, PartnerStatus, Program, Webhook, WebhookEventType,
+    Invalid, Link, LinkStatus, Partner, PartnerStatus, Program, PromoCodePriority, Webhook,
+    WebhookEventType,
 };
+pub use promo::PromoCode;
 pub use store::{version, Changes, Entity, MemoryStore, RegistryStore, StoreError};
 
 /// Why a registry write was refused.
@@ -119,6 +122,8 @@ pub struct Registry {
     /// API keys by id, and their ids by the hash of their secret (`keys.rs`).
     keys: DashMap<String, Arc<api_key::ApiKey>>,
     key_hashes: DashMap<String, String>,
+    /// (program, canonical code) → promo code (SPEC §10.3).
+    promo_codes: DashMap<(String, String), Arc<PromoCode>>,
     /// partner → its link codes, for the partner API's listing.
     partner_links: DashMap<String, std::collections::BTreeSet<String>>,
     cursor: tokio::sync::Mutex<String>,
@@ -140,6 +145,7 @@ impl Registry {
             partners: DashMap::new(),
             links: DashMap::new(),
             webhooks: DashMap::new(),
+            promo_codes: DashMap::new(),
             keys: DashMap::new(),
             key_hashes: DashMap::new(),
             partner_links: DashMap::new(),
@@ -169,6 +175,7 @@ impl Registry {
             std::collections::HashSet::new(),
             std::collections::HashSet::new(),
         );
+        let mut codes = std::collections::HashSet::new();
         for e in entities {
             match &e {
                 Entity::Program(p) => keep.0.insert(p.id.clone()),
@@ -176,6 +183,7 @@ impl Registry {
                 Entity::Link(l) => keep.2.insert(l.code.clone()),
                 Entity::Webhook(w) => keep.3.insert(w.key()),
                 Entity::Key(k) => keep.4.insert(k.id.clone()),
+                Entity::PromoCode(c) => codes.insert(c.key()),
             };
             self.apply(e);
         }
@@ -186,6 +194,7 @@ impl Registry {
             codes.value_mut().retain(|c| keep.2.contains(c));
         }
         self.keys.retain(|k, _| keep.4.contains(k));
+        self.promo_codes.retain(|k, _| codes.contains(k));
         self.key_hashes.retain(|_, id| keep.4.contains(id));
         for mut hooks in self.webhooks.iter_mut() {
             let program = hooks.key().clone();
@@ -311,6 +320,9 @@ impl Registry {
                     .insert(l.code.clone());
                 self.links
                     .insert(l.code.clone(), Arc::new(LinkEntry::new(l)));
+            }
+            Entity::PromoCode(c) => {
+                self.promo_codes.insert(c.key(), Arc::new(c));
             }
             Entity::Key(k) => {
                 self.key_hashes.insert(k.hash.clone(), k.id.clone());

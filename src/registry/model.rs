@@ -131,6 +131,20 @@ pub struct Program {
     /// Automatic tier moves at period boundaries (SPEC §10.2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tier_rules: Option<TierRules>,
+    /// How a conversion's promo code weighs against its clicks (SPEC §10.3).
+    #[serde(default)]
+    pub promo_code_priority: PromoCodePriority,
+}
+
+/// Whom a conversion with a known promo code credits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PromoCodePriority {
+    /// The code's partner takes the whole credit, whatever the clicks.
+    #[default]
+    OverClicks,
+    /// The code credits only a conversion whose journey is empty.
+    Fallback,
 }
 
 fn default_lookback() -> u32 {

@@ -104,6 +104,11 @@ fn field(entity: &Entity) -> String {
         Entity::Link(l) => format!("link:{}", l.code),
         Entity::Webhook(w) => format!("webhook:{}", w.key()),
         Entity::Key(k) => format!("key:{}", k.id),
+        Entity::PromoCode(c) => format!(
+            "promo_code:{}:{}",
+            c.program_id,
+            super::promo::PromoCode::canonical(&c.code)
+        ),
     }
 }
 

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::api_key::ApiKey;
 use super::model::{Link, Partner, Program, Webhook};
+use super::promo::PromoCode;
 
 /// One registry entity, as stored and as carried in the change log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -20,6 +21,8 @@ pub enum Entity {
     Link(Link),
     Webhook(Webhook),
     Key(ApiKey),
+    #[serde(rename = "promo_code")]
+    PromoCode(PromoCode),
 }
 
 /// A store failure; always retryable from the caller's point of view.
@@ -133,6 +136,10 @@ fn entity_key(e: &Entity) -> (u8, String) {
         Entity::Link(l) => (2, l.code.clone()),
         Entity::Webhook(w) => (3, w.key()),
         Entity::Key(k) => (4, k.id.clone()),
+        Entity::PromoCode(c) => (
+            5,
+            format!("{}:{}", c.program_id, PromoCode::canonical(&c.code)),
+        ),
     }
 }
 

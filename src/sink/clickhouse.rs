@@ -239,6 +239,7 @@ const ADDED_COLUMNS: &[(&str, &str, &str, &str)] = &[
     ),
     ("clicks", "sub_ids", "Array(String)", "is_unique"),
     ("commissions", "reason", "String", "occurred_at_ms"),
+    ("attributions", "source", "String", "occurred_at_ms"),
 ];
 
 /// Creates or upgrades the database; idempotent.

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crate::engine::commission::LedgerRow;
 use crate::engine::dedup::ClickVerdict;
 use crate::engine::settle::{AttributionLine, Decision};
-use crate::events::{ClickEvent, ConversionEvent};
+use crate::events::{ClickEvent, ConversionEvent, ConversionKind};
 
 /// Namespace of commission ids: uuid v5 of (conversion id, row index) in it.
 const COMMISSION_NS: Uuid = Uuid::from_u128(0x6f1c_2a8e_5d4b_4c1a_9e2f_7b3d_8a6c_1e90);
@@ -243,6 +243,9 @@ pub struct AttributionRow {
     #[serde(with = "ser::datetime")]
     pub occurred_at: DateTime<Utc>,
     pub occurred_at_ms: u16,
+    /// What the credit came from: `click`, `referral_code`, `promo_code` (SPEC §10.3),
+    /// or `first_sale` (a recurring payment, or a refund, inherits its order's).
+    pub source: &'static str,
 }
 
 /// A row of `commissions`, the ledger.
@@ -436,6 +439,7 @@ pub fn conversion_rows(
             kind: e.kind.as_str(),
             occurred_at: e.occurred_at,
             occurred_at_ms: millis(e.occurred_at),
+            source: source(e.kind, &d.model, a),
         })
         .collect();
     let commissions = d
@@ -592,6 +596,20 @@ pub struct DeliveryRow {
     #[serde(with = "ser::datetime")]
     pub attempted_at: DateTime<Utc>,
     pub attempted_at_ms: u16,
+}
+
+/// What an attribution line's credit came from: a recurring payment's always from the
+/// customer's first sale (whatever credited that), a journey kind's from its click,
+/// referral code or promo code.
+fn source(kind: ConversionKind, model: &str, line: &AttributionLine) -> &'static str {
+    use crate::engine::attribution::{PROMO_CODE, REFERRAL_CODE};
+    match model {
+        _ if !kind.is_journey_kind() => "first_sale",
+        PROMO_CODE => "promo_code",
+        REFERRAL_CODE => "referral_code",
+        _ if line.click_id.is_some() => "click",
+        _ => "first_sale",
+    }
 }
 
 /// A row of `partner_tiers`: one tier move (SPEC §10.2), made at a period boundary by

@@ -62,6 +62,7 @@ pub fn conversion(
         country: None,
         product_id: None,
         metadata: Default::default(),
+        promo_code: None,
     }
 }
 

@@ -122,8 +122,20 @@ pub async fn seed_registry_with(
             Err(e) => return Err(e),
         }
     }
+    if with_rewards && partners > 3 {
+        // Some conversions carry it (see `produce_in`): p3 takes their credit.
+        let code = crate::registry::PromoCode {
+            program_id: "acme".into(),
+            code: PROMO_CODE.into(),
+            partner_id: "p3".into(),
+        };
+        registry.put_promo_code(code).await?;
+    }
     Ok(())
 }
+
+/// The promo code some synthetic conversions carry, in other cases than registered.
+pub const PROMO_CODE: &str = "PROMO-P3";
 
 /// Sizes of a generated stream.
 #[derive(Debug, Clone, Copy)]
@@ -316,6 +328,9 @@ async fn produce_burst(
             country: Some(country.into()),
             product_id: product,
             metadata,
+            // Every eleventh sale, lead or signup, in lower case (codes ignore it).
+            promo_code: (m % 11 == 0 && kind.is_journey_kind())
+                .then(|| PROMO_CODE.to_lowercase()),
         }
     };
     for (v, own_clicks) in visitor_clicks.iter().enumerate() {

@@ -8,7 +8,7 @@ use rust_decimal::Decimal;
 use super::caps;
 use super::effects::direct_partners;
 use super::overlay::Overlay;
-use super::plan::{rate_reads, referral_partner, volume_read, Plan};
+use super::plan::{promo_partner, rate_reads, referral_partner, volume_read, Plan};
 use super::tiers::TierBook;
 use super::{Memo, Outcome};
 use crate::engine::attribution::Touch;
@@ -23,7 +23,7 @@ use crate::engine::settle::{
 use crate::engine::tiers::{self, TierMove};
 use crate::events::{ConversionEvent, ConversionKind};
 use crate::pipeline::store::{Answer, Mark, OrderSlot, Read, StateError, StateStore, StoredTouch};
-use crate::registry::{Program, Registry};
+use crate::registry::{Program, PromoCodePriority, Registry};
 
 /// Decides the fresh conversions of `batch` in mark order. One that cannot be settled
 /// gets its dead-letter outcome: nothing of it is stored or seen by later conversions.
@@ -316,7 +316,13 @@ fn credit_of<'a>(
     let mut campaigns = Vec::new();
     let credit = match e.kind {
         ConversionKind::Sale | ConversionKind::Lead | ConversionKind::Signup => {
-            if !selected.is_empty() {
+            let promo = promo_partner(registry, program, e);
+            let over_clicks = program.promo_code_priority == PromoCodePriority::OverClicks;
+            if let Some(partner) = promo.filter(|_| over_clicks || selected.is_empty()) {
+                // A synthetic touch at occurred_at: the code's partner takes it all.
+                campaigns = vec![String::new()];
+                Credit::PromoCode(partner)
+            } else if !selected.is_empty() {
                 campaigns = selected.iter().map(|t| t.campaign.clone()).collect();
                 Credit::Journey(
                     selected

@@ -220,6 +220,8 @@ impl Plan {
         if partners.is_empty() {
             partners.extend(referral_partner(registry, program, e));
         }
+        // A promo code may take the credit whatever the journey: its partner too.
+        partners.extend(promo_partner(registry, program, e));
         partners.sort();
         partners.dedup();
         if e.kind == ConversionKind::Sale {
@@ -380,6 +382,20 @@ pub(super) fn referral_partner(
     let link = registry.link(e.referral_code.as_deref()?)?;
     (link.link.program_id == program.id && settle::is_active(registry, &link.link.partner_id))
         .then(|| link.link.partner_id.clone())
+}
+
+/// The active partner of the conversion's promo code, when the program has the code
+/// (SPEC §10.3; any case) and the conversion is a sale, lead or signup.
+pub(super) fn promo_partner(
+    registry: &Registry,
+    program: &Program,
+    e: &ConversionEvent,
+) -> Option<String> {
+    if !e.kind.is_journey_kind() {
+        return None;
+    }
+    let code = registry.promo_code(&program.id, e.promo_code.as_deref()?)?;
+    settle::is_active(registry, &code.partner_id).then(|| code.partner_id.clone())
 }
 
 /// The partner's conversions in the month before the conversion's, as of its mark.

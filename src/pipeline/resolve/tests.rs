@@ -805,6 +805,7 @@ mod bounds_tests {
                 country: None,
                 product_id: None,
                 metadata: Default::default(),
+                promo_code: None,
                 v: 1,
                 conversion_id: Uuid::from_u128(1),
                 program_id: "worst".into(),
