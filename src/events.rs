@@ -256,7 +256,7 @@ mod tests {
             "status": "ok", "registry_version": 3
         }))
         .unwrap();
-        let conv: ConversionEvent = serde_json::from_str(r#"{"v":1,"conversion_id":"0193a3b2-7c4e-7000-8000-000000000001","program_id":"acme","order_id":"INV-1","kind":"sale","amount":"129.99","currency":"EUR","occurred_at":"2026-11-20T10:15:00.000Z","received_at":"2026-11-20T10:15:01.250Z","click_id":null,"visitor_id":null,"referral_code":null,"customer_id":null,"original_order_id":null,"registry_version":3,"customer_email_sha256":"5f4dcc3b5aa765d61d8327deb882cf995f4dcc3b5aa765d61d8327deb882cf99","country":"DE","product_id":"enterprise","metadata":{"plan":"pro"}}"#).unwrap();
+        let conv: ConversionEvent = serde_json::from_str(r#"{"v":1,"conversion_id":"0193a3b2-7c4e-7000-8000-000000000001","program_id":"acme","order_id":"INV-1","kind":"sale","amount":"129.99","currency":"EUR","occurred_at":"2026-11-20T10:15:00.000Z","received_at":"2026-11-20T10:15:01.250Z","click_id":null,"visitor_id":null,"referral_code":null,"customer_id":null,"original_order_id":null,"registry_version":3,"customer_email_sha256":"5f4dcc3b5aa765d61d8327deb882cf995f4dcc3b5aa765d61d8327deb882cf99","country":"DE","product_id":"enterprise","metadata":{"plan":"pro"},"promo_code":"BOB10"}"#).unwrap();
         for (name, event) in [
             ("click.schema.json", serde_json::to_value(&click).unwrap()),
             (
@@ -280,6 +280,7 @@ mod tests {
                 "country",
                 "product_id",
                 "metadata",
+                "promo_code",
             ];
             present.retain(|f| !optional.contains(&f.as_str()));
             assert_eq!(required, present, "{name} required");
