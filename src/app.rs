@@ -427,11 +427,13 @@ pub async fn run_migrate(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Where a running `serve` listens.
-#[derive(Debug, Clone, Copy)]
+/// Where a running `serve` listens, and the bus its edge publishes to (the demo
+/// replays a recorded month onto it, as the edge recorded it then).
+#[derive(Clone)]
 pub struct ServeAddrs {
     pub edge: std::net::SocketAddr,
     pub admin: std::net::SocketAddr,
+    pub bus: Arc<dyn EventBus>,
 }
 
 /// Edge and pipeline in one process until `shutdown`; `ready` learns the addresses once
@@ -526,11 +528,19 @@ pub async fn run_serve(
         ledger: Some(ledger),
         audit: Some(audit),
     };
-    let mut edge_task = crate::edge::spawn(config, registry, bus, books, edge_listener, shutdown);
+    let mut edge_task = crate::edge::spawn(
+        config,
+        registry,
+        Arc::clone(&bus),
+        books,
+        edge_listener,
+        shutdown,
+    );
     if let Some(tx) = ready {
         let _ = tx.send(ServeAddrs {
             edge: edge_addr,
             admin: admin_addr,
+            bus: Arc::clone(&bus),
         });
     }
     tokio::select! {

@@ -28,7 +28,14 @@ async fn demo_files_load_into_clickhouse_and_agree() {
 
     let config = config(&[]);
     migrate(&config).await;
-    for table in ["clicks", "conversions", "attributions", "commissions"] {
+    assert!(stdout.contains("ana      silver → gold from"), "{stdout}");
+    for table in [
+        "clicks",
+        "conversions",
+        "attributions",
+        "commissions",
+        "partner_tiers",
+    ] {
         let body = std::fs::read(dir.join(format!("{table}.jsonl"))).unwrap();
         assert!(!body.is_empty(), "{table}.jsonl is empty");
         let url = format!(
@@ -67,6 +74,27 @@ async fn demo_files_load_into_clickhouse_and_agree() {
     .await;
     let reasons: Vec<&str> = reasons.iter().map(|r| r[0].as_str()).collect();
     assert!(reasons.contains(&"rule eu-shoppers"), "{reasons:?}");
+    // A partner moved up at the month's start, and promo codes took credit (SPEC §10).
+    let moves = ch_query(
+        &config,
+        "SELECT partner_id, previous, tier, source FROM partner_tiers FINAL ORDER BY partner_id",
+    )
+    .await;
+    assert!(
+        moves.contains(&vec![
+            "ana".into(),
+            "silver".into(),
+            "gold".into(),
+            "auto".into()
+        ]),
+        "{moves:?}"
+    );
+    let promo = ch_query(
+        &config,
+        "SELECT DISTINCT partner_id FROM attributions FINAL WHERE source = 'promo_code'",
+    )
+    .await;
+    assert_eq!(promo, vec![vec!["cat".to_string()]]);
     let bots = ch_query(
         &config,
         "SELECT sum(is_bot), sum(is_unique), count() FROM clicks FINAL",

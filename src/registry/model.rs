@@ -374,20 +374,21 @@ fn is_true(b: &bool) -> bool {
 
 impl Partner {
     /// What the registry held at `t`: the latest change at or before it (the first
-    /// change for earlier moments: the partner's tier when it was created).
+    /// change for earlier moments: the partner's tier when it was created). The tier a
+    /// partner was created with is where automatic moves start from, whenever they were
+    /// made (a backlog settled after the partner was registered moves it too); a later
+    /// change by hand replaces the moves made before it.
     pub fn held_at(&self, t: chrono::DateTime<chrono::Utc>) -> HeldTier<'_> {
-        let change = self
-            .tier_history
-            .iter()
-            .rev()
-            .find(|c| c.at <= t)
-            .or(self.tier_history.first());
-        match change {
-            Some(c) => HeldTier {
-                tier: c.tier.as_deref(),
-                since: (c.at <= t).then_some(c.at),
-                pinned: !c.tier_auto,
-            },
+        let latest = self.tier_history.iter().rposition(|c| c.at <= t);
+        match latest.or((!self.tier_history.is_empty()).then_some(0)) {
+            Some(i) => {
+                let c = &self.tier_history[i];
+                HeldTier {
+                    tier: c.tier.as_deref(),
+                    since: (i > 0 && c.at <= t).then_some(c.at),
+                    pinned: !c.tier_auto,
+                }
+            }
             // Partners stored before the history existed.
             None => HeldTier {
                 tier: self.tier.as_deref(),
@@ -579,6 +580,51 @@ impl crate::engine::PartnerRules for Partner {
 mod tests {
     use super::*;
     use crate::testkit::fixtures::unit_program_json as program_json;
+
+    #[test]
+    fn the_tier_history_is_the_registrys_and_answers_for_any_moment() {
+        use chrono::TimeZone;
+        let at = |d| chrono::Utc.with_ymd_and_hms(2026, 11, d, 0, 0, 0).unwrap();
+        let mut p = crate::testkit::fixtures::partner("acme");
+        p.tier = Some("silver".into());
+        // A body's own history is never taken.
+        p.tier_history = vec![TierChange {
+            at: at(1),
+            tier: Some("gold".into()),
+            tier_auto: false,
+        }];
+        p.record_tier(None, at(10));
+        assert_eq!(p.tier_history.len(), 1);
+        let mut same = p.clone();
+        same.record_tier(Some(&p), at(12));
+        assert_eq!(same.tier_history.len(), 1, "no change, no entry");
+        let mut pinned = p.clone();
+        pinned.tier = Some("gold".into());
+        pinned.tier_auto = false;
+        pinned.record_tier(Some(&p), at(20));
+        // Before creation: the tier it was created with, where moves start from.
+        let h = pinned.held_at(at(2));
+        assert_eq!((h.tier, h.since, h.pinned), (Some("silver"), None, false));
+        let h = pinned.held_at(at(15));
+        assert_eq!((h.tier, h.since, h.pinned), (Some("silver"), None, false));
+        let h = pinned.held_at(at(25));
+        assert_eq!(
+            (h.tier, h.since, h.pinned),
+            (Some("gold"), Some(at(20)), true)
+        );
+        // A clock behind the last entry never reorders the history.
+        let mut back = pinned.clone();
+        back.tier = Some("bronze".into());
+        back.record_tier(Some(&pinned), at(5));
+        assert_eq!(back.tier_history.last().unwrap().at, at(20));
+        let mut long = back.clone();
+        for i in 0..150 {
+            let before = long.clone();
+            long.tier = Some(if i % 2 == 0 { "gold" } else { "silver" }.into());
+            long.record_tier(Some(&before), at(21));
+        }
+        assert_eq!(long.tier_history.len(), MAX_TIER_HISTORY);
+    }
 
     #[test]
     fn program_from_spec_example_validates() {

@@ -356,7 +356,81 @@ fn load_ledger(dir: &Path) -> std::io::Result<Batch> {
             at_ms: l.at_ms,
         });
     }
+    load_tiers(dir, &mut batch)?;
     Ok(batch)
+}
+
+/// The tier moves and tier figures the files hold (SPEC §10.2).
+fn load_tiers(dir: &Path, batch: &mut Batch) -> std::io::Result<()> {
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
+    let mut moves = Vec::new();
+    read_lines(&dir.join("partner_tiers.jsonl"), |l: TierLine| {
+        moves.push(l)
+    })?;
+    for l in moves {
+        let effective_at = parse_time(&l.effective_at)
+            .ok_or_else(|| bad("partner_tiers.jsonl: bad time"))?
+            + chrono::Duration::milliseconds(i64::from(l.effective_at_ms));
+        batch.tiers.push(super::TierRow {
+            source: if l.source == "manual" {
+                "manual"
+            } else {
+                "auto"
+            },
+            program_id: l.program_id,
+            partner_id: l.partner_id,
+            effective_at,
+            effective_at_ms: l.effective_at_ms,
+            tier: l.tier,
+            previous: l.previous,
+            conversions: l.conversions,
+            revenue: l.revenue,
+            commission: l.commission,
+        });
+    }
+    read_lines(
+        &dir.join("partner_tier_figures.jsonl"),
+        |l: TierFigureLine| {
+            batch.tier_figures.push(super::TierFigureRow {
+                program_id: l.program_id,
+                partner_id: l.partner_id,
+                period: l.period,
+                conversion_id: l.conversion_id,
+                conversions: l.conversions,
+                revenue: l.revenue,
+                commission: l.commission,
+            })
+        },
+    )
+}
+
+#[derive(serde::Deserialize)]
+struct TierLine {
+    program_id: String,
+    partner_id: String,
+    effective_at: String,
+    effective_at_ms: u16,
+    tier: String,
+    previous: String,
+    source: String,
+    conversions: u64,
+    #[serde(deserialize_with = "decimal_from_raw")]
+    revenue: rust_decimal::Decimal,
+    #[serde(deserialize_with = "decimal_from_raw")]
+    commission: rust_decimal::Decimal,
+}
+
+#[derive(serde::Deserialize)]
+struct TierFigureLine {
+    program_id: String,
+    partner_id: String,
+    period: String,
+    conversion_id: uuid::Uuid,
+    conversions: u64,
+    #[serde(deserialize_with = "decimal_from_raw")]
+    revenue: rust_decimal::Decimal,
+    #[serde(deserialize_with = "decimal_from_raw")]
+    commission: rust_decimal::Decimal,
 }
 
 #[derive(serde::Deserialize)]

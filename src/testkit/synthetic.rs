@@ -329,8 +329,7 @@ async fn produce_burst(
             product_id: product,
             metadata,
             // Every eleventh sale, lead or signup, in lower case (codes ignore it).
-            promo_code: (m % 11 == 0 && kind.is_journey_kind())
-                .then(|| PROMO_CODE.to_lowercase()),
+            promo_code: (m % 11 == 0 && kind.is_journey_kind()).then(|| PROMO_CODE.to_lowercase()),
         }
     };
     for (v, own_clicks) in visitor_clicks.iter().enumerate() {

@@ -30,7 +30,8 @@ pub(super) async fn keys_tour(opts: &DemoOptions) -> anyhow::Result<()> {
         done: AtomicU64::new(0),
     };
     seed(&http).await?;
-    let (partner, other) = (PARTNERS[1].0, PARTNERS[2].0);
+    // ana, who moved up a tier at the month's start; agency is another partner.
+    let (partner, other) = (PARTNERS[2].0, PARTNERS[1].0);
     let merchant = http
         .keyed(
             &admin_token,
@@ -70,6 +71,35 @@ pub(super) async fn keys_tour(opts: &DemoOptions) -> anyhow::Result<()> {
         .keyed(&partner_key, Method::GET, "/api/v1/me/payouts", Value::Null)
         .await?;
     println!("  payouts ({status}): {}", payouts["payouts"]);
+    let (status, me) = http
+        .keyed(&partner_key, Method::GET, "/api/v1/me", Value::Null)
+        .await?;
+    let text = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_string);
+    let moves: Vec<String> = me["tier_history"]
+        .as_array()
+        .map(|h| {
+            h.iter()
+                .map(|m| {
+                    let (from, to) = (text(&m["previous"]), text(&m["tier"]));
+                    format!("{from} → {to} from {}", text(&m["effective_at"]))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    println!(
+        "and at GET /api/v1/me ({status}): tier {}; moves: {}",
+        text(&me["tier"]),
+        moves.join("; ")
+    );
+    let progress = &me["tier_progress"];
+    let missing = &progress["next"]["missing"];
+    println!(
+        "  this month so far: {} conversions, {} USD revenue; {} needs {} USD more revenue",
+        progress["figures"]["conversions"],
+        text(&progress["figures"]["revenue"]),
+        text(&progress["next"]["tier"]),
+        text(&missing["revenue"]),
+    );
     for (what, path) in [
         (
             "the program's whole ledger",

@@ -13,6 +13,7 @@ use anyhow::Context;
 use rust_decimal::Decimal;
 use serde_json::Value;
 
+mod history;
 mod http;
 mod keys;
 mod lifecycle;
@@ -77,10 +78,13 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     });
     traffic::seed(&http).await?;
     println!(
-        "seeded program {PROGRAM}: {} partners in a parent chain, {} links",
+        "seeded program {PROGRAM}: {} partners in a parent chain, {} links, promo code {}",
         traffic::PARTNERS.len(),
-        traffic::links().len()
+        traffic::links().len(),
+        traffic::PROMO_CODE
     );
+    let replayed = history::replay_last_month(&*addrs.bus).await?;
+    println!("replayed last month's recorded log: {replayed} sales, as the edge took them in then");
 
     let started = Instant::now();
     let seeded = http.done.load(Ordering::Relaxed);
@@ -103,6 +107,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let stats = partner_stats(&opts.data_dir)?;
     summary::print_summary(&stats, &opts.data_dir)?;
     summary::print_rewards(&opts.data_dir)?;
+    summary::print_tiers(&opts.data_dir)?;
     lifecycle::lifecycle(&opts.data_dir).await?;
     keys::keys_tour(&opts).await?;
     Ok(())

@@ -107,3 +107,41 @@ pub(super) fn print_rewards(dir: &std::path::Path) -> anyhow::Result<()> {
     println!("   capped: clipped to what is left of a partner's 4000.00 a day)");
     Ok(())
 }
+
+/// The tier moves the pipeline made and the sales promo codes credited.
+pub(super) fn print_tiers(dir: &std::path::Path) -> anyhow::Result<()> {
+    #[derive(serde::Deserialize)]
+    struct Move {
+        partner_id: String,
+        effective_at: String,
+        previous: String,
+        tier: String,
+        source: String,
+        conversions: u64,
+    }
+    let text = std::fs::read_to_string(dir.join("partner_tiers.jsonl")).unwrap_or_default();
+    let mut moves: Vec<Move> = text
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    moves.sort_by(|a, b| (&a.effective_at, &a.partner_id).cmp(&(&b.effective_at, &b.partner_id)));
+    moves.dedup_by(|a, b| (&a.effective_at, &a.partner_id) == (&b.effective_at, &b.partner_id));
+    println!();
+    println!("tier moves (tier_rules, at the month's start in event time):");
+    for m in &moves {
+        println!(
+            "  {:<8} {} → {} from {} ({}, {} conversions last month)",
+            m.partner_id, m.previous, m.tier, m.effective_at, m.source, m.conversions
+        );
+    }
+    let attributions = std::fs::read_to_string(dir.join("attributions.jsonl"))?;
+    let promo = attributions
+        .lines()
+        .filter(|l| l.contains(r#""source":"promo_code""#))
+        .count();
+    println!(
+        "promo code {}: {promo} conversions credited to cat by the code, over any clicks",
+        super::traffic::PROMO_CODE
+    );
+    Ok(())
+}

@@ -81,7 +81,12 @@ pub(super) async fn seed(http: &Http) -> anyhow::Result<()> {
             "commission": plan(),
             // A week's hold; the largest sales wait for review; payouts from 25.00.
             "hold_days": HOLD_DAYS, "min_payout": "25",
-            "fraud": {"review_above": "250"}
+            "fraud": {"review_above": "250"},
+            // Monthly tier moves, up only (SPEC §10.2).
+            "tier_rules": {"period": "month", "tiers": [
+                {"tier": "silver", "min": {"conversions": 5}},
+                {"tier": "gold", "min": {"conversions": 20, "revenue": "2000"}},
+                {"tier": "platinum", "min": {"revenue": "20000"}}]}
         }),
     )
     .await?;
@@ -102,8 +107,18 @@ pub(super) async fn seed(http: &Http) -> anyhow::Result<()> {
             .await?;
         }
     }
+    // cat's newsletter readers type her code at checkout (SPEC §10.3).
+    http.admin(
+        Method::PUT,
+        &format!("/api/v1/programs/{PROGRAM}/promo_codes/{PROMO_CODE}"),
+        json!({"partner_id": "cat"}),
+    )
+    .await?;
     Ok(())
 }
+
+/// The promo code some shoppers type (in any case): it credits cat over any clicks.
+pub(super) const PROMO_CODE: &str = "CAT20";
 
 /// The example plan with reward rules and a cap (SPEC §10.1): shoppers from Germany or
 /// France pay 30 % on sales, large baskets 28 %, and no partner earns more than 4000.00
@@ -192,7 +207,8 @@ pub(super) async fn visit(
             "program_id": PROGRAM, "order_id": format!("ORD-{visitor}"), "kind": "sale",
             "amount": format!("{}.{:02}", cents / 100, cents % 100), "currency": if euros { "EUR" } else { "USD" },
             "occurred_at": at, "click_id": last_click, "customer_id": format!("cust-{visitor}"),
-            "country": rng.pick(&["US", "DE", "GB", "FR", "US", "CA"])
+            "country": rng.pick(&["US", "DE", "GB", "FR", "US", "CA"]),
+            "promo_code": rng.chance(12).then(|| PROMO_CODE.to_lowercase())
         }));
     } else if roll < 40 {
         conversions.push(
