@@ -80,8 +80,9 @@ pub async fn seed_registry_with(
         let (rules, caps) = rewards();
         program.commission.rules = serde_json::from_value(rules).expect("valid rules");
         program.commission.caps = serde_json::from_value(caps).expect("valid caps");
-        program.tier_rules = Some(serde_json::from_value(tier_rules()).expect("valid tier rules"));
     }
+    // Tier figures in every stream (moves in those that span a month's start).
+    program.tier_rules = Some(serde_json::from_value(tier_rules()).expect("valid tier rules"));
     registry.put_program("acme", program).await?;
     let tiers = ["bronze", "silver", "gold", "platinum"];
     for i in 0..partners {

@@ -137,8 +137,10 @@ pub async fn wait_holds_ended(config: &Config) {
 pub fn assert_same(a: &[(String, Vec<Vec<String>>)], b: &[(String, Vec<Vec<String>>)]) {
     assert_eq!(a.len(), b.len());
     for ((name, rows_a), (_, rows_b)) in a.iter().zip(b) {
+        // Tier moves happen only in streams that span a month's start (the determinism
+        // test's does, and checks there are some).
         assert!(
-            !rows_a.is_empty(),
+            !rows_a.is_empty() || name == "partner_tiers",
             "{name} is empty: the comparison would prove nothing"
         );
         assert_eq!(rows_a.len(), rows_b.len(), "{name}: row counts differ");
