@@ -493,6 +493,7 @@ async fn migrate_brings_older_tables_their_millisecond_columns() {
         ("clicks", "ts_ms"),
         ("commissions", "occurred_at_ms"),
         ("clicks", "sub_ids"),
+        ("attributions", "source"),
     ] {
         ch_query(
             &config,
@@ -524,6 +525,7 @@ async fn migrate_brings_older_tables_their_millisecond_columns() {
             "conversions received_at_ms UInt16",
             "disputes at_ms UInt16",
             "disputes opened_at_ms UInt16",
+            "partner_tiers effective_at_ms UInt16",
             "webhook_deliveries attempted_at_ms UInt16",
             "webhook_deliveries duration_ms UInt32",
         ]
@@ -533,4 +535,7 @@ async fn migrate_brings_older_tables_their_millisecond_columns() {
     let described = ch_query(&config, "DESCRIBE TABLE clicks").await;
     let last = described.last().map(|r| (r[0].as_str(), r[1].as_str()));
     assert_eq!(last, Some(("sub_ids", "Array(String)")));
+    let described = ch_query(&config, "DESCRIBE TABLE attributions").await;
+    let last = described.last().map(|r| (r[0].as_str(), r[1].as_str()));
+    assert_eq!(last, Some(("source", "String")));
 }
