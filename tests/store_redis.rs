@@ -30,8 +30,9 @@ async fn pttl(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> i64 {
 async fn redis_store_passes_the_suite() {
     let config = suite(&[]).await;
     // TTLs are renewed once a minute per key, not by every write: still, every key the
-    // suite left must expire, but the three the key table says live on (the hold-end
-    // queue, the frontiers, a lifetime plan's first sales).
+    // suite left must expire, but those the key table says live on (the hold-end
+    // queue, the frontiers, a lifetime plan's first sales, tier moves and the last
+    // boundary done: a partner's tier history is kept like the registry's).
     let client = redis::Client::open(config.redis.url.as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     // SCAN in steps: the server holds other tests' keys too.
@@ -59,7 +60,9 @@ async fn redis_store_passes_the_suite() {
         let ttl = pttl(&mut conn, &key).await;
         let lives_on = key == format!("{p}:due")
             || key == format!("{p}:wm")
-            || key.starts_with(&format!("{p}:fs:"));
+            || key.starts_with(&format!("{p}:fs:"))
+            || key.starts_with(&format!("{p}:tm:"))
+            || key.starts_with(&format!("{p}:tb:"));
         assert!(lives_on || ttl > 0, "{key} has no TTL ({ttl})");
     }
 }
