@@ -31,6 +31,25 @@ fn program_with(rules: Value) -> Value {
     p
 }
 
+/// The stack with an edge and a pipeline settling quickly: its configuration, both, and
+/// the edge's URL.
+async fn live() -> (
+    touchline::config::Config,
+    RunningEdge,
+    RunningPipeline,
+    String,
+) {
+    let config = config(&[
+        ("TOUCHLINE__PIPELINE__LATE_GRACE_SECS", "2"),
+        ("TOUCHLINE__PIPELINE__FLUSH_INTERVAL_MS", "200"),
+    ]);
+    migrate(&config).await;
+    let edge = start_edge(&config).await;
+    let pipeline = start_pipeline(&config);
+    let url = edge.url("");
+    (config, edge, pipeline, url)
+}
+
 /// Each bad rule answers 400 naming the field and the rule, each bad cap its field, and
 /// nothing is written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -216,14 +235,7 @@ async fn bad_rules_are_refused_naming_the_rule() {
 /// rule, each direct row naming it; overrides follow from the rule's amount.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_best_rule_pays_and_names_itself_in_the_ledger() {
-    let config = config(&[
-        ("TOUCHLINE__PIPELINE__LATE_GRACE_SECS", "2"),
-        ("TOUCHLINE__PIPELINE__FLUSH_INTERVAL_MS", "200"),
-    ]);
-    migrate(&config).await;
-    let edge = start_edge(&config).await;
-    let pipeline = start_pipeline(&config);
-    let url = edge.url("");
+    let (config, edge, pipeline, url) = live().await;
     let r = admin(
         Method::PUT,
         &format!("{url}/api/v1/programs/acme"),
@@ -453,14 +465,7 @@ async fn a_manual_tier_change_then_a_replay_pays_what_live_settlement_paid() {
 /// current period toward the next rung, from what the ledger holds (SPEC §10.2).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partner_sees_its_tier_progress_and_history() {
-    let config = config(&[
-        ("TOUCHLINE__PIPELINE__LATE_GRACE_SECS", "2"),
-        ("TOUCHLINE__PIPELINE__FLUSH_INTERVAL_MS", "200"),
-    ]);
-    migrate(&config).await;
-    let edge = start_edge(&config).await;
-    let pipeline = start_pipeline(&config);
-    let url = edge.url("");
+    let (config, edge, pipeline, url) = live().await;
     let mut program = program_json();
     program["tier_rules"] = json!({"period": "month", "tiers": [
         {"tier": "silver", "min": {"conversions": 3}},
@@ -556,14 +561,7 @@ async fn a_partner_sees_its_tier_progress_and_history() {
 /// first sale however it was credited. Attribution rows say where the credit came from.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn promo_codes_credit_their_partner_over_clicks_or_as_a_fallback() {
-    let config = config(&[
-        ("TOUCHLINE__PIPELINE__LATE_GRACE_SECS", "2"),
-        ("TOUCHLINE__PIPELINE__FLUSH_INTERVAL_MS", "200"),
-    ]);
-    migrate(&config).await;
-    let edge = start_edge(&config).await;
-    let pipeline = start_pipeline(&config);
-    let url = edge.url("");
+    let (config, edge, pipeline, url) = live().await;
     let put = |path: String, body: Value| async move { admin(Method::PUT, &path, body).await };
     let r = put(format!("{url}/api/v1/programs/acme"), program_json()).await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
