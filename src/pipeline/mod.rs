@@ -325,7 +325,7 @@ mod tests {
     /// Rows the pipeline wrote, for assertions (unit tests only: the SPEC's sinks are
     /// tested against ClickHouse and files).
     #[derive(Default)]
-    struct Capture(Mutex<Batch>);
+    pub(super) struct Capture(pub(super) Mutex<Batch>);
 
     #[async_trait::async_trait]
     impl Sink for Capture {

@@ -4,33 +4,20 @@
 //! rows of `partner_tiers` and `partner.tier_changed` events.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use rust_decimal::Decimal;
 
+use super::tests::Capture;
 use super::{store, Pipeline};
 use crate::bus::memory::MemoryBus;
 use crate::bus::EventBus;
 use crate::events::{ConversionEvent, ConversionKind};
 use crate::registry::{MemoryStore, Program, Registry, Webhook, WebhookEventType};
-use crate::sink::{Batch, Sink, SinkError};
+use crate::sink::Sink;
 use crate::testkit::fixtures;
-
-#[derive(Default)]
-struct Capture(Mutex<Batch>);
-
-#[async_trait::async_trait]
-impl Sink for Capture {
-    async fn write(&self, batch: &Batch) -> Result<(), SinkError> {
-        self.0.lock().unwrap().append(&mut batch.clone());
-        Ok(())
-    }
-    async fn ping(&self) -> Result<(), SinkError> {
-        Ok(())
-    }
-}
 
 fn day(m: u32, d: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, m, d, 12, 0, 0).unwrap()
