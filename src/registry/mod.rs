@@ -111,21 +111,28 @@ mod double_option {
     }
 }
 
+/// The hasher of the registry's maps: every decision looks up each touch's partner and
+/// its ancestors, every redirect its link. foldhash's quality variant with a seed per
+/// process; ids are bounded and only a program's keys create them.
+pub type Hasher = foldhash::quality::RandomState;
+
+type Map<K, V> = DashMap<K, V, Hasher>;
+
 /// The in-memory view of the registry, kept in step with the store.
 pub struct Registry {
     store: Arc<dyn RegistryStore>,
-    programs: DashMap<String, Arc<Program>>,
-    partners: DashMap<String, Arc<Partner>>,
-    links: DashMap<String, Arc<LinkEntry>>,
+    programs: Map<String, Arc<Program>>,
+    partners: Map<String, Arc<Partner>>,
+    links: Map<String, Arc<LinkEntry>>,
     /// program → name → endpoint
-    webhooks: DashMap<String, std::collections::BTreeMap<String, Arc<Webhook>>>,
+    webhooks: Map<String, std::collections::BTreeMap<String, Arc<Webhook>>>,
     /// API keys by id, and their ids by the hash of their secret (`keys.rs`).
-    keys: DashMap<String, Arc<api_key::ApiKey>>,
-    key_hashes: DashMap<String, String>,
+    keys: Map<String, Arc<api_key::ApiKey>>,
+    key_hashes: Map<String, String>,
     /// (program, canonical code) → promo code (SPEC §10.3).
-    promo_codes: DashMap<(String, String), Arc<PromoCode>>,
+    promo_codes: Map<(String, String), Arc<PromoCode>>,
     /// partner → its link codes, for the partner API's listing.
-    partner_links: DashMap<String, std::collections::BTreeSet<String>>,
+    partner_links: Map<String, std::collections::BTreeSet<String>>,
     cursor: tokio::sync::Mutex<String>,
     /// Version of the cursor: every change up to it is applied here.
     applied: AtomicU64,
@@ -141,14 +148,14 @@ impl Registry {
     pub async fn open(store: Arc<dyn RegistryStore>) -> Result<Arc<Self>, StoreError> {
         let registry = Arc::new(Registry {
             store,
-            programs: DashMap::new(),
-            partners: DashMap::new(),
-            links: DashMap::new(),
-            webhooks: DashMap::new(),
-            promo_codes: DashMap::new(),
-            keys: DashMap::new(),
-            key_hashes: DashMap::new(),
-            partner_links: DashMap::new(),
+            programs: Map::default(),
+            partners: Map::default(),
+            links: Map::default(),
+            webhooks: Map::default(),
+            promo_codes: Map::default(),
+            keys: Map::default(),
+            key_hashes: Map::default(),
+            partner_links: Map::default(),
             cursor: tokio::sync::Mutex::new(String::new()),
             applied: AtomicU64::new(0),
             seen: AtomicU64::new(0),
