@@ -103,6 +103,9 @@ pub fn clickhouse_books(
             outbox: Some(crate::ledger::LedgerOutbox { registry, bus }),
         })),
         audit: Some(ch),
+        analytics: Some(Arc::new(
+            crate::analytics::clickhouse::ClickHouseAnalytics::new(&config.clickhouse),
+        )),
     }
 }
 
@@ -136,6 +139,8 @@ pub struct Sinks {
     pub view: Arc<dyn crate::ledger::LedgerView>,
     pub log: Arc<dyn crate::sink::DeliveryLog>,
     pub audit: Arc<dyn crate::sink::AuditLog>,
+    /// The analytics API's reports over what the sink wrote (SPEC §9.2).
+    pub analytics: Arc<dyn crate::analytics::Source>,
 }
 
 /// The sink, ledger view and delivery log the configuration names, checked at start-up.
@@ -156,6 +161,7 @@ pub async fn sinks(config: &Config) -> anyhow::Result<Sinks> {
             Sinks {
                 sink,
                 log: file.clone(),
+                analytics: Arc::new(crate::analytics::files::FileAnalytics::new(file.dir())),
                 audit: file,
                 view,
             }
@@ -177,6 +183,7 @@ pub async fn sinks(config: &Config) -> anyhow::Result<Sinks> {
             Sinks {
                 sink: sink.clone(),
                 view: Arc::new(crate::ledger::clickhouse::ClickHouseLedger::new(ch)),
+                analytics: Arc::new(crate::analytics::clickhouse::ClickHouseAnalytics::new(ch)),
                 log: sink.clone(),
                 audit: sink,
             }
@@ -453,6 +460,7 @@ pub async fn run_serve(
         view,
         log,
         audit,
+        analytics,
     } = sinks(&config).await?;
     type Source = Box<dyn crate::bus::EventSource>;
     let (bus, source, outbox, draining): (Arc<dyn EventBus>, Source, Source, bool) =
@@ -527,6 +535,7 @@ pub async fn run_serve(
     let books = crate::edge::Books {
         ledger: Some(ledger),
         audit: Some(audit),
+        analytics: Some(analytics),
     };
     let mut edge_task = crate::edge::spawn(
         config,

@@ -6,6 +6,7 @@
 //! [`registry`] holds programs, partners and links; [`config`] and [`metrics`] serve all.
 
 pub mod access;
+pub mod analytics;
 pub mod app;
 pub mod bus;
 pub mod config;

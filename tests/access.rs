@@ -517,6 +517,21 @@ fn cases(w: &World) -> Vec<Case> {
             Value::Null,
             P,
         ),
+        // A partner key reads its own rows of its own program's analytics.
+        case(
+            Method::GET,
+            "/api/v1/analytics/{report}",
+            "/api/v1/analytics/overview?program_id=acme",
+            Value::Null,
+            [200, 200, 404, 200, 200, 404],
+        ),
+        case(
+            Method::GET,
+            "/api/v1/analytics/{report}",
+            "/api/v1/analytics/leaderboard?program_id=acme&partner_id=alice",
+            Value::Null,
+            P,
+        ),
         case(
             Method::GET,
             "/api/v1/me/payouts",
@@ -695,6 +710,16 @@ async fn another_tenants_resource_answers_exactly_as_a_missing_one() {
             &bob,
             "/api/v1/me/balance?partner_id=alice",
             "/api/v1/me/balance?partner_id=nobody",
+        ),
+        (
+            &globex,
+            "/api/v1/analytics/overview?program_id=acme",
+            "/api/v1/analytics/overview?program_id=nothing",
+        ),
+        (
+            &bob,
+            "/api/v1/analytics/funnel?program_id=acme&partner_id=alice",
+            "/api/v1/analytics/funnel?program_id=acme&partner_id=nobody",
         ),
     ] {
         let a = call(&w.url, Some(auth), Method::GET, there, &Value::Null).await;

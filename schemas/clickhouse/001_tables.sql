@@ -81,7 +81,11 @@ CREATE TABLE IF NOT EXISTS {db}.attributions
     occurred_at      DateTime,
     occurred_at_ms   UInt16,
     -- What the credit came from: click, referral_code, promo_code or first_sale.
-    source           String
+    source           String,
+    -- The conversion's customer and country (upper case; '' when none), for the
+    -- cohorts and funnels of the analytics API (SPEC §9.2) without a join.
+    customer_id      String,
+    country          String
 )
 ENGINE = ReplacingMergeTree()
 PARTITION BY toYYYYMM(occurred_at)
@@ -104,7 +108,9 @@ CREATE TABLE IF NOT EXISTS {db}.commissions
     created_at_ms  UInt16,
     occurred_at    DateTime,
     occurred_at_ms UInt16,
-    reason         String
+    reason         String,
+    -- The conversion's customer ('' when none), for the cohorts of SPEC §9.2.
+    customer_id    String
 )
 ENGINE = ReplacingMergeTree()
 PARTITION BY toYYYYMM(occurred_at)

@@ -256,6 +256,7 @@ impl Edge {
             Op::MyLinks => self.my_links(call),
             Op::CreateMyLink => self.create_my_link(call).await,
             Op::MyCommissions => self.my_commissions(call).await,
+            Op::Analytics => self.analytics_report(call).await,
             Op::MyBalance => self.my_balance(call).await,
             Op::MyPayouts => self.my_payouts(call).await,
             Op::MyPayout => self.my_payout(call).await,

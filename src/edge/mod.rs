@@ -2,6 +2,7 @@
 //! the operational endpoints.
 
 pub mod admin;
+mod analytics;
 pub(crate) mod api;
 mod audit;
 pub mod conversions;
@@ -43,6 +44,8 @@ pub struct Edge {
     pub(crate) bus: Arc<dyn EventBus>,
     /// The ledger behind the review and payout API; `None` where there is none to read.
     pub(crate) ledger: Option<Arc<crate::ledger::Ledger>>,
+    /// Where the analytics API reads (SPEC §9.2); `None` where there is nothing to read.
+    pub(crate) analytics: Option<Arc<dyn crate::analytics::Source>>,
     metrics: PrometheusHandle,
     /// SHA-256 state after absorbing the salt, cloned per click.
     salted: Sha256,
@@ -71,6 +74,7 @@ impl Edge {
             registry,
             bus,
             ledger: None,
+            analytics: None,
             metrics,
             salted,
         }
@@ -86,6 +90,12 @@ impl Edge {
     /// Serves the review and payout API over `ledger`.
     pub fn with_ledger(mut self, ledger: Option<Arc<crate::ledger::Ledger>>) -> Self {
         self.ledger = ledger;
+        self
+    }
+
+    /// Serves the analytics API over `source`.
+    pub fn with_analytics(mut self, source: Option<Arc<dyn crate::analytics::Source>>) -> Self {
+        self.analytics = source;
         self
     }
 
@@ -236,6 +246,7 @@ fn status_label(s: StatusCode) -> &'static str {
 pub struct Books {
     pub ledger: Option<Arc<crate::ledger::Ledger>>,
     pub audit: Option<Arc<dyn crate::sink::AuditLog>>,
+    pub analytics: Option<Arc<dyn crate::analytics::Source>>,
 }
 
 /// Starts an edge on `listener` with the given parts and returns its task.
@@ -249,6 +260,7 @@ pub fn spawn(
 ) -> tokio::task::JoinHandle<()> {
     let edge = Edge::new(config, registry, bus, m::install())
         .with_ledger(books.ledger)
+        .with_analytics(books.analytics)
         .with_audit(books.audit);
     let edge = Arc::new(edge);
     tokio::spawn(edge.serve(listener, shutdown, Duration::from_secs(10)))

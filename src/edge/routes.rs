@@ -84,6 +84,7 @@ pub enum Op {
     ResolveDispute,
     ListPromoCodes,
     PutPromoCode,
+    Analytics,
 }
 
 /// One route: method, template (matchit syntax, as documented), access, checks, op.
@@ -169,6 +170,7 @@ pub static ROUTES: &[Route] = &[
     route(Method::PUT, "/api/v1/me/postbacks/{name}", PARTNER, &[Me], Op::PutPostback),
     route(Method::GET, "/api/v1/me/postbacks/{name}", PARTNER, &[Me], Op::GetPostback),
     route(Method::DELETE, "/api/v1/me/postbacks/{name}", PARTNER, &[Me], Op::DeletePostback),
+    route(Method::GET, "/api/v1/analytics/{report}", PARTNER, &[QueryProgram], Op::Analytics),
 ];
 
 /// What a request path and method find in the table.

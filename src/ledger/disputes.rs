@@ -287,6 +287,7 @@ impl Ledger {
             occurred_at: now,
             occurred_at_ms: millis(now),
             reason: String::new(),
+            customer_id: String::new(),
         };
         let batch = Batch {
             commissions: vec![row.clone()],

@@ -240,6 +240,9 @@ const ADDED_COLUMNS: &[(&str, &str, &str, &str)] = &[
     ("clicks", "sub_ids", "Array(String)", "is_unique"),
     ("commissions", "reason", "String", "occurred_at_ms"),
     ("attributions", "source", "String", "occurred_at_ms"),
+    ("attributions", "customer_id", "String", "source"),
+    ("attributions", "country", "String", "customer_id"),
+    ("commissions", "customer_id", "String", "reason"),
 ];
 
 /// Creates or upgrades the database; idempotent.

@@ -203,7 +203,7 @@ fn json_number<S: serde::Serializer>(d: &rust_decimal::Decimal, s: S) -> Result<
 }
 
 /// Reads decimals from their JSON text, never through a float.
-fn decimal_from_raw<'de, D: serde::Deserializer<'de>>(
+pub(crate) fn decimal_from_raw<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<rust_decimal::Decimal, D::Error> {
     let raw: &serde_json::value::RawValue = serde::Deserialize::deserialize(d)?;
@@ -267,7 +267,7 @@ struct PayoutLine {
 }
 
 /// `YYYY-MM-DD hh:mm:ss` (UTC), as the rows write it.
-fn parse_time(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+pub(crate) fn parse_time(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
     chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S")
         .ok()
         .map(|t| t.and_utc())
@@ -466,7 +466,7 @@ struct CommissionLine {
     occurred_at: String,
 }
 
-fn read_lines<T: serde::de::DeserializeOwned>(
+pub(crate) fn read_lines<T: serde::de::DeserializeOwned>(
     path: &Path,
     mut each: impl FnMut(T),
 ) -> std::io::Result<()> {

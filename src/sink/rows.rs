@@ -246,6 +246,11 @@ pub struct AttributionRow {
     /// What the credit came from: `click`, `referral_code`, `promo_code` (SPEC §10.3),
     /// or `first_sale` (a recurring payment, or a refund, inherits its order's).
     pub source: &'static str,
+    /// The conversion's customer and country (upper case), copied here so that the
+    /// analytics of SPEC §9.2 (cohorts, funnels by country) read one table; empty
+    /// when the conversion carries none.
+    pub customer_id: String,
+    pub country: String,
 }
 
 /// A row of `commissions`, the ledger.
@@ -276,6 +281,8 @@ pub struct CommissionRow {
     /// Why a direct row earned what it did when not by the plan alone (`rule {name}`);
     /// empty otherwise.
     pub reason: String,
+    /// The conversion's customer, for the cohorts of SPEC §9.2; empty without one.
+    pub customer_id: String,
 }
 
 /// A row of `commission_status`, the audit trail (SPEC §5.7): one step in the life of
@@ -440,6 +447,12 @@ pub fn conversion_rows(
             occurred_at: e.occurred_at,
             occurred_at_ms: millis(e.occurred_at),
             source: source(e.kind, &d.model, a),
+            customer_id: e.customer_id.clone().unwrap_or_default(),
+            country: e
+                .country
+                .as_deref()
+                .map(str::to_ascii_uppercase)
+                .unwrap_or_default(),
         })
         .collect();
     let commissions = d
@@ -463,6 +476,7 @@ pub fn conversion_rows(
             occurred_at: e.occurred_at,
             occurred_at_ms: millis(e.occurred_at),
             reason: r.reason.clone(),
+            customer_id: e.customer_id.clone().unwrap_or_default(),
         })
         .collect();
     (conversion, attributions, commissions)
@@ -492,6 +506,7 @@ mod tests {
             occurred_at: chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 11, 20, 10, 15, 0).unwrap(),
             occurred_at_ms: 0,
             reason: String::new(),
+            customer_id: String::new(),
         };
         let json = serde_json::to_string(&row).unwrap();
         assert!(json.contains(r#""base_amount":34.1224"#), "{json}");
