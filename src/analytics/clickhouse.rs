@@ -275,7 +275,7 @@ impl FiguresText {
 
 #[derive(Debug, clickhouse::Row, serde::Deserialize)]
 struct CohortText {
-    cohort: u32,
+    yyyymm: u32,
     months: i64,
     customers: u64,
     revenue: String,
@@ -311,7 +311,7 @@ fn activity(sql: &mut Sql, scope: &Scope, w: &Window) {
 fn cohorts_sql(scope: &Scope, w: &Window) -> Sql {
     let mut sql = Sql::default();
     sql.push(
-        "SELECT toUInt32(toYear(cohort) * 100 + toMonth(cohort)) AS cohort, \
+        "SELECT toUInt32(toYear(cohort) * 100 + toMonth(cohort)) AS yyyymm, \
          toInt64(toYear(month) * 12 + toMonth(month)) - toInt64(toYear(cohort) * 12 + toMonth(cohort)) AS months, \
          uniqExactIf(customer_id, active = 1) AS customers, \
          toString(toDecimal64(sum(rev), 4)) AS revenue, \
@@ -329,7 +329,7 @@ fn cohorts_sql(scope: &Scope, w: &Window) -> Sql {
         w.from.timestamp(),
     )
     .secs(" AND cohort < toDateTime(?)", w.to.timestamp())
-    .push(") USING customer_id WHERE month >= cohort GROUP BY cohort, months");
+    .push(") USING customer_id WHERE month >= cohort GROUP BY yyyymm, months");
     sql
 }
 
@@ -380,7 +380,7 @@ impl Source for ClickHouseAnalytics {
             .map_err(classify)?;
         rows.into_iter()
             .map(|r| {
-                let (y, m) = (r.cohort / 100, r.cohort % 100);
+                let (y, m) = (r.yyyymm / 100, r.yyyymm % 100);
                 Ok(CohortCell {
                     cohort: NaiveDate::from_ymd_opt(y as i32, m, 1)
                         .ok_or_else(|| corrupt("cohort"))?,

@@ -64,7 +64,11 @@ impl Figures {
 /// `n / d` to four decimals, half to even; `None` when `d` is 0.
 pub fn ratio(n: Decimal, d: u64) -> Option<Decimal> {
     (d > 0).then(|| {
-        (n / Decimal::from(d)).round_dp_with_strategy(4, RoundingStrategy::MidpointNearestEven)
+        let mut r =
+            (n / Decimal::from(d)).round_dp_with_strategy(4, RoundingStrategy::MidpointNearestEven);
+        // Always four decimals: "1.0000", not "1".
+        r.rescale(4);
+        r
     })
 }
 
@@ -107,6 +111,7 @@ mod tests {
         assert_eq!(ratio(d("0.00005"), 1), Some(d("0.0000")));
         assert_eq!(ratio(d("0.00015"), 1), Some(d("0.0002")));
         assert_eq!(Figures::default().epc(), None);
+        assert_eq!(ratio(d("5"), 5).unwrap().to_string(), "1.0000");
         assert_eq!(money(d("12.5"), 2).to_string(), "12.50");
         assert_eq!(money(d("1.005"), 2).to_string(), "1.00");
     }
