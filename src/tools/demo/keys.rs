@@ -100,6 +100,7 @@ pub(super) async fn keys_tour(opts: &DemoOptions) -> anyhow::Result<()> {
         text(&progress["next"]["tier"]),
         text(&missing["revenue"]),
     );
+    super::analytics::tour(&http, &merchant_key, &partner_key, partner).await?;
     for (what, path) in [
         (
             "the program's whole ledger",

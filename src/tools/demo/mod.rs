@@ -13,6 +13,7 @@ use anyhow::Context;
 use rust_decimal::Decimal;
 use serde_json::Value;
 
+mod analytics;
 mod history;
 mod http;
 mod keys;
