@@ -321,6 +321,34 @@ async fn the_best_rule_pays_and_names_itself_in_the_ledger() {
             "S-4 mid 1 2.5000",
         ]
     );
+    // The ledger API shows the rule beside each row's status, to the merchant and to
+    // the partner.
+    for path in [
+        "/api/v1/commissions?program_id=acme",
+        "/api/v1/me/commissions?partner_id=alice",
+    ] {
+        let r = admin(Method::GET, &format!("{url}{path}"), Value::Null).await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        let mut reasons: Vec<String> = r.json()["commissions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["partner_id"] == "alice")
+            .map(|e| e["earned_reason"].as_str().unwrap().to_string())
+            .collect();
+        reasons.sort();
+        assert_eq!(
+            reasons,
+            [
+                "",
+                "rule big-deal",
+                "rule eu-enterprise",
+                "rule gold-leads",
+                "rule partner-plan"
+            ],
+            "{path}"
+        );
+    }
     pipeline.stop().await;
     edge.stop().await;
 }

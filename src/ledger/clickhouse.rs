@@ -110,6 +110,52 @@ fn corrupt(what: &str) -> SinkError {
     SinkError::Transient(format!("unreadable {what} in ClickHouse"))
 }
 
+#[derive(Debug, clickhouse::Row, serde::Deserialize)]
+struct ReasonText {
+    id: String,
+    earned: String,
+}
+
+impl ClickHouseLedger {
+    /// Sets each entry's `earned_reason` from its row of `commissions` (the status
+    /// trail does not carry it).
+    async fn add_earned_reasons(
+        &self,
+        program: &str,
+        entries: &mut [Entry],
+    ) -> Result<(), SinkError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        // Formatted from parsed uuids: nothing but hex digits and dashes.
+        let ids: Vec<String> = entries
+            .iter()
+            .map(|e| format!("'{}'", e.commission_id))
+            .collect();
+        let sql = format!(
+            "SELECT toString(commission_id) AS id, any(reason) AS earned FROM commissions \
+             WHERE program_id = ? AND reason != '' AND toString(commission_id) IN ({}) \
+             GROUP BY commission_id",
+            ids.join(",")
+        );
+        let rows: Vec<ReasonText> = self
+            .client
+            .query(&sql)
+            .bind(program)
+            .fetch_all()
+            .await
+            .map_err(classify)?;
+        let by_id: std::collections::HashMap<String, String> =
+            rows.into_iter().map(|r| (r.id, r.earned)).collect();
+        for e in entries {
+            if let Some(r) = by_id.get(&e.commission_id.to_string()) {
+                e.earned_reason = r.clone();
+            }
+        }
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl LedgerView for ClickHouseLedger {
     // Long on purpose: the SQL and its bound parameters side by side, filter by filter.
@@ -165,7 +211,8 @@ impl LedgerView for ClickHouseLedger {
             q = q.bind(t.timestamp_millis());
         }
         let rows: Vec<EntryText> = q.fetch_all().await.map_err(classify)?;
-        rows.into_iter()
+        let mut entries: Vec<Entry> = rows
+            .into_iter()
             .map(|r| {
                 Ok(Entry {
                     commission_id: r
@@ -184,6 +231,7 @@ impl LedgerView for ClickHouseLedger {
                     status: Status::parse(&r.status).ok_or_else(|| corrupt("status"))?,
                     step: r.step,
                     reason: r.reason,
+                    earned_reason: String::new(),
                     actor: r.actor,
                     at: chrono::DateTime::from_timestamp_millis(r.at_ms)
                         .ok_or_else(|| corrupt("at"))?,
@@ -192,7 +240,9 @@ impl LedgerView for ClickHouseLedger {
                     payout_id: r.payout_id,
                 })
             })
-            .collect()
+            .collect::<Result<_, SinkError>>()?;
+        self.add_earned_reasons(&f.program_id, &mut entries).await?;
+        Ok(entries)
     }
 
     async fn payout_lines(

@@ -26,6 +26,8 @@ type MovesByTime = BTreeMap<(i64, &'static str), TierMoveRow>;
 #[derive(Default)]
 struct MemoryInner {
     rows: BTreeMap<Uuid, Entry>,
+    /// Each row's `earned_reason`, from its row of `commissions`, where not empty.
+    earned: HashMap<Uuid, String>,
     payouts: HashMap<Uuid, Vec<PayoutRow>>,
     disputes: BTreeMap<Uuid, DisputeRow>,
     /// Tier moves by (program, partner), keyed by their time and source.
@@ -35,9 +37,18 @@ struct MemoryInner {
 }
 
 impl MemoryLedger {
+    /// Notes rows' `earned_reason`s read back from the files.
+    pub fn note_earned(&self, reasons: Vec<(Uuid, String)>) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.earned.extend(reasons);
+    }
+
     /// Notes what a batch wrote.
     pub fn record(&self, batch: &Batch) {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        for c in batch.commissions.iter().filter(|c| !c.reason.is_empty()) {
+            inner.earned.insert(c.commission_id, c.reason.clone());
+        }
         for s in &batch.statuses {
             let Some(entry) = Entry::from_step(s) else {
                 continue;
@@ -102,7 +113,14 @@ impl LedgerView for MemoryLedger {
             .values()
             .filter(|e| filter.admits(e))
             .take(filter.limit)
-            .cloned()
+            .map(|e| Entry {
+                earned_reason: inner
+                    .earned
+                    .get(&e.commission_id)
+                    .cloned()
+                    .unwrap_or_default(),
+                ..e.clone()
+            })
             .collect())
     }
 
@@ -192,6 +210,7 @@ impl Sink for Indexed {
 pub fn over_files(file: Arc<FileSink>) -> std::io::Result<(Arc<Indexed>, Arc<MemoryLedger>)> {
     let index = Arc::new(MemoryLedger::default());
     index.record(&file.ledger_rows()?);
+    index.note_earned(file.earned_reasons()?);
     let sink = Arc::new(Indexed {
         inner: file,
         index: index.clone(),

@@ -55,7 +55,12 @@ pub struct Entry {
     pub status: Status,
     /// The step that gave it this status.
     pub step: u8,
+    /// Why the row has its status (the lifecycle's reason).
     pub reason: String,
+    /// Why the row earned what it did when not by the plan alone: `rule {name}` when a
+    /// reward rule paid it, `capped` or `…, capped` when a cap clipped it (SPEC §10.1);
+    /// empty otherwise.
+    pub earned_reason: String,
     pub actor: String,
     #[serde(with = "crate::events::rfc3339_millis")]
     pub at: DateTime<Utc>,
@@ -79,6 +84,7 @@ impl Entry {
             status: Status::parse(r.status)?,
             step: r.step,
             reason: r.reason.clone(),
+            earned_reason: String::new(),
             actor: r.actor.clone(),
             at: r.at,
             created_at: r.at,

@@ -165,6 +165,7 @@ mod tests {
             status,
             step: 1,
             reason: String::new(),
+            earned_reason: String::new(),
             actor: "pipeline".into(),
             at: DateTime::from_timestamp(1_700_000_000 + n as i64, 0).unwrap(),
             created_at: DateTime::from_timestamp(1_700_000_000 + n as i64, 0).unwrap(),

@@ -50,6 +50,24 @@ impl FileSink {
         load_ledger(&self.dir)
     }
 
+    /// Each ledger row's reason where it has one (`rule {name}`, `capped`): the
+    /// ledger's index shows it beside the row's status.
+    pub fn earned_reasons(&self) -> std::io::Result<Vec<(uuid::Uuid, String)>> {
+        #[derive(serde::Deserialize)]
+        struct Reason {
+            commission_id: uuid::Uuid,
+            #[serde(default)]
+            reason: String,
+        }
+        let mut out = Vec::new();
+        read_lines(&self.path("commissions"), |r: Reason| {
+            if !r.reason.is_empty() {
+                out.push((r.commission_id, r.reason));
+            }
+        })?;
+        Ok(out)
+    }
+
     /// The file of `table`.
     pub fn path(&self, table: &str) -> PathBuf {
         self.dir.join(format!("{table}.jsonl"))
