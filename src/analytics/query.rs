@@ -181,10 +181,11 @@ fn clip(v: &str) -> String {
     v.chars().take(64).collect()
 }
 
-/// An instant: RFC 3339 or a `YYYY-MM-DD` date (midnight UTC), 1970 to 2100, cut to
-/// whole seconds.
-fn instant(name: &str, v: &str) -> Result<DateTime<Utc>, Refusal> {
-    let parsed = DateTime::parse_from_rfc3339(v)
+/// An instant of a query string: RFC 3339, or a date meaning its UTC midnight. Bounded
+/// to the years the ledger's `DateTime` columns hold (1970-01-01 up to 2100-01-01). The
+/// ledger API's parameters read the same.
+pub fn instant_of(v: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(v)
         .map(|t| t.with_timezone(&Utc))
         .ok()
         .or_else(|| {
@@ -192,9 +193,13 @@ fn instant(name: &str, v: &str) -> Result<DateTime<Utc>, Refusal> {
                 .ok()
                 .and_then(|d| d.and_hms_opt(0, 0, 0))
                 .map(|t| t.and_utc())
-        });
-    parsed
+        })
         .filter(|t| (0..4_102_444_800).contains(&t.timestamp()))
+}
+
+/// A report's instant, cut to whole seconds (the reports' columns hold seconds).
+fn instant(name: &str, v: &str) -> Result<DateTime<Utc>, Refusal> {
+    instant_of(v)
         .and_then(|t| DateTime::from_timestamp(t.timestamp(), 0))
         .ok_or_else(|| {
             (

@@ -98,24 +98,12 @@ pub(crate) fn filter_of(params: &[(String, String)]) -> Result<Filter, ApiError>
 /// An instant of a query string: RFC 3339, or a date meaning its UTC midnight. Bounded
 /// to the years the ledger's `DateTime` columns hold.
 pub(crate) fn instant_param(name: &str, v: &str) -> Result<DateTime<Utc>, ApiError> {
-    let parsed = DateTime::parse_from_rfc3339(v)
-        .map(|t| t.with_timezone(&Utc))
-        .ok()
-        .or_else(|| {
-            chrono::NaiveDate::parse_from_str(v, "%Y-%m-%d")
-                .ok()
-                .and_then(|d| d.and_hms_opt(0, 0, 0))
-                .map(|t| t.and_utc())
-        });
-    // 1970-01-01 up to 2100-01-01.
-    parsed
-        .filter(|t| (0..4_102_444_800).contains(&t.timestamp()))
-        .ok_or_else(|| {
-            ApiError::invalid(
-                name.to_string(),
-                "must be an RFC 3339 instant or a YYYY-MM-DD date, 1970-2099",
-            )
-        })
+    crate::analytics::query::instant_of(v).ok_or_else(|| {
+        ApiError::invalid(
+            name.to_string(),
+            "must be an RFC 3339 instant or a YYYY-MM-DD date, 1970-2099",
+        )
+    })
 }
 
 impl Edge {
