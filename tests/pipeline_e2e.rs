@@ -536,6 +536,21 @@ async fn migrate_brings_older_tables_their_millisecond_columns() {
     let last = described.last().map(|r| (r[0].as_str(), r[1].as_str()));
     assert_eq!(last, Some(("sub_ids", "Array(String)")));
     let described = ch_query(&config, "DESCRIBE TABLE attributions").await;
+    let last: Vec<(&str, &str)> = described
+        .iter()
+        .rev()
+        .take(3)
+        .map(|r| (r[0].as_str(), r[1].as_str()))
+        .collect();
+    assert_eq!(
+        last,
+        [
+            ("country", "String"),
+            ("customer_id", "String"),
+            ("source", "String")
+        ]
+    );
+    let described = ch_query(&config, "DESCRIBE TABLE commissions").await;
     let last = described.last().map(|r| (r[0].as_str(), r[1].as_str()));
-    assert_eq!(last, Some(("source", "String")));
+    assert_eq!(last, Some(("customer_id", "String")));
 }
