@@ -3,7 +3,8 @@
 //! The data's path, one module per stage: [`edge`] (HTTP redirects and intake) →
 //! [`bus`] (Kafka or in-process) → [`pipeline`] (dedup, journeys, attribution,
 //! commission, using the pure [`engine`]) → [`sink`] (ClickHouse or JSONEachRow files).
-//! [`registry`] holds programs, partners and links; [`config`] and [`metrics`] serve all.
+//! [`registry`] holds programs, partners and links; [`ledger`] and [`analytics`] read
+//! back what the sink wrote for the API; [`config`] and [`metrics`] serve all.
 
 pub mod access;
 pub mod analytics;
