@@ -89,6 +89,15 @@ pub enum AmountError {
     TooLarge,
 }
 
+/// `amount` rounded half to even to `units` decimals and printed at that scale
+/// ("12.50"): a money figure at a currency's minor units.
+pub fn at_minor_units(amount: Decimal, units: u32) -> Decimal {
+    let mut r =
+        amount.round_dp_with_strategy(units, rust_decimal::RoundingStrategy::MidpointNearestEven);
+    r.rescale(units);
+    r
+}
+
 /// Parses an intake amount: plain decimal notation, ≥ 0, at most 4 decimal places.
 pub fn parse_amount(s: &str) -> Result<Decimal, AmountError> {
     let plain = !s.is_empty()

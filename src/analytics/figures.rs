@@ -72,13 +72,6 @@ pub fn ratio(n: Decimal, d: u64) -> Option<Decimal> {
     })
 }
 
-/// An amount at the currency's minor units ("12.50").
-pub fn money(amount: Decimal, minor_units: u32) -> Decimal {
-    let mut a = amount.round_dp_with_strategy(minor_units, RoundingStrategy::MidpointNearestEven);
-    a.rescale(minor_units);
-    a
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,6 +105,7 @@ mod tests {
         assert_eq!(ratio(d("0.00015"), 1), Some(d("0.0002")));
         assert_eq!(Figures::default().epc(), None);
         assert_eq!(ratio(d("5"), 5).unwrap().to_string(), "1.0000");
+        let money = crate::money::at_minor_units;
         assert_eq!(money(d("12.5"), 2).to_string(), "12.50");
         assert_eq!(money(d("1.005"), 2).to_string(), "1.00");
     }

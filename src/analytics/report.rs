@@ -7,10 +7,11 @@ use chrono::{DateTime, Duration, NaiveDate, Utc};
 use rust_decimal::Decimal;
 use serde_json::{Map, Value};
 
-use super::figures::{money, ratio, Figures};
+use super::figures::{ratio, Figures};
 use super::query::{Params, RankBy, Refusal, Report, Scope};
 use super::{bucket_start, Interval, Key, Source, Window};
 use crate::engine::Status;
+use crate::money::at_minor_units as money;
 use crate::sink::SinkError;
 
 /// One cell of a report.

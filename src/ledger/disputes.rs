@@ -5,7 +5,7 @@
 //! states (open, accepted, rejected) in `disputes`; the disputed row keeps its status.
 
 use chrono::{DateTime, Utc};
-use rust_decimal::{Decimal, RoundingStrategy};
+use rust_decimal::Decimal;
 use uuid::Uuid;
 
 use super::{Filter, Ledger, LedgerError};
@@ -59,10 +59,7 @@ impl Resolution {
 
 /// The adjustment amount as booked: half-even to the currency's minor unit (§5.5).
 pub fn rounded(amount: Decimal, currency: &str) -> Decimal {
-    let units = crate::money::minor_units(currency);
-    let mut r = amount.round_dp_with_strategy(units, RoundingStrategy::MidpointNearestEven);
-    r.rescale(units);
-    r
+    crate::money::at_minor_units(amount, crate::money::minor_units(currency))
 }
 
 impl Ledger {

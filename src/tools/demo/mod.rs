@@ -115,7 +115,5 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
 }
 
 pub(super) fn money(d: Decimal) -> String {
-    let mut r = d.round_dp_with_strategy(2, rust_decimal::RoundingStrategy::MidpointNearestEven);
-    r.rescale(2);
-    r.to_string()
+    touchline::money::at_minor_units(d, 2).to_string()
 }
