@@ -606,14 +606,8 @@ async fn scenario(url: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reports_from_clickhouse_equal_the_test_s_own_sums() {
-    let config = config(&[
-        ("TOUCHLINE__PIPELINE__LATE_GRACE_SECS", "2"),
-        ("TOUCHLINE__PIPELINE__FLUSH_INTERVAL_MS", "200"),
-    ]);
-    migrate(&config).await;
-    let edge = start_edge(&config).await;
-    let pipeline = start_pipeline(&config);
-    scenario(&edge.url("")).await;
+    let (_, edge, pipeline, url) = live().await;
+    scenario(&url).await;
     pipeline.stop().await;
     edge.stop().await;
 }

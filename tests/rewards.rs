@@ -31,25 +31,6 @@ fn program_with(rules: Value) -> Value {
     p
 }
 
-/// The stack with an edge and a pipeline settling quickly: its configuration, both, and
-/// the edge's URL.
-async fn live() -> (
-    touchline::config::Config,
-    RunningEdge,
-    RunningPipeline,
-    String,
-) {
-    let config = config(&[
-        ("TOUCHLINE__PIPELINE__LATE_GRACE_SECS", "2"),
-        ("TOUCHLINE__PIPELINE__FLUSH_INTERVAL_MS", "200"),
-    ]);
-    migrate(&config).await;
-    let edge = start_edge(&config).await;
-    let pipeline = start_pipeline(&config);
-    let url = edge.url("");
-    (config, edge, pipeline, url)
-}
-
 /// Each bad rule answers 400 naming the field and the rule, each bad cap its field, and
 /// nothing is written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

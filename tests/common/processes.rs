@@ -233,3 +233,17 @@ pub fn spawn_webhooks_process(config: &Config, port: u16) -> Proc {
         .stderr(child_log("webhooks"));
     Proc(cmd.spawn().expect("webhooks process starts"))
 }
+
+/// The stack with an edge and a pipeline settling quickly (two seconds of late grace,
+/// flushes every 200 ms): its configuration, both, and the edge's URL.
+pub async fn live() -> (Config, RunningEdge, RunningPipeline, String) {
+    let config = config(&[
+        ("TOUCHLINE__PIPELINE__LATE_GRACE_SECS", "2"),
+        ("TOUCHLINE__PIPELINE__FLUSH_INTERVAL_MS", "200"),
+    ]);
+    migrate(&config).await;
+    let edge = start_edge(&config).await;
+    let pipeline = start_pipeline(&config);
+    let url = edge.url("");
+    (config, edge, pipeline, url)
+}
