@@ -882,6 +882,7 @@ fn route_table() -> String {
                 Check::BodyProgram => "`program_id` in the body",
                 Check::QueryProgram => "`program_id` in the query",
                 Check::Me => "the partner key, or `?partner_id=`",
+                Check::Reader => "`program_id` in the query; a partner key its own rows",
             })
             .collect::<Vec<_>>()
             .join("; ");

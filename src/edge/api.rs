@@ -15,6 +15,7 @@ use super::routes::{Check, Op, Route};
 use super::Edge;
 use crate::access::principal::authenticate;
 use crate::access::{Principal, Role};
+use crate::analytics::Scope;
 use crate::http::{self, ApiError, HttpResponse, MAX_BODY_BYTES};
 use crate::registry::Partner;
 
@@ -29,6 +30,8 @@ pub(crate) struct Call {
     pub body: Bytes,
     /// The partner the partner API acts for.
     pub partner: Option<Arc<Partner>>,
+    /// Whose rows a report reads (routes with [`Check::Reader`]).
+    pub scope: Option<Scope>,
 }
 
 impl Call {
@@ -140,6 +143,7 @@ impl Edge {
             headers,
             body,
             partner: None,
+            scope: None,
         };
         for check in route.checks {
             self.admit(*check, route, &mut call)
@@ -153,6 +157,10 @@ impl Edge {
     async fn admit(&self, check: Check, route: &Route, call: &mut Call) -> Result<(), ApiError> {
         if check == Check::Me {
             call.partner = Some(self.me(call)?);
+            return Ok(());
+        }
+        if check == Check::Reader {
+            call.scope = Some(self.reader(call)?);
             return Ok(());
         }
         let Some(own) = call.principal.program().map(str::to_string) else {
@@ -192,7 +200,7 @@ impl Edge {
                 Some((_, p)) => (Some(p.clone()), "program not found"),
                 None => return Ok(()),
             },
-            Check::Me => return Ok(()),
+            Check::Me | Check::Reader => return Ok(()),
         };
         if owner.as_deref() == Some(own.as_str()) {
             Ok(())
@@ -227,6 +235,55 @@ impl Edge {
             Some(own) if own != partner.program_id => Err(missing()),
             _ => Ok(partner),
         }
+    }
+
+    /// Whose rows a report reads: the program (a key's own; the operator names it),
+    /// and one partner of it for a partner key (its own) or a `?partner_id=`. Another
+    /// tenant's program or partner answers as a missing one.
+    fn reader(&self, call: &Call) -> Result<Scope, ApiError> {
+        let asked = |name: &str| {
+            call.query
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        let program_id = match (call.principal.program(), asked("program_id")) {
+            (Some(own), Some(p)) if p != own => {
+                return Err(ApiError::not_found("program not found"))
+            }
+            (Some(own), _) => own.to_string(),
+            (None, Some(p)) => p,
+            (None, None) => return Err(ApiError::invalid("program_id", "required")),
+        };
+        if self.registry.program(&program_id).is_none() {
+            return Err(ApiError::not_found("program not found"));
+        }
+        let missing = || ApiError::not_found("partner not found");
+        let partner_id = match (
+            call.principal.role(),
+            call.principal.key(),
+            asked("partner_id"),
+        ) {
+            (Role::Partner, Some(key), asked) => {
+                let own = key.partner_id.clone().unwrap_or_default();
+                if asked.is_some_and(|a| a != own) {
+                    return Err(missing());
+                }
+                Some(own)
+            }
+            (_, _, Some(p)) => {
+                let found = self
+                    .registry
+                    .partner(&p)
+                    .filter(|x| x.program_id == program_id);
+                Some(found.ok_or_else(missing)?.id.clone())
+            }
+            (_, _, None) => None,
+        };
+        Ok(Scope {
+            program_id,
+            partner_id,
+        })
     }
 
     async fn run(&self, op: Op, call: Call) -> Result<HttpResponse, ApiError> {
