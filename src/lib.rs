@@ -3,6 +3,7 @@
 //! The data's path, one module per stage: [`edge`] (HTTP redirects and intake) →
 //! [`bus`] (Kafka or in-process) → [`pipeline`] (dedup, journeys, attribution,
 //! commission, using the pure [`engine`]) → [`sink`] (ClickHouse or JSONEachRow files).
+//! [`integrations`] maps what other systems send (Stripe) to the edge's events;
 //! [`registry`] holds programs, partners and links; [`ledger`] and [`analytics`] read
 //! back what the sink wrote for the API; [`config`] and [`metrics`] serve all.
 
@@ -15,6 +16,7 @@ pub mod edge;
 pub mod engine;
 pub mod events;
 pub mod http;
+pub mod integrations;
 pub mod kv;
 pub mod ledger;
 pub mod metrics;

@@ -31,6 +31,9 @@ pub const EDGE_CLICK_BUFFERED: &str = "touchline_edge_click_buffered";
 pub const EDGE_CONVERSIONS_ACCEPTED_TOTAL: &str = "touchline_edge_conversions_accepted_total";
 /// Conversion requests refused, by `reason`.
 pub const EDGE_CONVERSIONS_REJECTED_TOTAL: &str = "touchline_edge_conversions_rejected_total";
+/// Stripe webhook deliveries, by `type` (the mapped ones, else `other`) and `outcome`
+/// (booked, refused, or why nothing was booked).
+pub const EDGE_STRIPE_EVENTS_TOTAL: &str = "touchline_edge_stripe_events_total";
 /// Registry changes applied from the change log.
 pub const REGISTRY_CHANGES_TOTAL: &str = "touchline_registry_changes_applied_total";
 /// Failed registry refreshes.
@@ -139,6 +142,11 @@ pub const ALL: &[(&str, &str, &str)] = &[
         EDGE_CONVERSIONS_REJECTED_TOTAL,
         "counter",
         "Conversion requests refused, by reason.",
+    ),
+    (
+        EDGE_STRIPE_EVENTS_TOTAL,
+        "counter",
+        "Stripe webhook deliveries, by type and outcome (booked, refused, or why nothing was booked).",
     ),
     (
         EDGE_AUDIT_DROPPED_TOTAL,

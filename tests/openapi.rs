@@ -700,6 +700,15 @@ async fn the_document_matches_the_running_edge() {
             true,
             Value::Null,
         ),
+        // acme has no Stripe secret: the documented 404 (tests/stripe.rs books through it).
+        probe(
+            "/api/v1/integrations/stripe/{id}",
+            Method::POST,
+            "/api/v1/integrations/stripe/acme",
+            false,
+            json!({"id": "evt_1", "type": "invoice.paid"}),
+        ),
+        probe("/tl.js", Method::GET, "/tl.js", false, Value::Null),
         probe("/healthz", Method::GET, "/healthz", false, Value::Null),
         probe("/readyz", Method::GET, "/readyz", false, Value::Null),
         probe("/metrics", Method::GET, "/metrics", false, Value::Null),

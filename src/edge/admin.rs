@@ -87,6 +87,9 @@ fn program_view(p: &Program) -> serde_json::Value {
             "secret".into(),
             serde_json::Value::String("(hidden)".into()),
         );
+        if o.contains_key("stripe_webhook_secret") {
+            o.insert("stripe_webhook_secret".into(), "(hidden)".into());
+        }
     }
     v
 }

@@ -325,9 +325,13 @@ impl Edge {
             Op::PutPostback => self.put_postback(call).await,
             Op::GetPostback => self.get_postback(call),
             Op::DeletePostback => self.delete_postback(call).await,
-            Op::Redirect | Op::Conversions | Op::Healthz | Op::Readyz | Op::Metrics => {
-                Err(ApiError::internal("not a keyed route"))
-            }
+            Op::Redirect
+            | Op::Conversions
+            | Op::StripeEvents
+            | Op::TlJs
+            | Op::Healthz
+            | Op::Readyz
+            | Op::Metrics => Err(ApiError::internal("not a keyed route")),
         }
     }
 }

@@ -45,7 +45,7 @@ pub(crate) const FIELDS: &[&str] = &[
 ];
 
 /// Why a request was refused: the metric's reason and the answer.
-type Rejection = (&'static str, ApiError);
+pub(super) type Rejection = (&'static str, ApiError);
 
 fn reject(reason: &'static str, e: ApiError) -> HttpResponse {
     metrics::counter!(m::EDGE_CONVERSIONS_REJECTED_TOTAL, "reason" => reason).increment(1);
@@ -173,7 +173,7 @@ impl Edge {
     }
 
     /// Publishes the events as one batch; `2xx` only once the broker has them all.
-    async fn publish(&self, events: &[ConversionEvent]) -> Result<(), Rejection> {
+    pub(super) async fn publish(&self, events: &[ConversionEvent]) -> Result<(), Rejection> {
         let batch = events
             .iter()
             .map(|e| {

@@ -16,7 +16,9 @@ mod postbacks;
 mod promo;
 pub mod redirect;
 pub mod routes;
+mod stripe;
 mod tiers;
+mod tljs;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -159,6 +161,11 @@ impl Edge {
                 self.redirect(&req, code, peer)
             }
             (_, Op::Conversions) => self.conversions(req).await,
+            (_, Op::StripeEvents) => {
+                let program = params.first().map(|(_, v)| v.clone()).unwrap_or_default();
+                self.stripe_events(req, &program).await
+            }
+            (_, Op::TlJs) => tljs::serve(req.headers()),
             (_, Op::Readyz) => self.ready().await,
             (_, Op::Metrics) => {
                 self.record_gauges();

@@ -49,6 +49,8 @@ pub enum Check {
 pub enum Op {
     Redirect,
     Conversions,
+    StripeEvents,
+    TlJs,
     Healthz,
     Readyz,
     Metrics,
@@ -135,6 +137,8 @@ pub static ROUTES: &[Route] = &[
     route(Method::GET, "/r/{code}", Access::Public, &[], Op::Redirect),
     route(Method::HEAD, "/r/{code}", Access::Public, &[], Op::Redirect),
     route(Method::POST, "/api/v1/conversions", Access::Signed, &[], Op::Conversions),
+    route(Method::POST, "/api/v1/integrations/stripe/{id}", Access::Signed, &[], Op::StripeEvents),
+    route(Method::GET, "/tl.js", Access::Public, &[], Op::TlJs),
     route(Method::GET, "/healthz", Access::Public, &[], Op::Healthz),
     route(Method::GET, "/readyz", Access::Public, &[], Op::Readyz),
     route(Method::GET, "/metrics", Access::Public, &[], Op::Metrics),

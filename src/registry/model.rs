@@ -134,6 +134,11 @@ pub struct Program {
     /// How a conversion's promo code weighs against its clicks (SPEC §10.3).
     #[serde(default)]
     pub promo_code_priority: PromoCodePriority,
+    /// The signing secret of the program's Stripe webhook endpoint (`whsec_…`, SPEC
+    /// §11.1); write-only in the API. `None`: the Stripe intake answers as for a missing
+    /// program.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stripe_webhook_secret: Option<String>,
 }
 
 /// Whom a conversion with a known promo code credits.
@@ -245,6 +250,14 @@ impl Program {
         }
         if self.secret.len() < 16 || self.secret.len() > 256 {
             return Err(Invalid::new("secret", "must be 16-256 characters"));
+        }
+        if self.stripe_webhook_secret.as_ref().is_some_and(|s| {
+            !(16..=256).contains(&s.len()) || !s.bytes().all(|b| b.is_ascii_graphic())
+        }) {
+            return Err(Invalid::new(
+                "stripe_webhook_secret",
+                "must be 16-256 printable ASCII characters (Stripe's `whsec_…`)",
+            ));
         }
         if !valid_http_url(&self.fallback_url) {
             return Err(Invalid::new(
