@@ -166,28 +166,14 @@ impl Browser {
 async fn tl_js_carries_the_click_from_landing_to_checkout() {
     let (config, edge, pipeline, url) = live().await;
     let shop = start_shop(url.clone()).await;
-    let r = admin(
-        Method::PUT,
-        &format!("{url}/api/v1/programs/acme"),
+    let landing = format!("http://localhost:{shop}/landing");
+    seed_program(
+        &url,
+        "acme",
         program_json(),
+        ("alice", "alice-shop", &landing),
     )
     .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-    let r = admin(
-        Method::PUT,
-        &format!("{url}/api/v1/partners/alice"),
-        json!({"program_id": "acme", "tier": "gold"}),
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-    let r = admin(
-        Method::POST,
-        &format!("{url}/api/v1/links"),
-        json!({"program_id": "acme", "partner_id": "alice", "code": "alice-shop",
-               "destination": format!("http://localhost:{shop}/landing")}),
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
 
     let browser = Browser::start().await;
     browser.go(&format!("{url}/r/alice-shop")).await;

@@ -63,29 +63,11 @@ async fn two_programs(url: &str) -> (String, String) {
         if let Some(s) = stripe {
             p["stripe_webhook_secret"] = s.into();
         }
-        let r = admin(Method::PUT, &format!("{url}/api/v1/programs/{program}"), p).await;
-        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+        let shown = seed_program(url, program, p, (partner, code, "https://acme.example/")).await;
         assert_eq!(
-            r.json()
-                .get("stripe_webhook_secret")
-                .map(|s| s == "(hidden)"),
+            shown.get("stripe_webhook_secret").map(|s| s == "(hidden)"),
             stripe.map(|_| true)
         );
-        let r = admin(
-            Method::PUT,
-            &format!("{url}/api/v1/partners/{partner}"),
-            json!({"program_id": program, "tier": "gold"}),
-        )
-        .await;
-        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-        let r = admin(
-            Method::POST,
-            &format!("{url}/api/v1/links"),
-            json!({"program_id": program, "partner_id": partner, "code": code,
-                   "destination": "https://acme.example/"}),
-        )
-        .await;
-        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     }
     let ua = "Mozilla/5.0 (X11; Linux x86_64) Chrome/130.0";
     (

@@ -167,3 +167,36 @@ pub async fn click_through(url: &str, code: &str, user_agent: &str) -> String {
         .expect("the redirect carries the click id")
         .to_string()
 }
+
+/// Creates `program` from `body`, its partner `partner` (gold) and link `code` to
+/// `destination`; the program as the API answered it.
+pub async fn seed_program(
+    url: &str,
+    program: &str,
+    body: Value,
+    (partner, code, destination): (&str, &str, &str),
+) -> Value {
+    let created = admin(
+        Method::PUT,
+        &format!("{url}/api/v1/programs/{program}"),
+        body,
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+    let r = admin(
+        Method::PUT,
+        &format!("{url}/api/v1/partners/{partner}"),
+        serde_json::json!({"program_id": program, "tier": "gold"}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let r = admin(
+        Method::POST,
+        &format!("{url}/api/v1/links"),
+        serde_json::json!({"program_id": program, "partner_id": partner, "code": code,
+            "destination": destination}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    created.json()
+}
