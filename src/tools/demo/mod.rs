@@ -1,8 +1,9 @@
 //! `touchline demo`: the embedded default end to end. Seeds a demo program through the
 //! admin API, sends generated traffic through the real HTTP edge (repeat visitors, bots,
 //! duplicate clicks, multi-touch journeys, sales in two currencies, leads, signups,
-//! recurring payments, a refund, a duplicate order), lets the pipeline drain, then prints
-//! a per-partner summary computed from the `JSONEachRow` files it wrote.
+//! recurring payments, a refund, a duplicate order, a subscription sold through Stripe),
+//! lets the pipeline drain, then prints a per-partner summary computed from the
+//! `JSONEachRow` files it wrote.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,6 +19,7 @@ mod history;
 mod http;
 mod keys;
 mod lifecycle;
+mod stripe;
 mod summary;
 mod traffic;
 
@@ -98,6 +100,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let total = http.done.load(Ordering::Relaxed) - seeded;
     traffic::progress(total, total, started);
     eprintln!();
+    let stripe_booked = stripe::stripe_story(&http).await?;
     println!(
         "sent {total} requests in {:.2}s through the edge; draining the pipeline…",
         started.elapsed().as_secs_f64()
@@ -109,6 +112,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     summary::print_summary(&stats, &opts.data_dir)?;
     summary::print_rewards(&opts.data_dir)?;
     summary::print_tiers(&opts.data_dir)?;
+    stripe::print_ledger(&opts.data_dir, &stripe_booked)?;
     lifecycle::lifecycle(&opts.data_dir).await?;
     keys::keys_tour(&opts).await?;
     Ok(())

@@ -75,6 +75,8 @@ pub(super) async fn seed(http: &Http) -> anyhow::Result<()> {
         json!({
             "name": "Demo shop partners", "currency": "USD", "secret": SECRET,
             "fallback_url": "https://shop.example/", "lookback_days": 30,
+            // Stripe posts the shop's checkouts and invoices here (SPEC §11.1).
+            "stripe_webhook_secret": super::stripe::STRIPE_SECRET,
             "attribution": {"model": "position_based", "first": "0.4", "last": "0.4"},
             "click_dedup_window_secs": 3600, "max_touches": 32,
             "fx": {"USD": "1", "EUR": "1.0837", "JPY": "0.006571"},
