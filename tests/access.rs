@@ -354,6 +354,28 @@ fn cases(w: &World) -> Vec<Case> {
             all(404),
         ),
         case(Method::GET, "/tl.js", "/tl.js", Value::Null, all(200)),
+        // The dashboard's files hold no data: every figure is an analytics call above.
+        case(
+            Method::GET,
+            "/dashboard",
+            "/dashboard",
+            Value::Null,
+            all(200),
+        ),
+        case(
+            Method::GET,
+            "/dashboard.js",
+            "/dashboard.js",
+            Value::Null,
+            all(200),
+        ),
+        case(
+            Method::GET,
+            "/dashboard.css",
+            "/dashboard.css",
+            Value::Null,
+            all(200),
+        ),
         case(Method::GET, "/healthz", "/healthz", Value::Null, all(200)),
         case(Method::GET, "/readyz", "/readyz", Value::Null, all(200)),
         case(Method::GET, "/metrics", "/metrics", Value::Null, all(200)),

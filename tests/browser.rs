@@ -7,8 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use hyper::{Method, StatusCode};
-use serde_json::{json, Value};
+use hyper::StatusCode;
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A merchant's two pages on `localhost` (another host than the edge's 127.0.0.1), each
@@ -44,122 +44,6 @@ async fn start_shop(edge: String) -> u16 {
         }
     });
     port
-}
-
-/// A WebDriver session of headless Chromium, with the flags this machine needs.
-struct Browser {
-    driver: Proc,
-    base: String,
-    _profile: Profile,
-}
-
-/// A fresh Chromium profile directory, removed at the end.
-struct Profile(std::path::PathBuf);
-
-impl Drop for Profile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-impl Browser {
-    async fn start() -> Browser {
-        let port = free_port();
-        let driver = Proc(
-            std::process::Command::new("chromedriver")
-                .arg(format!("--port={port}"))
-                .stdout(std::process::Stdio::null())
-                .stderr(child_log("chromedriver"))
-                .spawn()
-                .expect("chromedriver is required (scripts/test.sh installs chromium-driver)"),
-        );
-        wait_port(port, true).await;
-        let profile = std::env::temp_dir().join(format!("tl-chromium-{}", uuid::Uuid::new_v4()));
-        let args = [
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-        ];
-        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        args.push(format!("--user-data-dir={}", profile.display()));
-        // The edge rightly takes "HeadlessChrome" for a bot, whose click credits nobody:
-        // the test plays a person's browser.
-        args.push("--user-agent=Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/156.0 Safari/537.36".into());
-        let caps = json!({"capabilities": {"alwaysMatch": {"goog:chromeOptions": {
-            "binary": "/usr/bin/chromium", "args": args}}}});
-        let r = send(
-            Method::POST,
-            &format!("http://127.0.0.1:{port}/session"),
-            &[("content-type", "application/json")],
-            caps.to_string(),
-        )
-        .await;
-        assert_eq!(
-            r.status,
-            StatusCode::OK,
-            "{}",
-            String::from_utf8_lossy(&r.body)
-        );
-        let id = r.json()["value"]["sessionId"].as_str().unwrap().to_string();
-        Browser {
-            driver,
-            base: format!("http://127.0.0.1:{port}/session/{id}"),
-            _profile: Profile(profile),
-        }
-    }
-
-    async fn call(&self, method: Method, path: &str, body: Value) -> Value {
-        let body = if body.is_null() {
-            String::new()
-        } else {
-            body.to_string()
-        };
-        let r = send(
-            method,
-            &format!("{}{path}", self.base),
-            &[("content-type", "application/json")],
-            body.to_string(),
-        )
-        .await;
-        assert_eq!(
-            r.status,
-            StatusCode::OK,
-            "{path}: {}",
-            String::from_utf8_lossy(&r.body)
-        );
-        r.json()["value"].clone()
-    }
-
-    async fn go(&self, url: &str) {
-        self.call(Method::POST, "/url", json!({"url": url})).await;
-    }
-
-    async fn url(&self) -> String {
-        self.call(Method::GET, "/url", Value::Null)
-            .await
-            .as_str()
-            .unwrap()
-            .to_string()
-    }
-
-    async fn run(&self, script: &str) -> Value {
-        self.call(
-            Method::POST,
-            "/execute/sync",
-            json!({"script": script, "args": []}),
-        )
-        .await
-    }
-
-    async fn stop(self) {
-        let _ = send(Method::DELETE, &self.base, &[], String::new()).await;
-        drop(self.driver);
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -329,6 +329,9 @@ impl Edge {
             | Op::Conversions
             | Op::StripeEvents
             | Op::TlJs
+            | Op::Dashboard
+            | Op::DashboardJs
+            | Op::DashboardCss
             | Op::Healthz
             | Op::Readyz
             | Op::Metrics => Err(ApiError::internal("not a keyed route")),

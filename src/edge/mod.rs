@@ -4,6 +4,7 @@
 pub mod admin;
 mod analytics;
 pub(crate) mod api;
+mod assets;
 mod audit;
 pub mod conversions;
 pub mod disputes;
@@ -18,7 +19,6 @@ pub mod redirect;
 pub mod routes;
 mod stripe;
 mod tiers;
-mod tljs;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -165,7 +165,10 @@ impl Edge {
                 let program = params.first().map(|(_, v)| v.clone()).unwrap_or_default();
                 self.stripe_events(req, &program).await
             }
-            (_, Op::TlJs) => tljs::serve(req.headers()),
+            (_, Op::TlJs) => assets::serve(&assets::TL_JS, req.headers()),
+            (_, Op::Dashboard) => assets::serve(&assets::DASHBOARD_HTML, req.headers()),
+            (_, Op::DashboardJs) => assets::serve(&assets::DASHBOARD_JS, req.headers()),
+            (_, Op::DashboardCss) => assets::serve(&assets::DASHBOARD_CSS, req.headers()),
             (_, Op::Readyz) => self.ready().await,
             (_, Op::Metrics) => {
                 self.record_gauges();

@@ -6,6 +6,7 @@
 // Every test binary compiles all of these and uses a few.
 #![allow(dead_code, unused_imports)]
 
+mod browser;
 mod clickhouse;
 mod http;
 mod kafka;
@@ -14,6 +15,7 @@ mod proxy;
 mod receiver;
 mod stream;
 
+pub use browser::*;
 pub use clickhouse::*;
 pub use http::*;
 pub use kafka::*;
