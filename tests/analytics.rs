@@ -73,11 +73,7 @@ async fn setup(url: &str) -> (String, String, String) {
     )
     .await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-    let key = |body: Value| async move {
-        let r = admin(Method::POST, &format!("{url}/api/v1/keys"), body).await;
-        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-        r.json()["key"].as_str().unwrap().to_string()
-    };
+    let key = |body: Value| make_key(url, body);
     (
         key(json!({"scope": "program", "program_id": "shop", "name": "merchant"})).await,
         key(json!({"scope": "partner", "program_id": "shop", "partner_id": "alice", "name": "a"}))

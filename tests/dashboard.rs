@@ -41,11 +41,7 @@ async fn setup(url: &str) -> (String, String) {
                       "destination": "https://acme.example/"});
     let r = admin(Method::POST, &format!("{url}/api/v1/links"), link).await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-    let key = |body: Value| async move {
-        let r = admin(Method::POST, &format!("{url}/api/v1/keys"), body).await;
-        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-        r.json()["key"].as_str().unwrap().to_string()
-    };
+    let key = |body: Value| make_key(url, body);
     (
         key(json!({"scope": "program", "program_id": "acme", "name": "merchant"})).await,
         key(json!({"scope": "partner", "program_id": "acme", "partner_id": "bob", "name": "b"}))

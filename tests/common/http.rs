@@ -200,3 +200,10 @@ pub async fn seed_program(
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     created.json()
 }
+
+/// A key made by the operator from `body` (`POST /api/v1/keys`); its secret, shown once.
+pub async fn make_key(url: &str, body: Value) -> String {
+    let r = admin(Method::POST, &format!("{url}/api/v1/keys"), body).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    r.json()["key"].as_str().unwrap().to_string()
+}
