@@ -5,11 +5,7 @@ use hyper::Method;
 use serde_json::Value;
 
 use super::http::Http;
-use super::PROGRAM;
-
-fn text(v: &Value) -> String {
-    v.as_str().map_or_else(|| v.to_string(), str::to_string)
-}
+use super::{text, PROGRAM};
 
 /// The rows of one report over the last 62 days (last month's replayed sales and
 /// today's traffic).

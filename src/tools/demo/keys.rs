@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::http::Http;
 use super::traffic::{seed, PARTNERS};
-use super::{demo_config, DemoOptions, PROGRAM};
+use super::{demo_config, text, DemoOptions, PROGRAM};
 
 /// What the merchant and one partner see through keys of their own (SPEC §9), on a
 /// second start of the embedded server over the same data files (the embedded
@@ -74,7 +74,6 @@ pub(super) async fn keys_tour(opts: &DemoOptions) -> anyhow::Result<()> {
     let (status, me) = http
         .keyed(&partner_key, Method::GET, "/api/v1/me", Value::Null)
         .await?;
-    let text = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_string);
     let moves: Vec<String> = me["tier_history"]
         .as_array()
         .map(|h| {

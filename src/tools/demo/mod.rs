@@ -118,6 +118,11 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A JSON answer's value as printed: a string's text, anything else as JSON.
+pub(super) fn text(v: &Value) -> String {
+    v.as_str().map_or_else(|| v.to_string(), str::to_string)
+}
+
 pub(super) fn money(d: Decimal) -> String {
     touchline::money::at_minor_units(d, 2).to_string()
 }

@@ -10,7 +10,8 @@ use hyper::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use super::http::Http;
-use super::PROGRAM;
+use super::traffic::BROWSERS;
+use super::{text, PROGRAM};
 
 /// The demo program's Stripe endpoint secret (`whsec_…` in Stripe's dashboard).
 pub(super) const STRIPE_SECRET: &str = "whsec_demo_shop_0123456789abcdef";
@@ -43,13 +44,12 @@ async fn show_tljs(http: &Http) -> anyhow::Result<()> {
 /// One visitor through the partner's link: the click id the landing URL carries, which
 /// tl.js keeps in a cookie until checkout.
 async fn click_id(http: &Http) -> anyhow::Result<String> {
-    let ua = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36";
     let r = http
         .send(
             Method::GET,
             &format!("/r/{PARTNER_LINK}"),
             &[
-                ("user-agent", ua.into()),
+                ("user-agent", BROWSERS[0].into()),
                 ("x-forwarded-for", "203.0.113.77".into()),
             ],
             Vec::new(),
@@ -143,10 +143,6 @@ pub(super) async fn stripe_story(http: &Http) -> anyhow::Result<Booked> {
         println!("    {:<27} → 200 {what}", text(&event["type"]));
     }
     Ok(booked)
-}
-
-fn text(v: &Value) -> String {
-    v.as_str().map_or_else(|| v.to_string(), str::to_string)
 }
 
 /// The ledger rows the Stripe events booked, from the embedded sink's files: the
